@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs everything snapver needs on Debian/Ubuntu, as root: system tools, a venv, the package.
+# Sourced by demo.sh and test.sh; safe to run again (it skips what is already there).
+set -euo pipefail
+[ "$(id -u)" -eq 0 ] || { echo "setup: run this as root (sudo $0)" >&2; exit 1; }
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+packages=(git btrfs-progs util-linux python3 python3-venv ${SNAPVER_EXTRA_PACKAGES:-})
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || echo "setup: apt-get update had errors; trying to install anyway" >&2
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The system Python, not a user's pyenv: the venv must be usable by every user (tests run
+# the CLI as `nobody`) and match the Debian bindings later issues use (pyzfs).
+python=/usr/bin/python3
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { echo "setup: snapver needs Python 3.11 or newer as /usr/bin/python3" >&2; exit 1; }
+if [ ! -x "$here/.venv/bin/python" ]; then
+  "$python" -m venv "$here/.venv"
+fi
+"$here/.venv/bin/pip" install -q --disable-pip-version-check -e "$here[test]"
+echo "setup: snapver $("$here/.venv/bin/snapver" --version | awk '{print $NF}') in $here/.venv"

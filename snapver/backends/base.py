@@ -1,0 +1,203 @@
+"""The few verbs every filesystem offers snapver, and how a lake picks its backend.
+
+A backend speaks in logical names (project, workspace, volume, snapshot
+name) and hides where those live: Btrfs subvolume paths, ZFS dataset names.
+The core (lake.py) never sees a path it did not get from here, and nothing
+but this package imports a backend module.
+
+Layout every backend keeps, in its own terms:
+
+    <lake>/catalog.db
+    <lake>/<project>/snapshots/<volume>/<snapshot name>   read-only
+    <lake>/<project>/workspaces/<workspace>/<volume>      the live, writable volume
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import stat
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from ..errors import SnapverError
+from ..names import parse_snapshot_name
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    project: str
+    volume: str
+    name: str
+    path: Path  # where its read-only files can be read
+    created: datetime
+    # A token that says "a live volume is clean as of this snapshot"; the
+    # backend alone knows what it means (a Btrfs transid, a ZFS snapshot).
+    mark: str
+
+    @property
+    def commit(self) -> str:
+        return parse_snapshot_name(self.name)[0]
+
+    @property
+    def kind(self) -> str:
+        return parse_snapshot_name(self.name)[1]
+
+
+@dataclass(frozen=True)
+class Space:
+    referenced: int  # bytes the snapshot shows
+    exclusive: int  # bytes only it holds: what deleting it would free
+
+
+@dataclass(frozen=True)
+class Change:
+    path: str  # relative to the volume root
+    change: str  # added, changed, deleted
+
+
+class Backend(ABC):
+    """One lake on one filesystem."""
+
+    name: str  # "btrfs", "zfs"
+
+    @property
+    @abstractmethod
+    def root(self) -> Path:
+        """Directory where the lake is mounted: the catalog lives here."""
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.db"
+
+    @abstractmethod
+    def spec(self) -> str:
+        """What to store so the lake can be opened again (a path, a dataset)."""
+
+    # live volumes
+    @abstractmethod
+    def create_volume(self, project: str, workspace: str, volume: str) -> Path:
+        """Make an empty writable volume; return where it is mounted."""
+
+    @abstractmethod
+    def volume_path(self, project: str, workspace: str, volume: str) -> Path: ...
+
+    @abstractmethod
+    def volume_exists(self, project: str, workspace: str, volume: str) -> bool: ...
+
+    @abstractmethod
+    def mark(self, project: str, workspace: str, volume: str) -> str:
+        """A token for the live volume's state now, for changed_since later."""
+
+    @abstractmethod
+    def changed_since(self, project: str, workspace: str, volume: str, mark: str | None) -> bool:
+        """Whether the live volume may differ from the state `mark` recorded.
+
+        Must be O(1) in data size and never say False when it changed: a wrong
+        False would let a checkout discard work. An unknown mark is changed.
+        """
+
+    # snapshots
+    @abstractmethod
+    def snapshot(self, project: str, workspace: str, volumes: list[str], name: str) -> list[Snapshot]:
+        """Snapshot the live volumes as `name`, all or none."""
+
+    @abstractmethod
+    def snapshots(self, project: str | None = None, volume: str | None = None) -> list[Snapshot]:
+        """Every snapver snapshot in the lake (optionally one project / volume)."""
+
+    @abstractmethod
+    def find(self, project: str, volume: str, name: str) -> Snapshot | None: ...
+
+    @abstractmethod
+    def destroy(self, snap: Snapshot) -> None: ...
+
+    @abstractmethod
+    def clone_into_place(self, snap: Snapshot, workspace: str) -> str:
+        """Make a writable CoW clone of snap the live volume, atomically; return its mark.
+
+        The volume that was live is gone afterwards: the caller has made sure
+        it was captured by a snapshot first.
+        """
+
+    @abstractmethod
+    def space(self, snap: Snapshot) -> Space: ...
+
+    def diff(self, old: Path, new: Path) -> list[Change]:
+        """Files added, changed and deleted from old to new (walks both trees)."""
+        return walk_diff(old, new)
+
+
+def walk_diff(old: Path, new: Path) -> list[Change]:
+    """Compare two trees: O(files), so only diff and restore use it."""
+    changes: list[Change] = []
+
+    def entries(root: Path, rel: str) -> dict[str, os.stat_result]:
+        try:
+            with os.scandir(root / rel if rel else root) as it:
+                return {e.name: e.stat(follow_symlinks=False) for e in it}
+        except FileNotFoundError:
+            return {}
+
+    def walk(rel: str) -> None:
+        a, b = entries(old, rel), entries(new, rel)
+        for name in sorted(a.keys() | b.keys()):
+            path = f"{rel}/{name}" if rel else name
+            sa, sb = a.get(name), b.get(name)
+            a_dir = sa is not None and stat.S_ISDIR(sa.st_mode)
+            b_dir = sb is not None and stat.S_ISDIR(sb.st_mode)
+            if sa is None or sb is None or a_dir != b_dir:
+                if sa is not None:
+                    _all(old, path, a_dir, "deleted")
+                if sb is not None:
+                    _all(new, path, b_dir, "added")
+            elif a_dir:
+                walk(path)
+            elif not _same_file(old / path, new / path, sa, sb):
+                changes.append(Change(path, "changed"))
+
+    def _all(root: Path, path: str, is_dir: bool, change: str) -> None:
+        changes.append(Change(path + ("/" if is_dir else ""), change))
+        if is_dir:
+            for dirpath, dirnames, filenames in os.walk(root / path):
+                dirnames.sort()
+                rel = os.path.relpath(dirpath, root)
+                for d in dirnames:
+                    changes.append(Change(f"{rel}/{d}/", change))
+                for f in sorted(filenames):
+                    changes.append(Change(f"{rel}/{f}", change))
+
+    walk("")
+    return changes
+
+
+def _same_file(a: Path, b: Path, sa: os.stat_result, sb: os.stat_result) -> bool:
+    if stat.S_IFMT(sa.st_mode) != stat.S_IFMT(sb.st_mode) or sa.st_size != sb.st_size:
+        return False
+    if stat.S_ISLNK(sa.st_mode):
+        return os.readlink(a) == os.readlink(b)
+    if not stat.S_ISREG(sa.st_mode):
+        return True
+    # A CoW snapshot keeps mtime for files it did not touch; equal size and
+    # mtime is the rsync quick check, anything else is compared byte by byte.
+    if sa.st_mtime_ns == sb.st_mtime_ns:
+        return True
+    return filecmp.cmp(a, b, shallow=False)
+
+
+BACKENDS = ("btrfs", "zfs")
+
+
+def open_backend(kind: str, spec: str) -> Backend:
+    """The backend for a lake recorded as (kind, spec); imports only that one."""
+    if kind == "btrfs":
+        from .btrfs import BtrfsBackend
+
+        return BtrfsBackend(Path(spec))
+    if kind == "zfs":
+        from .zfs import ZfsBackend
+
+        return ZfsBackend(spec)
+    raise SnapverError(f"unknown backend {kind!r}: use one of {', '.join(BACKENDS)}")

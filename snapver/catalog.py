@@ -1,0 +1,138 @@
+"""The catalog: an SQLite index of snapshots, commits and volumes, one per lake.
+
+It is an index, not the truth: every snapshot row can be rebuilt from the
+filesystem (`snapver reindex`), every commit row from Git. Writes happen in
+the Git hooks, so they use the standard library's sqlite3 directly (importing
+sqlite-utils costs about 125 ms); reads, reports and reindex go through
+sqlite-utils on the same connection.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS snapshots (
+    project TEXT NOT NULL,
+    volume TEXT NOT NULL,
+    name TEXT NOT NULL,
+    commit_sha TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    created TEXT NOT NULL,
+    workspace TEXT,
+    message TEXT,
+    PRIMARY KEY (project, volume, name)
+);
+CREATE TABLE IF NOT EXISTS commits (
+    project TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    author TEXT,
+    email TEXT,
+    time TEXT,
+    subject TEXT,
+    parents TEXT,
+    branch TEXT,
+    PRIMARY KEY (project, sha)
+);
+CREATE TABLE IF NOT EXISTS volumes (
+    project TEXT NOT NULL,
+    workspace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    path TEXT NOT NULL,
+    worktree TEXT,
+    PRIMARY KEY (project, workspace, name)
+);
+"""
+
+
+class Catalog:
+    def __init__(self, path: Path):
+        self.path = path
+        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.conn.row_factory = sqlite3.Row
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:
+            pass  # filesystems without shared mmap (FUSE) keep the rollback journal
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @property
+    def db(self):
+        import sqlite_utils
+
+        return sqlite_utils.Database(self.conn)
+
+    # writes (hot path: plain sqlite3)
+    def record_snapshots(self, snapshots, workspace: str | None, message: str | None) -> None:
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (s.project, s.volume, s.name, s.commit, s.kind,
+                 s.created.isoformat(), workspace, message)
+                for s in snapshots
+            ],
+        )
+
+    def record_commit(self, project: str, info, branch: str | None) -> None:
+        self.conn.execute(
+            "INSERT INTO commits VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (project, sha) DO UPDATE SET branch = coalesce(excluded.branch, branch)",
+            (project, info.sha, info.author, info.email, info.time, info.subject,
+             " ".join(info.parents), branch),
+        )
+
+    def record_volume(self, project: str, workspace: str, name: str, path: Path, worktree: Path) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO volumes VALUES (?, ?, ?, ?, ?)",
+            (project, workspace, name, str(path), str(worktree)),
+        )
+
+    def forget_snapshot(self, project: str, volume: str, name: str) -> None:
+        self.conn.execute(
+            "DELETE FROM snapshots WHERE project = ? AND volume = ? AND name = ?",
+            (project, volume, name),
+        )
+
+    # reads
+    def snapshot_rows(self, project: str) -> dict[tuple[str, str], dict]:
+        rows = self.db["snapshots"].rows_where("project = ?", [project])
+        return {(r["volume"], r["name"]): r for r in rows}
+
+    def commits(self, project: str) -> dict[str, dict]:
+        return {r["sha"]: r for r in self.db["commits"].rows_where("project = ?", [project])}
+
+    def commit(self, project: str, sha: str) -> dict | None:
+        rows = list(self.db["commits"].rows_where("project = ? AND sha = ?", [project, sha]))
+        return rows[0] if rows else None
+
+    # rebuild
+    def replace_snapshots(self, snapshots, commits: Iterable[tuple]) -> None:
+        """Swap in a rebuilt snapshot index in one transaction.
+
+        Messages of wip snapshots exist only here, so they are carried over
+        for every snapshot that is still on the filesystem. (sqlite-utils'
+        writers commit on their own, so this one is plain SQL to stay atomic.)
+        """
+        old = {
+            (r["project"], r["volume"], r["name"]): r
+            for r in self.conn.execute("SELECT * FROM snapshots")
+        }
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("DELETE FROM snapshots")
+            for s in snapshots:
+                before = old.get((s.project, s.volume, s.name))
+                self.record_snapshots(
+                    [s], before and before["workspace"], before and before["message"]
+                )
+            for project, info in commits:
+                self.record_commit(project, info, None)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise

@@ -1,0 +1,207 @@
+"""The `snapver` command: parse, call the core, print. Nothing else lives here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import SnapverError
+from .lake import Workspace, parse_size, short
+
+
+def emit_json(value) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def when(dt) -> str:
+    return dt.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def snapshot_json(s) -> dict:
+    return {"name": s.name, "volume": s.volume, "commit": s.commit, "kind": s.kind,
+            "created": s.created.isoformat(), "path": str(s.path)}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="snapver")
+def cli():
+    """Version an ML data lake (data, models, logs) with the Git commits of its code.
+
+    Every commit gets a copy-on-write snapshot of each volume, named after the
+    commit ID; checking out a commit brings the volumes back to it.
+    """
+
+
+@cli.command()
+@click.option("--volume", "volumes", multiple=True, metavar="NAME",
+              help="A volume to create (repeatable). Default: data, models, logs.")
+@click.option("--image", type=click.Path(dir_okay=False, path_type=Path),
+              help="Make (or reuse) a loop-mounted Btrfs image file as the lake (needs root).")
+@click.option("--size", help="Size of a new --image, e.g. 20G (the file is sparse).")
+@click.option("--lake", metavar="DIR", help="Use this directory on a Btrfs filesystem as the lake.")
+@click.option("--backend", type=click.Choice(["btrfs", "zfs"]), help="Filesystem of the lake.")
+def init(volumes, image, size, lake, backend):
+    """Set up the lake for this Git working tree.
+
+    Creates the volumes, links them at <repo>/<volume>, keeps them out of Git
+    and writes snapver.toml (commit it). In a clone of a repository that has
+    snapver.toml, joins that project's history and starts at HEAD's snapshot.
+    """
+    ws = Workspace.init(".", list(volumes), backend, lake, image, parse_size(size) if size else None)
+    click.echo(f"lake {ws.backend.spec()} ({ws.backend.name}), project {ws.project}")
+    for v in ws.volumes:
+        base = ws.state.volume(v).base
+        click.echo(f"  {v}/ -> {ws.live_path(v)}" + (f" (at {short(base)})" if base else ""))
+    click.echo("Commit snapver.toml so that every clone shares this history.")
+
+
+@cli.command()
+@click.option("--wip", is_flag=True, help="A work-in-progress snapshot (<HEAD>.<UTC time>).")
+@click.option("-m", "--message", help="A note kept with the snapshot.")
+def snapshot(wip, message):
+    """Snapshot every volume as the HEAD commit (or a wip point in time)."""
+    snaps = Workspace.open().snapshot(wip=wip, message=message)
+    for s in snaps:
+        click.echo(f"{s.volume}@{s.name}")
+
+
+@cli.command()
+@click.option("--all", "include_wip", is_flag=True, help="Include wip snapshots.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per volume snapshot.")
+def log(include_wip, as_json):
+    """Snapshots of this project, newest first."""
+    entries = Workspace.open().log(include_wip)
+    if as_json:
+        emit_json([
+            {**snapshot_json(e.snapshot), "subject": e.subject, "author": e.author, "message": e.message}
+            for e in entries
+        ])
+        return
+    grouped: dict[str, list] = {}
+    for e in entries:
+        grouped.setdefault(e.snapshot.name, []).append(e)
+    for name, group in grouped.items():
+        first = group[0]
+        vols = " ".join(sorted(e.snapshot.volume for e in group))
+        label = short(name) + name[40:]
+        note = first.message or first.subject or ""
+        click.echo(f"{label:<34} {when(first.snapshot.created)}  {first.snapshot.kind:<6}  {vols}  {note}".rstrip())
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def status(as_json):
+    """Which volumes changed since their last snapshot."""
+    rows = Workspace.open().status()
+    if as_json:
+        emit_json([{"volume": r.volume, "path": str(r.path), "base": r.base, "changed": r.changed}
+                   for r in rows])
+        return
+    for r in rows:
+        base = short(r.base) + r.base[40:] if r.base else "no snapshot"
+        click.echo(f"{r.volume:<12} {'changed' if r.changed else 'clean':<8} since {base}")
+
+
+@cli.command()
+@click.argument("rev")
+@click.option("--volume", "volumes", multiple=True, metavar="NAME", help="Only this volume (repeatable).")
+def checkout(rev, volumes):
+    """Make the volumes the snapshot of REV (a commit-ish or a snapshot name).
+
+    Unsnapshotted changes are first kept as a wip snapshot.
+    """
+    result = Workspace.open().checkout(rev, list(volumes) or None)
+    for w in result.warnings:
+        click.echo(f"snapver: warning: {w}", err=True)
+    if result.kept:
+        click.echo(f"kept unsnapshotted changes as {result.kept[0].name}")
+    for v, s in result.target.items():
+        click.echo(f"{v:<12} {'now at' if v in result.switched else 'already at'} {short(s.name)}{s.name[40:]}")
+
+
+@cli.command()
+@click.argument("rev")
+@click.argument("rev2", required=False)
+@click.option("--volume", "volumes", multiple=True, metavar="NAME")
+@click.option("--json", "as_json", is_flag=True)
+def diff(rev, rev2, volumes, as_json):
+    """Files added, changed and deleted from REV to REV2 (default: the live volumes).
+
+    Walks both trees: O(files), unlike snapshot and checkout.
+    """
+    changes = Workspace.open().diff(rev, rev2, list(volumes) or None)
+    if as_json:
+        emit_json({v: [{"path": c.path, "change": c.change} for c in cs] for v, cs in changes.items()})
+        return
+    sign = {"added": "+", "changed": "M", "deleted": "-"}
+    for v, cs in changes.items():
+        for c in cs:
+            click.echo(f"{sign[c.change]} {v}/{c.path}")
+
+
+@cli.command()
+@click.argument("rev")
+@click.argument("path")
+@click.option("--to", "dest", metavar="DEST", help="Write it here instead of its own place.")
+def restore(rev, path, dest):
+    """Bring back one file or folder (e.g. models/model.pt) from REV's snapshot."""
+    where, snap = Workspace.open().restore(rev, path, dest)
+    click.echo(f"restored {path} from {short(snap.name)}{snap.name[40:]}" + (f" to {where}" if dest else ""))
+
+
+@cli.command()
+@click.argument("rev")
+@click.option("--space", is_flag=True, help="Also measure bytes used (walks the snapshot: O(files)).")
+@click.option("--json", "as_json", is_flag=True)
+def show(rev, space, as_json):
+    """A snapshot's commit, volumes and paths."""
+    ws = Workspace.open()
+    commit, snaps, info = ws.show(rev)
+    spaces = {v: ws.backend.space(s) for v, s in snaps.items()} if space else {}
+    if as_json:
+        vols = {v: {**snapshot_json(s), **({"referenced": spaces[v].referenced,
+                                            "exclusive": spaces[v].exclusive} if space else {})}
+                for v, s in snaps.items()}
+        emit_json({"commit": commit, "info": info, "volumes": vols})
+        return
+    click.echo(f"commit   {commit}")
+    if info:
+        click.echo(f"author   {info['author']} <{info['email']}>")
+        click.echo(f"date     {info['time']}")
+        click.echo(f"subject  {info['subject']}")
+    for v, s in snaps.items():
+        extra = f"  {spaces[v].referenced:,} B, {spaces[v].exclusive:,} B exclusive" if space else ""
+        click.echo(f"{v:<12} {s.name}  {when(s.created)}  {s.path}{extra}")
+
+
+@cli.command()
+def reindex():
+    """Rebuild the catalog from the snapshots on the filesystem (and commits from Git)."""
+    count = Workspace.open().reindex()
+    click.echo(f"catalog rebuilt: {count} snapshots")
+
+
+def main() -> None:
+    """Every failure a user can cause ends as one line on stderr and a non-zero exit."""
+    try:
+        code = cli.main(prog_name="snapver", standalone_mode=False)
+    except SnapverError as e:
+        fail(str(e), e.exit_code)
+    except click.UsageError as e:
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
+        fail(e.format_message() + hint, e.exit_code)
+    except click.ClickException as e:
+        fail(e.format_message(), e.exit_code)
+    except click.Abort:
+        fail("aborted", 130)
+    except PermissionError as e:
+        fail(f"permission denied: {e.filename or e}: run it as the workspace's owner or as root", 1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"snapver: {message}", err=True)
+    sys.exit(code)

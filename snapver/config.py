@@ -1,0 +1,139 @@
+"""snapver.toml (committed, shared by every clone) and the working tree's local state.
+
+snapver.toml says what the project versions: its id, its volumes, the
+backend, and where the lake usually is. The local state, under the working
+tree's own Git directory, says which lake and workspace this checkout uses
+and what each live volume was last known to hold; losing it costs nothing
+but an extra safety snapshot, because every unknown is treated as changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import SnapverError
+from .names import check_project, check_volume
+
+CONFIG_NAME = "snapver.toml"
+
+
+@dataclass
+class Config:
+    project: str
+    volumes: list[str]
+    backend: str = "btrfs"
+    lake: str | None = None  # where the lake usually is on this team's hosts
+    image: str | None = None
+
+    @classmethod
+    def load(cls, toplevel: Path) -> Config:
+        path = toplevel / CONFIG_NAME
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except FileNotFoundError:
+            raise SnapverError(
+                f"no {CONFIG_NAME} in {toplevel}: run `snapver init` to version a lake here"
+            ) from None
+        except tomllib.TOMLDecodeError as e:
+            raise SnapverError(f"{path} is not valid TOML ({e}): fix it by hand") from None
+        project = doc.get("project", {})
+        try:
+            config = cls(
+                project=check_project(project["id"]),
+                volumes=[check_volume(v) for v in project.get("volumes", [])],
+                backend=project.get("backend", "btrfs"),
+                lake=doc.get("lake", {}).get("path"),
+                image=doc.get("lake", {}).get("image"),
+            )
+        except (KeyError, TypeError, AttributeError):
+            raise SnapverError(f"{path} has no [project] id: restore it from Git") from None
+        except SnapverError as e:
+            raise SnapverError(f"{path}: {e}") from None
+        if not config.volumes:
+            raise SnapverError(f"{path} names no volumes under [project] volumes")
+        return config
+
+    def save(self, toplevel: Path) -> None:
+        q = json.dumps  # TOML basic strings are JSON strings for these names
+        lines = [
+            "# snapver: the volumes versioned with this repository's commits.",
+            "# Commit this file; every clone reads it.",
+            "[project]",
+            f"id = {q(self.project)}",
+            f"backend = {q(self.backend)}",
+            f"volumes = [{', '.join(q(v) for v in self.volumes)}]",
+        ]
+        if self.lake or self.image:
+            lines += ["", "# Where this project's lake usually is; `snapver init --lake/--image` overrides."]
+            lines += ["[lake]"]
+            lines += [f"path = {q(self.lake)}"] if self.lake else []
+            lines += [f"image = {q(self.image)}"] if self.image else []
+        (toplevel / CONFIG_NAME).write_text("\n".join(lines) + "\n")
+
+
+@dataclass
+class VolumeState:
+    base: str | None = None  # the snapshot the live volume last matched
+    mark: str | None = None  # backend token: the live volume's state at that moment
+
+
+@dataclass
+class LocalState:
+    path: Path
+    backend: str
+    lake: str
+    workspace: str
+    image: str | None = None
+    volumes: dict[str, VolumeState] = field(default_factory=dict)
+
+    FILE = "workspace.json"
+
+    @staticmethod
+    def dir(git_dir: Path) -> Path:
+        return git_dir / "snapver"
+
+    @classmethod
+    def exists(cls, git_dir: Path) -> bool:
+        return (cls.dir(git_dir) / cls.FILE).exists()
+
+    @classmethod
+    def load(cls, git_dir: Path) -> LocalState:
+        path = cls.dir(git_dir) / cls.FILE
+        try:
+            doc = json.loads(path.read_text())
+            return cls(
+                path=path,
+                backend=doc["backend"],
+                lake=doc["lake"],
+                workspace=check_project(doc["workspace"]),
+                image=doc.get("image"),
+                volumes={k: VolumeState(**v) for k, v in doc.get("volumes", {}).items()},
+            )
+        except FileNotFoundError:
+            raise SnapverError(
+                "this working tree has no lake yet: run `snapver init` here"
+            ) from None
+        except (ValueError, KeyError, TypeError):
+            raise SnapverError(
+                f"{path} is damaged: move it away and run `snapver init` again "
+                "(snapshots are safe, they live in the lake)"
+            ) from None
+
+    def volume(self, name: str) -> VolumeState:
+        return self.volumes.setdefault(name, VolumeState())
+
+    def save(self) -> None:
+        doc = asdict(self)
+        del doc["path"]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)  # never a half-written state file

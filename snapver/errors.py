@@ -1,0 +1,22 @@
+"""The one exception type a user ever sees.
+
+A SnapverError carries a single line that says what was wrong and what to
+do; the CLI prints it and exits non-zero, the hooks print it once and let
+Git carry on. Anything else escaping is a bug and gets a traceback.
+"""
+
+
+class SnapverError(Exception):
+    """A user-facing failure: bad input, a missing snapshot, a busy lake."""
+
+    exit_code = 1
+
+
+class NotFound(SnapverError):
+    """A revision, snapshot or volume that does not exist."""
+
+    exit_code = 2
+
+
+class CommandFailed(SnapverError):
+    """An external tool (btrfs, zfs, git, mount) refused; its own words included."""

@@ -1,0 +1,124 @@
+"""What snapver asks Git: where the working tree is, what HEAD is, which commits exist.
+
+The hot questions (HEAD, rev-parse, one commit's metadata) go straight to the
+`git` command: the hooks run on every commit and checkout, and importing
+GitPython alone costs about 85 ms. GitPython serves the cold paths, where
+walking many commits through one object database pays off (reindex).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import NotFound, SnapverError
+from .proc import run
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    sha: str
+    author: str
+    email: str
+    time: str  # ISO 8601, the author's
+    subject: str
+    parents: tuple[str, ...]
+
+
+_FORMAT = "%H%x00%an%x00%ae%x00%aI%x00%P%x00%s"
+
+
+def _parse_commit(line: str) -> CommitInfo:
+    sha, author, email, time, parents, subject = line.split("\0", 5)
+    return CommitInfo(sha, author, email, time, subject, tuple(parents.split()))
+
+
+class GitRepo:
+    def __init__(self, toplevel: Path, git_dir: Path, common_dir: Path):
+        self.toplevel = toplevel  # the working tree's root
+        self.git_dir = git_dir  # this working tree's own .git (differs per worktree)
+        self.common_dir = common_dir  # shared by every worktree of the repo
+
+    @classmethod
+    def find(cls, path: Path | str = ".") -> GitRepo:
+        try:
+            out = run(
+                ["git", "rev-parse", "--path-format=absolute",
+                 "--show-toplevel", "--git-dir", "--git-common-dir"],
+                cwd=path,
+            )
+        except SnapverError:
+            raise SnapverError(
+                f"{Path(path).resolve()} is not inside a Git working tree: "
+                "run `git init` (or cd into your repository) first"
+            ) from None
+        toplevel, git_dir, common_dir = out.splitlines()
+        return cls(Path(toplevel), Path(git_dir), Path(common_dir))
+
+    def git(self, *args: str) -> str:
+        return run(["git", *args], cwd=self.toplevel)
+
+    def head(self) -> str | None:
+        """The commit HEAD points at; None in a repository with no commit yet."""
+        done = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", "HEAD^{commit}"],
+            cwd=self.toplevel, capture_output=True, text=True,
+        )
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    def branch(self) -> str | None:
+        done = subprocess.run(
+            ["git", "symbolic-ref", "--short", "--quiet", "HEAD"],
+            cwd=self.toplevel, capture_output=True, text=True,
+        )
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    def resolve(self, rev: str) -> str:
+        """The full commit ID of any commit-ish Git understands."""
+        if not rev or "\0" in rev or "\n" in rev:
+            raise NotFound(f"{rev!r} is not a commit")
+        done = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"],
+            cwd=self.toplevel, capture_output=True, text=True,
+        )
+        if done.returncode != 0:
+            raise NotFound(f"{rev!r} is not a commit in this repository")
+        return done.stdout.strip()
+
+    def commit(self, sha: str) -> CommitInfo:
+        return _parse_commit(self.git("show", "-s", f"--format={_FORMAT}", sha, "--").rstrip("\n"))
+
+    def first_parent_ancestors(self, sha: str):
+        """sha, its first parent, that one's first parent, ... lazily, newest first."""
+        proc = subprocess.Popen(
+            ["git", "rev-list", "--first-parent", sha, "--"],
+            cwd=self.toplevel, stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            for line in proc.stdout:
+                yield line.strip()
+        finally:
+            proc.kill()
+            proc.wait()
+
+    def commits(self, shas) -> dict[str, CommitInfo]:
+        """Metadata of many commits at once; commits Git no longer has are left out."""
+        import git  # GitPython: one object database for the whole walk
+
+        repo = git.Repo(self.toplevel)
+        found = {}
+        for sha in shas:
+            try:
+                c = repo.commit(sha)
+            except (ValueError, git.BadName):
+                continue
+            found[sha] = CommitInfo(
+                sha=c.hexsha,
+                author=c.author.name or "",
+                email=c.author.email or "",
+                time=c.authored_datetime.isoformat(),
+                subject=c.message.split("\n", 1)[0],
+                parents=tuple(p.hexsha for p in c.parents),
+            )
+        return found

@@ -1,0 +1,491 @@
+"""The core: a workspace (one Git working tree and its live volumes) and what it can do.
+
+Nothing here knows about click or printing: every operation returns data,
+and every user mistake is a SnapverError with one line to show. Order of
+work in every operation that changes anything: check all input, take the
+workspace lock, keep unsnapshotted work as a wip snapshot, then act.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from . import lock, names
+from .backends.base import Backend, Change, Snapshot, open_backend
+from .catalog import Catalog
+from .config import CONFIG_NAME, Config, LocalState, VolumeState
+from .errors import NotFound, SnapverError
+from .gitrepo import GitRepo
+from .proc import run
+
+DEFAULT_VOLUMES = ("data", "models", "logs")
+
+
+def short(sha: str) -> str:
+    return sha[:10]
+
+
+@dataclass
+class VolumeStatus:
+    volume: str
+    path: Path
+    base: str | None  # the snapshot it last matched
+    changed: bool
+
+
+@dataclass
+class CheckoutResult:
+    target: dict[str, Snapshot]
+    kept: list[Snapshot] = field(default_factory=list)  # the safety wip snapshot, if one was needed
+    switched: list[str] = field(default_factory=list)  # volumes that were replaced
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LogEntry:
+    snapshot: Snapshot
+    subject: str | None
+    author: str | None
+    message: str | None
+
+
+class Workspace:
+    def __init__(self, git: GitRepo, config: Config, state: LocalState, backend: Backend):
+        self.git = git
+        self.config = config
+        self.state = state
+        self.backend = backend
+        self._catalog: Catalog | None = None
+
+    @property
+    def project(self) -> str:
+        return self.config.project
+
+    @property
+    def id(self) -> str:
+        return self.state.workspace
+
+    @property
+    def volumes(self) -> list[str]:
+        return self.config.volumes
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = Catalog(self.backend.catalog_path)
+        return self._catalog
+
+    def live_path(self, volume: str) -> Path:
+        return self.backend.volume_path(self.project, self.id, volume)
+
+    def lock(self):
+        return lock.held(LocalState.dir(self.git.git_dir) / "lock")
+
+    # ---------------------------------------------------------------- open / init
+    @classmethod
+    def open(cls, path: Path | str = ".") -> Workspace:
+        git = GitRepo.find(path)
+        config = Config.load(git.toplevel)
+        state = LocalState.load(git.git_dir)
+        _ensure_mounted(state)
+        return cls(git, config, state, open_backend(state.backend, state.lake))
+
+    @classmethod
+    def init(
+        cls,
+        path: Path | str = ".",
+        volumes: list[str] | None = None,
+        backend: str | None = None,
+        lake: str | None = None,
+        image: Path | None = None,
+        size: int | None = None,
+    ) -> Workspace:
+        """Give a working tree its lake: a new project, or a clone joining its project's history."""
+        git = GitRepo.find(path)
+        if LocalState.exists(git.git_dir):
+            state = LocalState.load(git.git_dir)
+            raise SnapverError(
+                f"snapver is already set up in {git.toplevel} (lake {state.lake}); nothing to do"
+            )
+        joining = (git.toplevel / CONFIG_NAME).exists()
+        if joining:
+            config = Config.load(git.toplevel)
+            if volumes and list(volumes) != config.volumes:
+                raise SnapverError(
+                    f"{CONFIG_NAME} already names the volumes {', '.join(config.volumes)}: "
+                    "edit it instead of passing --volume"
+                )
+            if backend and backend != config.backend:
+                raise SnapverError(f"{CONFIG_NAME} says backend {config.backend!r}, not {backend!r}")
+        else:
+            vols = list(dict.fromkeys(names.check_volume(v) for v in (volumes or DEFAULT_VOLUMES)))
+            base = "".join(c if c.isalnum() or c in "-_" else "-" for c in git.toplevel.name)[:40]
+            project = names.check_project(f"{base.strip('-_') or 'lake'}-{secrets.token_hex(4)}")
+            config = Config(project=project, volumes=vols, backend=backend or "btrfs")
+        for v in config.volumes:
+            if os.path.lexists(git.toplevel / v):
+                raise SnapverError(
+                    f"{git.toplevel / v} already exists: move it away first "
+                    "(snapver puts the volume there), or choose another --volume name"
+                )
+        if size is not None and image is None:
+            raise SnapverError("--size goes with --image")
+
+        # Input is checked; from here on things change on disk.
+        spec, image_path = _provision_lake(git, config, lake, image, size)
+        backend_ = open_backend(config.backend, spec)
+        workspace_id = names.check_project(f"{config.project[:40]}-{secrets.token_hex(4)}")
+        state = LocalState(
+            path=LocalState.dir(git.git_dir) / LocalState.FILE,
+            backend=config.backend,
+            lake=backend_.spec(),
+            workspace=workspace_id,
+            image=str(image_path) if image_path else None,
+        )
+        if not joining:
+            config.lake = state.lake if not image_path else None
+            config.image = state.image
+            config.save(git.toplevel)
+        ws = cls(git, config, state, backend_)
+        ws._create_volumes()
+        state.save()
+        _keep_out_of_git(git, config.volumes)
+        return ws
+
+    def _create_volumes(self) -> None:
+        """Fresh volumes: empty for a new project, at HEAD's snapshot for a joining clone."""
+        head = self.git.head()
+        start: dict[str, Snapshot] = {}
+        if head:
+            try:
+                start = self._resolve(head, self.volumes, nearest=True)[0]
+            except NotFound:
+                start = {}  # nothing snapshotted yet: start empty
+        owner = self.git.toplevel.stat()
+        for v in self.volumes:
+            if v in start:
+                mark = self.backend.clone_into_place(start[v], self.id)
+                self.state.volumes[v] = _vs(start[v].name, mark)
+            else:
+                path = self.backend.create_volume(self.project, self.id, v)
+                self.state.volume(v).mark = self.backend.mark(self.project, self.id, v)
+                if os.geteuid() == 0 and owner.st_uid != 0:
+                    os.chown(path, owner.st_uid, owner.st_gid)  # `sudo snapver init` for a user
+            link = self.git.toplevel / v
+            link.symlink_to(self.live_path(v), target_is_directory=True)
+            self.catalog.record_volume(self.project, self.id, v, self.live_path(v), self.git.toplevel)
+
+    # ---------------------------------------------------------------- snapshots
+    def snapshot(self, wip: bool = False, message: str | None = None) -> list[Snapshot]:
+        """Snapshot every volume as HEAD's commit snapshot (or a wip one)."""
+        head = self.git.head()
+        with self.lock():
+            if wip:
+                return self._take(self.volumes, names.wip_snapshot_name(head or names.NO_COMMIT), message)
+            if head is None:
+                raise SnapverError("HEAD has no commit yet: commit first, or take a --wip snapshot")
+            existing = {v: self.backend.find(self.project, v, head) for v in self.volumes}
+            todo = [v for v, s in existing.items() if s is None]
+            changed = [v for v, s in existing.items() if s is not None and self._changed(v)]
+            if changed:
+                raise SnapverError(
+                    f"commit {short(head)} already has a snapshot and {', '.join(changed)} changed "
+                    "since: commit first, or keep it with `snapver snapshot --wip`"
+                )
+            taken = self._take(todo, head, message) if todo else []
+            return taken + [s for s in existing.values() if s is not None]
+
+    def _take(self, volumes: list[str], name: str, message: str | None) -> list[Snapshot]:
+        snaps = self.backend.snapshot(self.project, self.id, volumes, name)
+        for s in snaps:
+            self.state.volumes[s.volume] = _vs(s.name, s.mark)
+        self.state.save()
+        self.catalog.record_snapshots(snaps, self.id, message)
+        commit = snaps[0].commit if snaps else names.NO_COMMIT
+        if commit != names.NO_COMMIT:
+            self.catalog.record_commit(self.project, self.git.commit(commit), self.git.branch())
+        return snaps
+
+    def _changed(self, volume: str) -> bool:
+        mark = self.state.volume(volume).mark
+        return self.backend.changed_since(self.project, self.id, volume, mark)
+
+    def _keep_changes(self, volumes: list[str], why: str) -> list[Snapshot]:
+        """The safety net before anything replaces live data: a wip snapshot of what changed."""
+        if not any(self._changed(v) for v in volumes):
+            return []
+        # All volumes, not just the changed ones, so the wip is one whole point in time.
+        name = names.wip_snapshot_name(self.git.head() or names.NO_COMMIT)
+        return self._take(self.volumes, name, why)
+
+    def status(self) -> list[VolumeStatus]:
+        return [
+            VolumeStatus(v, self.live_path(v), self.state.volume(v).base, self._changed(v))
+            for v in self.volumes
+        ]
+
+    def log(self, include_wip: bool = False) -> list[LogEntry]:
+        """Snapshots newest first, from the filesystem, with what the catalog knows of them."""
+        snaps = [
+            s for s in self.backend.snapshots(self.project)
+            if s.volume in self.volumes and (include_wip or s.kind == "commit")
+        ]
+        rows = self.catalog.snapshot_rows(self.project)
+        commits = self.catalog.commits(self.project)
+        snaps.sort(key=lambda s: (s.created, s.name, s.volume), reverse=True)
+        entries = []
+        for s in snaps:
+            c = commits.get(s.commit, {})
+            row = rows.get((s.volume, s.name), {})
+            entries.append(LogEntry(s, c.get("subject"), c.get("author"), row.get("message")))
+        return entries
+
+    # ---------------------------------------------------------------- resolving revisions
+    def _resolve(self, rev: str, volumes: list[str], nearest: bool = False):
+        """The snapshot of each volume at rev: (by volume, commit, warnings).
+
+        rev is a snapshot name or anything `git rev-parse` takes. A commit
+        with no snapshot of its own is an error naming its nearest
+        snapshotted first-parent ancestor, or with nearest=True (the hooks)
+        that ancestor is used with a warning.
+        """
+        parsed = names.parse_snapshot_name(rev)
+        if parsed and parsed[1] == "wip":
+            found = {v: self.backend.find(self.project, v, rev) for v in volumes}
+            missing = [v for v, s in found.items() if s is None]
+            if missing:
+                raise NotFound(f"there is no wip snapshot {rev} of {', '.join(missing)}")
+            return found, parsed[0], []
+        if parsed:  # a full commit ID: its snapshot stands even if Git has forgotten the commit
+            found = {v: self.backend.find(self.project, v, rev) for v in volumes}
+            if all(found.values()):
+                return found, rev, []
+        sha = self.git.resolve(rev)
+        found = {v: self.backend.find(self.project, v, sha) for v in volumes}
+        if all(found.values()):
+            return found, sha, []
+        have = {v: {s.name for s in self.backend.snapshots(self.project, v)} for v in volumes}
+        ancestor = next(
+            (a for a in self.git.first_parent_ancestors(sha) if all(a in have[v] for v in volumes)),
+            None,
+        )
+        what = f"commit {short(sha)} ({rev})" if not sha.startswith(rev) else f"commit {short(sha)}"
+        if ancestor is None:
+            raise NotFound(f"{what} has no snapshot, and neither has any of its first-parent ancestors")
+        if not nearest:
+            raise NotFound(
+                f"{what} has no snapshot; its nearest snapshotted ancestor is {short(ancestor)}: "
+                f"`snapver checkout {short(ancestor)}`"
+            )
+        found = {v: self.backend.find(self.project, v, ancestor) for v in volumes}
+        return found, ancestor, [
+            f"commit {short(sha)} has no snapshot; using its nearest snapshotted ancestor {short(ancestor)}"
+        ]
+
+    def _volumes(self, only: list[str] | None) -> list[str]:
+        for v in only or []:
+            if v not in self.volumes:
+                raise NotFound(f"no volume {v!r} here: the volumes are {', '.join(self.volumes)}")
+        return list(only) if only else list(self.volumes)
+
+    # ---------------------------------------------------------------- checkout
+    def checkout(self, rev: str, volumes: list[str] | None = None, nearest: bool = False) -> CheckoutResult:
+        """Make the live volumes the snapshot of rev, keeping unsnapshotted work first."""
+        vols = self._volumes(volumes)
+        target, _, warnings = self._resolve(rev, vols, nearest)
+        with self.lock():
+            result = CheckoutResult(target, warnings=warnings)
+            already = {
+                v for v in vols
+                if self.state.volume(v).base == target[v].name and not self._changed(v)
+            }
+            result.kept = self._keep_changes(vols, f"kept before checkout of {rev}")
+            for v in vols:
+                if v in already:
+                    continue  # the live volume is that snapshot already: nothing to swap
+                mark = self.backend.clone_into_place(target[v], self.id)
+                self.state.volumes[v] = _vs(target[v].name, mark)
+                self.state.save()  # after each volume, so a crash leaves the truth recorded
+                result.switched.append(v)
+            return result
+
+    # ---------------------------------------------------------------- looking at snapshots
+    def show(self, rev: str) -> tuple[str, dict[str, Snapshot], dict | None]:
+        target, commit, _ = self._resolve(rev, self.volumes)
+        info = self.catalog.commit(self.project, commit)
+        if info is None and commit != names.NO_COMMIT:
+            c = self.git.commit(commit)
+            info = {"sha": c.sha, "author": c.author, "email": c.email, "time": c.time,
+                    "subject": c.subject, "parents": " ".join(c.parents), "branch": None}
+        return commit, target, info
+
+    def diff(self, rev: str, rev2: str | None = None, volumes: list[str] | None = None) -> dict[str, list[Change]]:
+        """Files added, changed, deleted from rev to rev2 (or to the live volumes)."""
+        vols = self._volumes(volumes)
+        old = self._resolve(rev, vols)[0]
+        new = self._resolve(rev2, vols)[0] if rev2 else None
+        return {
+            v: self.backend.diff(old[v].path, new[v].path if new else self.live_path(v))
+            for v in vols
+        }
+
+    # ---------------------------------------------------------------- restore
+    def restore(self, rev: str, path: str, to: str | None = None, cwd: Path | None = None) -> tuple[Path, Snapshot]:
+        """Copy one file or folder back from rev's snapshot, leaving the rest as it is."""
+        volume, inner = self._split_volume_path(path, cwd or Path.cwd())
+        snap = self._resolve(rev, [volume])[0][volume]
+        source = _inside(snap.path, inner, f"{path} is not in the snapshot of {volume} at {rev}")
+        if to is None:
+            dest = _inside(self.live_path(volume), inner, f"{path} leaves the volume", must_exist=False)
+        else:
+            dest = (cwd or Path.cwd()) / to
+            if os.path.lexists(dest):
+                raise SnapverError(f"{to} already exists: remove it or choose another --to")
+        with self.lock():
+            if to is None and os.path.lexists(dest):
+                self._keep_changes([volume], f"kept before restore of {path} from {rev}")
+            _copy_into_place(source, dest)
+        return dest, snap
+
+    def _split_volume_path(self, path: str, cwd: Path) -> tuple[str, PurePosixPath]:
+        if not path or "\0" in path:
+            raise SnapverError("give the path of a file or folder inside a volume, e.g. models/model.pt")
+        if os.path.isabs(path):
+            raise SnapverError(
+                f"{path} is absolute: give it relative to the repository, e.g. models/model.pt"
+            )
+        here = os.path.relpath(os.path.abspath(cwd), self.git.toplevel)
+        rel = PurePosixPath(os.path.normpath(os.path.join(here, path)))
+        if not rel.parts or rel.parts[0] == ".." or rel.parts[0] not in self.volumes:
+            raise SnapverError(
+                f"{path} is not inside a volume: paths start with one of {', '.join(self.volumes)}"
+            )
+        return rel.parts[0], PurePosixPath(*rel.parts[1:])
+
+    # ---------------------------------------------------------------- reindex
+    def reindex(self) -> int:
+        """Rebuild the catalog of this lake from the filesystem, and commit rows from Git."""
+        snaps = self.backend.snapshots()
+        mine = {s.commit for s in snaps if s.project == self.project} - {names.NO_COMMIT}
+        commits = [(self.project, info) for info in self.git.commits(sorted(mine)).values()]
+        self.catalog.replace_snapshots(snaps, commits)
+        return len(snaps)
+
+
+def _vs(base: str, mark: str) -> VolumeState:
+    return VolumeState(base=base, mark=mark)
+
+
+def _inside(root: Path, inner: PurePosixPath, what: str, must_exist: bool = True) -> Path:
+    """root/inner, refusing anything that would leave root, through '..' or a symlink."""
+    real_root = os.path.realpath(root)
+    target = os.path.realpath(os.path.join(root, inner))
+    if target != real_root and not target.startswith(real_root + os.sep):
+        raise SnapverError(f"{what}: it leads outside the volume (through a symlink or '..')")
+    if target == real_root:
+        raise SnapverError(f"{what}: name a file or folder inside the volume, not the whole volume")
+    if must_exist and not os.path.lexists(target):
+        raise NotFound(what)
+    return Path(target)
+
+
+def _copy_into_place(source: Path, dest: Path) -> None:
+    """Reflink-copy source next to dest, then rename it over dest: never half a file."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.snapver-restore-{secrets.token_hex(4)}")
+    run(["cp", "-a", "--reflink=auto", "--no-target-directory", "--", str(source), str(tmp)])
+    try:
+        if dest.is_dir() and not dest.is_symlink():
+            old = dest.with_name(f".{dest.name}.snapver-old-{secrets.token_hex(4)}")
+            os.rename(dest, old)
+            os.rename(tmp, dest)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        if os.path.lexists(tmp):
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+        raise
+
+
+def _provision_lake(git: GitRepo, config: Config, lake: str | None, image: Path | None, size: int | None):
+    """Where this working tree's lake is: (backend spec, image file or None)."""
+    from . import linux
+
+    if image is not None:
+        image = Path(image).absolute()
+        if config.backend == "btrfs":
+            from .backends.btrfs import provision_image
+
+            return str(provision_image(image, size, image_mountpoint(image))), image
+        from .backends.zfs import provision_pool
+
+        return provision_pool(image, size), image
+    if lake:
+        return (str(Path(lake).absolute()) if config.backend == "btrfs" else lake), None
+    if config.image and Path(config.image).exists():
+        return _provision_lake(git, config, None, Path(config.image), None)
+    if config.lake:
+        return config.lake, None
+    mount = linux.mount_of(git.toplevel)
+    if config.backend == "btrfs" and mount.fstype == "btrfs":
+        lake_dir = mount.mountpoint / ".snapver"
+        lake_dir.mkdir(exist_ok=True)
+        return str(lake_dir), None
+    raise SnapverError(
+        f"{git.toplevel} is on {mount.fstype}, which has no snapshots: pass --image FILE --size SIZE "
+        "to make a Btrfs image (as root), or --lake DIR on a Btrfs filesystem"
+    )
+
+
+def image_mountpoint(image: Path) -> Path:
+    """lake.img mounts at lake/, beside it."""
+    return image.with_suffix("") if image.suffix else image.with_name(image.name + ".d")
+
+
+def _ensure_mounted(state: LocalState) -> None:
+    """An image-backed lake is mounted again after a reboot, by the first snapver run as root."""
+    if not state.image or state.backend != "btrfs":
+        return
+    from .backends.btrfs import is_mountpoint, mount_image
+
+    mountpoint = Path(state.lake)
+    if is_mountpoint(mountpoint):
+        return
+    if os.geteuid() != 0:
+        raise SnapverError(
+            f"the lake image {state.image} is not mounted: run any snapver command once as root to mount it"
+        )
+    mount_image(Path(state.image), mountpoint)
+
+
+def _keep_out_of_git(git: GitRepo, volumes: list[str]) -> None:
+    """The volumes are symlinks into the lake: Git must never commit them."""
+    exclude = git.common_dir / "info" / "exclude"
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    present = exclude.read_text().splitlines() if exclude.exists() else []
+    wanted = [f"/{v}" for v in volumes if f"/{v}" not in present]
+    if wanted:
+        with open(exclude, "a") as f:
+            if present and present[-1].strip():
+                f.write("\n")
+            f.write("# snapver volumes (symlinks into the lake)\n" + "\n".join(wanted) + "\n")
+
+
+def parse_size(text: str) -> int:
+    """'20G', '512M', '1T', '1048576' -> bytes."""
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        value = float(num) * units[unit]
+    except ValueError:
+        raise SnapverError(f"{text!r} is not a size: use e.g. 512M, 20G or 1T") from None
+    if value <= 0:
+        raise SnapverError(f"{text!r} is not a size: it must be positive")
+    return int(value)
+

@@ -1,0 +1,44 @@
+"""One writer per workspace: hooks, CLI and daemon take the same lock.
+
+flock(2) is released by the kernel when its holder dies, so a crashed
+snapver never leaves a stale lock behind; the holder's PID and command are
+written into the lock file only so that a waiting user can be told who it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import SnapverError
+
+WAIT_SECONDS = float(os.environ.get("SNAPVER_LOCK_WAIT", "30"))
+
+
+@contextlib.contextmanager
+def held(path: Path, wait: float = WAIT_SECONDS):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+                    raise SnapverError(
+                        f"the workspace is busy, held by {holder}; try again when it finishes"
+                    ) from None
+                time.sleep(0.05)
+        command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"PID {os.getpid()} ({command[:200]})".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock

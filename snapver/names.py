@@ -1,0 +1,69 @@
+"""Names snapver puts on the filesystem, and the rules every one must pass.
+
+Every name that reaches a path, a dataset or an argv list is checked here
+first. The rules are the intersection of what Btrfs file names and ZFS
+dataset and snapshot components accept, minus anything a shell or a path
+could misread (leading dash, dots, slashes, spaces, NUL).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+from .errors import SnapverError
+
+_VOLUME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+_PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+SHA = re.compile(r"[0-9a-f]{40}")
+# wip snapshots: <sha>.<UTC time to the microsecond>, sortable as text.
+_WIP = re.compile(r"([0-9a-f]{40})\.(\d{8}T\d{6}\.\d{6}Z)")
+WIP_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+NO_COMMIT = "0" * 40
+
+
+def _show(name: str) -> str:
+    return repr(name) if name else "an empty name"
+
+
+def check_volume(name: str) -> str:
+    if not isinstance(name, str) or not _VOLUME.fullmatch(name):
+        raise SnapverError(
+            f"{_show(name)} is not a valid volume name: use 1-63 letters, digits, '-' or '_', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def check_project(name: str) -> str:
+    if not isinstance(name, str) or not _PROJECT.fullmatch(name):
+        raise SnapverError(
+            f"{_show(name)} is not a valid project id: use 1-63 letters, digits, '-' or '_'"
+        )
+    return name
+
+
+def commit_snapshot_name(sha: str) -> str:
+    if not SHA.fullmatch(sha):
+        raise SnapverError(f"{_show(sha)} is not a full 40-hex commit ID")
+    return sha
+
+
+def wip_snapshot_name(sha: str, when: datetime | None = None) -> str:
+    when = (when or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return f"{commit_snapshot_name(sha)}.{when.strftime(WIP_TIME_FORMAT)}"
+
+
+def parse_snapshot_name(name: str) -> tuple[str, str, datetime | None] | None:
+    """(commit, kind, wip time) for a name snapver made, None for anything else."""
+    if SHA.fullmatch(name):
+        return name, "commit", None
+    m = _WIP.fullmatch(name)
+    if m:
+        when = datetime.strptime(m.group(2), WIP_TIME_FORMAT).replace(tzinfo=timezone.utc)
+        return m.group(1), "wip", when
+    return None
+
+
+def is_snapshot_name(name: str) -> bool:
+    return parse_snapshot_name(name) is not None

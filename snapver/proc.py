@@ -1,0 +1,30 @@
+"""Running external tools: argv lists only, failures as one readable line."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+
+from .errors import CommandFailed
+
+
+def run(argv: Sequence[str], *, input: bytes | None = None, cwd=None, env=None) -> str:
+    """Run argv, return its stdout as text; raise CommandFailed with the tool's own words."""
+    try:
+        done = subprocess.run(
+            list(argv), input=input, cwd=cwd, env=env, capture_output=True, check=False
+        )
+    except FileNotFoundError:
+        raise CommandFailed(f"{argv[0]} is not installed (needed for this lake)") from None
+    if done.returncode != 0:
+        raise CommandFailed(describe_failure(argv, done.stderr))
+    return done.stdout.decode("utf-8", "surrogateescape")
+
+
+def describe_failure(argv: Sequence[str], stderr: bytes) -> str:
+    words = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+    why = words[-1] if words else "no message"
+    if any("No space left" in w or "out of space" in w for w in words):
+        why = "the filesystem is full; free space (or grow it) and try again"
+    what = " ".join(argv[:3]) if argv[0] in ("btrfs", "zfs", "zpool", "git") else argv[0]
+    return f"{what} failed: {why}"
