@@ -18,27 +18,31 @@ git init -q -b main repo && cd repo
 git config user.name "Demo User" && git config user.email demo@example.com
 cp "$here/examples/train.py" .
 run snapver init --image "$demo/lake.img" --size 2G
-git add train.py snapver.toml && git commit -q -m "training code"
-snapver snapshot >/dev/null
+run git add train.py snapver.toml
+run git commit -q -m "training code"     # the post-commit hook snapshots every volume
 
 step "Version 1: a quick model (5 epochs)"
 python3 -c 'import random; random.seed(1); print("\n".join(f"{x/10},{3*x/10+2+random.gauss(0,.3):.3f}" for x in range(100)))' > data/train.csv
 run python3 train.py 5
-git commit -q --allow-empty -m "model v1: 5 epochs" && run snapver snapshot
+run git commit -q --allow-empty -m "model v1: 5 epochs"
 v1=$(git rev-parse HEAD)
 
 step "Version 2: trained longer (300 epochs)"
 run python3 train.py 300
-git commit -q --allow-empty -m "model v2: 300 epochs" && snapver snapshot >/dev/null
+run git commit -q --allow-empty -m "model v2: 300 epochs"
 run snapver log
 
 step "Back to version 1: the old model comes back with the old commit"
-run git checkout -q "$v1"
-run snapver checkout HEAD
+run git checkout -q "$v1"               # the hooks bring the lake along
 run cat models/model.json
 run git checkout -q main
-run snapver checkout main
 run cat models/model.json
+
+step "Unsaved work is never lost: a checkout keeps it as a wip snapshot first"
+run python3 train.py 50
+run git checkout -q "$v1"
+run snapver log --all
+run git checkout -q main
 
 step "An accident: the model is deleted"
 run rm models/model.json

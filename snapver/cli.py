@@ -50,11 +50,15 @@ def init(volumes, image, size, lake, backend):
     and writes snapver.toml (commit it). In a clone of a repository that has
     snapver.toml, joins that project's history and starts at HEAD's snapshot.
     """
+    from . import githooks
+
     ws = Workspace.init(".", list(volumes), backend, lake, image, parse_size(size) if size else None)
     click.echo(f"lake {ws.backend.spec()} ({ws.backend.name}), project {ws.project}")
     for v in ws.volumes:
         base = ws.state.volume(v).base
         click.echo(f"  {v}/ -> {ws.live_path(v)}" + (f" (at {short(base)})" if base else ""))
+    githooks.install(ws.git)
+    click.echo("Git hooks installed: commits snapshot the lake, checkouts bring it back.")
     click.echo("Commit snapver.toml so that every clone shares this history.")
 
 
@@ -175,6 +179,33 @@ def show(rev, space, as_json):
     for v, s in snaps.items():
         extra = f"  {spaces[v].referenced:,} B, {spaces[v].exclusive:,} B exclusive" if space else ""
         click.echo(f"{v:<12} {s.name}  {when(s.created)}  {s.path}{extra}")
+
+
+@cli.group()
+def hooks():
+    """The Git hooks that snapshot on commit and follow checkouts."""
+
+
+@hooks.command("install")
+def hooks_install():
+    """Install the hooks (honours core.hooksPath; an existing hook is chained, not replaced)."""
+    from . import githooks
+    from .gitrepo import GitRepo
+
+    git = GitRepo.find(".")
+    names = githooks.install(git)
+    click.echo(f"installed {', '.join(names)} in {githooks.hooks_dir(git)}")
+
+
+@hooks.command("uninstall")
+def hooks_uninstall():
+    """Remove the hooks and put back any hook they had chained to."""
+    from . import githooks
+    from .gitrepo import GitRepo
+
+    git = GitRepo.find(".")
+    names = githooks.uninstall(git)
+    click.echo(f"removed {', '.join(names)}" if names else "no snapver hooks were installed")
 
 
 @cli.command()

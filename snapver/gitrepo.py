@@ -68,11 +68,13 @@ class GitRepo:
         return done.stdout.strip() if done.returncode == 0 else None
 
     def branch(self) -> str | None:
-        done = subprocess.run(
-            ["git", "symbolic-ref", "--short", "--quiet", "HEAD"],
-            cwd=self.toplevel, capture_output=True, text=True,
-        )
-        return done.stdout.strip() if done.returncode == 0 else None
+        """The branch HEAD is on; None when detached. Read from the HEAD file: no fork."""
+        try:
+            head = (self.git_dir / "HEAD").read_text().strip()
+        except OSError:
+            return None
+        prefix = "ref: refs/heads/"
+        return head[len(prefix):] if head.startswith(prefix) else None
 
     def resolve(self, rev: str) -> str:
         """The full commit ID of any commit-ish Git understands."""

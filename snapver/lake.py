@@ -9,8 +9,6 @@ workspace lock, keep unsnapshotted work as a wip snapshot, then act.
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -85,6 +83,21 @@ class Workspace:
     def lock(self):
         return lock.held(LocalState.dir(self.git.git_dir) / "lock")
 
+    @property
+    def _at_file(self) -> Path:
+        return LocalState.dir(self.git.git_dir) / "lake-at"
+
+    def lake_at(self) -> str | None:
+        """The commit the lake last followed (the hooks compare it with HEAD in shell)."""
+        try:
+            return self._at_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def _record_at(self, sha: str | None) -> None:
+        if sha:
+            self._at_file.write_text(sha + "\n")
+
     # ---------------------------------------------------------------- open / init
     @classmethod
     def open(cls, path: Path | str = ".") -> Workspace:
@@ -124,7 +137,7 @@ class Workspace:
         else:
             vols = list(dict.fromkeys(names.check_volume(v) for v in (volumes or DEFAULT_VOLUMES)))
             base = "".join(c if c.isalnum() or c in "-_" else "-" for c in git.toplevel.name)[:40]
-            project = names.check_project(f"{base.strip('-_') or 'lake'}-{secrets.token_hex(4)}")
+            project = names.check_project(f"{base.strip('-_') or 'lake'}-{os.urandom(4).hex()}")
             config = Config(project=project, volumes=vols, backend=backend or "btrfs")
         for v in config.volumes:
             if os.path.lexists(git.toplevel / v):
@@ -138,7 +151,7 @@ class Workspace:
         # Input is checked; from here on things change on disk.
         spec, image_path = _provision_lake(git, config, lake, image, size)
         backend_ = open_backend(config.backend, spec)
-        workspace_id = names.check_project(f"{config.project[:40]}-{secrets.token_hex(4)}")
+        workspace_id = names.check_project(f"{config.project[:40]}-{os.urandom(4).hex()}")
         state = LocalState(
             path=LocalState.dir(git.git_dir) / LocalState.FILE,
             backend=config.backend,
@@ -153,6 +166,7 @@ class Workspace:
         ws = cls(git, config, state, backend_)
         ws._create_volumes()
         state.save()
+        ws._record_at(git.head())
         _keep_out_of_git(git, config.volumes)
         return ws
 
@@ -197,6 +211,7 @@ class Workspace:
                     "since: commit first, or keep it with `snapver snapshot --wip`"
                 )
             taken = self._take(todo, head, message) if todo else []
+            self._record_at(head)
             return taken + [s for s in existing.values() if s is not None]
 
     def _take(self, volumes: list[str], name: str, message: str | None) -> list[Snapshot]:
@@ -219,7 +234,8 @@ class Workspace:
         if not any(self._changed(v) for v in volumes):
             return []
         # All volumes, not just the changed ones, so the wip is one whole point in time.
-        name = names.wip_snapshot_name(self.git.head() or names.NO_COMMIT)
+        # It belongs to the commit the lake was at: in a hook, HEAD has already moved on.
+        name = names.wip_snapshot_name(self.lake_at() or self.git.head() or names.NO_COMMIT)
         return self._take(self.volumes, name, why)
 
     def status(self) -> list[VolumeStatus]:
@@ -313,6 +329,57 @@ class Workspace:
                 result.switched.append(v)
             return result
 
+    def follow_head(self) -> CheckoutResult | None:
+        """After Git moved HEAD and rewrote the working tree: the lake follows (the hooks)."""
+        head = self.git.head()
+        if head is None:
+            return None
+        if self._merge_made_here(head):
+            self.snapshot()  # the lake is this merge's first parent's: ours
+            return None
+        try:
+            result = self.checkout(head, nearest=True)
+        except NotFound as e:
+            self._record_at(head)  # nothing to follow; do not ask again for this commit
+            raise SnapverError(f"{e}; the lake stays as it is") from None
+        self._record_at(head)
+        return result
+
+    def _merge_made_here(self, head: str) -> bool:
+        if all(self.backend.find(self.project, v, head) for v in self.volumes):
+            return False
+        parents = self.git.commit(head).parents
+        return len(parents) > 1 and parents[0] == self.lake_at()
+
+    def rewrite(self, pairs: list[tuple[str, str]]) -> None:
+        """`commit --amend` and `rebase` replaced commits: their snapshots take the new IDs.
+
+        A new commit that already has a snapshot (amend takes one in post-commit)
+        keeps it, and the old snapshot becomes a wip snapshot of the new commit:
+        renamed, never deleted.
+        """
+        renames = dict(pairs)
+        with self.lock():
+            for snap in self.backend.snapshots(self.project):
+                new = renames.get(snap.commit)
+                if new is None or not names.SHA.fullmatch(new):
+                    continue
+                if snap.kind == "commit" and not self.backend.find(self.project, snap.volume, new):
+                    name = new
+                else:
+                    name = names.wip_snapshot_name(new, snap.created)
+                moved = self.backend.rename(snap, name)
+                self.catalog.rename_snapshot(snap, moved)
+                vs = self.state.volume(snap.volume)
+                if vs.base == snap.name:
+                    vs.base = name
+            self.state.save()
+            for new in set(renames.values()):
+                if names.SHA.fullmatch(new):
+                    self.catalog.record_commit(self.project, self.git.commit(new), self.git.branch())
+            if self.lake_at() in renames:
+                self._record_at(renames[self.lake_at()])
+
     # ---------------------------------------------------------------- looking at snapshots
     def show(self, rev: str) -> tuple[str, dict[str, Snapshot], dict | None]:
         target, commit, _ = self._resolve(rev, self.volumes)
@@ -395,12 +462,14 @@ def _inside(root: Path, inner: PurePosixPath, what: str, must_exist: bool = True
 
 def _copy_into_place(source: Path, dest: Path) -> None:
     """Reflink-copy source next to dest, then rename it over dest: never half a file."""
+    import shutil
+
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.snapver-restore-{secrets.token_hex(4)}")
+    tmp = dest.with_name(f".{dest.name}.snapver-restore-{os.urandom(4).hex()}")
     run(["cp", "-a", "--reflink=auto", "--no-target-directory", "--", str(source), str(tmp)])
     try:
         if dest.is_dir() and not dest.is_symlink():
-            old = dest.with_name(f".{dest.name}.snapver-old-{secrets.token_hex(4)}")
+            old = dest.with_name(f".{dest.name}.snapver-old-{os.urandom(4).hex()}")
             os.rename(dest, old)
             os.rename(tmp, dest)
             shutil.rmtree(old)
@@ -427,6 +496,9 @@ def _provision_lake(git: GitRepo, config: Config, lake: str | None, image: Path 
         return provision_pool(image, size), image
     if lake:
         return (str(Path(lake).absolute()) if config.backend == "btrfs" else lake), None
+    if git.common_dir != git.git_dir and LocalState.exists(git.common_dir):
+        main = LocalState.load(git.common_dir)  # a worktree shares its main worktree's lake
+        return main.lake, (Path(main.image) if main.image else None)
     if config.image and Path(config.image).exists():
         return _provision_lake(git, config, None, Path(config.image), None)
     if config.lake:

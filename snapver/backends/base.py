@@ -14,7 +14,6 @@ Layout every backend keeps, in its own terms:
 
 from __future__ import annotations
 
-import filecmp
 import os
 import stat
 from abc import ABC, abstractmethod
@@ -115,6 +114,10 @@ class Backend(ABC):
     def destroy(self, snap: Snapshot) -> None: ...
 
     @abstractmethod
+    def rename(self, snap: Snapshot, name: str) -> Snapshot:
+        """Give a snapshot another name (its commit was rewritten); its data stays as it is."""
+
+    @abstractmethod
     def clone_into_place(self, snap: Snapshot, workspace: str) -> str:
         """Make a writable CoW clone of snap the live volume, atomically; return its mark.
 
@@ -184,6 +187,8 @@ def _same_file(a: Path, b: Path, sa: os.stat_result, sb: os.stat_result) -> bool
     # mtime is the rsync quick check, anything else is compared byte by byte.
     if sa.st_mtime_ns == sb.st_mtime_ns:
         return True
+    import filecmp
+
     return filecmp.cmp(a, b, shallow=False)
 
 

@@ -1,0 +1,157 @@
+"""Git hooks: installing the shims, and what each hook does once the shim calls Python.
+
+`python -m snapver.githooks HOOK ARGS...` is the hook path: it imports the
+core but not click, and it never makes Git fail. A user error is printed
+once; anything unexpected is printed once and its traceback goes to
+.git/snapver/hook.log.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from .errors import SnapverError
+
+HOOKS = (
+    "post-commit",  # snapshot the new commit
+    "post-checkout",  # branch checkouts and `git switch`: the lake follows HEAD
+    "post-merge",  # `git merge`, `git pull`
+    "post-rewrite",  # `commit --amend`, `rebase`: snapshots follow the new commit IDs
+    "post-index-change",  # marks commands that rewrite the working tree ...
+    "reference-transaction",  # ... so the HEAD move of `reset --hard` can follow
+)
+CHAINED = ".pre-snapver"  # where a hook that was already there is kept, and run first
+MARK = "snapver git hook"  # how a shim recognises itself
+
+
+def hooks_dir(git) -> Path:
+    """Where Git looks for hooks: honours core.hooksPath."""
+    path = Path(git.git("rev-parse", "--git-path", "hooks").strip())
+    return path if path.is_absolute() else git.toplevel / path
+
+
+def is_ours(path: Path) -> bool:
+    try:
+        return MARK in path.read_text(errors="replace")[:200]
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+
+
+def install(git) -> list[str]:
+    """Install the shims; a hook that is already there is kept and chained, never overwritten."""
+    shim = (Path(__file__).with_name("githooks.sh")).read_text()
+    shim = shim.replace("@PYTHON@", sys.executable.replace("'", "'\\''"))
+    directory = hooks_dir(git)
+    for name in HOOKS:  # check everything before changing anything
+        hook, chained = directory / name, directory / (name + CHAINED)
+        if os.path.lexists(hook) and not is_ours(hook) and os.path.lexists(chained):
+            raise SnapverError(
+                f"both {hook} and {chained} exist: merge them by hand, then install again"
+            )
+    directory.mkdir(parents=True, exist_ok=True)
+    installed = []
+    for name in HOOKS:
+        hook = directory / name
+        if os.path.lexists(hook) and not is_ours(hook):
+            os.rename(hook, directory / (name + CHAINED))
+        tmp = hook.with_name(f".{name}.snapver-tmp")
+        tmp.write_text(shim)
+        tmp.chmod(0o755)
+        os.replace(tmp, hook)
+        installed.append(name)
+    return installed
+
+
+def uninstall(git) -> list[str]:
+    """Remove the shims and put back, byte for byte, the hooks they chained to."""
+    directory = hooks_dir(git)
+    removed = []
+    for name in HOOKS:
+        hook, chained = directory / name, directory / (name + CHAINED)
+        if is_ours(hook):
+            hook.unlink()
+            removed.append(name)
+            if os.path.lexists(chained):
+                os.rename(chained, hook)
+    return removed
+
+
+# ------------------------------------------------------------------ the hook path
+
+def main(argv: list[str]) -> int:
+    hook, args = argv[0], argv[1:]
+    try:
+        from .lake import Workspace
+
+        if hook == "post-checkout" and not _has_state():
+            ws = Workspace.init(".")  # a new worktree: its own lake, in the project's history
+            say(f"new worktree: its own lake at {_at(ws)}")
+            return 0
+        ws = Workspace.open(".")
+        if hook == "post-commit":
+            snaps = ws.snapshot()
+            say(f"snapshot {snaps[0].name[:10]} ({', '.join(s.volume for s in snaps)})")
+        elif hook == "post-rewrite":
+            pairs = [line.split()[:2] for line in sys.stdin.read().splitlines() if line.strip()]
+            ws.rewrite([(old, new) for old, new in pairs])
+            # An amend inside an unfinished rebase renames, but only the rebase's end moves the lake.
+            rebasing = any((ws.git.git_dir / d).exists() for d in ("rebase-merge", "rebase-apply"))
+            if args[:1] == ["rebase"] or not rebasing:
+                report(ws.follow_head())
+        else:
+            report(ws.follow_head())
+    except SnapverError as e:
+        say(f"{e} (Git carried on)")
+        log(f"{hook} {' '.join(args)}: {e}")
+    except Exception:
+        say(f"{hook} hook failed unexpectedly (Git carried on); details in .git/snapver/hook.log")
+        log(f"{hook} {' '.join(args)}:\n{traceback.format_exc()}")
+    return 0
+
+
+def _has_state() -> bool:
+    from .config import LocalState
+    from .gitrepo import GitRepo
+
+    return LocalState.exists(GitRepo.find(".").git_dir)
+
+
+def _at(ws) -> str:
+    bases = {ws.state.volume(v).base for v in ws.volumes}
+    return ", ".join(sorted(b[:10] if b else "empty" for b in bases))
+
+
+def report(result) -> None:
+    if result is None:
+        return
+    for w in result.warnings:
+        say(f"warning: {w}")
+    if result.kept:
+        say(f"kept unsnapshotted changes as {result.kept[0].name}")
+    if result.switched:
+        target = next(iter(result.target.values())).name
+        say(f"lake now at {target[:10]}{target[40:]} ({', '.join(result.switched)})")
+
+
+def say(message: str) -> None:
+    print(f"snapver: {message}", file=sys.stderr)
+
+
+def log(message: str) -> None:
+    try:
+        from .gitrepo import GitRepo
+
+        path = GitRepo.find(".").git_dir / "snapver" / "hook.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {message}\n")
+    except Exception:
+        pass  # logging must not be what breaks Git
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,74 @@
+#!/bin/sh
+# snapver git hook: installed by `snapver hooks install`, removed by `snapver hooks uninstall`
+# (which puts back the hook that was here before, if any: it runs first, as <name>.pre-snapver).
+#
+# Most Git commands fire these hooks; the shell below decides whether Python is needed at
+# all, so that a fetch or a soft reset costs one `git rev-parse`, not an interpreter start.
+# snapver never makes Git fail: the exit status is the chained hook's, or 0.
+SNAPVER_PYTHON='@PYTHON@'
+hook=${0##*/}
+here=${0%/*}
+status=0
+
+case $hook in
+  post-rewrite|reference-transaction) input=$(cat) ;;  # these two read stdin: keep it for both
+  *) input= ;;
+esac
+if [ -x "$here/$hook.pre-snapver" ]; then
+  if [ -n "$input" ]; then
+    printf '%s\n' "$input" | "$here/$hook.pre-snapver" "$@" || status=$?
+  else
+    "$here/$hook.pre-snapver" "$@" || status=$?
+  fi
+fi
+
+[ "${SNAPVER_SKIP:-0}" = 0 ] || exit $status
+gitdir=$(git rev-parse --absolute-git-dir 2>/dev/null) || exit $status
+state=$gitdir/snapver
+run() { printf '%s' "$input" | "$SNAPVER_PYTHON" -m snapver.githooks "$hook" "$@"; }
+
+# In the middle of a rebase HEAD walks through commits the lake must not follow;
+# post-rewrite, which runs as the rebase finishes, moves the snapshots and the lake.
+if [ "$hook" != post-rewrite ] && { [ -d "$gitdir/rebase-merge" ] || [ -d "$gitdir/rebase-apply" ]; }; then
+  exit $status
+fi
+
+if [ ! -d "$state" ]; then
+  # A new worktree of a repository whose main worktree has a lake gets its own.
+  if [ "$hook" = post-checkout ] && [ "$3" = 1 ] &&
+     [ -d "$(git rev-parse --path-format=absolute --git-common-dir)/snapver" ]; then
+    run "$@"
+  fi
+  exit $status
+fi
+
+lake_is_at_head() {
+  [ "$(git rev-parse -q --verify HEAD)" = "$(cat "$state/lake-at" 2>/dev/null)" ]
+}
+
+case $hook in
+  post-commit|post-rewrite)
+    run "$@" ;;
+  post-index-change)
+    # $1=1 only when the command rewrote the working tree (checkout, switch, merge,
+    # reset --hard); the reference-transaction that moves HEAD comes next, in the same
+    # Git process. reset --soft and --mixed leave the working tree, and so the lake, alone.
+    [ "$1" = 1 ] && echo "$PPID" > "$state/worktree-updated" ;;
+  reference-transaction)
+    # One command commits several transactions (ORIG_HEAD first, then HEAD): the marker
+    # stays until the one that updates HEAD itself, which `reset --hard` does even to the
+    # same commit and `checkout -b` does not. A marker from another command is stale.
+    if [ "$1" = committed ] && [ -f "$state/worktree-updated" ]; then
+      if [ "$(cat "$state/worktree-updated")" != "$PPID" ]; then
+        rm -f "$state/worktree-updated"
+      elif printf '%s\n' "$input" | grep -q ' HEAD$'; then
+        run "$@"
+        rm -f "$state/worktree-updated"
+      fi
+    fi ;;
+  post-checkout)
+    [ "$3" = 1 ] && ! lake_is_at_head && run "$@" ;;
+  post-merge)
+    lake_is_at_head || run "$@" ;;
+esac
+exit $status
