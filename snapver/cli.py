@@ -40,10 +40,13 @@ def cli():
               help="A volume to create (repeatable). Default: data, models, logs.")
 @click.option("--image", type=click.Path(dir_okay=False, path_type=Path),
               help="Make (or reuse) a loop-mounted Btrfs image file as the lake (needs root).")
-@click.option("--size", help="Size of a new --image, e.g. 20G (the file is sparse).")
-@click.option("--lake", metavar="DIR", help="Use this directory on a Btrfs filesystem as the lake.")
+@click.option("--pool-image", type=click.Path(dir_okay=False, path_type=Path),
+              help="Make (or import) a file-backed ZFS pool as the lake (needs root; implies --backend zfs).")
+@click.option("--size", help="Size of a new --image or --pool-image, e.g. 20G (the file is sparse).")
+@click.option("--lake", metavar="DIR|DATASET",
+              help="Use this directory on Btrfs (or this ZFS dataset, with --backend zfs) as the lake.")
 @click.option("--backend", type=click.Choice(["btrfs", "zfs"]), help="Filesystem of the lake.")
-def init(volumes, image, size, lake, backend):
+def init(volumes, image, pool_image, size, lake, backend):
     """Set up the lake for this Git working tree.
 
     Creates the volumes, links them at <repo>/<volume>, keeps them out of Git
@@ -52,6 +55,10 @@ def init(volumes, image, size, lake, backend):
     """
     from . import githooks
 
+    if pool_image:
+        if image or backend == "btrfs":
+            raise SnapverError("--pool-image makes a ZFS pool: it goes with neither --image nor --backend btrfs")
+        image, backend = pool_image, "zfs"
     ws = Workspace.init(".", list(volumes), backend, lake, image, parse_size(size) if size else None)
     click.echo(f"lake {ws.backend.spec()} ({ws.backend.name}), project {ws.project}")
     for v in ws.volumes:

@@ -493,7 +493,7 @@ def _provision_lake(git: GitRepo, config: Config, lake: str | None, image: Path 
             return str(provision_image(image, size, image_mountpoint(image))), image
         from .backends.zfs import provision_pool
 
-        return provision_pool(image, size), image
+        return provision_pool(image, size, pool_name(image)), image
     if lake:
         return (str(Path(lake).absolute()) if config.backend == "btrfs" else lake), None
     if git.common_dir != git.git_dir and LocalState.exists(git.common_dir):
@@ -514,25 +514,36 @@ def _provision_lake(git: GitRepo, config: Config, lake: str | None, image: Path 
     )
 
 
+def pool_name(image: Path) -> str:
+    """lake.img holds the ZFS pool `lake`."""
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in image.stem) or "snapver"
+
+
 def image_mountpoint(image: Path) -> Path:
     """lake.img mounts at lake/, beside it."""
     return image.with_suffix("") if image.suffix else image.with_name(image.name + ".d")
 
 
 def _ensure_mounted(state: LocalState) -> None:
-    """An image-backed lake is mounted again after a reboot, by the first snapver run as root."""
-    if not state.image or state.backend != "btrfs":
+    """An image-backed lake is mounted (or its pool imported) again after a reboot,
+    by the first snapver run as root."""
+    if not state.image:
         return
-    from .backends.btrfs import is_mountpoint, mount_image
+    image = Path(state.image)
+    if state.backend == "btrfs":
+        from .backends.btrfs import is_mountpoint, mount_image
 
-    mountpoint = Path(state.lake)
-    if is_mountpoint(mountpoint):
-        return
-    if os.geteuid() != 0:
-        raise SnapverError(
-            f"the lake image {state.image} is not mounted: run any snapver command once as root to mount it"
-        )
-    mount_image(Path(state.image), mountpoint)
+        if is_mountpoint(Path(state.lake)):
+            return
+        if os.geteuid() != 0:
+            raise SnapverError(
+                f"the lake image {image} is not mounted: run any snapver command once as root to mount it"
+            )
+        mount_image(image, Path(state.lake))
+    elif state.backend == "zfs":
+        from .backends.zfs import provision_pool
+
+        provision_pool(image, None, pool_name(image))  # imports the pool if it is not
 
 
 def _keep_out_of_git(git: GitRepo, volumes: list[str]) -> None:

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.btrfs", "tests.fixtures.git"]
+pytest_plugins = ["tests.fixtures.btrfs", "tests.fixtures.zfs", "tests.fixtures.git"]
 
 # scripts/test.sh (and so CI) sets this: a run that skipped a filesystem test tested
 # less than it claims, so every skip fails the run instead of passing quietly.

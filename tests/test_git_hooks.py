@@ -15,7 +15,7 @@ from tests.fixtures.git import env, git, snapver, tree_digest
 VOLUMES = ("data", "models", "logs")
 
 
-def lake(repo: Path) -> dict:
+def lake_of(repo: Path) -> dict:
     return {v: tree_digest(repo / v / ".") for v in VOLUMES}
 
 
@@ -49,7 +49,7 @@ def history(lake_repo):
         write(lake_repo / "data" / f"part{i}.csv", f"rows {i}\n" * 100)
         write(lake_repo / "models" / "model.pt", f"weights v{i}")
         write(lake_repo / "logs" / "train.log", f"epoch {i}\n")
-        states.append((commit(lake_repo, f"v{i}"), lake(lake_repo)))
+        states.append((commit(lake_repo, f"v{i}"), lake_of(lake_repo)))
     return lake_repo, states
 
 
@@ -66,9 +66,9 @@ def test_checkout_back_and_forth_brings_the_lake_along(history):
     repo, states = history
     for sha, digest in [states[0], states[2], states[1], states[0], states[2]]:
         git_err(repo, "checkout", "-q", sha)
-        assert lake(repo) == digest
+        assert lake_of(repo) == digest
     git_err(repo, "checkout", "-q", "main")
-    assert lake(repo) == states[2][1]
+    assert lake_of(repo) == states[2][1]
     assert snapshot_names(repo, all_=True) == snapshot_names(repo), "clean checkouts keep no wip"
 
 
@@ -76,21 +76,21 @@ def test_branch_switch_keeps_unsnapshotted_changes(history):
     repo, states = history
     git(repo, "branch", "old", states[0][0])
     write(repo / "models" / "experiment.pt", "unsaved work")
-    dirty = lake(repo)
+    dirty = lake_of(repo)
     said = git_err(repo, "switch", "-q", "old")
-    assert lake(repo) == states[0][1]
+    assert lake_of(repo) == states[0][1]
     kept = re.search(r"kept unsnapshotted changes as (\S+)", said).group(1)
     assert kept.startswith(states[2][0] + "."), "the wip belongs to the commit the lake was at"
     snapver(repo, "checkout", kept)
-    assert lake(repo) == dirty
+    assert lake_of(repo) == dirty
 
 
 def test_new_branch_at_same_commit_keeps_the_lake_as_it_is(history):
     repo, _ = history
     write(repo / "data" / "wip.csv", "in progress")
-    dirty = lake(repo)
+    dirty = lake_of(repo)
     git_err(repo, "checkout", "-q", "-b", "feature")
-    assert lake(repo) == dirty, "like Git with the working tree: uncommitted work comes along"
+    assert lake_of(repo) == dirty, "like Git with the working tree: uncommitted work comes along"
 
 
 def test_reset_hard_follows_reset_soft_does_not(history):
@@ -100,7 +100,7 @@ def test_reset_hard_follows_reset_soft_does_not(history):
     assert (repo / "models" / "model.pt").read_text() == "edited"
     git_err(repo, "reset", "-q", "--hard", states[2][0])
     git_err(repo, "reset", "-q", "--hard", "HEAD~2")
-    assert lake(repo) == states[0][1]
+    assert lake_of(repo) == states[0][1]
     wips = snapshot_names(repo, all_=True) - snapshot_names(repo)
     kept = [w for w in wips if w.startswith(states[2][0])]
     assert kept, "the edited model was kept before the hard reset"
@@ -111,7 +111,7 @@ def test_reset_hard_follows_reset_soft_does_not(history):
 def test_detached_head(history):
     repo, states = history
     git_err(repo, "checkout", "-q", "--detach", states[1][0])
-    assert lake(repo) == states[1][1]
+    assert lake_of(repo) == states[1][1]
     write(repo / "models" / "detached.pt", "x")
     sha = commit(repo, "on a detached HEAD")
     assert sha in snapshot_names(repo)
@@ -120,7 +120,7 @@ def test_detached_head(history):
 def test_single_file_checkout_leaves_the_lake(history):
     repo, states = history
     git_err(repo, "checkout", "-q", states[0][0], "--", "train.py")
-    assert lake(repo) == states[2][1]
+    assert lake_of(repo) == states[2][1]
 
 
 def test_commit_without_snapshot_takes_nearest_ancestor_with_warning(history):
@@ -131,7 +131,7 @@ def test_commit_without_snapshot_takes_nearest_ancestor_with_warning(history):
     said = git_err(repo, "checkout", "-q", skipped)
     assert "no snapshot" in said and states[2][0][:10] in said
     assert len([line for line in said.splitlines() if "warning" in line]) == 1
-    assert lake(repo) == states[2][1]
+    assert lake_of(repo) == states[2][1]
 
 
 def test_amend_moves_the_snapshot_to_the_new_commit(history):
@@ -142,7 +142,7 @@ def test_amend_moves_the_snapshot_to_the_new_commit(history):
     names = snapshot_names(repo)
     assert new in names and old not in names
     assert not any(n.startswith(old) for n in snapshot_names(repo, all_=True)), "no name of a gone commit"
-    assert lake(repo) == states[2][1]
+    assert lake_of(repo) == states[2][1]
 
 
 def test_rebase_snapshots_follow_rewritten_commits(history):
@@ -150,7 +150,7 @@ def test_rebase_snapshots_follow_rewritten_commits(history):
     git(repo, "checkout", "-q", "-b", "topic", states[1][0])  # hooks move the lake to v1
     write(repo / "models" / "topic.pt", "topic model")
     topic = commit(repo, "topic work")
-    topic_lake = lake(repo)
+    topic_lake = lake_of(repo)
     git_err(repo, "rebase", "-q", "main")
     rebased = git(repo, "rev-parse", "HEAD")
     assert rebased != topic
@@ -158,7 +158,7 @@ def test_rebase_snapshots_follow_rewritten_commits(history):
     assert rebased in names and topic not in names
     snap = next(e for e in snapver(repo, "log", "--json").json if e["name"] == rebased and e["volume"] == "models")
     assert (Path(snap["path"]) / "topic.pt").read_text() == "topic model"
-    assert lake(repo) == topic_lake
+    assert lake_of(repo) == topic_lake
 
 
 def test_merge_commit_made_here_is_snapshotted(history):
@@ -167,19 +167,19 @@ def test_merge_commit_made_here_is_snapshotted(history):
     write(repo / "data" / "side.csv", "side")
     commit(repo, "side work")
     git_err(repo, "checkout", "-q", "main")
-    assert lake(repo) == states[2][1]
+    assert lake_of(repo) == states[2][1]
     git_err(repo, "merge", "-q", "--no-edit", "--no-ff", "side")
     merge = git(repo, "rev-parse", "HEAD")
     assert merge in snapshot_names(repo)
-    assert lake(repo) == states[2][1], "the lake of a merge is its first parent's"
+    assert lake_of(repo) == states[2][1], "the lake of a merge is its first parent's"
 
 
-def test_pull_in_a_second_clone_brings_the_first_clones_data(history, btrfs_lake, tmp_path):
+def test_pull_in_a_second_clone_brings_the_first_clones_data(history, lake, tmp_path):
     repo, states = history
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(repo), str(clone))
-    snapver(clone, "init", "--lake", str(btrfs_lake))
-    assert lake(clone) == states[2][1]
+    snapver(clone, "init", *lake.init_args)
+    assert lake_of(clone) == states[2][1]
     write(repo / "models" / "model.pt", "weights v3 from clone A")
     commit(repo, "v3")
     said = git_err(clone, "pull", "-q", "--ff-only")
@@ -188,7 +188,7 @@ def test_pull_in_a_second_clone_brings_the_first_clones_data(history, btrfs_lake
     write(clone / "models" / "model.pt", "clone B's own experiment")
     assert (repo / "models" / "model.pt").read_text() == "weights v3 from clone A"
     git_err(clone, "checkout", "-q", states[0][0])
-    assert lake(clone) == states[0][1]
+    assert lake_of(clone) == states[0][1]
 
 
 def test_worktree_gets_its_own_lake(history, tmp_path):
@@ -196,13 +196,13 @@ def test_worktree_gets_its_own_lake(history, tmp_path):
     wt = tmp_path / "wt"
     said = git_err(repo, "worktree", "add", "-q", str(wt), states[1][0])
     assert "new worktree" in said
-    assert lake(wt) == states[1][1]
+    assert lake_of(wt) == states[1][1]
     write(wt / "models" / "model.pt", "worktree experiment")
     assert (repo / "models" / "model.pt").read_text() == "weights v2"
     sha = commit(wt, "in the worktree")
     assert sha in snapshot_names(repo)
     git_err(wt, "checkout", "-q", states[0][0])
-    assert lake(wt) == states[0][1]
+    assert lake_of(wt) == states[0][1]
 
 
 def test_skip_turns_hooks_off_for_one_command(history):
@@ -210,7 +210,7 @@ def test_skip_turns_hooks_off_for_one_command(history):
     sha = commit(repo, "skipped", SNAPVER_SKIP="1")
     assert sha not in snapshot_names(repo)
     git_err(repo, "checkout", "-q", states[0][0], SNAPVER_SKIP="1")
-    assert lake(repo) == states[2][1]
+    assert lake_of(repo) == states[2][1]
 
 
 def test_a_hook_error_never_breaks_git(history):
@@ -225,12 +225,12 @@ def test_a_hook_error_never_breaks_git(history):
     assert git(repo, "log", "-1", "--format=%s") == "still commits"
 
 
-def test_existing_hook_is_chained_and_restored_exactly(repo, btrfs_lake):
+def test_existing_hook_is_chained_and_restored_exactly(repo, lake):
     hook = repo / ".git" / "hooks" / "post-commit"
     original = "#!/bin/sh\necho \"$(git rev-parse HEAD)\" >> .git/my-hook-ran\n"
     hook.write_text(original)
     hook.chmod(0o750)
-    snapver(repo, "init", "--lake", str(btrfs_lake))
+    snapver(repo, "init", *lake.init_args)
     sha = commit(repo, "both hooks run")
     assert (repo / ".git" / "my-hook-ran").read_text().strip() == sha
     assert sha in snapshot_names(repo)
@@ -248,19 +248,19 @@ def test_existing_hook_is_chained_and_restored_exactly(repo, btrfs_lake):
     assert sha3 in snapshot_names(repo)
 
 
-def test_chained_reference_transaction_keeps_its_stdin_and_veto(repo, btrfs_lake):
+def test_chained_reference_transaction_keeps_its_stdin_and_veto(repo, lake):
     hook = repo / ".git" / "hooks" / "reference-transaction"
     hook.write_text("#!/bin/sh\ncat >> .git/refs-seen\n")
     hook.chmod(0o755)
-    snapver(repo, "init", "--lake", str(btrfs_lake))
+    snapver(repo, "init", *lake.init_args)
     commit(repo, "x")
     assert "refs/heads/main" in (repo / ".git" / "refs-seen").read_text()
 
 
-def test_core_hooks_path_is_honoured(repo, btrfs_lake, tmp_path):
+def test_core_hooks_path_is_honoured(repo, lake, tmp_path):
     shared = tmp_path / "shared-hooks"
     git(repo, "config", "core.hooksPath", str(shared))
-    snapver(repo, "init", "--lake", str(btrfs_lake))
+    snapver(repo, "init", *lake.init_args)
     assert (shared / "post-commit").exists()
     assert not (repo / ".git" / "hooks" / "post-commit").exists()
     git(repo, "add", "snapver.toml")

@@ -31,12 +31,15 @@ def write(path: Path, content: bytes | str) -> None:
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
 
 
-def test_init_creates_linked_volumes_kept_out_of_git(lake_repo, btrfs_lake):
+def test_init_creates_linked_volumes_kept_out_of_git(lake_repo, lake):
     for v in ("data", "models", "logs"):
         link = lake_repo / v
         assert link.is_symlink() and link.resolve().is_dir()
-        assert link.resolve().stat().st_ino == 256, "a volume is a Btrfs subvolume"
-        assert str(link.resolve()).startswith(str(btrfs_lake))
+        assert str(link.resolve()).startswith(str(lake.root))
+        if lake.backend == "btrfs":
+            assert link.resolve().stat().st_ino == 256, "a volume is a Btrfs subvolume"
+        else:
+            assert os.path.ismount(link.resolve()), "a volume is a mounted ZFS dataset"
     write(lake_repo / "data" / "x.csv", "a,b\n")
     assert git(lake_repo, "status", "--porcelain") == ""
     toml = (lake_repo / "snapver.toml").read_text()
@@ -44,8 +47,8 @@ def test_init_creates_linked_volumes_kept_out_of_git(lake_repo, btrfs_lake):
     assert (lake_repo / ".git" / "snapver" / "workspace.json").exists()
 
 
-def test_custom_volumes(repo, btrfs_lake):
-    snapver(repo, "init", "--lake", str(btrfs_lake), "--volume", "raw", "--volume", "ckpt")
+def test_custom_volumes(repo, lake):
+    snapver(repo, "init", *lake.init_args, "--volume", "raw", "--volume", "ckpt")
     assert sorted(p.name for p in repo.iterdir() if p.is_symlink()) == ["ckpt", "raw"]
 
 
@@ -188,26 +191,26 @@ def test_show(lake_repo):
     assert "subject  shown" in snapver(lake_repo, "show", head[:8]).out
 
 
-def test_reindex_after_losing_the_catalog_gives_the_same_log(lake_repo, btrfs_lake):
+def test_reindex_after_losing_the_catalog_gives_the_same_log(lake_repo, lake):
     for i in range(3):
         write(lake_repo / "data" / f"{i}.csv", str(i))
         commit(lake_repo, f"v{i}")
     write(lake_repo / "logs" / "x.log", "x")
     snapver(lake_repo, "snapshot", "--wip")
     before = snapver(lake_repo, "log", "--all", "--json").json
-    (btrfs_lake / "catalog.db").unlink()
+    (lake.root / "catalog.db").unlink()
     snapver(lake_repo, "reindex")
     assert snapver(lake_repo, "log", "--all", "--json").json == before
-    rows = sqlite3.connect(btrfs_lake / "catalog.db").execute("SELECT count(*) FROM snapshots").fetchone()
+    rows = sqlite3.connect(lake.root / "catalog.db").execute("SELECT count(*) FROM snapshots").fetchone()
     assert rows[0] == len(before)
 
 
-def test_clone_joins_history_with_its_own_lake(lake_repo, btrfs_lake, tmp_path):
+def test_clone_joins_history_with_its_own_lake(lake_repo, lake, tmp_path):
     write(lake_repo / "models" / "m.pt", "from clone A")
     commit(lake_repo, "v1")
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(lake_repo), str(clone))
-    snapver(clone, "init", "--lake", str(btrfs_lake))
+    snapver(clone, "init", *lake.init_args)
     assert (clone / "models" / "m.pt").read_text() == "from clone A"
     write(clone / "models" / "m.pt", "clone B's own work")
     assert (lake_repo / "models" / "m.pt").read_text() == "from clone A"
@@ -224,11 +227,11 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
-def test_init_outside_git(tmp_path, btrfs_lake):
-    before = disk_state(tmp_path, btrfs_lake)
-    line = one_line_error(snapver(tmp_path, "init", "--lake", str(btrfs_lake), ok=False))
+def test_init_outside_git(tmp_path, lake):
+    before = disk_state(tmp_path, lake.root)
+    line = one_line_error(snapver(tmp_path, "init", *lake.init_args, ok=False))
     assert "not inside a Git working tree" in line
-    assert disk_state(tmp_path, btrfs_lake) == before
+    assert disk_state(tmp_path, lake.root) == before
 
 
 def test_init_on_a_filesystem_without_snapshots(repo):
@@ -238,63 +241,63 @@ def test_init_on_a_filesystem_without_snapshots(repo):
     assert disk_state(repo) == before
 
 
-def test_second_init(lake_repo, btrfs_lake):
-    before = disk_state(lake_repo, btrfs_lake)
-    line = one_line_error(snapver(lake_repo, "init", "--lake", str(btrfs_lake), ok=False))
+def test_second_init(lake_repo, lake):
+    before = disk_state(lake_repo, lake.root)
+    line = one_line_error(snapver(lake_repo, "init", *lake.init_args, ok=False))
     assert "already set up" in line
-    assert disk_state(lake_repo, btrfs_lake) == before
+    assert disk_state(lake_repo, lake.root) == before
 
 
 @pytest.mark.parametrize("name", ["../x", "a b", "-rf", "", "a/b", "x" * 80, "é", "a\nb", "$(reboot)"])
-def test_invalid_volume_names(repo, btrfs_lake, name):
-    before = disk_state(repo, btrfs_lake)
-    line = one_line_error(snapver(repo, "init", "--lake", str(btrfs_lake), "--volume", name, ok=False))
+def test_invalid_volume_names(repo, lake, name):
+    before = disk_state(repo, lake.root)
+    line = one_line_error(snapver(repo, "init", *lake.init_args, "--volume", name, ok=False))
     assert "not a valid volume name" in line
-    assert disk_state(repo, btrfs_lake) == before
+    assert disk_state(repo, lake.root) == before
 
 
-def test_init_refuses_a_volume_that_exists_in_the_tree(repo, btrfs_lake):
+def test_init_refuses_a_volume_that_exists_in_the_tree(repo, lake):
     (repo / "data").mkdir()
-    before = disk_state(repo, btrfs_lake)
-    line = one_line_error(snapver(repo, "init", "--lake", str(btrfs_lake), ok=False))
+    before = disk_state(repo, lake.root)
+    line = one_line_error(snapver(repo, "init", *lake.init_args, ok=False))
     assert "already exists" in line
-    assert disk_state(repo, btrfs_lake) == before
+    assert disk_state(repo, lake.root) == before
 
 
 @pytest.mark.parametrize("rev", ["nonexistent", "HEAD~99", "-x", "a" * 40, "HEAD:train.py", "../.."])
-def test_rev_that_is_not_a_commit(lake_repo, btrfs_lake, rev):
+def test_rev_that_is_not_a_commit(lake_repo, lake, rev):
     commit(lake_repo, "v1")
-    before = disk_state(lake_repo, btrfs_lake)
+    before = disk_state(lake_repo, lake.root)
     for args in (["checkout", "--", rev], ["show", "--", rev], ["diff", "--", rev], ["restore", "--", rev, "data/x"]):
         line = one_line_error(snapver(lake_repo, *args, ok=False))
         assert "not a commit" in line or "no snapshot" in line, line
-    assert disk_state(lake_repo, btrfs_lake) == before
+    assert disk_state(lake_repo, lake.root) == before
 
 
-def test_commit_without_snapshot_names_nearest_ancestor(lake_repo, btrfs_lake):
+def test_commit_without_snapshot_names_nearest_ancestor(lake_repo, lake):
     v1 = commit(lake_repo, "v1")
     subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "no snapshot"], cwd=lake_repo,
                    env={**env(), "SNAPVER_SKIP": "1"}, check=True)
-    before = disk_state(lake_repo, btrfs_lake)
+    before = disk_state(lake_repo, lake.root)
     line = one_line_error(snapver(lake_repo, "checkout", "HEAD", ok=False))
     assert "has no snapshot" in line and v1[:10] in line
-    assert disk_state(lake_repo, btrfs_lake) == before
+    assert disk_state(lake_repo, lake.root) == before
 
 
 @pytest.mark.parametrize("path", ["../etc/passwd", "data/../../x", "/etc/passwd", "models/out/passwd",
                                   "models/out", "models", "train.py", ""])
-def test_restore_paths_that_leave_the_volume(lake_repo, btrfs_lake, path):
+def test_restore_paths_that_leave_the_volume(lake_repo, lake, path):
     (lake_repo / "models" / "out").symlink_to("/etc")
     commit(lake_repo, "v1")
-    before = disk_state(lake_repo, btrfs_lake)
+    before = disk_state(lake_repo, lake.root)
     one_line_error(snapver(lake_repo, "restore", "HEAD", path, ok=False))
-    assert disk_state(lake_repo, btrfs_lake) == before
+    assert disk_state(lake_repo, lake.root) == before
 
 
-def test_snapshot_before_any_commit(tmp_path, btrfs_lake):
+def test_snapshot_before_any_commit(tmp_path, lake):
     repo = tmp_path / "empty"
     git(tmp_path, "init", "-q", str(repo))
-    snapver(repo, "init", "--lake", str(btrfs_lake))
+    snapver(repo, "init", *lake.init_args)
     line = one_line_error(snapver(repo, "snapshot", ok=False))
     assert "no commit yet" in line
 
@@ -366,3 +369,26 @@ def test_fresh_image_fixture_cleans_up(tmp_path):
         assert mnt.is_dir()
     with open("/proc/self/mounts") as f:
         assert str(mnt) not in f.read()
+
+
+def test_init_with_pool_image_makes_and_reuses_a_zfs_pool(zfs_pool, tmp_path, repo):
+    """The ZFS twin of --image: a file-backed pool made, used, and joined by a clone."""
+    from tests.fixtures.zfs import destroy_pool
+
+    image = tmp_path / f"pv{os.urandom(3).hex()}.img"
+    pool = image.stem
+    try:
+        out = snapver(repo, "init", "--pool-image", str(image), "--size", "256M")
+        assert f"{pool}/snapver (zfs)" in out.out
+        assert image.stat().st_blocks * 512 < 256 * 1024**2, "the pool file is sparse"
+        write(repo / "models" / "m.pt", "zfs weights")
+        git(repo, "add", "snapver.toml")
+        git(repo, "commit", "-q", "-m", "v1")
+        clone = tmp_path / "clone"
+        git(tmp_path, "clone", "-q", str(repo), str(clone))
+        snapver(clone, "init")  # snapver.toml names the pool image: the clone joins it
+        assert (clone / "models" / "m.pt").read_text() == "zfs weights"
+        line = one_line_error(snapver(repo, "init", "--pool-image", str(image), "--image", "x", ok=False))
+        assert "--pool-image" in line
+    finally:
+        destroy_pool(pool)

@@ -185,7 +185,9 @@ def _same_file(a: Path, b: Path, sa: os.stat_result, sb: os.stat_result) -> bool
         return True
     # A CoW snapshot keeps mtime for files it did not touch; equal size and
     # mtime is the rsync quick check, anything else is compared byte by byte.
-    if sa.st_mtime_ns == sb.st_mtime_ns:
+    # Whole-second mtimes (zfs-fuse) cannot tell two writes in one second
+    # apart, so there the bytes decide too.
+    if sa.st_mtime_ns == sb.st_mtime_ns and sa.st_mtime_ns % 1_000_000_000:
         return True
     import filecmp
 

@@ -70,7 +70,10 @@ def subvol_info(path: Path) -> SubvolInfo:
 
 def snapshot_readonly(source: Path, target: Path) -> None:
     """A read-only snapshot of the subvolume source at target: one ioctl, no fork."""
-    src = os.open(source, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        src = os.open(source, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise SnapverError(f"cannot snapshot {source}: {e.strerror} (is the volume there?)") from None
     try:
         dst = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
