@@ -15,6 +15,7 @@ import errno
 import fcntl
 import os
 import struct
+import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -213,7 +214,13 @@ class BtrfsBackend(Backend):
         mark = str(subvol_info(incoming).otransid)
         if is_subvolume(live):
             linux.exchange(incoming, live)
-            run(["btrfs", "subvolume", "delete", str(incoming)])
+            # Deleting a subvolume evicts its cached pages first (about 0.3 s per cached
+            # GiB), which would make checkout O(data read or written). The outgoing
+            # volume is already captured, so it is retired and deleted in the background.
+            trash = live.parent / ".trash"
+            trash.mkdir(exist_ok=True)
+            os.rename(incoming, trash / f"{snap.volume}.{os.urandom(4).hex()}")
+            empty_trash(trash)
         else:
             os.rename(incoming, live)
         return mark
@@ -222,6 +229,20 @@ class BtrfsBackend(Backend):
         out = run(["btrfs", "filesystem", "du", "-s", "--raw", str(snap.path)])
         total, exclusive = out.splitlines()[-1].split()[:2]
         return Space(referenced=int(total), exclusive=int(exclusive))
+
+
+def empty_trash(trash: Path) -> None:
+    """Delete retired subvolumes from a detached process that outlives this one.
+
+    Anything it does not get to (a crash, a reboot) is deleted by the next checkout.
+    """
+    retired = [str(trash / n) for n in _listdir(trash)]
+    if retired:
+        subprocess.Popen(
+            ["btrfs", "subvolume", "delete", *retired],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def _listdir(path: Path) -> list[str]:
