@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import click
 
 from .errors import SnapverError
+from . import ops
 from .lake import Workspace, parse_size, short
 
 
@@ -17,12 +19,28 @@ def emit_json(value) -> None:
 
 
 def when(dt) -> str:
+    if isinstance(dt, str):
+        dt = datetime.fromisoformat(dt)
     return dt.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def snapshot_json(s) -> dict:
-    return {"name": s.name, "volume": s.volume, "commit": s.commit, "kind": s.kind,
-            "created": s.created.isoformat(), "path": str(s.path)}
+def label(name: str) -> str:
+    """A snapshot name for people: the short commit ID, and the time of a wip."""
+    return short(name) + name[40:]
+
+
+def daemon_view() -> dict | None:
+    """What snapverd knows of this working tree, if one is running and watches it."""
+    if not ops.SOCKET.exists():
+        return None
+    from . import client
+    from .gitrepo import GitRepo
+
+    try:
+        toplevel = str(GitRepo.find(".").toplevel)
+        return next((w for w in client.request({"op": "daemon-status"}, timeout=5) if w["workspace"] == toplevel), None)
+    except (client.Unavailable, SnapverError, OSError):
+        return None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,9 +92,8 @@ def init(volumes, image, pool_image, size, lake, backend):
 @click.option("-m", "--message", help="A note kept with the snapshot.")
 def snapshot(wip, message):
     """Snapshot every volume as the HEAD commit (or a wip point in time)."""
-    snaps = Workspace.open().snapshot(wip=wip, message=message)
-    for s in snaps:
-        click.echo(f"{s.volume}@{s.name}")
+    for s in ops.call("snapshot", {"wip": wip, "message": message}):
+        click.echo(f"{s['volume']}@{s['name']}")
 
 
 @cli.command()
@@ -84,36 +101,37 @@ def snapshot(wip, message):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per volume snapshot.")
 def log(include_wip, as_json):
     """Snapshots of this project, newest first."""
-    entries = Workspace.open().log(include_wip)
+    entries = ops.call("log", {"all": include_wip})
     if as_json:
-        emit_json([
-            {**snapshot_json(e.snapshot), "subject": e.subject, "author": e.author, "message": e.message}
-            for e in entries
-        ])
+        emit_json(entries)
         return
     grouped: dict[str, list] = {}
     for e in entries:
-        grouped.setdefault(e.snapshot.name, []).append(e)
+        grouped.setdefault(e["name"], []).append(e)
     for name, group in grouped.items():
         first = group[0]
-        vols = " ".join(sorted(e.snapshot.volume for e in group))
-        label = short(name) + name[40:]
-        note = first.message or first.subject or ""
-        click.echo(f"{label:<34} {when(first.snapshot.created)}  {first.snapshot.kind:<6}  {vols}  {note}".rstrip())
+        vols = " ".join(sorted(e["volume"] for e in group))
+        note = first["message"] or first["subject"] or ""
+        click.echo(f"{label(name):<34} {when(first['created'])}  {first['kind']:<6}  {vols}  {note}".rstrip())
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json):
     """Which volumes changed since their last snapshot."""
-    rows = Workspace.open().status()
+    rows = ops.call("status")
+    watched = daemon_view()
     if as_json:
-        emit_json([{"volume": r.volume, "path": str(r.path), "base": r.base, "changed": r.changed}
-                   for r in rows])
+        emit_json(rows)
         return
     for r in rows:
-        base = short(r.base) + r.base[40:] if r.base else "no snapshot"
-        click.echo(f"{r.volume:<12} {'changed' if r.changed else 'clean':<8} since {base}")
+        base = label(r["base"]) if r["base"] else "no snapshot"
+        line = f"{r['volume']:<12} {'changed' if r['changed'] else 'clean':<8} since {base}"
+        if watched and r["volume"] in watched["volumes"]:
+            d = watched["volumes"][r["volume"]]
+            pending = f", pending {d['pending_for']}s" if d["pending_for"] is not None else ""
+            line += f"  [snapverd: {d['mode']}{pending}]"
+        click.echo(line)
 
 
 @cli.command()
@@ -124,13 +142,13 @@ def checkout(rev, volumes):
 
     Unsnapshotted changes are first kept as a wip snapshot.
     """
-    result = Workspace.open().checkout(rev, list(volumes) or None)
-    for w in result.warnings:
+    result = ops.call("checkout", {"rev": rev, "volumes": list(volumes)})
+    for w in result["warnings"]:
         click.echo(f"snapver: warning: {w}", err=True)
-    if result.kept:
-        click.echo(f"kept unsnapshotted changes as {result.kept[0].name}")
-    for v, s in result.target.items():
-        click.echo(f"{v:<12} {'now at' if v in result.switched else 'already at'} {short(s.name)}{s.name[40:]}")
+    if result["kept"]:
+        click.echo(f"kept unsnapshotted changes as {result['kept'][0]['name']}")
+    for v, s in result["target"].items():
+        click.echo(f"{v:<12} {'now at' if v in result['switched'] else 'already at'} {label(s['name'])}")
 
 
 @cli.command()
@@ -160,7 +178,7 @@ def diff(rev, rev2, volumes, as_json):
 def restore(rev, path, dest):
     """Bring back one file or folder (e.g. models/model.pt) from REV's snapshot."""
     where, snap = Workspace.open().restore(rev, path, dest)
-    click.echo(f"restored {path} from {short(snap.name)}{snap.name[40:]}" + (f" to {where}" if dest else ""))
+    click.echo(f"restored {path} from {label(snap.name)}" + (f" to {where}" if dest else ""))
 
 
 @cli.command()
@@ -173,7 +191,7 @@ def show(rev, space, as_json):
     commit, snaps, info = ws.show(rev)
     spaces = {v: ws.backend.space(s) for v, s in snaps.items()} if space else {}
     if as_json:
-        vols = {v: {**snapshot_json(s), **({"referenced": spaces[v].referenced,
+        vols = {v: {**ops.snapshot_dict(s), **({"referenced": spaces[v].referenced,
                                             "exclusive": spaces[v].exclusive} if space else {})}
                 for v, s in snaps.items()}
         emit_json({"commit": commit, "info": info, "volumes": vols})
@@ -213,6 +231,82 @@ def hooks_uninstall():
     git = GitRepo.find(".")
     names = githooks.uninstall(git)
     click.echo(f"removed {', '.join(names)}" if names else "no snapver hooks were installed")
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="List what would be removed, remove nothing.")
+@click.option("--json", "as_json", is_flag=True)
+def gc(dry_run, as_json):
+    """Remove snapshots the retention policy no longer keeps (releases never go).
+
+    The policy is [retention] in snapver.toml: `unreachable` (how long snapshots
+    of commits no branch or tag reaches are kept, default 30d) and `wip` (a
+    thinning schedule, default 1m1h,1h1d,1d1w: one per minute for an hour, one
+    per hour for a day, one per day for a week).
+    """
+    from .daemon import policy_for
+    from .retention import Policy
+
+    ws = Workspace.open()
+    decisions = ws.gc(policy_for(ws, Policy()), dry_run=dry_run)
+    if as_json:
+        emit_json([{**ops.snapshot_dict(d.snapshot), "keep": d.keep, "reason": d.reason} for d in decisions])
+        return
+    dropped = [d for d in decisions if not d.keep]
+    for d in dropped:
+        click.echo(f"{'would remove' if dry_run else 'removed'} {d.snapshot.volume}@{label(d.snapshot.name)}  ({d.reason})")
+    click.echo(f"{len(dropped)} of {len(decisions)} snapshots {'would go' if dry_run else 'removed'}")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Daemon config (default /etc/snapver/snapverd.toml).")
+@click.pass_context
+def daemon(ctx, config_path):
+    """Run snapverd in the foreground (as systemd does), or ask a running one.
+
+    It takes wip snapshots when writes to a watched workspace go quiet,
+    snapshots commits made without the hooks, applies retention, and serves
+    users who may not touch the lake themselves over a Unix socket.
+    """
+    from .daemon import DEFAULT_CONFIG
+
+    ctx.obj = config_path or DEFAULT_CONFIG
+    if ctx.invoked_subcommand is None:
+        from . import daemon as snapverd
+
+        snapverd.main(ctx.obj)
+
+
+@daemon.command("status")
+@click.option("--json", "as_json", is_flag=True)
+def daemon_status(as_json):
+    """What the running daemon watches, how, and what is pending."""
+    from . import client
+
+    try:
+        view = client.request({"op": "daemon-status"}, timeout=10)
+    except client.Unavailable:
+        raise SnapverError(f"snapverd is not running (nothing listens on {ops.SOCKET})") from None
+    if as_json:
+        emit_json(view)
+        return
+    for w in view:
+        click.echo(w["workspace"])
+        for v, d in w["volumes"].items():
+            pending = f"changes pending for {d['pending_for']}s" if d["pending_for"] is not None else "no pending changes"
+            last = label(d["last_snapshot"]) if d["last_snapshot"] else "none yet"
+            click.echo(f"  {v:<12} {d['mode']:<8} {pending}; last wip snapshot {last}")
+
+
+@daemon.command("gc")
+@click.pass_obj
+def daemon_gc(config_path):
+    """Apply retention once to every workspace in the daemon config (for snapver-gc.timer)."""
+    from .daemon import Daemon
+
+    decisions = Daemon(config_path).gc_all()
+    click.echo(f"{sum(not d.keep for d in decisions)} of {len(decisions)} snapshots removed")
 
 
 @cli.command()

@@ -131,9 +131,21 @@ class LocalState:
         doc = asdict(self)
         del doc["path"]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)  # never a half-written state file
+        write_as_owner(self.path, json.dumps(doc, indent=2))
+
+
+def write_as_owner(path: Path, text: str) -> None:
+    """Replace a file under a working tree's .git atomically, owned by whoever owns its folder.
+
+    Never half-written (temporary file, fsync, rename), and never left owned by
+    root when the root daemon acted for a user who must still change it.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    owner = path.parent.stat()
+    if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
+        os.chown(tmp, owner.st_uid, owner.st_gid)
+    os.replace(tmp, path)

@@ -85,25 +85,29 @@ def uninstall(git) -> list[str]:
 def main(argv: list[str]) -> int:
     hook, args = argv[0], argv[1:]
     try:
-        from .lake import Workspace
+        from . import ops
 
         if hook == "post-checkout" and not _has_state():
+            from .lake import Workspace
+
             ws = Workspace.init(".")  # a new worktree: its own lake, in the project's history
             say(f"new worktree: its own lake at {_at(ws)}")
             return 0
-        ws = Workspace.open(".")
         if hook == "post-commit":
-            snaps = ws.snapshot()
-            say(f"snapshot {snaps[0].name[:10]} ({', '.join(s.volume for s in snaps)})")
+            snaps = ops.call("snapshot")
+            say(f"snapshot {snaps[0]['name'][:10]} ({', '.join(s['volume'] for s in snaps)})")
         elif hook == "post-rewrite":
             pairs = [line.split()[:2] for line in sys.stdin.read().splitlines() if line.strip()]
-            ws.rewrite([(old, new) for old, new in pairs])
+            ops.call("rewrite", {"pairs": pairs})
             # An amend inside an unfinished rebase renames, but only the rebase's end moves the lake.
-            rebasing = any((ws.git.git_dir / d).exists() for d in ("rebase-merge", "rebase-apply"))
+            from .gitrepo import GitRepo
+
+            git_dir = GitRepo.find(".").git_dir
+            rebasing = any((git_dir / d).exists() for d in ("rebase-merge", "rebase-apply"))
             if args[:1] == ["rebase"] or not rebasing:
-                report(ws.follow_head())
+                report(ops.call("follow"))
         else:
-            report(ws.follow_head())
+            report(ops.call("follow"))
     except SnapverError as e:
         say(f"{e} (Git carried on)")
         log(f"{hook} {' '.join(args)}: {e}")
@@ -125,16 +129,16 @@ def _at(ws) -> str:
     return ", ".join(sorted(b[:10] if b else "empty" for b in bases))
 
 
-def report(result) -> None:
+def report(result: dict | None) -> None:
     if result is None:
         return
-    for w in result.warnings:
+    for w in result["warnings"]:
         say(f"warning: {w}")
-    if result.kept:
-        say(f"kept unsnapshotted changes as {result.kept[0].name}")
-    if result.switched:
-        target = next(iter(result.target.values())).name
-        say(f"lake now at {target[:10]}{target[40:]} ({', '.join(result.switched)})")
+    if result["kept"]:
+        say(f"kept unsnapshotted changes as {result['kept'][0]['name']}")
+    if result["switched"]:
+        target = next(iter(result["target"].values()))["name"]
+        say(f"lake now at {target[:10]}{target[40:]} ({', '.join(result['switched'])})")
 
 
 def say(message: str) -> None:

@@ -8,14 +8,15 @@ workspace lock, keep unsnapshotted work as a wip snapshot, then act.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from . import lock, names
+from . import faults, lock, names
 from .backends.base import Backend, Change, Snapshot, open_backend
 from .catalog import Catalog
-from .config import CONFIG_NAME, Config, LocalState, VolumeState
+from .config import CONFIG_NAME, Config, LocalState, VolumeState, write_as_owner
 from .errors import NotFound, SnapverError
 from .gitrepo import GitRepo
 from .proc import run
@@ -80,8 +81,13 @@ class Workspace:
     def live_path(self, volume: str) -> Path:
         return self.backend.volume_path(self.project, self.id, volume)
 
+    @contextlib.contextmanager
     def lock(self):
-        return lock.held(LocalState.dir(self.git.git_dir) / "lock")
+        """Exclusive use of this workspace; the state is read again once the lock is held,
+        because the hooks, the CLI and the daemon may each have changed it meanwhile."""
+        with lock.held(LocalState.dir(self.git.git_dir) / "lock"):
+            self.state = LocalState.load(self.git.git_dir)
+            yield
 
     @property
     def _at_file(self) -> Path:
@@ -96,7 +102,7 @@ class Workspace:
 
     def _record_at(self, sha: str | None) -> None:
         if sha:
-            self._at_file.write_text(sha + "\n")
+            write_as_owner(self._at_file, sha + "\n")
 
     # ---------------------------------------------------------------- open / init
     @classmethod
@@ -216,6 +222,7 @@ class Workspace:
 
     def _take(self, volumes: list[str], name: str, message: str | None) -> list[Snapshot]:
         snaps = self.backend.snapshot(self.project, self.id, volumes, name)
+        faults.point("after-snapshot-before-state")
         for s in snaps:
             self.state.volumes[s.volume] = _vs(s.name, s.mark)
         self.state.save()
@@ -237,6 +244,50 @@ class Workspace:
         # It belongs to the commit the lake was at: in a hook, HEAD has already moved on.
         name = names.wip_snapshot_name(self.lake_at() or self.git.head() or names.NO_COMMIT)
         return self._take(self.volumes, name, why)
+
+    def capture(self, volumes: list[str] | None = None, message: str | None = None) -> list[Snapshot]:
+        """A wip snapshot of those volumes that changed, and of nothing else (the daemon)."""
+        with self.lock():
+            changed = [v for v in self._volumes(volumes) if self._changed(v)]
+            if not changed:
+                return []
+            name = names.wip_snapshot_name(self.lake_at() or self.git.head() or names.NO_COMMIT)
+            return self._take(changed, name, message)
+
+    def gc(self, policy, dry_run: bool = False, now=None) -> list:
+        """Apply the retention policy to this project's snapshots; return every decision."""
+        from datetime import datetime, timezone
+
+        from . import retention
+
+        now = now or datetime.now(timezone.utc)
+        with self.lock():
+            decisions = retention.plan(
+                self.backend.snapshots(self.project), self.reachable_commits(), set(), policy, now
+            )
+            if not dry_run:
+                for d in decisions:
+                    if not d.keep:
+                        self.backend.destroy(d.snapshot)
+                        self.catalog.forget_snapshot(self.project, d.snapshot.volume, d.snapshot.name)
+        return decisions
+
+    def reachable_commits(self) -> set[str]:
+        """Commits any clone or worktree of this project on this host still reaches."""
+        trees = {self.git.toplevel} | {
+            Path(r["worktree"]) for r in self.catalog.db["volumes"].rows_where("project = ?", [self.project])
+            if r["worktree"]
+        }
+        reachable: set[str] = set()
+        for tree in sorted(trees):
+            if not (tree / CONFIG_NAME).exists():
+                continue  # a clone that was deleted
+            try:
+                out = GitRepo.find(tree).git("rev-list", "--branches", "--tags", "--remotes", "HEAD", "--")
+            except SnapverError:
+                continue
+            reachable.update(out.split())
+        return reachable
 
     def status(self) -> list[VolumeStatus]:
         return [

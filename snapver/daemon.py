@@ -1,0 +1,486 @@
+"""snapverd: captures work between commits, follows commits made without hooks, keeps
+history tidy, and does privileged snapshot work for users over a Unix socket.
+
+One main loop ticks every half second; watchdog threads only note the time of
+the last write, and socket threads serve requests. Everything that touches a
+workspace takes that workspace's lock (lake.Workspace.lock), shared with the
+hooks and the CLI, so the daemon never races a `git checkout`.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import logging
+import os
+import pwd
+import signal
+import socket
+import socketserver
+import struct
+import threading
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import faults, ops
+from .errors import SnapverError
+from .retention import Policy, parse_duration
+
+log = logging.getLogger("snapverd")
+DEFAULT_CONFIG = Path("/etc/snapver/snapverd.toml")
+
+
+# ------------------------------------------------------------------ configuration
+
+@dataclass(frozen=True)
+class WatchedWorkspace:
+    path: Path  # a Git working tree set up with `snapver init`
+    allow_users: frozenset[str] = frozenset()
+    allow_groups: frozenset[str] = frozenset()
+
+
+@dataclass
+class DaemonConfig:
+    socket: Path = ops.SOCKET
+    debounce: float = 30.0  # quiet time after a burst of writes before a wip snapshot
+    max_delay: float = 600.0  # a job that never pauses is still captured this often
+    poll_interval: float = 5.0  # refs, swapped volumes, and volumes watched by polling
+    gc_interval: float = 3600.0  # 0 turns scheduled retention off
+    inotify_budget: int | None = None  # directories we may watch; None: a quarter of the limit
+    allow_users: frozenset[str] = frozenset()
+    allow_groups: frozenset[str] = frozenset()
+    retention: Policy = field(default_factory=Policy)
+    workspaces: list[WatchedWorkspace] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> DaemonConfig:
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except FileNotFoundError:
+            raise SnapverError(f"no daemon config at {path}: write one (see README) or pass --config") from None
+        except tomllib.TOMLDecodeError as e:
+            raise SnapverError(f"{path} is not valid TOML: {e}") from None
+        try:
+            seconds = {k: parse_duration(doc[k]).total_seconds()
+                       for k in ("debounce", "max_delay", "poll_interval") if k in doc}
+            if "gc_interval" in doc:
+                seconds["gc_interval"] = 0.0 if doc["gc_interval"] in ("off", 0) else \
+                    parse_duration(doc["gc_interval"]).total_seconds()
+            workspaces = [
+                WatchedWorkspace(Path(w["path"]).resolve(), _names(w, "allow_users"), _names(w, "allow_groups"))
+                for w in doc.get("workspace", [])
+            ]
+            return cls(
+                socket=Path(doc.get("socket", ops.SOCKET)),
+                inotify_budget=doc.get("inotify_budget"),
+                allow_users=_names(doc, "allow_users"),
+                allow_groups=_names(doc, "allow_groups"),
+                retention=Policy.from_config(doc.get("retention", {})),
+                workspaces=workspaces,
+                **seconds,
+            )
+        except SnapverError as e:
+            raise SnapverError(f"{path}: {e}") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise SnapverError(f"{path}: bad setting ({e}); see the README for the format") from None
+
+
+def _names(doc: dict, key: str) -> frozenset[str]:
+    value = doc.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SnapverError(f"{key} must be a list of names")
+    return frozenset(value)
+
+
+# ------------------------------------------------------------------ change capture
+
+@dataclass
+class VolumeWatch:
+    volume: str
+    path: Path
+    device: int | None = None  # st_dev of the live volume: a checkout swaps it
+    mode: str = "events"  # or "polling", when inotify watches would run out
+    watch: object = None
+    first_change: float | None = None
+    last_change: float | None = None
+    last_mark: str | None = None
+    last_snapshot: str | None = None
+    dirs: int = 0  # inotify watches this volume holds
+
+
+class _Recorder:
+    """watchdog handler: remembers when a volume was last written, nothing more."""
+
+    IGNORED = {"opened", "closed_no_write"}  # reading is not changing
+
+    def __init__(self, daemon: Daemon, key: tuple[Path, str]):
+        self.daemon, self.key = daemon, key
+
+    def dispatch(self, event) -> None:
+        if event.event_type not in self.IGNORED:
+            self.daemon.note_change(self.key)
+
+
+class Daemon:
+    def __init__(self, config_path: Path):
+        self.config_path = config_path
+        self.config = DaemonConfig.load(config_path)
+        self.watches: dict[tuple[Path, str], VolumeWatch] = {}
+        self.heads: dict[Path, str | None] = {}
+        self.lock = threading.Lock()  # guards watches and their times
+        self.stopping = threading.Event()
+        self.reload_requested = threading.Event()
+        self.last_gc = time.monotonic()
+        self.observer = None
+        self.server = None
+        self.watch_budget = 0
+        self._trust_workspaces()
+
+    # -- lifecycle
+    def run(self, listen_fd: int | None = None) -> None:
+        from watchdog.observers import Observer
+
+        self.observer = Observer()
+        self.observer.start()
+        self._watch_all()
+        self.server = _make_server(self, self.config.socket, listen_fd)
+        threading.Thread(target=self.server.serve_forever, name="socket", daemon=True).start()
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+        notify("READY=1", f"STATUS=watching {len(self.config.workspaces)} workspace(s)")
+        log.info("snapverd ready: %d workspace(s), socket %s", len(self.config.workspaces), self.config.socket)
+        next_poll = 0.0
+        while not self.stopping.wait(0.5):
+            notify("WATCHDOG=1")
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
+            now = time.monotonic()
+            if now >= next_poll:
+                next_poll = now + self.config.poll_interval
+                self._poll()
+            self._capture_quiet_volumes()
+            if self.config.gc_interval and now - self.last_gc >= self.config.gc_interval:
+                self.last_gc = now
+                self.gc_all()
+        # SIGTERM: the loop only stops between operations, so no snapshot is cut short.
+        notify("STOPPING=1")
+        self.server.shutdown()
+        self.server.server_close()
+        if listen_fd is None:
+            self.config.socket.unlink(missing_ok=True)  # ours to remove; systemd's is not
+        self.observer.stop()
+        log.info("snapverd stopped")
+
+    def reload(self) -> None:
+        try:
+            config = DaemonConfig.load(self.config_path)
+        except SnapverError as e:
+            log.error("config not reloaded, keeping the old one: %s", e)
+            return
+        with self.lock:
+            for w in self.watches.values():
+                if w.watch is not None:
+                    self.observer.unschedule(w.watch)
+            self.watches.clear()
+        self.config = config
+        self._trust_workspaces()
+        self._watch_all()
+        log.info("config reloaded: %d workspace(s)", len(config.workspaces))
+
+    def _trust_workspaces(self) -> None:
+        """Let git, run as root, work in the configured users' repositories (and only those)."""
+        paths = [str(w.path) for w in self.config.workspaces]
+        os.environ["GIT_CONFIG_COUNT"] = str(len(paths))
+        for i, p in enumerate(paths):
+            os.environ[f"GIT_CONFIG_KEY_{i}"] = "safe.directory"
+            os.environ[f"GIT_CONFIG_VALUE_{i}"] = p
+
+    # -- watching
+    def _watch_all(self) -> None:
+        limit = _inotify_limit()
+        self.watch_budget = self.config.inotify_budget if self.config.inotify_budget is not None else limit // 4
+        for w in self.config.workspaces:
+            try:
+                ws = self._open(w.path)
+                self.heads[w.path] = ws.git.head()
+                for v in ws.volumes:
+                    watch = VolumeWatch(v, ws.live_path(v))
+                    self.watches[(w.path, v)] = watch
+                    self._start_watch(w.path, watch)
+                    # Work left unsnapshotted while the daemon was down counts as a change.
+                    if ws.backend.changed_since(ws.project, ws.id, v, ws.state.volume(v).mark):
+                        self.note_change((w.path, v))
+            except SnapverError as e:
+                log.error("%s: not watched: %s", w.path, e)
+
+    def _start_watch(self, tree: Path, watch: VolumeWatch) -> None:
+        watch.device = _device(watch.path)
+        dirs = _count_dirs(watch.path, self.watch_budget)
+        if dirs > self.watch_budget:
+            watch.mode = "polling"
+            log.warning("%s: %s has more directories than the inotify budget (%d): polling",
+                        tree, watch.volume, self.watch_budget)
+            return
+        try:
+            watch.watch = self.observer.schedule(_Recorder(self, (tree, watch.volume)), str(watch.path),
+                                                 recursive=True)
+            watch.mode = "events"
+            watch.dirs = dirs
+            self.watch_budget -= dirs
+        except OSError as e:
+            watch.mode = "polling"
+            log.warning("%s: %s: inotify refused (%s): polling", tree, watch.volume, e)
+
+    def note_change(self, key: tuple[Path, str]) -> None:
+        now = time.monotonic()
+        with self.lock:
+            w = self.watches.get(key)
+            if w is not None:
+                w.first_change = w.first_change or now
+                w.last_change = now
+
+    def _poll(self) -> None:
+        for w in self.config.workspaces:
+            try:
+                ws = self._open(w.path)
+                self._follow_commits(ws, w.path)
+                for v in ws.volumes:
+                    watch = self.watches.get((w.path, v))
+                    if watch is None:
+                        continue
+                    if _device(watch.path) != watch.device:  # a checkout swapped the volume in
+                        if watch.watch is not None:
+                            self.observer.unschedule(watch.watch)
+                            watch.watch, self.watch_budget = None, self.watch_budget + watch.dirs
+                        self._start_watch(w.path, watch)
+                    if watch.mode == "polling":
+                        mark = ws.backend.mark(ws.project, ws.id, v)
+                        if mark != watch.last_mark:
+                            watch.last_mark = mark
+                            if ws.backend.changed_since(ws.project, ws.id, v, ws.state.volume(v).mark):
+                                self.note_change((w.path, v))
+            except SnapverError as e:
+                log.error("%s: %s", w.path, e)
+
+    def _follow_commits(self, ws, tree: Path) -> None:
+        """A commit made by a tool that skipped the hooks gets its snapshot all the same."""
+        head = ws.git.head()
+        if head == self.heads.get(tree):
+            return
+        self.heads[tree] = head
+        if head is None or head == ws.lake_at():
+            return
+        if all(ws.backend.find(ws.project, v, head) for v in ws.volumes):
+            return
+        parents = ws.git.commit(head).parents
+        if parents and parents[0] == ws.lake_at():
+            snaps = ws.snapshot(message="snapshotted by snapverd: the commit skipped the hooks")
+            log.info("%s: commit %s had no snapshot: took it (%d volumes)", tree, head[:10], len(snaps))
+
+    def _capture_quiet_volumes(self) -> None:
+        now = time.monotonic()
+        due: dict[Path, list[str]] = {}
+        with self.lock:
+            for (tree, volume), w in self.watches.items():
+                if w.first_change is None:
+                    continue
+                if now - w.last_change >= self.config.debounce or now - w.first_change >= self.config.max_delay:
+                    due.setdefault(tree, []).append(volume)
+                    w.first_change = w.last_change = None  # writes from now on are a new burst
+        for tree, volumes in due.items():
+            try:
+                snaps = self._open(tree).capture(volumes, message="captured by snapverd")
+            except SnapverError as e:
+                log.error("%s: capture failed: %s", tree, e)
+                continue
+            faults.point("daemon-after-capture")
+            with self.lock:
+                for s in snaps:
+                    self.watches[(tree, s.volume)].last_snapshot = s.name
+            if snaps:
+                log.info("%s: wip snapshot %s of %s", tree, snaps[0].name, ", ".join(s.volume for s in snaps))
+
+    def gc_all(self) -> list:
+        """Retention for every project the daemon watches (once per project)."""
+        done, decisions = set(), []
+        for w in self.config.workspaces:
+            try:
+                ws = self._open(w.path)
+                if ws.project in done:
+                    continue
+                done.add(ws.project)
+                decisions += ws.gc(policy_for(ws, self.config.retention))
+            except SnapverError as e:
+                log.error("%s: gc failed: %s", w.path, e)
+        dropped = [d for d in decisions if not d.keep]
+        if dropped:
+            log.info("gc removed %d snapshot(s)", len(dropped))
+        return decisions
+
+    def _open(self, tree: Path):
+        from .lake import Workspace
+
+        return Workspace.open(tree)
+
+    # -- the socket API
+    def status(self, allowed) -> list[dict]:
+        out = []
+        now = time.monotonic()
+        with self.lock:
+            for w in self.config.workspaces:
+                if not allowed(w):
+                    continue
+                vols = {}
+                for (tree, v), watch in self.watches.items():
+                    if tree == w.path:
+                        vols[v] = {"mode": watch.mode, "last_snapshot": watch.last_snapshot,
+                                   "pending_for": round(now - watch.first_change, 1) if watch.first_change else None}
+                out.append({"workspace": str(w.path), "volumes": vols})
+        return out
+
+    def handle(self, request: dict, creds: tuple[int, int, int]) -> object:
+        pid, uid, gid = creds
+        op = request.get("op")
+        if op == "daemon-status":
+            return self.status(lambda w: self.may(uid, gid, w))
+        tree = Path(os.path.realpath(str(request.get("workspace", ""))))
+        watched = next((w for w in self.config.workspaces if w.path == tree), None)
+        if watched is None:
+            raise SnapverError(f"snapverd does not watch {tree}: add it to {self.config_path}")
+        if not self.may(uid, gid, watched):
+            raise SnapverError(f"{_user(uid)} may not act on {tree}: ask its owner to add you to allow_users")
+        log.info("%s (pid %d) asks %s on %s", _user(uid), pid, op, tree)
+        args = {k: v for k, v in request.items() if k not in ("op", "workspace")}
+        return ops.perform(self._open(tree), op, args)
+
+    def may(self, uid: int, gid: int, w: WatchedWorkspace) -> bool:
+        if uid == 0:
+            return True
+        try:
+            if w.path.stat().st_uid == uid:
+                return True
+        except OSError:
+            return False
+        name = _user(uid)
+        if name in w.allow_users | self.config.allow_users:
+            return True
+        groups = {grp.getgrgid(g).gr_name for g in _groups(uid, gid)}
+        return bool(groups & (w.allow_groups | self.config.allow_groups))
+
+
+def policy_for(ws, default: Policy) -> Policy:
+    """A project's own [retention] in snapver.toml wins over the daemon's default."""
+    try:
+        with open(ws.git.toplevel / "snapver.toml", "rb") as f:
+            doc = tomllib.load(f).get("retention")
+    except (OSError, tomllib.TOMLDecodeError):
+        doc = None
+    return Policy.from_config(doc) if doc else default
+
+
+# ------------------------------------------------------------------ socket server
+
+class _Handler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        creds = struct.unpack("3i", self.request.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        for line in self.rfile:
+            try:
+                request = json.loads(line)
+                if not isinstance(request, dict):
+                    raise ValueError("a request is a JSON object")
+                answer = {"ok": True, "result": self.server.daemon.handle(request, creds)}
+            except SnapverError as e:
+                answer = {"ok": False, "error": str(e)}
+            except (ValueError, KeyError, TypeError) as e:
+                answer = {"ok": False, "error": f"bad request: {e}"}
+            except Exception as e:  # never let one request take the daemon down
+                log.exception("request failed")
+                answer = {"ok": False, "error": f"snapverd failed: {e.__class__.__name__}: {e}"}
+            self.wfile.write(json.dumps(answer, default=str).encode() + b"\n")
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+def _make_server(daemon: Daemon, path: Path, listen_fd: int | None) -> _Server:
+    if listen_fd is not None:  # systemd socket activation: the socket is already bound
+        server = _Server(str(path), _Handler, bind_and_activate=False)
+        server.socket = socket.socket(fileno=listen_fd)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        if path.is_socket():
+            path.unlink()  # left by a daemon that died
+        server = _Server(str(path), _Handler)
+        os.chmod(path, 0o666)  # anyone may connect; each request is checked by SO_PEERCRED
+    server.daemon = daemon
+    return server
+
+
+def listen_fd_from_systemd() -> int | None:
+    """The socket systemd passed (LISTEN_FDS protocol: fd 3), if it passed one to us."""
+    if os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS") == "1":
+        return 3
+    return None
+
+
+# ------------------------------------------------------------------ small helpers
+
+def notify(*states: str) -> None:
+    """Tell systemd (Type=notify) how we are; a no-op when not run by systemd."""
+    if "NOTIFY_SOCKET" not in os.environ:
+        return
+    import sdnotify
+
+    sdnotify.SystemdNotifier().notify("\n".join(states))
+
+
+def _inotify_limit() -> int:
+    try:
+        return int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
+    except (OSError, ValueError):
+        return 8192
+
+
+def _count_dirs(root: Path, stop_after: int) -> int:
+    """Directories under root, counting no further than stop_after + 1 (one inotify watch each)."""
+    count, stack = 0, [str(root)]
+    while stack and count <= stop_after:
+        count += 1
+        try:
+            with os.scandir(stack.pop()) as it:
+                stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
+        except OSError:
+            pass
+    return count
+
+
+def _device(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_dev
+    except OSError:
+        return None
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _groups(uid: int, gid: int) -> list[int]:
+    try:
+        return os.getgrouplist(pwd.getpwuid(uid).pw_name, gid)
+    except KeyError:
+        return [gid]
+
+
+def main(config_path: Path) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    Daemon(config_path).run(listen_fd_from_systemd())

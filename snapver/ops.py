@@ -1,0 +1,91 @@
+"""The operations the CLI, the hooks and the daemon's socket share, with JSON-shaped results.
+
+One table, so that `snapver checkout` gives the same answer whether it ran
+here or in the daemon for a user who may not touch the lake directly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import SnapverError
+
+SOCKET = Path(os.environ.get("SNAPVER_SOCKET", "/run/snapver/snapverd.sock"))
+
+
+def snapshot_dict(s) -> dict:
+    return {"name": s.name, "volume": s.volume, "commit": s.commit, "kind": s.kind,
+            "created": s.created.isoformat(), "path": str(s.path)}
+
+
+def checkout_dict(result) -> dict | None:
+    if result is None:
+        return None
+    return {
+        "target": {v: snapshot_dict(s) for v, s in result.target.items()},
+        "kept": [snapshot_dict(s) for s in result.kept],
+        "switched": result.switched,
+        "warnings": result.warnings,
+    }
+
+
+def _snapshot(ws, a):
+    return [snapshot_dict(s) for s in ws.snapshot(wip=bool(a.get("wip")), message=a.get("message"))]
+
+
+def _checkout(ws, a):
+    return checkout_dict(ws.checkout(str(a["rev"]), a.get("volumes") or None, bool(a.get("nearest"))))
+
+
+def _follow(ws, a):
+    return checkout_dict(ws.follow_head())
+
+
+def _rewrite(ws, a):
+    ws.rewrite([(str(old), str(new)) for old, new in a.get("pairs", [])])
+    return None
+
+
+def _status(ws, a):
+    return [{"volume": r.volume, "path": str(r.path), "base": r.base, "changed": r.changed}
+            for r in ws.status()]
+
+
+def _log(ws, a):
+    return [{**snapshot_dict(e.snapshot), "subject": e.subject, "author": e.author, "message": e.message}
+            for e in ws.log(bool(a.get("all")))]
+
+
+OPS = {
+    "snapshot": _snapshot,
+    "checkout": _checkout,
+    "follow": _follow,
+    "rewrite": _rewrite,
+    "status": _status,
+    "log": _log,
+}
+
+
+def perform(ws, op: str, args: dict):
+    if op not in OPS:
+        raise SnapverError(f"unknown operation {op!r}")
+    return OPS[op](ws, args)
+
+
+def call(op: str, args: dict | None = None, path: Path | str = "."):
+    """Run op on the working tree at path: through the daemon when the caller is not root
+    and a daemon is listening, directly otherwise."""
+    args = args or {}
+    if os.geteuid() != 0 and os.environ.get("SNAPVER_DIRECT") != "1" and SOCKET.exists():
+        from . import client
+        from .gitrepo import GitRepo
+
+        toplevel = GitRepo.find(path).toplevel
+        try:
+            return client.request({"op": op, "workspace": str(toplevel), **args})
+        except client.Unavailable:
+            pass  # no daemon after all: try it ourselves, and fail with our own words
+    from .lake import Workspace
+
+    return perform(Workspace.open(path), op, args)

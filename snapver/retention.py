@@ -1,0 +1,128 @@
+"""Which snapshots to keep: the rules `snapver gc` and the daemon apply.
+
+- A commit snapshot whose commit is reachable from a branch, tag or HEAD of
+  any clone of the project on this host is kept.
+- A commit snapshot of a commit nothing reaches any more is kept for
+  `unreachable` (default 30 days) after it was taken, then goes.
+- Wip snapshots are thinned by a schedule written as zfs-autobackup writes
+  its thinner: `1m1h,1h1d,1d1w` keeps one per minute for an hour, one per
+  hour for a day, one per day for a week; a bare number `N` keeps the newest
+  N whatever their age. Periods are absolute (one per clock hour), so a
+  snapshot kept today is still kept tomorrow while its rule lasts.
+- Releases are never removed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from .errors import SnapverError
+from .names import parse_snapshot_name
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+_DURATION = re.compile(r"(\d+)([smhdwy])")
+
+
+def parse_duration(text: str) -> timedelta:
+    """'30s', '10m', '1h', '14d', '1w', '1y' -> timedelta."""
+    m = _DURATION.fullmatch(str(text).strip())
+    if not m or int(m.group(1)) == 0:
+        raise SnapverError(f"{text!r} is not a duration: use a number and s, m, h, d, w or y, e.g. 30s or 14d")
+    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+
+
+@dataclass(frozen=True)
+class Rule:
+    every: timedelta
+    lasting: timedelta
+
+
+@dataclass(frozen=True)
+class Schedule:
+    keep_newest: int
+    rules: tuple[Rule, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Schedule:
+        keep, rules = 0, []
+        for part in (p.strip() for p in str(text).split(",")):
+            if part.isdigit():
+                keep = max(keep, int(part))
+                continue
+            m = re.fullmatch(r"(\d+[smhdwy])(\d+[smhdwy])", part)
+            if not m:
+                raise SnapverError(
+                    f"{part!r} in wip schedule {text!r} is not a rule: write EVERY+FOR like 1h1d "
+                    "(one per hour for a day), or a number to keep the newest N"
+                )
+            rule = Rule(parse_duration(m.group(1)), parse_duration(m.group(2)))
+            if rule.every > rule.lasting:
+                raise SnapverError(f"{part!r}: the period must not be longer than how long it lasts")
+            rules.append(rule)
+        if not rules and not keep:
+            raise SnapverError(f"wip schedule {text!r} keeps nothing: give at least one rule")
+        return cls(keep, tuple(rules))
+
+    def keep(self, times: list[datetime], now: datetime) -> list[bool]:
+        """For each time (any order): whether the schedule keeps a snapshot taken then."""
+        kept = [False] * len(times)
+        newest_first = sorted(range(len(times)), key=lambda i: times[i], reverse=True)
+        for i in newest_first[: self.keep_newest]:
+            kept[i] = True
+        for rule in self.rules:
+            seen: set[int] = set()
+            # Oldest first, so the snapshot that opened a period stays its representative.
+            for i in reversed(newest_first):
+                if now - times[i] > rule.lasting:
+                    continue
+                bucket = int(times[i].timestamp() // rule.every.total_seconds())
+                if bucket not in seen:
+                    seen.add(bucket)
+                    kept[i] = True
+        return kept
+
+
+@dataclass(frozen=True)
+class Policy:
+    unreachable: timedelta = timedelta(days=30)
+    wip: Schedule = Schedule.parse("1m1h,1h1d,1d1w")
+
+    @classmethod
+    def from_config(cls, doc: dict) -> Policy:
+        default = cls()
+        return cls(
+            unreachable=parse_duration(doc["unreachable"]) if "unreachable" in doc else default.unreachable,
+            wip=Schedule.parse(doc["wip"]) if "wip" in doc else default.wip,
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    snapshot: object  # backends.base.Snapshot
+    keep: bool
+    reason: str
+
+
+def plan(snapshots, reachable: set[str], protected: set[tuple[str, str]], policy: Policy, now: datetime) -> list[Decision]:
+    """Keep or drop, with a reason, for every snapshot given (one project)."""
+    decisions = []
+    wips: dict[str, list] = {}
+    for s in snapshots:
+        if (s.volume, s.name) in protected:
+            decisions.append(Decision(s, True, "release"))
+        elif s.kind == "wip":
+            wips.setdefault(s.volume, []).append(s)
+        elif s.commit in reachable:
+            decisions.append(Decision(s, True, "reachable commit"))
+        elif now - s.created <= policy.unreachable:
+            decisions.append(Decision(s, True, "unreachable, within its grace period"))
+        else:
+            decisions.append(Decision(s, False, f"unreachable commit, older than {policy.unreachable}"))
+    for group in wips.values():
+        # A wip's time is the one in its name: names are the truth, and survive renames.
+        times = [parse_snapshot_name(s.name)[2] for s in group]
+        for s, keep in zip(group, policy.wip.keep(times, now)):
+            decisions.append(Decision(s, keep, "wip schedule" if keep else "thinned by the wip schedule"))
+    return decisions

