@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import SnapverError
-from .names import check_project, check_volume
+from .names import check_project, check_volume, check_workspace
 
 CONFIG_NAME = "snapver.toml"
 
@@ -110,7 +110,7 @@ class LocalState:
                 path=path,
                 backend=doc["backend"],
                 lake=doc["lake"],
-                workspace=check_project(doc["workspace"]),
+                workspace=check_workspace(doc["workspace"]),
                 image=doc.get("image"),
                 volumes={k: VolumeState(**v) for k, v in doc.get("volumes", {}).items()},
             )

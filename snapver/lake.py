@@ -157,7 +157,7 @@ class Workspace:
         # Input is checked; from here on things change on disk.
         spec, image_path = _provision_lake(git, config, lake, image, size)
         backend_ = open_backend(config.backend, spec)
-        workspace_id = names.check_project(f"{config.project[:40]}-{os.urandom(4).hex()}")
+        workspace_id = names.check_workspace(f"{config.project[:40]}-{os.urandom(4).hex()}")
         state = LocalState(
             path=LocalState.dir(git.git_dir) / LocalState.FILE,
             backend=config.backend,
@@ -192,9 +192,10 @@ class Workspace:
                 self.state.volumes[v] = _vs(start[v].name, mark)
             else:
                 path = self.backend.create_volume(self.project, self.id, v)
-                self.state.volume(v).mark = self.backend.mark(self.project, self.id, v)
                 if os.geteuid() == 0 and owner.st_uid != 0:
                     os.chown(path, owner.st_uid, owner.st_gid)  # `sudo snapver init` for a user
+                # After the chown, which is itself a change of the volume.
+                self.state.volume(v).mark = self.backend.mark(self.project, self.id, v)
             link = self.git.toplevel / v
             link.symlink_to(self.live_path(v), target_is_directory=True)
             self.catalog.record_volume(self.project, self.id, v, self.live_path(v), self.git.toplevel)

@@ -43,6 +43,13 @@ def check_project(name: str) -> str:
     return name
 
 
+def check_workspace(name: str) -> str:
+    """Workspace ids are made by snapver (project id + random hex) and follow the project rule."""
+    if not isinstance(name, str) or not _PROJECT.fullmatch(name):
+        raise SnapverError(f"{_show(name)} is not a valid workspace id: use 1-63 letters, digits, '-' or '_'")
+    return name
+
+
 def commit_snapshot_name(sha: str) -> str:
     if not SHA.fullmatch(sha):
         raise SnapverError(f"{_show(sha)} is not a full 40-hex commit ID")

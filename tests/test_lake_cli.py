@@ -392,3 +392,16 @@ def test_init_with_pool_image_makes_and_reuses_a_zfs_pool(zfs_pool, tmp_path, re
         assert "--pool-image" in line
     finally:
         destroy_pool(pool)
+
+
+@pytest.mark.parametrize("spec, error", [
+    ("nosuchpool/lake", "does not exist"),
+    ("bad name/x", "not a valid ZFS dataset name"),
+    ("-o/x", "not a valid ZFS dataset name"),
+    ("tank/x;reboot", "not a valid ZFS dataset name"),
+])
+def test_zfs_lake_that_does_not_exist_or_is_invalid(zfs_pool, repo, spec, error):
+    before = disk_state(repo)
+    line = one_line_error(snapver(repo, "init", "--backend", "zfs", "--lake", spec, ok=False))
+    assert error in line
+    assert disk_state(repo) == before

@@ -194,6 +194,25 @@ def _same_file(a: Path, b: Path, sa: os.stat_result, sb: os.stat_result) -> bool
     return filecmp.cmp(a, b, shallow=False)
 
 
+def create_image_file(image: Path, size: int | None, minimum: int, make: list[str]) -> None:
+    """A sparse file of `size` bytes formatted by the argv `make` (the image path is
+    appended); removed again if formatting fails, so a failed init leaves nothing."""
+    from ..proc import run
+
+    if size is None:
+        raise SnapverError(f"{image} does not exist: pass --size to create it (e.g. --size 20G)")
+    if size < minimum:
+        raise SnapverError(f"--size must be at least {minimum // 1024**2}M for this image")
+    image.parent.mkdir(parents=True, exist_ok=True)
+    with open(image, "xb") as f:
+        f.truncate(size)
+    try:
+        run([*make, str(image)])
+    except BaseException:
+        image.unlink()
+        raise
+
+
 BACKENDS = ("btrfs", "zfs")
 
 

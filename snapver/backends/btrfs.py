@@ -24,7 +24,7 @@ from .. import linux
 from ..errors import CommandFailed, SnapverError
 from ..names import is_snapshot_name
 from ..proc import run
-from .base import Backend, Snapshot, Space
+from .base import Backend, Snapshot, Space, create_image_file
 
 BTRFS_FSTYPE = "btrfs"
 # _IOR(0x94, 60, struct btrfs_ioctl_get_subvol_info_args), 504 bytes
@@ -268,18 +268,7 @@ def provision_image(image: Path, size: int | None, mountpoint: Path) -> Path:
         if is_mountpoint(mountpoint):
             return mountpoint
     else:
-        if size is None:
-            raise SnapverError(f"{image} does not exist: pass --size to create it (e.g. --size 20G)")
-        if size < MIN_IMAGE_SIZE:
-            raise SnapverError("--size must be at least 256M for a Btrfs image")
-        image.parent.mkdir(parents=True, exist_ok=True)
-        with open(image, "xb") as f:
-            f.truncate(size)
-        try:
-            run(["mkfs.btrfs", "-q", str(image)])
-        except BaseException:
-            image.unlink()
-            raise
+        create_image_file(image, size, MIN_IMAGE_SIZE, ["mkfs.btrfs", "-q"])
     mount_image(image, mountpoint)
     return mountpoint
 

@@ -40,15 +40,14 @@ from pathlib import Path
 
 from .. import linux
 from ..errors import CommandFailed, NotFound, SnapverError
-from ..names import check_project, check_volume, is_snapshot_name, parse_snapshot_name
+from ..names import check_project, check_volume, check_workspace, is_snapshot_name, parse_snapshot_name
 from ..proc import run
-from .base import Backend, Snapshot, Space
+from .base import Backend, Snapshot, Space, create_image_file
 
 # ZFS accepts alphanumerics and _ - . : in a component; the first character
 # is narrowed so nothing can be read as an option or as "." / "..".
 _COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*")
 _POOL = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*")
-_WORKSPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 # Room below ZFS's 255-byte limit for "/<project>/history/<ws>/<volume>.<t>@<name>".
 MAX_LAKE_NAME = 40
 PROBE = "snapver-probe"  # temporary snapshots changed_since takes and drops
@@ -70,15 +69,6 @@ def check_lake_name(name: str) -> str:
         raise SnapverError(
             f"{name!r} is not a valid ZFS dataset name for a lake: use pool/dataset "
             f"(at most {MAX_LAKE_NAME} characters; letters, digits, '_', '-', '.', ':')"
-        )
-    return name
-
-
-def check_workspace(name: str) -> str:
-    if not isinstance(name, str) or not _WORKSPACE.fullmatch(name):
-        raise SnapverError(
-            f"{name!r} is not a valid workspace name: use 1-63 letters, digits, '-', '_' or '.', "
-            "starting with a letter or digit"
         )
     return name
 
@@ -595,20 +585,8 @@ def provision_pool(image: Path, size: int | None, pool: str, mountpoint: Path | 
             # A file vdev is found by scanning its directory.
             run(["zpool", "import", "-d", str(image.parent), pool])
         else:
-            if size is None:
-                raise SnapverError(f"{image} does not exist: pass --size to create it (e.g. --size 20G)")
-            if size < MIN_POOL_SIZE:
-                raise SnapverError("--size must be at least 64M for a ZFS pool")
-            image.parent.mkdir(parents=True, exist_ok=True)
-            with open(image, "xb") as f:
-                f.truncate(size)
-            try:
-                argv = ["zpool", "create"]
-                argv += ["-m", str(mountpoint)] if mountpoint else []
-                run([*argv, pool, str(image)])
-            except BaseException:
-                image.unlink()
-                raise
+            argv = ["zpool", "create", *(["-m", str(mountpoint)] if mountpoint else []), pool]
+            create_image_file(image, size, MIN_POOL_SIZE, argv)
     if not _exists(lake):
         run(["zfs", "create", "-o", "atime=off", lake])
     return lake
