@@ -24,6 +24,23 @@ def when(dt) -> str:
     return dt.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
+def cell(value) -> str:
+    """A metric or param for a table: numbers without noise, '-' for none."""
+    if value is None:
+        return "-"
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def registry_view(ws, snaps) -> dict:
+    """Provenance, params and metrics of a snapshot (for show)."""
+    from . import registry
+
+    name = next(iter(snaps.values())).name
+    v = registry.values(ws, [name]).get(name, {})
+    return {"provenance": registry.provenance(ws, name),
+            "params": v.get("param", {}), "metrics": v.get("metric", {})}
+
+
 def label(name: str) -> str:
     """A snapshot name for people: the short commit ID, and the time of a wip."""
     return short(name) + name[40:]
@@ -99,12 +116,22 @@ def snapshot(wip, message):
 @cli.command()
 @click.option("--all", "include_wip", is_flag=True, help="Include wip snapshots.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per volume snapshot.")
-def log(include_wip, as_json):
+@click.option("--metric", "metrics", multiple=True, metavar="NAME",
+              help="Show this metric or param as a column (repeatable).")
+def log(include_wip, as_json, metrics):
     """Snapshots of this project, newest first."""
     entries = ops.call("log", {"all": include_wip})
+    if metrics:
+        from . import registry
+
+        known = registry.values(Workspace.open(), list({e["name"] for e in entries}))
+        for e in entries:
+            e["metrics"] = {m: registry.lookup(known.get(e["name"], {}), m) for m in metrics}
     if as_json:
         emit_json(entries)
         return
+    if metrics:
+        click.echo(f"{'snapshot':<34} {'':<19}  {'kind':<6}  " + "  ".join(f"{m:>12}" for m in metrics))
     grouped: dict[str, list] = {}
     for e in entries:
         grouped.setdefault(e["name"], []).append(e)
@@ -112,7 +139,8 @@ def log(include_wip, as_json):
         first = group[0]
         vols = " ".join(sorted(e["volume"] for e in group))
         note = first["message"] or first["subject"] or ""
-        click.echo(f"{label(name):<34} {when(first['created'])}  {first['kind']:<6}  {vols}  {note}".rstrip())
+        cols = "".join(f"{cell(first['metrics'][m]):>12}  " for m in metrics)
+        click.echo(f"{label(name):<34} {when(first['created'])}  {first['kind']:<6}  {cols}{vols}  {note}".rstrip())
 
 
 @cli.command()
@@ -194,7 +222,7 @@ def show(rev, space, as_json):
         vols = {v: {**ops.snapshot_dict(s), **({"referenced": spaces[v].referenced,
                                             "exclusive": spaces[v].exclusive} if space else {})}
                 for v, s in snaps.items()}
-        emit_json({"commit": commit, "info": info, "volumes": vols})
+        emit_json({"commit": commit, "info": info, "volumes": vols, **registry_view(ws, snaps)})
         return
     click.echo(f"commit   {commit}")
     if info:
@@ -204,6 +232,12 @@ def show(rev, space, as_json):
     for v, s in snaps.items():
         extra = f"  {spaces[v].referenced:,} B, {spaces[v].exclusive:,} B exclusive" if space else ""
         click.echo(f"{v:<12} {s.name}  {when(s.created)}  {s.path}{extra}")
+    view = registry_view(ws, snaps)
+    for v, fields in view["provenance"].items():
+        click.echo(f"{v:<12} " + "  ".join(f"{k} {val}" for k, val in fields.items()))
+    for kind in ("params", "metrics"):
+        for k, val in view[kind].items():
+            click.echo(f"{kind[:-1]:<8} {k} = {cell(val)}")
 
 
 @cli.group()
@@ -307,6 +341,227 @@ def daemon_gc(config_path):
 
     decisions = Daemon(config_path).gc_all()
     click.echo(f"{sum(not d.keep for d in decisions)} of {len(decisions)} snapshots removed")
+
+
+@cli.command()
+@click.argument("queries", nargs=-1, required=True)
+@click.option("--all", "include_wip", is_flag=True, help="Include wip snapshots.")
+@click.option("--json", "as_json", is_flag=True)
+def find(queries, include_wip, as_json):
+    """Versions whose metrics and params meet every QUERY, e.g. 'accuracy>0.9' 'lr<0.01'.
+
+    Operators: > >= < <= = == != (words compare with = and != only).
+    """
+    from . import registry
+
+    rows = registry.find(Workspace.open(), list(queries), include_wip)
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        vals = "  ".join(f"{k}={cell(v)}" for k, v in r["values"].items())
+        click.echo(f"{label(r['name']):<34} {when(r['created'])}  {vals}  {r['subject'] or ''}".rstrip())
+
+
+@cli.command()
+@click.argument("rev1")
+@click.argument("rev2")
+@click.option("--json", "as_json", is_flag=True)
+def compare(rev1, rev2, as_json):
+    """Params and metrics of REV1 and REV2 side by side, and the files changed in each volume.
+
+    Walks both snapshots to find changed files: O(files).
+    """
+    from . import registry
+
+    result = registry.compare(Workspace.open(), rev1, rev2)
+    if as_json:
+        emit_json(result)
+        return
+    a, b = (label(n) for n in result["snapshots"])
+    click.echo(f"{'':<28} {a:>20} {b:>20}")
+    for kind in ("params", "metrics"):
+        for k, (x, y) in result[kind].items():
+            mark = " " if x == y else "*"
+            click.echo(f"{mark} {kind[:-1]:<6} {k:<19} {cell(x):>20} {cell(y):>20}")
+    sign = {"added": "+", "changed": "M", "deleted": "-"}
+    for v, changes in result["changes"].items():
+        click.echo(f"{v}: {len(changes)} file(s) changed" if changes else f"{v}: unchanged")
+        for c in changes:
+            click.echo(f"  {sign[c['change']]} {c['path']}")
+
+
+class _ReleaseGroup(click.Group):
+    """`snapver release NAME [REV]` creates; `release list|remove` are subcommands."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["create", *args]
+        return super().parse_args(ctx, args)
+
+
+def release_dict(r) -> dict:
+    return {"name": r.name, "snapshot": r.snapshot, "commit": r.commit, "volumes": r.volumes,
+            "created": r.created, "message": r.message, "forced": r.forced}
+
+
+@cli.group(cls=_ReleaseGroup)
+def release():
+    """Releases: names pinned to a commit's snapshots, protected from gc.
+
+    `snapver release NAME [REV]` pins NAME to REV (default HEAD); then
+    `checkout release:NAME` and `path release:NAME VOLUME` find it. Git tags
+    become releases by themselves ([releases] from_tags in snapver.toml).
+    """
+
+
+@release.command("create", hidden=True)
+@click.argument("name")
+@click.argument("rev", default="HEAD")
+@click.option("-m", "--message", help="A note kept with the release.")
+@click.option("--force", is_flag=True, help="Release even if the model scan flagged a file.")
+def release_create(name, rev, message, force):
+    from . import registry
+
+    r = registry.create_release(Workspace.open(), name, rev, message, force)
+    click.echo(f"release {r.name} pins {label(r.snapshot)} ({', '.join(r.volumes)})"
+               + ("  [flagged by the model scan: released with --force]" if r.forced else ""))
+
+
+@release.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def release_list(as_json):
+    """Every release, newest first."""
+    from . import registry
+
+    rels = registry.list_releases(Workspace.open())
+    if as_json:
+        emit_json([release_dict(r) for r in rels])
+        return
+    for r in rels:
+        flag = "  [forced]" if r.forced else ""
+        click.echo(f"{r.name:<20} {label(r.snapshot):<34} {when(r.created)}  {r.message or ''}{flag}".rstrip())
+
+
+@release.command("remove")
+@click.argument("name")
+def release_remove(name):
+    """Unpin a release (its snapshots are then subject to gc again)."""
+    from . import registry
+
+    r = registry.remove_release(Workspace.open(), name)
+    click.echo(f"release {r.name} removed (was {label(r.snapshot)})")
+
+
+@cli.command()
+@click.argument("rev")
+@click.argument("volume")
+def path(rev, volume):
+    """The read-only path of VOLUME at REV (e.g. release:prod), for a serving config."""
+    from . import api
+
+    click.echo(str(api.path(volume, rev)))
+
+
+@cli.command()
+@click.argument("source", metavar="SOURCE_VOLUME@REV")
+@click.argument("volume", metavar="NEW_VOLUME")
+@click.option("-m", "--message", help="Why: kept with the lineage edge.")
+def derive(source, volume, message):
+    """A new volume as a copy-on-write clone of a snapshot (a fine-tune from its base model).
+
+    Nothing is copied; NEW_VOLUME is added to snapver.toml (commit it) and
+    snapshotted with every commit from now on.
+    """
+    from . import registry
+
+    e = registry.derive(Workspace.open(), source, volume, message)
+    click.echo(f"{e.volume}/ derived from {e.source_volume}@{label(e.source_snapshot)} (copy-on-write: nothing copied)")
+    click.echo(f"{volume} was added to snapver.toml: commit it")
+
+
+@cli.command()
+@click.argument("volume", required=False)
+@click.option("--dot", is_flag=True, help="Graphviz DOT instead of a text tree.")
+@click.option("--upstream", metavar="VOLUME@REV", help="Where this snapshot comes from.")
+@click.option("--json", "as_json", is_flag=True)
+def lineage(volume, dot, upstream, as_json):
+    """The graph of derived volumes (all of it, or VOLUME's family)."""
+    from . import registry
+
+    ws = Workspace.open()
+    if upstream:
+        if volume:
+            raise SnapverError("give either VOLUME or --upstream VOLUME@REV, not both")
+        chain = registry.upstream(ws, upstream)
+        if as_json:
+            emit_json(chain)
+            return
+        for step in chain:
+            head = "" if step["relation"] == "this" else f"{step['relation']} "
+            note = f'  "{step["message"]}"' if step["message"] else ""
+            click.echo(f"{head}{step['volume']}@{label(step['snapshot'])}{note}")
+            if step["same_moment"]:
+                click.echo(f"    with {', '.join(v + '@' + label(step['snapshot']) for v in step['same_moment'])}")
+        return
+    if dot:
+        click.echo(registry.lineage_dot(ws, volume), nl=False)
+        return
+    tree = registry.lineage_tree(ws, volume)
+    if as_json:
+        emit_json([{"depth": d, "volume": v, "from": e and f"{e.source_volume}@{e.source_snapshot}",
+                    "message": e and e.message} for d, v, e in tree])
+        return
+    for depth, v, e in tree:
+        indent = "    " * (depth - 1) + "└── " if depth else ""
+        note = f"  from {e.source_volume}@{label(e.source_snapshot)}" + (f'  "{e.message}"' if e.message else "") if e else ""
+        click.echo(f"{indent}{v}{note}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def du(as_json):
+    """Bytes per volume and snapshot: shared with others, exclusive, and the saving against
+    full copies. Walks the snapshots on Btrfs: O(files)."""
+    from . import registry
+
+    report = registry.du(Workspace.open())
+    if as_json:
+        emit_json(report)
+        return
+    for vol in report["volumes"]:
+        origin = f"  (derived from {vol['derived_from'][:vol['derived_from'].index('@') + 11]})" if vol["derived_from"] else ""
+        click.echo(f"{vol['volume']}{origin}")
+        for r in vol["rows"]:
+            name = label(r["snapshot"]) if r["snapshot"] else "live"
+            click.echo(f"  {name:<34} {r['referenced']:>14,} B  {r['shared']:>14,} shared  {r['exclusive']:>14,} exclusive")
+    pct = 100 * report["saving"] / report["full_copies"] if report["full_copies"] else 0
+    click.echo(f"full copies {report['full_copies']:,} B, on disk {report['on_disk']:,} B: "
+               f"saved {report['saving']:,} B ({pct:.0f}%)")
+
+
+@cli.command()
+@click.argument("rev", default="HEAD")
+@click.option("--json", "as_json", is_flag=True)
+def scan(rev, as_json):
+    """The model scan of REV's snapshots (scanning now those never scanned).
+
+    Pickle-based model files (.pkl .pickle .pt .pth .bin .joblib .ckpt) are
+    disassembled by picklescan, never loaded. Exits 1 if a file is flagged.
+    """
+    from . import registry
+
+    report = registry.scan_report(Workspace.open(), rev)
+    if as_json:
+        emit_json(report)
+    else:
+        for v, files in report.items():
+            click.echo(f"{v}: {len(files)} model file(s), {sum(f['flagged'] for f in files)} flagged")
+            for f in files:
+                click.echo(f"  {'FLAGGED' if f['flagged'] else 'clean':<8} {f['path']}"
+                           + (f"  {', '.join(f['findings'])}" if f["findings"] else ""))
+    if any(f["flagged"] for files in report.values() for f in files):
+        sys.exit(1)
 
 
 @cli.command()

@@ -93,6 +93,13 @@ def main(argv: list[str]) -> int:
             ws = Workspace.init(".")  # a new worktree: its own lake, in the project's history
             say(f"new worktree: its own lake at {_at(ws)}")
             return 0
+        if hook == "tag-release":  # from reference-transaction: tags just created
+            from . import registry
+            from .lake import Workspace
+
+            for message in registry.releases_from_tags(Workspace.open("."), sys.stdin.read().splitlines()):
+                say(message)
+            return 0
         if hook == "post-commit":
             snaps = ops.call("snapshot")
             say(f"snapshot {snaps[0]['name'][:10]} ({', '.join(s['volume'] for s in snaps)})")

@@ -65,6 +65,14 @@ case $hook in
         run "$@"
         rm -f "$state/worktree-updated"
       fi
+    fi
+    # A tag just created (its old ID all zeros) may become a release: a pattern match here,
+    # so that every other ref update costs no interpreter start; Python checks the details.
+    if [ "$1" = committed ]; then
+      case $input in
+        *"0000000000000000000000000000000000000000 "*" refs/tags/"*)
+          printf '%s' "$input" | "$SNAPVER_PYTHON" -m snapver.githooks tag-release ;;
+      esac
     fi ;;
   post-checkout)
     [ "$3" = 1 ] && ! lake_is_at_head && run "$@" ;;

@@ -196,9 +196,15 @@ class Workspace:
                     os.chown(path, owner.st_uid, owner.st_gid)  # `sudo snapver init` for a user
                 # After the chown, which is itself a change of the volume.
                 self.state.volume(v).mark = self.backend.mark(self.project, self.id, v)
-            link = self.git.toplevel / v
-            link.symlink_to(self.live_path(v), target_is_directory=True)
-            self.catalog.record_volume(self.project, self.id, v, self.live_path(v), self.git.toplevel)
+            self._link(v)
+
+    def _link(self, volume: str) -> None:
+        """<worktree>/<volume> -> the live volume, kept out of Git, known to the catalog."""
+        link = self.git.toplevel / volume
+        if not os.path.lexists(link):
+            link.symlink_to(self.live_path(volume), target_is_directory=True)
+            _keep_out_of_git(self.git, [volume])
+        self.catalog.record_volume(self.project, self.id, volume, self.live_path(volume), self.git.toplevel)
 
     # ---------------------------------------------------------------- snapshots
     def snapshot(self, wip: bool = False, message: str | None = None) -> list[Snapshot]:
@@ -231,9 +237,14 @@ class Workspace:
         commit = snaps[0].commit if snaps else names.NO_COMMIT
         if commit != names.NO_COMMIT:
             self.catalog.record_commit(self.project, self.git.commit(commit), self.git.branch())
+        from . import registry  # lazily: metrics files, provenance, model scan
+
+        registry.after_snapshot(self, snaps)
         return snaps
 
     def _changed(self, volume: str) -> bool:
+        if not self.backend.volume_exists(self.project, self.id, volume):
+            return False  # a volume this clone has not got yet (derived elsewhere): nothing to keep
         mark = self.state.volume(volume).mark
         return self.backend.changed_since(self.project, self.id, volume, mark)
 
@@ -244,7 +255,8 @@ class Workspace:
         # All volumes, not just the changed ones, so the wip is one whole point in time.
         # It belongs to the commit the lake was at: in a hook, HEAD has already moved on.
         name = names.wip_snapshot_name(self.lake_at() or self.git.head() or names.NO_COMMIT)
-        return self._take(self.volumes, name, why)
+        here = [v for v in self.volumes if self.backend.volume_exists(self.project, self.id, v)]
+        return self._take(here, name, why)
 
     def capture(self, volumes: list[str] | None = None, message: str | None = None) -> list[Snapshot]:
         """A wip snapshot of those volumes that changed, and of nothing else (the daemon)."""
@@ -263,8 +275,11 @@ class Workspace:
 
         now = now or datetime.now(timezone.utc)
         with self.lock():
+            from . import registry
+
             decisions = retention.plan(
-                self.backend.snapshots(self.project), self.reachable_commits(), set(), policy, now
+                self.backend.snapshots(self.project), self.reachable_commits(),
+                registry.protected(self), policy, now,
             )
             if not dry_run:
                 for d in decisions:
@@ -316,11 +331,16 @@ class Workspace:
     def _resolve(self, rev: str, volumes: list[str], nearest: bool = False):
         """The snapshot of each volume at rev: (by volume, commit, warnings).
 
-        rev is a snapshot name or anything `git rev-parse` takes. A commit
+        rev is release:NAME, a snapshot name or anything `git rev-parse` takes. A commit
         with no snapshot of its own is an error naming its nearest
         snapshotted first-parent ancestor, or with nearest=True (the hooks)
         that ancestor is used with a warning.
         """
+        if rev.startswith("release:"):
+            from . import registry
+
+            found, commit = registry.resolve_release(self, rev[len("release:"):], volumes)
+            return found, commit, []
         parsed = names.parse_snapshot_name(rev)
         if parsed and parsed[1] == "wip":
             found = {v: self.backend.find(self.project, v, rev) for v in volumes}
@@ -336,23 +356,34 @@ class Workspace:
         found = {v: self.backend.find(self.project, v, sha) for v in volumes}
         if all(found.values()):
             return found, sha, []
-        have = {v: {s.name for s in self.backend.snapshots(self.project, v)} for v in volumes}
-        ancestor = next(
-            (a for a in self.git.first_parent_ancestors(sha) if all(a in have[v] for v in volumes)),
-            None,
-        )
+        # Each volume without a snapshot here takes its nearest snapshotted first-parent
+        # ancestor; a volume with none at all did not exist yet (derived later) and is left out.
+        missing = [v for v in volumes if found[v] is None]
+        have = {v: {s.name for s in self.backend.snapshots(self.project, v)} for v in missing}
+        nearest_of: dict[str, str] = {}
+        for a in self.git.first_parent_ancestors(sha):
+            nearest_of.update({v: a for v in missing if v not in nearest_of and a in have[v]})
+            if len(nearest_of) == len(missing):
+                break
+        absent = [v for v in missing if v not in nearest_of]
         what = f"commit {short(sha)} ({rev})" if not sha.startswith(rev) else f"commit {short(sha)}"
-        if ancestor is None:
+        if len(absent) == len(volumes):
             raise NotFound(f"{what} has no snapshot, and neither has any of its first-parent ancestors")
-        if not nearest:
-            raise NotFound(
-                f"{what} has no snapshot; its nearest snapshotted ancestor is {short(ancestor)}: "
-                f"`snapver checkout {short(ancestor)}`"
+        warnings = [f"{', '.join(absent)} did not exist at {what}: left as they are"] if absent else []
+        commit = sha
+        if nearest_of:
+            ancestor = next(a for a in self.git.first_parent_ancestors(sha) if a in nearest_of.values())
+            if not nearest:
+                raise NotFound(
+                    f"{what} has no snapshot; its nearest snapshotted ancestor is {short(ancestor)}: "
+                    f"`snapver checkout {short(ancestor)}`"
+                )
+            found.update({v: self.backend.find(self.project, v, a) for v, a in nearest_of.items()})
+            warnings.append(
+                f"commit {short(sha)} has no snapshot; using its nearest snapshotted ancestor {short(ancestor)}"
             )
-        found = {v: self.backend.find(self.project, v, ancestor) for v in volumes}
-        return found, ancestor, [
-            f"commit {short(sha)} has no snapshot; using its nearest snapshotted ancestor {short(ancestor)}"
-        ]
+            commit = ancestor if not any(found[v] and found[v].name == sha for v in volumes) else sha
+        return {v: s for v, s in found.items() if v not in absent}, commit, warnings
 
     def _volumes(self, only: list[str] | None) -> list[str]:
         for v in only or []:
@@ -368,16 +399,17 @@ class Workspace:
         with self.lock():
             result = CheckoutResult(target, warnings=warnings)
             already = {
-                v for v in vols
+                v for v in target
                 if self.state.volume(v).base == target[v].name and not self._changed(v)
             }
             result.kept = self._keep_changes(vols, f"kept before checkout of {rev}")
-            for v in vols:
+            for v in target:
                 if v in already:
                     continue  # the live volume is that snapshot already: nothing to swap
                 mark = self.backend.clone_into_place(target[v], self.id)
                 self.state.volumes[v] = _vs(target[v].name, mark)
                 self.state.save()  # after each volume, so a crash leaves the truth recorded
+                self._link(v)  # a volume derived in another clone is new here
                 result.switched.append(v)
             return result
 
@@ -449,14 +481,16 @@ class Workspace:
         new = self._resolve(rev2, vols)[0] if rev2 else None
         return {
             v: self.backend.diff(old[v].path, new[v].path if new else self.live_path(v))
-            for v in vols
+            for v in vols if v in old and (new is None or v in new)
         }
 
     # ---------------------------------------------------------------- restore
     def restore(self, rev: str, path: str, to: str | None = None, cwd: Path | None = None) -> tuple[Path, Snapshot]:
         """Copy one file or folder back from rev's snapshot, leaving the rest as it is."""
         volume, inner = self._split_volume_path(path, cwd or Path.cwd())
-        snap = self._resolve(rev, [volume])[0][volume]
+        snap = self._resolve(rev, [volume])[0].get(volume)
+        if snap is None:
+            raise NotFound(f"{volume} did not exist at {rev}")
         source = _inside(snap.path, inner, f"{path} is not in the snapshot of {volume} at {rev}")
         if to is None:
             dest = _inside(self.live_path(volume), inner, f"{path} leaves the volume", must_exist=False)

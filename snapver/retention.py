@@ -111,7 +111,9 @@ def plan(snapshots, reachable: set[str], protected: set[tuple[str, str]], policy
     wips: dict[str, list] = {}
     for s in snapshots:
         if (s.volume, s.name) in protected:
-            decisions.append(Decision(s, True, "release"))
+            # A dict says why each one is protected (release NAME, source of a derived volume).
+            why = protected[(s.volume, s.name)] if isinstance(protected, dict) else "release"
+            decisions.append(Decision(s, True, why))
         elif s.kind == "wip":
             wips.setdefault(s.volume, []).append(s)
         elif s.commit in reachable:

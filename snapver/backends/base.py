@@ -52,6 +52,12 @@ class Space:
 
 
 @dataclass(frozen=True)
+class Footprint:
+    full_copies: int  # the sum of every snapshot's and live volume's referenced bytes
+    on_disk: int  # the bytes they really take, each shared block counted once
+
+
+@dataclass(frozen=True)
 class Change:
     path: str  # relative to the volume root
     change: str  # added, changed, deleted
@@ -127,6 +133,29 @@ class Backend(ABC):
 
     @abstractmethod
     def space(self, snap: Snapshot) -> Space: ...
+
+    # the registry (releases, derived volumes, du)
+    @abstractmethod
+    def hold(self, snap: Snapshot, tag: str) -> None:
+        """Pin snap under tag so that nothing destroys it until unhold (a release)."""
+
+    @abstractmethod
+    def unhold(self, snap: Snapshot, tag: str) -> None:
+        """Undo hold(snap, tag); a tag that is not held is not an error."""
+
+    @abstractmethod
+    def clone_volume(self, snap: Snapshot, workspace: str, volume: str) -> Path:
+        """Make a new live volume `volume` of workspace as a writable CoW clone of snap
+        (of another volume): no data is copied. Return where it is mounted."""
+
+    @abstractmethod
+    def live_space(self, project: str, workspace: str, volume: str) -> Space:
+        """Space of a live volume, as space() measures a snapshot."""
+
+    @abstractmethod
+    def footprint(self, project: str) -> Footprint:
+        """What the project's snapshots and live volumes would take as full copies,
+        and what they really take on disk."""
 
     def diff(self, old: Path, new: Path) -> list[Change]:
         """Files added, changed and deleted from old to new (walks both trees)."""

@@ -42,7 +42,7 @@ from .. import linux
 from ..errors import CommandFailed, NotFound, SnapverError
 from ..names import check_project, check_volume, check_workspace, is_snapshot_name, parse_snapshot_name
 from ..proc import run
-from .base import Backend, Snapshot, Space, create_image_file
+from .base import Backend, Footprint, Snapshot, Space, create_image_file
 
 # ZFS accepts alphanumerics and _ - . : in a component; the first character
 # is narrowed so nothing can be read as an option or as "." / "..".
@@ -486,6 +486,54 @@ class ZfsBackend(Backend):
         full = self._full(snap)
         props = _get(full, ["used", "referenced"])[full]
         return Space(referenced=int(props["referenced"]), exclusive=int(props["used"]))
+
+    def hold(self, snap: Snapshot, tag: str) -> None:
+        # A user hold makes ZFS itself refuse `zfs destroy` (and destroy() above
+        # checks userrefs first, to say why).
+        run(["zfs", "hold", tag, self._full(snap)])
+
+    def unhold(self, snap: Snapshot, tag: str) -> None:
+        full = self._full(snap)
+        if int(_get(full, ["userrefs"])[full]["userrefs"]) == 0:
+            return  # zfs-fuse's `zfs holds` is broken, so userrefs says whether to try
+        try:
+            run(["zfs", "release", tag, full])
+        except CommandFailed as e:
+            if "no such tag" not in str(e):
+                raise
+
+    def clone_volume(self, snap: Snapshot, workspace: str, volume: str) -> Path:
+        live = self._live(snap.project, workspace, volume)
+        if _exists(live):
+            raise SnapverError(f"volume {volume} of workspace {workspace} exists already")
+        run(["zfs", "clone", "-p", "-o", "atime=off", self._full(snap), live])
+        if _get(live, ["mounted"])[live]["mounted"] != "yes":
+            run(["zfs", "mount", live])
+        return self.volume_path(snap.project, workspace, volume)
+
+    def live_space(self, project: str, workspace: str, volume: str) -> Space:
+        live = self._live(project, workspace, volume)
+        props = _get(live, ["referenced", "usedbydataset"])[live]
+        # usedbydataset: the blocks only the live state holds (not its snapshots',
+        # not its origin's), the counterpart of a snapshot's `used`.
+        return Space(referenced=int(props["referenced"]), exclusive=int(props["usedbydataset"]))
+
+    def footprint(self, project: str) -> Footprint:
+        top = f"{self._lake}/{check_project(project)}"
+        props = _get(top, ["type", "used", "referenced"], recursive=True)
+        views = f"{top}/snapshots/"
+
+        def counted(name: str, p: dict) -> bool:
+            # Snapshots and live/history volumes; views (zfs-fuse's read-only
+            # clones) would count their snapshot twice, probes are transient.
+            if name.startswith(views) or PROBE in name:
+                return False
+            dataset = name.partition("@")[0]
+            return self._volume_of(project, dataset) is not None and (
+                p["type"] == "snapshot" or dataset.startswith(f"{top}/workspaces/"))
+
+        full = sum(int(p["referenced"]) for d, p in props.items() if counted(d, p))
+        return Footprint(full_copies=full, on_disk=int(props[top]["used"]))
 
     # diff: base.walk_diff over the two snapshots' paths. `zfs diff` would be
     # O(changes), but zfs-fuse lacks it, and diff() gets paths, not snapshots.

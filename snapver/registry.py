@@ -1,0 +1,819 @@
+"""The model registry on the catalog: metrics and params, releases, lineage, provenance, scans, du.
+
+What MLflow's model registry gives a team, kept where snapver keeps
+everything else: in the lake's catalog, keyed by snapshot names.
+
+- Metrics and params: files named in snapver.toml ([registry] metrics /
+  params, paths from the repository root, into a volume or the Git tree;
+  JSON, YAML or CSV) are read when a commit is snapshotted; nested keys are
+  flattened with dots. Training code can add its own (snapver.snapshot).
+- Releases: a name pinned to one snapshot of every volume. ZFS holds them
+  (`zfs hold snapver-release:NAME`); on both filesystems gc's `protected`
+  set comes from the releases table. `release:NAME` is a REV everywhere.
+- Lineage: `derive` makes a new volume as a CoW clone of a snapshot of
+  another one and records the edge; derive sources are protected like
+  releases, because the edge is only worth something while its source exists.
+- Provenance ([volumes.NAME] license / source) is kept with each snapshot.
+
+This module is imported lazily (lake._take, the CLI, the API): the Git-hook
+path pays for it only when it has something to do.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import re
+import subprocess
+import tomllib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+
+from . import names
+from .config import CONFIG_NAME, VolumeState
+from .errors import NotFound, SnapverError
+
+# Warnings during a snapshot must not stop it, and the core does not print:
+# they go to logging, which shows them on stderr in the CLI and the hooks
+# (Python's last-resort handler) and in the journal under snapverd.
+log = logging.getLogger("snapver.registry")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS registry_values (
+    project TEXT NOT NULL, snapshot TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL,
+    num REAL, text TEXT, source TEXT,
+    PRIMARY KEY (project, snapshot, kind, key)
+);
+CREATE TABLE IF NOT EXISTS releases (
+    project TEXT NOT NULL, name TEXT NOT NULL, snapshot TEXT NOT NULL, commit_sha TEXT NOT NULL,
+    volumes TEXT NOT NULL, created TEXT NOT NULL, message TEXT, forced INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (project, name)
+);
+CREATE TABLE IF NOT EXISTS lineage (
+    project TEXT NOT NULL, volume TEXT NOT NULL, source_volume TEXT NOT NULL,
+    source_snapshot TEXT NOT NULL, message TEXT, created TEXT NOT NULL,
+    PRIMARY KEY (project, volume)
+);
+CREATE TABLE IF NOT EXISTS provenance (
+    project TEXT NOT NULL, volume TEXT NOT NULL, snapshot TEXT NOT NULL, license TEXT, source TEXT,
+    PRIMARY KEY (project, volume, snapshot)
+);
+CREATE TABLE IF NOT EXISTS scans (
+    project TEXT NOT NULL, volume TEXT NOT NULL, snapshot TEXT NOT NULL, scanned TEXT NOT NULL,
+    files INTEGER NOT NULL, flagged INTEGER NOT NULL,
+    PRIMARY KEY (project, volume, snapshot)
+);
+CREATE TABLE IF NOT EXISTS scan_files (
+    project TEXT NOT NULL, volume TEXT NOT NULL, snapshot TEXT NOT NULL, path TEXT NOT NULL,
+    size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, flagged INTEGER NOT NULL, findings TEXT NOT NULL,
+    PRIMARY KEY (project, volume, snapshot, path)
+);
+CREATE INDEX IF NOT EXISTS scan_files_by_stat ON scan_files (project, volume, path, size, mtime_ns);
+"""
+
+RELEASE_PREFIX = "release:"
+HOLD_TAG = "snapver-release:"
+_RELEASE_NAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,62}")
+
+
+def db(ws):
+    """The catalog connection with the registry's tables (created on first use)."""
+    conn = ws.catalog.conn
+    if not getattr(ws.catalog, "_registry_schema", False):
+        conn.executescript(SCHEMA)
+        ws.catalog._registry_schema = True
+    return conn
+
+
+def short(sha: str) -> str:
+    return sha[:10] + sha[40:]
+
+
+# ------------------------------------------------------------------ settings
+
+@dataclass
+class Settings:
+    metrics: list[str] = field(default_factory=list)
+    params: list[str] = field(default_factory=list)
+    from_tags: bool = True
+    scan_on_snapshot: bool = True
+    scan_volumes: list[str] | None = None  # None: `models` and derived volumes
+    provenance: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def settings(ws) -> Settings:
+    """The registry's part of snapver.toml: [registry], [releases], [scan], [volumes.NAME]."""
+    path = ws.git.toplevel / CONFIG_NAME
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise SnapverError(f"{path} cannot be read ({e})") from None
+
+    def table(key: str) -> dict:
+        value = doc.get(key, {})
+        if not isinstance(value, dict):
+            raise SnapverError(f"{path}: [{key}] must be a table")
+        return value
+
+    def paths(key: str) -> list[str]:
+        value = table("registry").get(key, [])
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+            raise SnapverError(f"{path}: [registry] {key} must be a list of file paths")
+        for p in value:
+            rel = PurePosixPath(p)
+            if not p or rel.is_absolute() or ".." in rel.parts:
+                raise SnapverError(f"{path}: [registry] {key}: {p!r} must be relative to the repository, without '..'")
+        return value
+
+    def flag(section: str, key: str, default: bool) -> bool:
+        value = table(section).get(key, default)
+        if not isinstance(value, bool):
+            raise SnapverError(f"{path}: [{section}] {key} must be true or false")
+        return value
+
+    scan_volumes = table("scan").get("volumes")
+    if scan_volumes is not None and (
+        not isinstance(scan_volumes, list) or not all(isinstance(v, str) for v in scan_volumes)
+    ):
+        raise SnapverError(f"{path}: [scan] volumes must be a list of volume names")
+    provenance = {}
+    for volume, fields in table("volumes").items():
+        if not isinstance(fields, dict):
+            raise SnapverError(f"{path}: [volumes.{volume}] must be a table")
+        provenance[volume] = {k: str(fields[k]) for k in ("license", "source") if k in fields}
+    return Settings(
+        metrics=paths("metrics"),
+        params=paths("params"),
+        from_tags=flag("releases", "from_tags", True),
+        scan_on_snapshot=flag("scan", "on_snapshot", True),
+        scan_volumes=scan_volumes,
+        provenance=provenance,
+    )
+
+
+def scan_volumes(ws, s: Settings) -> list[str]:
+    if s.scan_volumes is not None:
+        return [v for v in s.scan_volumes if v in ws.volumes]
+    derived = {r[0] for r in db(ws).execute("SELECT volume FROM lineage WHERE project = ?", [ws.project])}
+    return [v for v in ws.volumes if v == "models" or v in derived]
+
+
+# ------------------------------------------------------------------ at snapshot time
+
+def after_snapshot(ws, snaps) -> None:
+    """What the registry keeps of a snapshot just taken; never makes the snapshot fail."""
+    if not snaps:
+        return
+    try:
+        s = settings(ws)
+    except SnapverError as e:
+        log.warning("snapver: warning: %s (metrics, provenance and scan skipped)", e)
+        return
+    conn = db(ws)
+    name = snaps[0].name
+    rows = [(ws.project, sn.volume, name, s.provenance[sn.volume].get("license"),
+             s.provenance[sn.volume].get("source"))
+            for sn in snaps if s.provenance.get(sn.volume)]
+    if rows:
+        conn.executemany("INSERT OR REPLACE INTO provenance VALUES (?, ?, ?, ?, ?)", rows)
+    if snaps[0].kind == "commit" and (s.metrics or s.params):
+        by_volume = {sn.volume: sn for sn in snaps}
+        for kind, files in (("metric", s.metrics), ("param", s.params)):
+            for rel in files:
+                values = _read_file(ws, rel, name, by_volume)
+                if values is not None:
+                    record_values(ws, name, {kind: values}, source=rel)
+    if s.scan_on_snapshot:
+        wanted = set(scan_volumes(ws, s))
+        for sn in snaps:
+            if sn.volume in wanted:
+                try:
+                    _scan_one(ws, sn)
+                except Exception as e:  # a scanner's failure must not fail a snapshot already taken
+                    log.warning("snapver: warning: model scan of %s@%s failed: %s", sn.volume, short(name), e)
+
+
+def _scan_one(ws, snap):
+    from . import scan
+
+    verdicts = scan.scan_snapshot(db(ws), snap)
+    for v in verdicts:
+        if v.flagged:
+            log.warning("snapver: warning: %s/%s runs code when unpickled (%s): "
+                        "`snapver scan` lists it, and `snapver release` refuses it",
+                        snap.volume, v.path, ", ".join(v.findings))
+    return verdicts
+
+
+def _read_file(ws, rel: str, snapshot: str, by_volume: dict) -> dict | None:
+    """The flattened values of one configured file, None (after a warning) if it is unusable."""
+    parts = PurePosixPath(rel).parts
+    data = None
+    try:
+        if parts[0] in ws.volumes:
+            # Inside a volume: read it from the snapshot just taken, which is what the
+            # snapshot holds (the live volume may be written to meanwhile).
+            root = by_volume[parts[0]].path if parts[0] in by_volume else ws.live_path(parts[0])
+            target = Path(root, *parts[1:])
+            if target.is_file():
+                data = target.read_bytes()
+        else:
+            # In the Git tree: the committed content is the truth of a commit snapshot;
+            # a file Git does not track is read from the working tree.
+            done = subprocess.run(["git", "cat-file", "blob", f"{snapshot[:40]}:{rel}"],
+                                  cwd=ws.git.toplevel, capture_output=True)
+            if done.returncode == 0:
+                data = done.stdout
+            elif (ws.git.toplevel / rel).is_file():
+                data = (ws.git.toplevel / rel).read_bytes()
+    except OSError as e:
+        log.warning("snapver: warning: %s cannot be read (%s); its values were not recorded", rel, e.strerror)
+        return None
+    if data is None:
+        return None  # not there (yet): nothing to record, nothing wrong
+    try:
+        return parse_values(rel, data)
+    except ValueError as e:
+        log.warning("snapver: warning: %s is not valid %s (%s); its values were not recorded, "
+                    "the snapshot was taken", rel, _format(rel).upper(), e)
+        return None
+
+
+def _format(rel: str) -> str:
+    suffix = PurePosixPath(rel).suffix.lower()
+    return {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".csv": "csv"}.get(suffix, "json")
+
+
+def parse_values(rel: str, data: bytes) -> dict[str, object]:
+    """Flat {dotted.key: number or text} from a JSON, YAML or CSV file; ValueError if invalid."""
+    fmt = _format(rel)
+    text = data.decode("utf-8")
+    if fmt == "json":
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"line {e.lineno} column {e.colno}: {e.msg}") from None
+    elif fmt == "yaml":
+        import yaml  # only projects that configure a YAML file pay for importing it
+
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
+            raise ValueError(f"{where}{getattr(e, 'problem', None) or e}") from None
+    else:
+        doc = _csv_values(text)
+    if not isinstance(doc, dict):
+        raise ValueError("the top level must be a mapping of names to values")
+    return flatten(doc)
+
+
+def _csv_values(text: str) -> dict:
+    """`name,value` rows, or a header and rows (the last row wins: a per-epoch log)."""
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text), strict=True) if r]
+    except csv.Error as e:
+        raise ValueError(str(e)) from None
+    if len(rows) < 2:
+        raise ValueError("need a header row and at least one row of values")
+    header = [h.strip() for h in rows[0]]
+    if len(header) == 2 and header[1].lower() == "value" and header[0].lower() in ("name", "key", "metric", "param"):
+        return {r[0].strip(): _scalar(r[1].strip()) for r in rows[1:] if len(r) == 2}
+    last = rows[-1]
+    if len(last) != len(header):
+        raise ValueError(f"row {len(rows)} has {len(last)} fields, the header {len(header)}")
+    return {h: _scalar(v.strip()) for h, v in zip(header, last)}
+
+
+def _scalar(text: str):
+    try:
+        return float(text) if any(c in text for c in ".eE") or text.lower() in ("nan", "inf") else int(text)
+    except ValueError:
+        return text
+
+
+def flatten(doc, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc)
+    for k, v in items:
+        key = f"{prefix}{k}"
+        if isinstance(v, (dict, list)):
+            flat.update(flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def record_values(ws, snapshot: str, values: dict[str, dict], source: str) -> None:
+    """values: {"metric": {...}, "param": {...}}, nested keys flattened with dots."""
+    rows = []
+    for kind, mapping in values.items():
+        if mapping is None:
+            continue
+        if not isinstance(mapping, dict):
+            raise SnapverError(f"{kind}s must be a mapping of names to values")
+        for key, value in flatten(mapping).items():
+            if value is not None and not isinstance(value, (int, float, str, bool)):
+                raise SnapverError(f"{kind} {key!r}: {value!r} is not a number or text")
+            num = _number(value)
+            text = None if value is None else (str(value).lower() if isinstance(value, bool) else str(value))
+            rows.append((ws.project, snapshot, kind, key, num, text, source))
+    db(ws).executemany("INSERT OR REPLACE INTO registry_values VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def values(ws, snapshots: list[str] | None = None) -> dict[str, dict[str, dict]]:
+    """{snapshot: {"metric": {key: value}, "param": {...}}} from the catalog."""
+    out: dict[str, dict[str, dict]] = {}
+    for snap, kind, key, num, text in db(ws).execute(
+        "SELECT snapshot, kind, key, num, text FROM registry_values WHERE project = ? ORDER BY key",
+        [ws.project],
+    ):
+        if snapshots is None or snap in snapshots:
+            out.setdefault(snap, {"metric": {}, "param": {}})[kind][key] = num if num is not None else text
+    return out
+
+
+def lookup(v: dict, key: str):
+    """A key's value in one snapshot's values: metrics first, then params."""
+    for kind in ("metric", "param"):
+        if key in v.get(kind, {}):
+            return v[kind][key]
+    return None
+
+
+# ------------------------------------------------------------------ find
+
+_OPS = {
+    ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b, "=": lambda a, b: a == b, ">": lambda a, b: a > b, "<": lambda a, b: a < b,
+}
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]*")
+_OP = re.compile(r">=|<=|==|!=|=|>|<")
+_VALUE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|[A-Za-z0-9_.:/+-]+$")
+
+
+@dataclass(frozen=True)
+class Condition:
+    key: str
+    op: str
+    value: float | str
+
+    def test(self, actual) -> bool:
+        if actual is None:
+            return False
+        if isinstance(self.value, float):
+            return isinstance(actual, float) and _OPS[self.op](actual, self.value)
+        return str(actual) == self.value if self.op in ("=", "==") else str(actual) != self.value
+
+
+def parse_condition(text: str) -> Condition:
+    """'accuracy>0.9' -> Condition; a SnapverError that points at where it went wrong."""
+    def fail(pos: int, what: str):
+        raise SnapverError(f"query {text!r} does not parse at character {pos + 1} "
+                           f"({text[pos:pos + 12]!r}): expected {what}")
+
+    pos = len(text) - len(text.lstrip())
+    m = _KEY.match(text, pos)
+    if not m:
+        fail(pos, "a metric or param name")
+    key, pos = m.group(), m.end()
+    pos += len(text[pos:]) - len(text[pos:].lstrip())
+    m = _OP.match(text, pos)
+    if not m:
+        fail(pos, "one of > >= < <= = == != after the name")
+    op, pos = m.group(), m.end()
+    pos += len(text[pos:]) - len(text[pos:].lstrip())
+    rest = text[pos:].rstrip()
+    m = _VALUE.match(rest)
+    if not rest or not m:
+        fail(pos, "a number or a word after the operator")
+    is_number = m.group(1) is not None
+    if not is_number and op not in ("=", "==", "!="):
+        fail(pos, f"a number after {op!r} (words compare only with = and !=)")
+    return Condition(key, op, float(rest) if is_number else rest)
+
+
+def find(ws, queries: list[str], include_wip: bool = False) -> list[dict]:
+    """Snapshots (one row per snapshot name, newest first) whose values meet every query."""
+    conditions = [parse_condition(q) for q in queries]
+    if not conditions:
+        raise SnapverError("give at least one condition, e.g. 'accuracy>0.9'")
+    all_values = values(ws)
+    rows: dict[str, dict] = {}
+    for entry in ws.log(include_wip=include_wip):
+        name = entry.snapshot.name
+        v = all_values.get(name)
+        if name in rows or v is None:
+            continue
+        if all(c.test(lookup(v, c.key)) for c in conditions):
+            rows[name] = {"name": name, "commit": entry.snapshot.commit, "kind": entry.snapshot.kind,
+                          "created": entry.snapshot.created.isoformat(), "subject": entry.subject,
+                          "values": {c.key: lookup(v, c.key) for c in conditions}}
+    return list(rows.values())
+
+
+# ------------------------------------------------------------------ compare
+
+def snapshots_at(ws, rev: str) -> tuple[dict, str]:
+    """The snapshots at rev of the volumes that have one (derived volumes are younger than
+    older commits, and _resolve leaves them out); an error only if none has."""
+    found, commit, _ = ws._resolve(rev, ws.volumes)
+    return found, commit
+
+
+def compare(ws, rev1: str, rev2: str) -> dict:
+    """Params and metrics side by side, and the files changed in each volume (walks both)."""
+    old, c1 = snapshots_at(ws, rev1)
+    new, c2 = snapshots_at(ws, rev2)
+    n1, n2 = next(iter(old.values())).name, next(iter(new.values())).name
+    v = values(ws, [n1, n2])
+    a, b = v.get(n1, {}), v.get(n2, {})
+    table = {}
+    for kind in ("param", "metric"):
+        keys = sorted(set(a.get(kind, {})) | set(b.get(kind, {})))
+        table[kind] = {k: [a.get(kind, {}).get(k), b.get(kind, {}).get(k)] for k in keys}
+    changes = {}
+    for vol in ws.volumes:
+        if vol in old and vol in new:
+            changes[vol] = [{"path": c.path, "change": c.change}
+                            for c in ws.backend.diff(old[vol].path, new[vol].path)]
+    return {"snapshots": [n1, n2], "commits": [c1, c2], "params": table["param"],
+            "metrics": table["metric"], "changes": changes}
+
+
+# ------------------------------------------------------------------ releases
+
+def check_release_name(name: str) -> str:
+    if not isinstance(name, str) or not _RELEASE_NAME.fullmatch(name) or set(name) <= {"."}:
+        raise SnapverError(
+            f"{name!r} is not a valid release name: use 1-63 letters, digits, '.', '_' or '-', "
+            "not starting with '-'"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    snapshot: str
+    commit: str
+    volumes: list[str]
+    created: str
+    message: str | None
+    forced: bool
+
+
+def _release(row) -> Release:
+    return Release(row["name"], row["snapshot"], row["commit_sha"], row["volumes"].split(),
+                   row["created"], row["message"], bool(row["forced"]))
+
+
+def get_release(ws, name: str) -> Release:
+    check_release_name(name)
+    row = db(ws).execute("SELECT * FROM releases WHERE project = ? AND name = ?", (ws.project, name)).fetchone()
+    if row is None:
+        known = [r.name for r in list_releases(ws)]
+        raise NotFound(f"there is no release {name!r}" + (f": the releases are {', '.join(known)}" if known else ""))
+    return _release(row)
+
+
+def list_releases(ws) -> list[Release]:
+    return [_release(r) for r in db(ws).execute(
+        "SELECT * FROM releases WHERE project = ? ORDER BY created DESC", [ws.project])]
+
+
+def resolve_release(ws, name: str, volumes: list[str]) -> tuple[dict, str]:
+    """{volume: snapshot} and commit of release NAME (for Workspace._resolve)."""
+    rel = get_release(ws, name)
+    missing = [v for v in volumes if v not in rel.volumes]
+    if missing:
+        raise NotFound(f"release {name} has no snapshot of {', '.join(missing)} (it pins {', '.join(rel.volumes)})")
+    found = {v: ws.backend.find(ws.project, v, rel.snapshot) for v in volumes}
+    gone = [v for v, s in found.items() if s is None]
+    if gone:
+        raise NotFound(f"the snapshot {short(rel.snapshot)} of {', '.join(gone)} pinned by release {name} is gone")
+    return found, rel.commit
+
+
+def flagged(ws, snaps: dict) -> list[str]:
+    """'volume/path (findings)' for every flagged model file in these snapshots; scans those
+    configured for scanning that were never scanned (scan off, or older than the scanner)."""
+    from . import scan
+
+    wanted = set(scan_volumes(ws, settings(ws)))
+    bad = []
+    for v, snap in snaps.items():
+        verdicts = scan.stored(db(ws), snap)
+        if verdicts is None and v in wanted:
+            verdicts = _scan_one(ws, snap)
+        bad += [f"{v}/{f.path} ({', '.join(f.findings)})" for f in verdicts or [] if f.flagged]
+    return bad
+
+
+def create_release(ws, name: str, rev: str = "HEAD", message: str | None = None, force: bool = False) -> Release:
+    check_release_name(name)
+    existing = db(ws).execute("SELECT snapshot FROM releases WHERE project = ? AND name = ?",
+                              (ws.project, name)).fetchone()
+    if existing:
+        raise SnapverError(f"release {name} exists already (at {short(existing[0])}): "
+                           f"choose another name, or `snapver release remove {name}` first")
+    snaps, commit = snapshots_at(ws, rev)
+    bad = flagged(ws, snaps)
+    if bad and not force:
+        raise SnapverError(f"{rev} has model files that run code when loaded: {'; '.join(bad)}; "
+                           "release it anyway with --force")
+    snapshot = next(iter(snaps.values())).name
+    held = []
+    with ws.lock():
+        try:
+            for snap in snaps.values():
+                ws.backend.hold(snap, HOLD_TAG + name)
+                held.append(snap)
+            db(ws).execute(
+                "INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (ws.project, name, snapshot, commit, " ".join(snaps), datetime.now(timezone.utc).isoformat(),
+                 message, int(bool(bad))),
+            )
+        except BaseException:
+            for snap in held:
+                ws.backend.unhold(snap, HOLD_TAG + name)
+            raise
+    return get_release(ws, name)
+
+
+def remove_release(ws, name: str) -> Release:
+    rel = get_release(ws, name)
+    with ws.lock():
+        for v in rel.volumes:
+            snap = ws.backend.find(ws.project, v, rel.snapshot)
+            if snap is not None:
+                ws.backend.unhold(snap, HOLD_TAG + name)
+        db(ws).execute("DELETE FROM releases WHERE project = ? AND name = ?", (ws.project, name))
+    return rel
+
+
+def protected(ws) -> dict[tuple[str, str], str]:
+    """(volume, snapshot) gc must keep, with why: releases, and the sources of derived volumes."""
+    keep: dict[tuple[str, str], str] = {}
+    conn = db(ws)
+    for name, snapshot, vols in conn.execute(
+        "SELECT name, snapshot, volumes FROM releases WHERE project = ?", [ws.project]
+    ):
+        for v in vols.split():
+            keep[(v, snapshot)] = f"release {name}"
+    for volume, sv, ss in conn.execute(
+        "SELECT volume, source_volume, source_snapshot FROM lineage WHERE project = ?", [ws.project]
+    ):
+        keep.setdefault((sv, ss), f"source of derived volume {volume}")
+    return keep
+
+
+def releases_from_tags(ws, lines: list[str]) -> list[str]:
+    """reference-transaction input: release every tag just created whose commit has snapshots."""
+    if not settings(ws).from_tags:
+        return []
+    said = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 3 or not parts[2].startswith("refs/tags/") or set(parts[0]) != {"0"}:
+            continue  # only created tags: a moved or deleted tag leaves its release alone
+        tag = parts[2][len("refs/tags/"):]
+        if set(parts[1]) == {"0"}:
+            continue
+        try:
+            check_release_name(tag)
+            sha = ws.git.resolve(parts[1])
+            if not all(ws.backend.find(ws.project, v, sha) for v in ws.volumes):
+                continue  # a tag on a commit the lake never saw: nothing to pin
+            existing = db(ws).execute("SELECT snapshot FROM releases WHERE project = ? AND name = ?",
+                                      (ws.project, tag)).fetchone()
+            if existing and existing[0] == sha:
+                continue  # another clone of the project released it already
+            create_release(ws, tag, sha, message=f"git tag {tag}")
+            said.append(f"release {tag} pins {short(sha)}")
+        except SnapverError as e:
+            said.append(f"tag {tag} was not made a release: {e}")
+    return said
+
+
+def scan_report(ws, rev: str = "HEAD") -> dict[str, list[dict]]:
+    """{volume: [{path, flagged, findings}]} for the scanned volumes' snapshots at rev;
+    a snapshot never scanned (scan off, or taken before) is scanned now."""
+    from . import scan
+
+    snaps, _ = snapshots_at(ws, rev)
+    report = {}
+    for v in scan_volumes(ws, settings(ws)):
+        if v in snaps:
+            verdicts = scan.stored(db(ws), snaps[v])
+            if verdicts is None:
+                verdicts = scan.scan_snapshot(db(ws), snaps[v])
+            report[v] = [{"path": f.path, "flagged": f.flagged, "findings": f.findings} for f in verdicts]
+    return report
+
+
+# ------------------------------------------------------------------ lineage
+
+@dataclass(frozen=True)
+class Edge:
+    volume: str
+    source_volume: str
+    source_snapshot: str
+    message: str | None
+    created: str
+
+
+def edges(ws) -> list[Edge]:
+    return [Edge(*r) for r in db(ws).execute(
+        "SELECT volume, source_volume, source_snapshot, message, created FROM lineage "
+        "WHERE project = ? ORDER BY created", [ws.project])]
+
+
+def split_source(text: str) -> tuple[str, str]:
+    """'models@HEAD~1' -> ('models', 'HEAD~1'); the first '@' splits (volume names have none)."""
+    volume, at, rev = text.partition("@")
+    if not at or not volume or not rev:
+        raise SnapverError(f"{text!r}: give VOLUME@REV, e.g. models@HEAD or models@release:prod")
+    return names.check_volume(volume), rev
+
+
+def derive(ws, source: str, volume: str, message: str | None = None) -> Edge:
+    """A new volume as a CoW clone of a snapshot of another volume, added to the project."""
+    from .lake import _keep_out_of_git
+
+    src_volume, rev = split_source(source)
+    names.check_volume(volume)
+    link = ws.git.toplevel / volume
+    if volume in ws.volumes:
+        raise SnapverError(f"volume {volume} exists already: derive makes a new volume, choose another name")
+    if os.path.lexists(link):
+        raise SnapverError(f"{link} already exists: move it away or choose another name")
+    if ws.backend.volume_exists(ws.project, ws.id, volume):
+        raise SnapverError(f"the lake already has a volume {volume} in this workspace: choose another name")
+    if db(ws).execute("SELECT 1 FROM lineage WHERE project = ? AND volume = ?", (ws.project, volume)).fetchone():
+        raise SnapverError(f"volume {volume} was derived already in another clone: pull its snapver.toml instead")
+    if src_volume not in ws.volumes:
+        raise NotFound(f"no volume {src_volume!r} here: the volumes are {', '.join(ws.volumes)}")
+    snap = ws._resolve(rev, [src_volume])[0][src_volume]
+    toml_path = ws.git.toplevel / CONFIG_NAME
+    new_toml = add_volume_to_toml(toml_path.read_text(), volume, ws.volumes)
+
+    # Input is checked; from here on things change on disk.
+    with ws.lock():
+        live = ws.backend.clone_volume(snap, ws.id, volume)
+        toml_path.write_text(new_toml)
+        ws.config.volumes.append(volume)
+        ws.state.volumes[volume] = VolumeState(base=None, mark=ws.backend.mark(ws.project, ws.id, volume))
+        ws.state.save()
+        link.symlink_to(live, target_is_directory=True)
+        _keep_out_of_git(ws.git, [volume])
+        ws.catalog.record_volume(ws.project, ws.id, volume, live, ws.git.toplevel)
+        created = datetime.now(timezone.utc).isoformat()
+        db(ws).execute("INSERT INTO lineage VALUES (?, ?, ?, ?, ?, ?)",
+                       (ws.project, volume, src_volume, snap.name, message, created))
+    return Edge(volume, src_volume, snap.name, message, created)
+
+
+def add_volume_to_toml(text: str, volume: str, current: list[str]) -> str:
+    """snapver.toml with volume appended to [project] volumes, everything else as it was."""
+    pattern = re.compile(r"^(volumes\s*=\s*\[)(.*?)(\])", re.M | re.S)
+    m = pattern.search(text)
+    new = None
+    if m:
+        inner = m.group(2).rstrip()
+        sep = "" if not inner.strip() else (", " if not inner.endswith(",") else " ")
+        new = text[:m.start(2)] + inner + sep + json.dumps(volume) + text[m.end(2):]
+        try:
+            if tomllib.loads(new).get("project", {}).get("volumes") != [*current, volume]:
+                new = None
+        except tomllib.TOMLDecodeError:
+            new = None
+    if new is None:
+        raise SnapverError(f"cannot add {volume} to [project] volumes in {CONFIG_NAME}: "
+                           f"add it there by hand, then derive again")
+    return new
+
+
+def upstream(ws, source: str) -> list[dict]:
+    """Where VOLUME@REV comes from: its snapshot, the snapshot it was derived from, and so on
+    up to a volume nobody derived; each with the other volumes' snapshots of the same moment
+    (the dataset and code it was made with)."""
+    volume, rev = split_source(source)
+    if volume not in ws.volumes:
+        raise NotFound(f"no volume {volume!r} here: the volumes are {', '.join(ws.volumes)}")
+    snap = ws._resolve(rev, [volume])[0][volume]
+    by_volume = {e.volume: e for e in edges(ws)}
+    chain, current, seen = [], (volume, snap.name), set()
+    relation, message = "this", None
+    while current not in seen:
+        seen.add(current)
+        v, name = current
+        beside = sorted(
+            other for other in ws.volumes
+            if other != v and ws.backend.find(ws.project, other, name) is not None
+        )
+        chain.append({"volume": v, "snapshot": name, "commit": name[:40], "relation": relation,
+                      "message": message, "same_moment": beside})
+        edge = by_volume.get(v)
+        if edge is None:
+            break
+        current, relation, message = (edge.source_volume, edge.source_snapshot), "derived from", edge.message
+    return chain
+
+
+def lineage_tree(ws, volume: str | None = None) -> list[tuple[int, str, Edge | None]]:
+    """(depth, volume, edge into it) in tree order; only VOLUME's family when given."""
+    es = edges(ws)
+    parent = {e.volume: e for e in es}
+    children: dict[str, list[Edge]] = {}
+    for e in es:
+        children.setdefault(e.source_volume, []).append(e)
+    if volume is not None:
+        if volume not in ws.volumes and volume not in parent and volume not in children:
+            raise NotFound(f"no volume {volume!r} here: the volumes are {', '.join(ws.volumes)}")
+        root, seen = volume, set()
+        while root in parent and root not in seen:
+            seen.add(root)
+            root = parent[root].source_volume
+        roots = [root]
+    else:
+        roots = [v for v in dict.fromkeys([*ws.volumes, *children]) if v not in parent]
+    out: list[tuple[int, str, Edge | None]] = []
+
+    def walk(v: str, depth: int, edge: Edge | None) -> None:
+        out.append((depth, v, edge))
+        for e in children.get(v, []):
+            walk(e.volume, depth + 1, e)
+
+    for r in roots:
+        walk(r, 0, None)
+    return out
+
+
+def lineage_dot(ws, volume: str | None = None) -> str:
+    tree = lineage_tree(ws, volume)
+    lines = ["digraph lineage {", "  rankdir=LR;"]
+    lines += [f'  "{v}";' for _, v, _ in tree]
+    for _, v, e in tree:
+        if e is not None:
+            lines.append(f'  "{e.source_volume}" -> "{v}" [label="{short(e.source_snapshot)}"];')
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+# ------------------------------------------------------------------ du
+
+def du(ws) -> dict:
+    """Per volume and snapshot: bytes referenced, exclusive (only it holds them) and shared
+    (with its ancestors, siblings and clones); and the saving against full copies.
+    Walks the trees on Btrfs: O(files)."""
+    parents = {e.volume: e for e in edges(ws)}
+    rows = []
+    for v in ws.volumes:
+        for snap in sorted(ws.backend.snapshots(ws.project, v), key=lambda s: (s.created, s.name)):
+            sp = ws.backend.space(snap)
+            rows.append({"volume": v, "snapshot": snap.name, "referenced": sp.referenced,
+                         "exclusive": sp.exclusive, "shared": max(sp.referenced - sp.exclusive, 0)})
+        if ws.backend.volume_exists(ws.project, ws.id, v):
+            sp = ws.backend.live_space(ws.project, ws.id, v)
+            rows.append({"volume": v, "snapshot": None, "referenced": sp.referenced,
+                         "exclusive": sp.exclusive, "shared": max(sp.referenced - sp.exclusive, 0)})
+    fp = ws.backend.footprint(ws.project)
+    return {
+        "volumes": [
+            {"volume": v, "derived_from": (f"{parents[v].source_volume}@{parents[v].source_snapshot}"
+                                           if v in parents else None),
+             "rows": [r for r in rows if r["volume"] == v]}
+            for v in ws.volumes
+        ],
+        "full_copies": fp.full_copies,
+        "on_disk": fp.on_disk,
+        "saving": max(fp.full_copies - fp.on_disk, 0),
+    }
+
+
+# ------------------------------------------------------------------ show
+
+def provenance(ws, snapshot: str) -> dict[str, dict[str, str]]:
+    return {v: {k: val for k, val in (("license", lic), ("source", src)) if val}
+            for v, lic, src in db(ws).execute(
+                "SELECT volume, license, source FROM provenance WHERE project = ? AND snapshot = ?",
+                (ws.project, snapshot))}

@@ -1,0 +1,113 @@
+"""Model safety: which pickle-based model files in a snapshot import code that runs on load.
+
+picklescan disassembles the pickle opcode stream (pickletools.genops) and
+lists the globals it would import; nothing is ever unpickled. A file whose
+imports include something picklescan calls dangerous (os.system, subprocess,
+builtins eval/exec, ...) is flagged. Files that do not parse as a pickle (a
+safetensors blob named .bin) have no imports to run and count as clean.
+
+Scanning reads every byte of a model file, so a snapshot scans only the model
+files whose (size, mtime, ctime) were not already scanned in an earlier
+snapshot of the same volume: the cost is that of the models that changed.
+Finding them walks the volume's names (stat only), which is why only the
+configured volumes are scanned (by default `models` and derived volumes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import SnapverError
+
+MODEL_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".joblib", ".ckpt")
+
+
+@dataclass(frozen=True)
+class FileVerdict:
+    path: str  # relative to the volume root
+    flagged: bool
+    findings: list[str]  # "module.name (dangerous|suspicious)"
+
+
+def is_model_file(name: str) -> bool:
+    return name.lower().endswith(MODEL_SUFFIXES)
+
+
+def scan_file(path: Path) -> tuple[bool, list[str]]:
+    """(flagged, findings) for one file, without unpickling it."""
+    try:
+        from picklescan.scanner import SafetyLevel, scan_file_path
+    except ImportError:
+        raise SnapverError("picklescan is not installed: `pip install picklescan` to scan models") from None
+    # picklescan logs every finding as a warning; with no handler configured, Python
+    # would print them on stderr in the middle of a Git hook. We report them ourselves.
+    logging.getLogger("picklescan").setLevel(logging.CRITICAL)
+    result = scan_file_path(str(path))
+    findings = [
+        f"{g.module}.{g.name} ({g.safety.value})"
+        for g in sorted(result.globals, key=lambda g: (g.module, g.name))
+        if g.safety != SafetyLevel.Innocuous
+    ]
+    return result.issues_count > 0, findings
+
+
+def model_files(root: Path):
+    """(relative path, lstat) of every model file under root; symlinks are not followed."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if is_model_file(name):
+                full = os.path.join(dirpath, name)
+                st = os.lstat(full)
+                if not os.path.islink(full):
+                    yield os.path.relpath(full, root), st
+
+
+def scan_snapshot(conn, snap) -> list[FileVerdict]:
+    """Scan a snapshot's model files (reusing verdicts of unchanged files) and store the result."""
+    verdicts, rows = [], []
+    for rel, st in model_files(Path(snap.path)):
+        key = (snap.project, snap.volume, rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        prev = conn.execute(
+            "SELECT flagged, findings FROM scan_files WHERE project = ? AND volume = ? AND path = ? "
+            "AND size = ? AND mtime_ns = ? AND ctime_ns = ? LIMIT 1", key,
+        ).fetchone()
+        if prev is not None:
+            flagged, findings = bool(prev[0]), json.loads(prev[1])
+        else:
+            flagged, findings = scan_file(Path(snap.path) / rel)
+        verdicts.append(FileVerdict(rel, flagged, findings))
+        rows.append((snap.project, snap.volume, snap.name, rel, st.st_size, st.st_mtime_ns,
+                     st.st_ctime_ns, int(flagged), json.dumps(findings)))
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("DELETE FROM scan_files WHERE project = ? AND volume = ? AND snapshot = ?",
+                     (snap.project, snap.volume, snap.name))
+        conn.executemany("INSERT INTO scan_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.execute(
+            "INSERT OR REPLACE INTO scans VALUES (?, ?, ?, ?, ?, ?)",
+            (snap.project, snap.volume, snap.name, datetime.now(timezone.utc).isoformat(),
+             len(verdicts), sum(v.flagged for v in verdicts)),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return verdicts
+
+
+def stored(conn, snap) -> list[FileVerdict] | None:
+    """The stored verdicts of a snapshot, None if it was never scanned."""
+    if conn.execute("SELECT 1 FROM scans WHERE project = ? AND volume = ? AND snapshot = ?",
+                    (snap.project, snap.volume, snap.name)).fetchone() is None:
+        return None
+    rows = conn.execute(
+        "SELECT path, flagged, findings FROM scan_files WHERE project = ? AND volume = ? AND snapshot = ? "
+        "ORDER BY path", (snap.project, snap.volume, snap.name),
+    )
+    return [FileVerdict(r[0], bool(r[1]), json.loads(r[2])) for r in rows]
