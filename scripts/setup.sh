@@ -24,4 +24,7 @@ if [ ! -x "$here/.venv/bin/python" ]; then
   "$python" -m venv "$here/.venv"
 fi
 "$here/.venv/bin/pip" install -q --disable-pip-version-check -e "$here[test]"
+# Byte-compile now: the Git hooks start Python on every commit and checkout, and must not
+# pay for compiling snapver when PYTHONDONTWRITEBYTECODE is set or the tree is read-only.
+"$here/.venv/bin/python" -m compileall -q "$here/snapver"
 echo "setup: snapver $("$here/.venv/bin/snapver" --version | awk '{print $NF}') in $here/.venv"

@@ -423,14 +423,14 @@ class ZfsBackend(Backend):
             return snap.name
         # Not mounted until it is in place: zfs-fuse will not rename the old
         # live dataset while a clone of one of its snapshots is mounted.
-        props = {"atime": "off", "mountpoint": "none"}
         if self._lzc:
             run(["zfs", "create", "-p", incoming.rpartition("/")[0]])
+            # libzfs_core hands properties to the kernel as they are: an on/off property
+            # is a number there (the zfs command converts "off" for us, lzc does not).
             self._lzc_call(self._lzc.lzc_clone, incoming.encode(), full.encode(),
-                           {k.encode(): v.encode() for k, v in props.items()})
+                           {b"atime": 0, b"mountpoint": b"none"})
         else:
-            run(["zfs", "clone", "-p", *[a for k, v in props.items() for a in ("-o", f"{k}={v}")],
-                 full, incoming])
+            run(["zfs", "clone", "-p", "-o", "atime=off", "-o", "mountpoint=none", full, incoming])
         old = keep = None
         try:
             if _exists(live):
