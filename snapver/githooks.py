@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-import traceback
 from pathlib import Path
 
 from .errors import SnapverError
@@ -119,6 +117,8 @@ def main(argv: list[str]) -> int:
         say(f"{e} (Git carried on)")
         log(f"{hook} {' '.join(args)}: {e}")
     except Exception:
+        import traceback
+
         say(f"{hook} hook failed unexpectedly (Git carried on); details in .git/snapver/hook.log")
         log(f"{hook} {' '.join(args)}:\n{traceback.format_exc()}")
     return 0
@@ -153,6 +153,8 @@ def say(message: str) -> None:
 
 
 def log(message: str) -> None:
+    import time
+
     try:
         from .gitrepo import GitRepo
 

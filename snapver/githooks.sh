@@ -23,6 +23,12 @@ if [ -x "$here/$hook.pre-snapver" ]; then
 fi
 
 [ "${SNAPVER_SKIP:-0}" = 0 ] || exit $status
+# What can be decided from the arguments alone costs no process at all.
+case $hook in
+  reference-transaction) [ "$1" = committed ] || exit $status ;;
+  post-index-change) [ "$1" = 1 ] || exit $status ;;
+  post-checkout) [ "$3" = 1 ] || exit $status ;;
+esac
 gitdir=$(git rev-parse --absolute-git-dir 2>/dev/null) || exit $status
 state=$gitdir/snapver
 run() { printf '%s' "$input" | "$SNAPVER_PYTHON" -m snapver.githooks "$hook" "$@"; }

@@ -88,6 +88,14 @@ class GitRepo:
             raise NotFound(f"{rev!r} is not a commit in this repository")
         return done.stdout.strip()
 
+    def head_commit(self) -> CommitInfo | None:
+        """HEAD and its metadata in one call; None in a repository with no commit yet."""
+        done = subprocess.run(
+            ["git", "show", "-s", f"--format={_FORMAT}", "HEAD", "--"],
+            cwd=self.toplevel, capture_output=True, text=True,
+        )
+        return _parse_commit(done.stdout.rstrip("\n")) if done.returncode == 0 else None
+
     def commit(self, sha: str) -> CommitInfo:
         return _parse_commit(self.git("show", "-s", f"--format={_FORMAT}", sha, "--").rstrip("\n"))
 

@@ -209,7 +209,8 @@ class Workspace:
     # ---------------------------------------------------------------- snapshots
     def snapshot(self, wip: bool = False, message: str | None = None) -> list[Snapshot]:
         """Snapshot every volume as HEAD's commit snapshot (or a wip one)."""
-        head = self.git.head()
+        info = self.git.head_commit()
+        head = info.sha if info else None
         with self.lock():
             if wip:
                 return self._take(self.volumes, names.wip_snapshot_name(head or names.NO_COMMIT), message)
@@ -223,20 +224,22 @@ class Workspace:
                     f"commit {short(head)} already has a snapshot and {', '.join(changed)} changed "
                     "since: commit first, or keep it with `snapver snapshot --wip`"
                 )
-            taken = self._take(todo, head, message) if todo else []
+            taken = self._take(todo, head, message, info) if todo else []
             self._record_at(head)
             return taken + [s for s in existing.values() if s is not None]
 
-    def _take(self, volumes: list[str], name: str, message: str | None) -> list[Snapshot]:
+    def _take(self, volumes: list[str], name: str, message: str | None, info=None) -> list[Snapshot]:
         snaps = self.backend.snapshot(self.project, self.id, volumes, name)
         faults.point("after-snapshot-before-state")
         for s in snaps:
             self.state.volumes[s.volume] = _vs(s.name, s.mark)
         self.state.save()
-        self.catalog.record_snapshots(snaps, self.id, message)
         commit = snaps[0].commit if snaps else names.NO_COMMIT
-        if commit != names.NO_COMMIT:
-            self.catalog.record_commit(self.project, self.git.commit(commit), self.git.branch())
+        with self.catalog.batch():
+            self.catalog.record_snapshots(snaps, self.id, message)
+            if commit != names.NO_COMMIT:
+                info = info if info and info.sha == commit else self.git.commit(commit)
+                self.catalog.record_commit(self.project, info, self.git.branch())
         from . import registry  # lazily: metrics files, provenance, model scan
 
         registry.after_snapshot(self, snaps)

@@ -7,12 +7,12 @@ path cannot afford an import that pulls in more.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The running interpreter's own symbols include libc's; find_library would run ldconfig.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 AT_FDCWD = -100
 RENAME_NOREPLACE = 1 << 0
@@ -44,6 +44,16 @@ def syncfs(path: Path) -> None:
         _check(_libc.syncfs(fd), f"syncfs {path}")
     finally:
         os.close(fd)
+
+
+BTRFS_MAGIC = 0x9123683E
+
+
+def fs_magic(path: Path) -> int:
+    """statfs(2) f_type of the filesystem holding path: one call, whatever the mount count."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on x86_64; f_type first
+    _check(_libc.statfs(os.fsencode(path), buf), f"statfs {path}")
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ from ..names import is_snapshot_name
 from ..proc import run
 from .base import Backend, Footprint, Snapshot, Space, create_image_file
 
-BTRFS_FSTYPE = "btrfs"
 # _IOR(0x94, 60, struct btrfs_ioctl_get_subvol_info_args), 504 bytes
 _SUBVOL_INFO_SIZE = 504
 _IOC_GET_SUBVOL_INFO = (2 << 30) | (_SUBVOL_INFO_SIZE << 16) | (0x94 << 8) | 60
@@ -69,8 +68,8 @@ def subvol_info(path: Path) -> SubvolInfo:
     )
 
 
-def snapshot_readonly(source: Path, target: Path) -> None:
-    """A read-only snapshot of the subvolume source at target: one ioctl, no fork."""
+def snapshot_subvolume(source: Path, target: Path, readonly: bool = True) -> None:
+    """A snapshot of the subvolume source at target (read-only or writable): one ioctl, no fork."""
     try:
         src = os.open(source, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
@@ -79,7 +78,8 @@ def snapshot_readonly(source: Path, target: Path) -> None:
         dst = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             # A bytearray: fcntl passes mutable buffers of any size straight through.
-            args = bytearray(struct.pack("<qQQ32s4040s", src, 0, _RDONLY, b"", os.fsencode(target.name)))
+            flags = _RDONLY if readonly else 0
+            args = bytearray(struct.pack("<qQQ32s4040s", src, 0, flags, b"", os.fsencode(target.name)))
             fcntl.ioctl(dst, _IOC_SNAP_CREATE_V2, args)
         except OSError as e:
             raise CommandFailed(f"snapshot of {source} as {target} failed: {_why(e)}") from None
@@ -112,8 +112,8 @@ class BtrfsBackend(Backend):
         self._root = Path(root)
         if not self._root.is_dir():
             raise SnapverError(f"the lake {self._root} does not exist or is not mounted")
-        fstype = linux.mount_of(self._root).fstype
-        if fstype != BTRFS_FSTYPE:
+        if linux.fs_magic(self._root) != linux.BTRFS_MAGIC:
+            fstype = linux.mount_of(self._root).fstype
             raise SnapverError(
                 f"the lake {self._root} is on {fstype}, not Btrfs: "
                 "mount its image or pass --image to make one"
@@ -163,7 +163,7 @@ class BtrfsBackend(Backend):
             for volume in volumes:
                 target = self._snapshot_dir(project, volume) / name
                 target.parent.mkdir(parents=True, exist_ok=True)
-                snapshot_readonly(self.volume_path(project, workspace, volume), target)
+                snapshot_subvolume(self.volume_path(project, workspace, volume), target)
                 made.append(self._snapshot_at(project, volume, target))
         except BaseException:
             # Btrfs cannot snapshot several subvolumes in one transaction, so
@@ -210,7 +210,7 @@ class BtrfsBackend(Backend):
         if is_subvolume(incoming):  # left by an interrupted checkout
             run(["btrfs", "subvolume", "delete", str(incoming)])
         live.parent.mkdir(parents=True, exist_ok=True)
-        run(["btrfs", "subvolume", "snapshot", str(snap.path), str(incoming)])
+        snapshot_subvolume(snap.path, incoming, readonly=False)
         mark = str(subvol_info(incoming).otransid)
         if is_subvolume(live):
             linux.exchange(incoming, live)
@@ -243,7 +243,7 @@ class BtrfsBackend(Backend):
             raise SnapverError(f"volume {volume} of workspace {workspace} exists already")
         live.parent.mkdir(parents=True, exist_ok=True)
         # A writable snapshot of the read-only one: shares every extent with it.
-        run(["btrfs", "subvolume", "snapshot", str(snap.path), str(live)])
+        snapshot_subvolume(snap.path, live, readonly=False)
         return live
 
     def live_space(self, project: str, workspace: str, volume: str) -> Space:
