@@ -414,6 +414,7 @@ class Workspace:
                 self.state.save()  # after each volume, so a crash leaves the truth recorded
                 self._link(v)  # a volume derived in another clone is new here
                 result.switched.append(v)
+            self.backend.after_checkout()
             return result
 
     def follow_head(self) -> CheckoutResult | None:

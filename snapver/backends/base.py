@@ -131,6 +131,9 @@ class Backend(ABC):
         it was captured by a snapshot first.
         """
 
+    def after_checkout(self) -> None:
+        """Clean-up a checkout leaves until all its volumes are in place (nothing, by default)."""
+
     @abstractmethod
     def space(self, snap: Snapshot) -> Space: ...
 

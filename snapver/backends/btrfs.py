@@ -16,6 +16,7 @@ import fcntl
 import os
 import struct
 import subprocess
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -110,6 +111,7 @@ class BtrfsBackend(Backend):
 
     def __init__(self, root: Path):
         self._root = Path(root)
+        self._retired: list[Path] = []  # swapped-out volumes, deleted after the checkout
         if not self._root.is_dir():
             raise SnapverError(f"the lake {self._root} does not exist or is not mounted")
         if linux.fs_magic(self._root) != linux.BTRFS_MAGIC:
@@ -197,6 +199,13 @@ class BtrfsBackend(Backend):
     def destroy(self, snap: Snapshot) -> None:
         run(["btrfs", "subvolume", "delete", str(snap.path)])
 
+    def after_checkout(self) -> None:
+        # Deleting a subvolume holds the filesystem's subvolume lock while it evicts the
+        # pages, so a deletion started mid-checkout would stall the next volume's snapshot.
+        for path in self._retired:
+            delete_later(path)
+        self._retired.clear()
+
     def rename(self, snap: Snapshot, name: str) -> Snapshot:
         target = snap.path.with_name(name)
         if os.path.lexists(target):
@@ -217,10 +226,13 @@ class BtrfsBackend(Backend):
             # Deleting a subvolume evicts its cached pages first (about 0.3 s per cached
             # GiB), which would make checkout O(data read or written). The outgoing
             # volume is already captured, so it is retired and deleted in the background.
-            trash = live.parent / ".trash"
-            trash.mkdir(exist_ok=True)
-            os.rename(incoming, trash / f"{snap.volume}.{os.urandom(4).hex()}")
-            empty_trash(trash)
+            # Each retired volume gets a folder of its own: a deletion locks the folder the
+            # subvolume is in until its pages are evicted, and the next rename must not wait.
+            retired = live.parent / ".trash" / os.urandom(6).hex()
+            retired.mkdir(parents=True)
+            os.rename(incoming, retired / snap.volume)
+            self._retired.append(retired / snap.volume)
+            tidy_trash(live.parent / ".trash")
         else:
             os.rename(incoming, live)
         return mark
@@ -264,18 +276,41 @@ def _du(path: Path) -> Space:
     return Space(referenced=int(total), exclusive=int(exclusive))
 
 
-def empty_trash(trash: Path) -> None:
-    """Delete retired subvolumes from a detached process that outlives this one.
+def delete_later(subvolume: Path) -> None:
+    """Delete a retired subvolume from a detached process that outlives this one.
 
-    Anything it does not get to (a crash, a reboot) is deleted by the next checkout.
+    Deleting evicts the subvolume's cached pages first (about 0.3 s per cached GiB), which
+    is why no checkout waits for it."""
+    subprocess.Popen(
+        ["btrfs", "subvolume", "delete", str(subvolume)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+STALE_TRASH = 600  # seconds: a retired volume still there this long lost its deletion (a crash)
+
+
+def tidy_trash(trash: Path) -> None:
+    """Remove the folders of finished deletions; restart deletions a crash interrupted.
+
+    A deletion locks the folder it deletes in until the pages are evicted, so nothing
+    here reads a folder that may be busy: an empty Btrfs directory has size 0, and
+    stat() never waits for that lock.
     """
-    retired = [str(trash / n) for n in _listdir(trash)]
-    if retired:
-        subprocess.Popen(
-            ["btrfs", "subvolume", "delete", *retired],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    now = time.time()
+    for folder in _listdir(trash):
+        path = trash / folder
+        try:
+            st = path.stat()
+            if st.st_size == 0:
+                os.rmdir(path)
+            elif now - st.st_mtime > STALE_TRASH:
+                for name in _listdir(path):
+                    delete_later(path / name)
+                os.utime(path)  # and not again for another while
+        except OSError:
+            pass  # gone meanwhile, or not empty after all: the next checkout looks again
 
 
 def _listdir(path: Path) -> list[str]:
@@ -316,3 +351,4 @@ def mount_image(image: Path, mountpoint: Path) -> None:
     # user_subvol_rm_allowed lets owners of a workspace delete its subvolumes
     # without root, so checkout works for the user who owns the clone.
     run(["mount", "-o", "loop,noatime,user_subvol_rm_allowed", str(image), str(mountpoint)])
+
