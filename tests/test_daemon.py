@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -280,8 +281,8 @@ def test_kill_9_in_the_middle_of_a_snapshot_then_restart(lake_repo, snapverd, la
                      DEBOUNCE + 4)
     assert later and (Path(later[0]["path"]) / "ckpt.pt").read_text() == "epoch 8"
     assert not any(r["changed"] for r in snapver(lake_repo, "status", "--json").json)
-    catalog = sqlite3.connect(lake.root / "catalog.db")
-    assert catalog.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with contextlib.closing(sqlite3.connect(lake.root / "catalog.db")) as catalog:
+        assert catalog.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert d2.stop() == 0
 
 
@@ -338,6 +339,7 @@ def test_gc_keeps_and_drops_exactly_what_the_policy_says(lake_repo, lake):
     assert re.search(r"removed", out)
     after = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").json}
     assert after == {k for k, keep in decided.items() if keep}
+    ws.catalog.close()  # an open file would keep the lake's filesystem busy at teardown
 
 
 @pytest.mark.parametrize("schedule, error", [("1h", "not a rule"), ("1d1h", "must not be longer"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -201,7 +202,8 @@ def test_reindex_after_losing_the_catalog_gives_the_same_log(lake_repo, lake):
     (lake.root / "catalog.db").unlink()
     snapver(lake_repo, "reindex")
     assert snapver(lake_repo, "log", "--all", "--json").json == before
-    rows = sqlite3.connect(lake.root / "catalog.db").execute("SELECT count(*) FROM snapshots").fetchone()
+    with contextlib.closing(sqlite3.connect(lake.root / "catalog.db")) as catalog:
+        rows = catalog.execute("SELECT count(*) FROM snapshots").fetchone()
     assert rows[0] == len(before)
 
 
