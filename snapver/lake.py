@@ -322,7 +322,7 @@ class Workspace:
         ]
         rows = self.catalog.snapshot_rows(self.project)
         commits = self.catalog.commits(self.project)
-        snaps.sort(key=lambda s: (s.created, s.name, s.volume), reverse=True)
+        snaps.sort(key=lambda s: (s.age_key, s.volume), reverse=True)
         entries = []
         for s in snaps:
             c = commits.get(s.commit, {})

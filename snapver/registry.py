@@ -788,7 +788,7 @@ def du(ws) -> dict:
     parents = {e.volume: e for e in edges(ws)}
     rows = []
     for v in ws.volumes:
-        for snap in sorted(ws.backend.snapshots(ws.project, v), key=lambda s: (s.created, s.name)):
+        for snap in sorted(ws.backend.snapshots(ws.project, v), key=lambda s: s.age_key):
             sp = ws.backend.space(snap)
             rows.append({"volume": v, "snapshot": snap.name, "referenced": sp.referenced,
                          "exclusive": sp.exclusive, "shared": max(sp.referenced - sp.exclusive, 0)})

@@ -96,6 +96,18 @@ def test_snapshot_of_several_volumes(backend):
     assert backend.find(P, "data", SHA_B) is None
 
 
+def test_snapshots_sort_in_creation_order_within_one_second(backend):
+    # Names run backwards so that a name tiebreak would give the wrong order;
+    # ZFS creation times have whole seconds only.
+    write(backend.create_volume(P, W1, "data") / "f", "0")
+    made = []
+    for sha in (SHA_C, SHA_B, SHA_A):
+        made += backend.snapshot(P, W1, ["data"], sha)
+    listed = sorted(backend.snapshots(P, "data"), key=lambda s: s.age_key)
+    assert [s.name for s in listed] == [SHA_C, SHA_B, SHA_A]
+    assert [s.age_key for s in made] == [s.age_key for s in listed]
+
+
 def test_snapshot_of_some_volumes_and_bad_requests(backend):
     for v in ("data", "models"):
         write(backend.create_volume(P, W1, v) / "f", v)

@@ -35,6 +35,14 @@ class Snapshot:
     # A token that says "a live volume is clean as of this snapshot"; the
     # backend alone knows what it means (a Btrfs transid, a ZFS snapshot).
     mark: str
+    # Creation order on its filesystem (Btrfs otransid, ZFS createtxg): ZFS
+    # times have whole seconds only, and two commits can share one.
+    seq: int = 0
+
+    @property
+    def age_key(self) -> tuple:
+        """Sorts snapshots oldest first, even those made in the same second."""
+        return (self.created, self.seq, self.name)
 
     @property
     def commit(self) -> str:

@@ -179,7 +179,7 @@ class BtrfsBackend(Backend):
         info = subvol_info(path)
         # A snapshot's generation is the transid it was taken in; the live
         # volume it was taken from is clean as long as it stays at that one.
-        return Snapshot(project, volume, path.name, path, info.created, str(info.otransid))
+        return Snapshot(project, volume, path.name, path, info.created, str(info.otransid), info.otransid)
 
     def snapshots(self, project: str | None = None, volume: str | None = None) -> list[Snapshot]:
         found = []

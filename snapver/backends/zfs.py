@@ -262,7 +262,7 @@ class ZfsBackend(Backend):
         """Snapshots of the project's live and history datasets, oldest first, without paths."""
         top = f"{self._lake}/{project}"
         try:
-            props = _get(top, ["type", "creation"], recursive=True)
+            props = _get(top, ["type", "creation", "createtxg"], recursive=True)
         except CommandFailed:
             return []  # no such project yet
         found = []
@@ -274,7 +274,7 @@ class ZfsBackend(Backend):
             if vol is None or (volume and vol != volume):
                 continue
             created = datetime.fromtimestamp(int(p["creation"]), timezone.utc)
-            found.append(Snapshot(project, vol, name, Path(full), created, name))
+            found.append(Snapshot(project, vol, name, Path(full), created, name, int(p["createtxg"])))
         return found
 
     def _locate(self, project: str, volume: str, name: str) -> str | None:
@@ -285,10 +285,10 @@ class ZfsBackend(Backend):
         return None
 
     def _snapshot(self, project: str, volume: str, full: str) -> Snapshot:
-        created = _get(full, ["creation"])[full]["creation"]
+        p = _get(full, ["creation", "createtxg"])[full]
         name = full.partition("@")[2]
         row = Snapshot(project, volume, name, Path(full),
-                       datetime.fromtimestamp(int(created), timezone.utc), name)
+                       datetime.fromtimestamp(int(p["creation"]), timezone.utc), name, int(p["createtxg"]))
         return self._with_path(row)
 
     def _with_path(self, row: Snapshot) -> Snapshot:
@@ -299,7 +299,7 @@ class ZfsBackend(Backend):
             path = Path(_get(dataset, ["mountpoint"])[dataset]["mountpoint"]) / ".zfs" / "snapshot" / row.name
         else:
             path = self._ensure_view(row, full)
-        return Snapshot(row.project, row.volume, row.name, path, row.created, row.mark)
+        return Snapshot(row.project, row.volume, row.name, path, row.created, row.mark, row.seq)
 
     def _ensure_view(self, row: Snapshot, full: str) -> Path:
         # A read-only clone: O(1) to make, mounted by ZFS itself, and destroy()
