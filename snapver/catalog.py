@@ -121,6 +121,27 @@ class Catalog:
             (project, volume, name),
         )
 
+    # rows that travel with a snapshot to another lake
+    def rows_for(self, project: str, volume: str, name: str) -> dict:
+        snap = self.conn.execute("SELECT * FROM snapshots WHERE project = ? AND volume = ? AND name = ?",
+                                 (project, volume, name)).fetchone()
+        sha = name[:40]
+        commit = self.conn.execute("SELECT * FROM commits WHERE project = ? AND sha = ?",
+                                   (project, sha)).fetchone()
+        return {"snapshot": dict(snap) if snap else None, "commit": dict(commit) if commit else None}
+
+    def record_received(self, snap, rows: dict) -> None:
+        """A snapshot that came from another lake, with what that lake knew of it."""
+        theirs = rows.get("snapshot") or {}
+        self.record_snapshots([snap], theirs.get("workspace"), theirs.get("message"))
+        commit = rows.get("commit")
+        if commit and commit.get("sha") == snap.commit:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO commits VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (snap.project, snap.commit, *(commit.get(k) for k in
+                                             ("author", "email", "time", "subject", "parents", "branch"))),
+            )
+
     # reads
     def snapshot_rows(self, project: str) -> dict[tuple[str, str], dict]:
         rows = self.db["snapshots"].rows_where("project = ?", [project])

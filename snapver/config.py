@@ -28,6 +28,8 @@ class Config:
     backend: str = "btrfs"
     lake: str | None = None  # where the lake usually is on this team's hosts
     image: str | None = None
+    # [remote]: name, url, ssh, and the opt-in Git integration push / fetch (booleans)
+    remote: dict = field(default_factory=dict)
 
     @classmethod
     def load(cls, toplevel: Path) -> Config:
@@ -49,6 +51,7 @@ class Config:
                 backend=project.get("backend", "btrfs"),
                 lake=doc.get("lake", {}).get("path"),
                 image=doc.get("lake", {}).get("image"),
+                remote=_remote_settings(doc.get("remote", {})),
             )
         except (KeyError, TypeError, AttributeError):
             raise SnapverError(f"{path} has no [project] id: restore it from Git") from None
@@ -74,6 +77,20 @@ class Config:
             lines += [f"path = {q(self.lake)}"] if self.lake else []
             lines += [f"image = {q(self.image)}"] if self.image else []
         (toplevel / CONFIG_NAME).write_text("\n".join(lines) + "\n")
+
+
+_REMOTE_KEYS = {"name": str, "url": str, "ssh": str, "push": bool, "fetch": bool}
+
+
+def _remote_settings(table) -> dict:
+    if not isinstance(table, dict):
+        raise SnapverError("[remote] must be a table")
+    for key, value in table.items():
+        if key not in _REMOTE_KEYS or not isinstance(value, _REMOTE_KEYS[key]):
+            allowed = ", ".join(f"{k} ({t.__name__})" for k, t in _REMOTE_KEYS.items())
+            raise SnapverError(f"[remote] {key} = {value!r} is not understood: "
+                               f"the keys are {allowed}")
+    return dict(table)
 
 
 @dataclass

@@ -21,6 +21,7 @@ HOOKS = (
     "post-rewrite",  # `commit --amend`, `rebase`: snapshots follow the new commit IDs
     "post-index-change",  # marks commands that rewrite the working tree ...
     "reference-transaction",  # ... so the HEAD move of `reset --hard` can follow
+    "pre-push",  # `git push`: the pushed commits' snapshots go too, where snapver.toml opts in
 )
 CHAINED = ".pre-snapver"  # where a hook that was already there is kept, and run first
 MARK = "snapver git hook"  # how a shim recognises itself
@@ -98,6 +99,11 @@ def main(argv: list[str]) -> int:
             for message in registry.releases_from_tags(Workspace.open("."), sys.stdin.read().splitlines()):
                 say(message)
             return 0
+        if hook == "pre-push":
+            push_with_git(args, sys.stdin.read().splitlines())
+            return 0
+        if os.environ.get("SNAPVER_FETCH") == "1" and hook != "post-rewrite":
+            fetch_with_git()  # before the lake follows HEAD
         if hook == "post-commit":
             snaps = ops.call("snapshot")
             say(f"snapshot {snaps[0]['name'][:10]} ({', '.join(s['volume'] for s in snaps)})")
@@ -122,6 +128,41 @@ def main(argv: list[str]) -> int:
         say(f"{hook} hook failed unexpectedly (Git carried on); details in .git/snapver/hook.log")
         log(f"{hook} {' '.join(args)}:\n{traceback.format_exc()}")
     return 0
+
+
+def push_with_git(args: list[str], updates: list[str]) -> None:
+    """pre-push: send the snapshots of the commits Git is pushing ([remote] push = true)."""
+    from . import transfer
+    from .lake import Workspace
+
+    ws = Workspace.open(".")
+    if not ws.config.remote.get("push"):
+        return
+    # Git's lines: <local ref> <local sha> <remote ref> <remote sha>; a deletion pushes nothing.
+    shas = [f[1] for f in (line.split() for line in updates) if len(f) == 4 and f[1].strip("0")]
+    name = ws.config.remote.get("name") or args[0]
+    if shas:
+        done = transfer.push(ws, name, shas)
+        say(f"pushed {len(done)} snapshot(s) to {name}")
+
+
+def fetch_with_git() -> None:
+    """Before the lake follows HEAD (`git pull`, checkout), fetch HEAD's snapshots if this lake
+    lacks them ([remote] fetch = true). A failure is said, and the lake follows anyway, to
+    the nearest snapshot it has."""
+    from . import transfer
+    from .lake import Workspace
+
+    ws = Workspace.open(".")
+    head = ws.git.head()
+    if not ws.config.remote.get("fetch") or not head or ws.backend.find(ws.project, ws.volumes[0], head):
+        return
+    try:
+        done = transfer.pull(ws, ws.config.remote.get("name"), ["HEAD"])
+        if done:
+            say(f"pulled {len(done)} snapshot(s)")
+    except SnapverError as e:
+        say(f"could not fetch snapshots: {e}")
 
 
 def _has_state() -> bool:

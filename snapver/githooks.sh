@@ -11,7 +11,7 @@ here=${0%/*}
 status=0
 
 case $hook in
-  post-rewrite|reference-transaction) input=$(cat) ;;  # these two read stdin: keep it for both
+  post-rewrite|reference-transaction|pre-push) input=$(cat) ;;  # these read stdin: keep it for both
   *) input= ;;
 esac
 if [ -x "$here/$hook.pre-snapver" ]; then
@@ -31,7 +31,13 @@ case $hook in
 esac
 gitdir=$(git rev-parse --absolute-git-dir 2>/dev/null) || exit $status
 state=$gitdir/snapver
-run() { printf '%s' "$input" | "$SNAPVER_PYTHON" -m snapver.githooks "$hook" "$@"; }
+# Git runs hooks at the top of the working tree. Whether snapver.toml opts in to the
+# remote integration ([remote] push / fetch = true) is a grep, not an interpreter start.
+opted_in() { grep -qs "^[[:space:]]*$1[[:space:]]*=[[:space:]]*true" snapver.toml; }
+run() {
+  opted_in fetch && export SNAPVER_FETCH=1
+  printf '%s' "$input" | "$SNAPVER_PYTHON" -m snapver.githooks "$hook" "$@"
+}
 
 # In the middle of a rebase HEAD walks through commits the lake must not follow;
 # post-rewrite, which runs as the rebase finishes, moves the snapshots and the lake.
@@ -84,5 +90,7 @@ case $hook in
     [ "$3" = 1 ] && ! lake_is_at_head && run "$@" ;;
   post-merge)
     lake_is_at_head || run "$@" ;;
+  pre-push)
+    opted_in push && run "$@" ;;
 esac
 exit $status

@@ -37,6 +37,14 @@ def exchange(a: Path, b: Path) -> None:
     )
 
 
+def rename_noreplace(a: Path, b: Path) -> None:
+    """rename(2) that fails with EEXIST instead of replacing an (empty) directory at b."""
+    _check(
+        _libc.renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_NOREPLACE),
+        f"rename {a} to {b}",
+    )
+
+
 def syncfs(path: Path) -> None:
     """Flush one filesystem (not all of them, as os.sync would)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -172,6 +172,127 @@ class Backend(ABC):
         """Files added, changed and deleted from old to new (walks both trees)."""
         return walk_diff(old, new)
 
+    # moving snapshots between lakes (push, pull): the filesystem's own send and receive
+    @abstractmethod
+    def identity(self, snap: Snapshot) -> str:
+        """The same on every lake that holds this snapshot by send and receive (and only
+        there): an incremental stream applies where the identity of its base matches."""
+
+    @abstractmethod
+    def send_bases(self, snap: Snapshot) -> list[tuple[Snapshot, bool]]:
+        """Snapshots an incremental send of snap can start from, best first, each with
+        True where the receiver must start a new clone from it (a ZFS clone's origin)."""
+
+    def appendable(self, project: str) -> set[tuple[str, str]] | None:
+        """(volume, name) of the snapshots a plain incremental stream can be received on;
+        None for all of them (Btrfs: any subvolume can be a parent)."""
+        return None
+
+    @abstractmethod
+    def send_argv(self, snap: Snapshot, base: Snapshot | None) -> list[str]:
+        """The command that writes snap's send stream (incremental from base) to stdout."""
+
+    def estimate(self, snap: Snapshot, base: Snapshot | None) -> int | None:
+        """Bytes the stream will take, if the filesystem can tell cheaply; None if not."""
+        return None
+
+    def resumable(self) -> dict[tuple[str, str], str] | None:
+        """None where an interrupted receive starts over; else (volume, name) -> token of
+        every receive that stopped half-way (ZFS `receive -s`)."""
+        return None
+
+    def resume_argv(self, token: str) -> list[str]:
+        raise SnapverError(f"the {self.name} backend cannot resume a transfer")
+
+    def stream_complete(self, tail: bytes) -> bool:
+        """Whether a stream ending in these bytes was sent whole (ZFS checks that itself)."""
+        return True
+
+    @abstractmethod
+    def receive(self, project: str, volume: str, name: str, base: str | None, clone: bool) -> Receive:
+        """Start receiving a stream as snapshot `name` of volume, incremental from the
+        snapshot `base` (clone: as a new clone of it). The caller feeds Receive.proc.stdin."""
+
+
+class Receive:
+    """A `btrfs receive` / `zfs receive` under way; the caller writes the stream to `stdin`.
+
+    finish() either makes the result a snapshot (`done`) or removes every trace
+    of it (`undo`): a stream cut short is never listed as a snapshot. Whether
+    it was whole is `complete`, which the caller learns from the stream's own
+    end marker (Backend.stream_complete), because EOF alone proves nothing:
+    btrfs receive takes EOF at a command boundary for a finished stream.
+    So the receiving process never sees EOF at all. It holds its own pipe's
+    write end, ends at the stream's end marker (btrfs receive -e; zfs
+    receive stops at END by itself), and dies with this process, so that a
+    crash of snapver mid-stream kills it instead of letting it finish.
+    """
+
+    FINISH_SECONDS = 120  # for it to end after the whole stream went in
+
+    def __init__(self, argv: list[str], done, undo, release=None):
+        import subprocess
+        import tempfile
+
+        self.argv = argv
+        self._errors = tempfile.TemporaryFile()
+        read_end, write_end = os.pipe()
+        parent = os.getpid()
+        try:
+            self.proc = subprocess.Popen(argv, stdin=read_end, stdout=subprocess.DEVNULL, stderr=self._errors,
+                                         pass_fds=(write_end,), preexec_fn=lambda: _die_with(parent))
+        finally:
+            os.close(read_end)
+        self.stdin = os.fdopen(write_end, "wb", buffering=0)
+        self._done, self._undo, self._release = done, undo, release
+
+    def finish(self, complete: bool) -> Snapshot:
+        try:
+            return self._finish(complete)
+        finally:
+            if self._release:
+                self._release()
+
+    def _finish(self, complete: bool) -> Snapshot:
+        import subprocess
+
+        from ..errors import CommandFailed
+        from ..proc import describe_failure
+
+        try:
+            self.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            code = self.proc.wait(timeout=self.FINISH_SECONDS if complete else 0)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+            complete = complete and code == 0
+        self._errors.seek(0)
+        errors = self._errors.read()
+        self._errors.close()
+        if code != 0 or not complete:
+            self._undo()
+            if complete:
+                raise CommandFailed(describe_failure(self.argv, errors))
+            raise CommandFailed("the stream stopped half-way; nothing of it was kept: run it again")
+        try:
+            return self._done()
+        except BaseException:
+            self._undo()
+            raise
+
+
+def _die_with(parent: int) -> None:
+    """In a child before exec: get SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
+
 
 def walk_diff(old: Path, new: Path) -> list[Change]:
     """Compare two trees: O(files), so only diff and restore use it."""

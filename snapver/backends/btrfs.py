@@ -23,9 +23,9 @@ from pathlib import Path
 
 from .. import linux
 from ..errors import CommandFailed, SnapverError
-from ..names import is_snapshot_name
+from ..names import check_project, check_volume, is_snapshot_name
 from ..proc import run
-from .base import Backend, Footprint, Snapshot, Space, create_image_file
+from .base import Backend, Footprint, Receive, Snapshot, Space, create_image_file
 
 # _IOR(0x94, 60, struct btrfs_ioctl_get_subvol_info_args), 504 bytes
 _SUBVOL_INFO_SIZE = 504
@@ -34,13 +34,15 @@ _IOC_GET_SUBVOL_INFO = (2 << 30) | (_SUBVOL_INFO_SIZE << 16) | (0x94 << 8) | 60
 # 32 bytes of qgroup/unused union, then the new name (at most 4039 bytes + NUL).
 _VOL_ARGS_V2_SIZE = 4096
 _IOC_SNAP_CREATE_V2 = (1 << 30) | (_VOL_ARGS_V2_SIZE << 16) | (0x94 << 8) | 23
-_RDONLY = 1 << 1
+_RDONLY = 1 << 1  # BTRFS_SUBVOL_RDONLY, for SNAP_CREATE_V2
+_ROOT_SUBVOL_RDONLY = 1 << 0  # the root item's flag, as GET_SUBVOL_INFO reports it
 
 
 @dataclass(frozen=True)
 class SubvolInfo:
     uuid: str  # hex
     parent_uuid: str
+    received_uuid: str  # the sent subvolume's, on a received one; zeros otherwise
     generation: int  # last transaction that changed this subvolume
     otransid: int  # transaction that created it
     readonly: bool
@@ -62,9 +64,10 @@ def subvol_info(path: Path) -> SubvolInfo:
     return SubvolInfo(
         uuid=bytes(buf[296:312]).hex(),
         parent_uuid=bytes(buf[312:328]).hex(),
+        received_uuid=bytes(buf[328:344]).hex(),
         generation=generation,
         otransid=otransid,
-        readonly=bool(flags & _RDONLY),
+        readonly=bool(flags & _ROOT_SUBVOL_RDONLY),
         created=datetime.fromtimestamp(osec + onsec / 1e9, timezone.utc),
     )
 
@@ -188,13 +191,19 @@ class BtrfsBackend(Backend):
             volumes = [volume] if volume else _listdir(self._root / p / "snapshots")
             for v in volumes:
                 for name in _listdir(self._snapshot_dir(p, v)):
-                    if is_snapshot_name(name):
-                        found.append(self._snapshot_at(p, v, self._snapshot_dir(p, v) / name))
+                    snap = self.find(p, v, name) if is_snapshot_name(name) else None
+                    if snap:
+                        found.append(snap)
         return found
 
     def find(self, project: str, volume: str, name: str) -> Snapshot | None:
         path = self._snapshot_dir(project, volume) / name
-        return self._snapshot_at(project, volume, path) if is_subvolume(path) else None
+        if not is_subvolume(path):
+            return None
+        info = subvol_info(path)
+        if not info.readonly:
+            return None  # a receive under way, or one that died: not a snapshot (yet)
+        return Snapshot(project, volume, name, path, info.created, str(info.otransid), info.otransid)
 
     def destroy(self, snap: Snapshot) -> None:
         run(["btrfs", "subvolume", "delete", str(snap.path)])
@@ -267,6 +276,90 @@ class BtrfsBackend(Backend):
         out = run(["btrfs", "filesystem", "du", "-s", "--raw", str(self._root / project)])
         total, exclusive, shared = out.splitlines()[-1].split()[:3]
         return Footprint(full_copies=int(total), on_disk=int(exclusive) + int(shared))
+
+    # push and pull: btrfs send / receive
+    def identity(self, snap: Snapshot) -> str:
+        # Send puts the received UUID (or, on the original, the UUID) in the stream, and
+        # receive records it: every copy of a snapshot answers the same.
+        info = subvol_info(snap.path)
+        return info.received_uuid if int(info.received_uuid, 16) else info.uuid
+
+    def send_bases(self, snap: Snapshot) -> list[tuple[Snapshot, bool]]:
+        # Any read-only subvolume can be the parent of an incremental send; the one
+        # taken last before snap most likely shares the most with it.
+        others = [s for s in self.snapshots(snap.project, snap.volume) if s.name != snap.name]
+        older = sorted((s for s in others if s.age_key < snap.age_key), key=lambda s: s.age_key, reverse=True)
+        newer = sorted((s for s in others if s.age_key > snap.age_key), key=lambda s: s.age_key)
+        return [(s, False) for s in older + newer]
+
+    def send_argv(self, snap: Snapshot, base: Snapshot | None) -> list[str]:
+        parent = ["-p", str(base.path)] if base else []
+        return ["btrfs", "send", "-q", *parent, str(snap.path)]
+
+    def estimate(self, snap: Snapshot, base: Snapshot | None) -> int | None:
+        # A --no-data stream has every command but the file data, whose extents it
+        # lists instead: the size of the real stream in one metadata pass.
+        argv = self.send_argv(snap, base)
+        done = subprocess.run([*argv[:3], "--no-data", *argv[3:]], capture_output=True)
+        return _stream_size(done.stdout) if done.returncode == 0 else None
+
+    def stream_complete(self, tail: bytes) -> bool:
+        # btrfs receive takes EOF at a command boundary for the end of the stream (and
+        # would keep a half snapshot): only the END command says the sender finished.
+        return len(tail) >= 10 and tail[-10:-6] == b"\0\0\0\0" and tail[-6:-4] == _SEND_END
+
+    def receive(self, project: str, volume: str, name: str, base: str | None, clone: bool) -> Receive:
+        check_project(project), check_volume(volume)
+        if not is_snapshot_name(name):
+            raise SnapverError(f"{name!r} is not a snapver snapshot name")
+        # A received subvolume cannot be moved to another folder (its ".." is in a
+        # read-only tree), so it is received in place; it stays writable, and so is not
+        # listed as a snapshot, until receive has seen the whole stream.
+        folder = self._snapshot_dir(project, volume)
+        folder.mkdir(parents=True, exist_ok=True)
+        guard = os.open(folder / ".receiving", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(guard, fcntl.LOCK_EX)  # one receive per volume at a time
+        target = folder / name
+        try:
+            if is_subvolume(target):
+                if subvol_info(target).readonly:
+                    raise SnapverError(f"snapshot {name} of volume {volume} exists already")
+                run(["btrfs", "subvolume", "delete", str(target)])  # a receive that died half-way
+        except BaseException:
+            os.close(guard)
+            raise
+
+        def done() -> Snapshot:
+            info = subvol_info(target)
+            if not info.readonly or not int(info.received_uuid, 16):
+                raise CommandFailed(f"btrfs receive of {volume}@{name} ended without a whole snapshot")
+            return self._snapshot_at(project, volume, target)
+
+        def undo() -> None:
+            if is_subvolume(target) and not subvol_info(target).readonly:
+                run(["btrfs", "subvolume", "delete", str(target)])
+
+        return Receive(["btrfs", "receive", "-e", str(folder)], done, undo, lambda: os.close(guard))
+
+
+_SEND_END = struct.pack("<H", 21)  # BTRFS_SEND_C_END
+_SEND_UPDATE_EXTENT, _SEND_A_SIZE = 22, 4
+
+
+def _stream_size(stream: bytes) -> int:
+    """Bytes of a send stream, from its --no-data twin: the twin plus the extents it lists."""
+    data, pos = 0, 17  # "btrfs-stream\0" and a u32 version
+    while pos + 10 <= len(stream):
+        length, cmd = struct.unpack_from("<IH", stream, pos)
+        body, pos = pos + 10, pos + 10 + length
+        if cmd == _SEND_UPDATE_EXTENT:
+            at = body
+            while at + 4 <= pos:
+                kind, size = struct.unpack_from("<HH", stream, at)
+                if kind == _SEND_A_SIZE and size == 8:
+                    data += struct.unpack_from("<Q", stream, at + 4)[0]
+                at += 4 + size
+    return len(stream) + data
 
 
 def _du(path: Path) -> Space:

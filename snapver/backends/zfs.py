@@ -42,7 +42,7 @@ from .. import linux
 from ..errors import CommandFailed, NotFound, SnapverError
 from ..names import check_project, check_volume, check_workspace, is_snapshot_name, parse_snapshot_name
 from ..proc import run
-from .base import Backend, Footprint, Snapshot, Space, create_image_file
+from .base import Backend, Footprint, Receive, Snapshot, Space, create_image_file
 
 # ZFS accepts alphanumerics and _ - . : in a component; the first character
 # is narrowed so nothing can be read as an option or as "." / "..".
@@ -535,6 +535,144 @@ class ZfsBackend(Backend):
         full = sum(int(p["referenced"]) for d, p in props.items() if counted(d, p))
         return Footprint(full_copies=full, on_disk=int(props[top]["used"]))
 
+    # push and pull: zfs send / receive. Received snapshots live in history
+    # datasets of their own, L/<project>/history/_recv/<volume>.<first name>:
+    # a stream is received on top of its base only where the base is the
+    # newest snapshot of such a dataset (never into a live volume), and a
+    # clone stream (from a clone's origin) becomes a new clone of it.
+    def identity(self, snap: Snapshot) -> str:
+        full = self._full(snap)
+        return _get(full, ["guid"])[full]["guid"]
+
+    def _received(self, project: str) -> str:
+        return f"{self._lake}/{check_project(project)}/history/_recv"
+
+    def send_bases(self, snap: Snapshot) -> list[tuple[Snapshot, bool]]:
+        full = self._full(snap)
+        dataset = full.partition("@")[0]
+        rows = {(r.name): r for r in self._rows(snap.project, snap.volume)}
+        own = self._own_snapshots(dataset)
+        earlier = own[:own.index(snap.name)] if snap.name in own else []
+        bases = [(rows[n], False) for n in reversed(earlier) if n in rows]
+        origin = _get(dataset, ["origin"])[dataset]["origin"].partition("@")[2]
+        if origin in rows:
+            bases.append((rows[origin], True))
+        return bases
+
+    def appendable(self, project: str) -> set[tuple[str, str]]:
+        top = self._received(project)
+        if not _exists(top):
+            return set()
+        out = run(["zfs", "list", "-H", "-o", "name", "-s", "createtxg", "-t", "snapshot", "-r", top])
+        newest: dict[str, str] = {}
+        for line in out.splitlines():
+            dataset, _, name = line.partition("@")
+            if is_snapshot_name(name):
+                newest[dataset] = name
+        return {(d.rpartition("/")[2].split(".")[0], n) for d, n in newest.items()}
+
+    def send_argv(self, snap: Snapshot, base: Snapshot | None) -> list[str]:
+        return ["zfs", "send", *(["-i", self._full(base)] if base else []), self._full(snap)]
+
+    def estimate(self, snap: Snapshot, base: Snapshot | None) -> int | None:
+        argv = self.send_argv(snap, base)
+        done = subprocess.run([*argv[:2], "-nP", *argv[2:]], capture_output=True, text=True)
+        for line in done.stdout.splitlines() if done.returncode == 0 else []:
+            if line.startswith("size"):
+                return int(line.split()[-1])
+        return None  # zfs-fuse has no dry run
+
+    def stream_complete(self, tail: bytes) -> bool:
+        # The receiving zfs holds its own stdin open (see base.Receive), so it needs the
+        # END record to stop; a stream without one was cut short.
+        if len(tail) < _RECORD:
+            return False
+        kind = tail[-_RECORD:][:4]
+        return kind in (struct.pack("<I", _DRR_END), struct.pack(">I", _DRR_END))
+
+    def _can_resume(self) -> bool:
+        # OpenZFS 0.7 and later (`receive -s`); zfs-fuse does not know the property.
+        if not hasattr(self, "_resume"):
+            self._resume = subprocess.run(["zfs", "get", "-H", "receive_resume_token", self._lake],
+                                          capture_output=True).returncode == 0
+        return self._resume
+
+    def resumable(self) -> dict[tuple[str, str], str] | None:
+        if not self._can_resume():
+            return None
+        found = {}
+        for project in (c.rpartition("/")[2] for c in _children(self._lake)):
+            top = self._received(project)
+            if not _exists(top):
+                continue
+            props = _get(top, ["receive_resume_token", "snapver:receiving"], recursive=True)
+            for dataset, p in props.items():
+                token = p.get("receive_resume_token", "-")
+                if token != "-" and dataset != top:
+                    volume, _, name = dataset.rpartition("/")[2].partition(".")
+                    receiving = p.get("snapver:receiving", "-")
+                    found[(volume, receiving if receiving != "-" else name)] = token
+        return found
+
+    def resume_argv(self, token: str) -> list[str]:
+        if not re.fullmatch(r"[0-9a-zA-Z-]+", token):
+            raise SnapverError("that is not a ZFS receive resume token")
+        return ["zfs", "send", "-t", token]
+
+    def receive(self, project: str, volume: str, name: str, base: str | None, clone: bool) -> Receive:
+        check_volume(volume)
+        if not is_snapshot_name(name) or (base and not is_snapshot_name(base)):
+            raise SnapverError(f"{name!r} is not a snapver snapshot name")
+        if self._locate(project, volume, name):
+            raise SnapverError(f"snapshot {name} of volume {volume} exists already")
+        top = self._received(project)
+        resume = self._can_resume()
+        if base and not clone:
+            full = self._locate(project, volume, base)
+            target = full.partition("@")[0] if full else ""
+            if (volume, base) not in self.appendable(project) or not target.startswith(top + "/"):
+                raise SnapverError(f"{volume}@{name} cannot be received on top of {base} here; "
+                                   "send it whole")
+            new = False
+            if resume:  # the partial state sits in the target: say which snapshot it is
+                run(["zfs", "set", f"snapver:receiving={name}", target])
+            # zfs-fuse will not receive into a dataset while a clone of one of its
+            # snapshots is mounted: our views step aside meanwhile.
+            views = self._views_of(project, target)
+            for view in views:
+                run(["zfs", "unmount", view])
+        else:
+            target, new, views = f"{top}/{volume}.{name}", True, []
+            run(["zfs", "create", "-p", top])
+            token = _get(target, ["receive_resume_token"], missing_ok=True).get(target, {}) if resume else {}
+            if _exists(target) and token.get("receive_resume_token", "-") == "-" \
+                    and not self._own_snapshots(target):
+                _destroy(target, recursive=True)  # left by a receive that could not be resumed
+        parsed = parse_snapshot_name(name)
+
+        def done() -> Snapshot:
+            full = f"{target}@{name}"
+            if not _exists(full):
+                raise CommandFailed(f"zfs receive of {volume}@{name} ended without the snapshot")
+            run(["zfs", "set", f"snapver:commit={parsed[0]}", full])
+            run(["zfs", "set", f"snapver:kind={parsed[1]}", full])
+            if new:
+                run(["zfs", "set", "readonly=on", target])
+            return self._snapshot(project, volume, full)
+
+        def undo() -> None:
+            if resume and _get(target, ["receive_resume_token"], missing_ok=True).get(
+                    target, {}).get("receive_resume_token", "-") != "-":
+                return  # kept: the next push or pull of it resumes from here
+            if new and _exists(target) and not self._own_snapshots(target):
+                _destroy(target, recursive=True)
+
+        def remount() -> None:
+            for view in views:
+                subprocess.run(["zfs", "mount", view], capture_output=True)
+
+        return Receive(["zfs", "receive", *(["-s"] if resume else []), target], done, undo, remount)
+
     # diff: base.walk_diff over the two snapshots' paths. `zfs diff` would be
     # O(changes), but zfs-fuse lacks it, and diff() gets paths, not snapshots.
 
@@ -586,6 +724,16 @@ def _rename(old: str, new: str) -> None:
 
 def _destroy(dataset: str, recursive: bool = False) -> None:
     _unmounted(["zfs", "destroy", *(["-r"] if recursive else []), dataset], dataset)
+
+
+def dataset_mounted_at(path: Path) -> str | None:
+    """The ZFS filesystem mounted at path, if any (for lakes named by a path)."""
+    try:
+        out = run(["zfs", "list", "-H", "-o", "name,mountpoint", "-t", "filesystem"])
+    except CommandFailed:
+        return None  # no ZFS here
+    want = str(Path(path).resolve())
+    return next((n for n, _, m in (l.partition("\t") for l in out.splitlines()) if m == want), None)
 
 
 def _exists(dataset: str) -> bool:
