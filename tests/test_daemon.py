@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -20,87 +19,14 @@ import pytest
 
 from snapver import client
 from snapver.names import WIP_TIME_FORMAT
+from tests.fixtures.daemon import DEBOUNCE, NOBODY, Snapverd, as_user, wait_for
 from tests.fixtures.git import env, git, snapver
 
-DEBOUNCE = 1.0
 POLL = 0.5
 
 
 def wips(repo: Path) -> list[dict]:
     return [e for e in snapver(repo, "log", "--all", "--json").json if e["kind"] == "wip"]
-
-
-def wait_for(predicate, timeout: float, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
-
-
-class Snapverd:
-    """A daemon process with its own config and socket; stopped at teardown whatever happens."""
-
-    def __init__(self, workdir: Path, repos: list[Path], **settings):
-        self.workdir = workdir
-        self.socket = workdir / "snapverd.sock"
-        self.config = workdir / "snapverd.toml"
-        self.log = workdir / "snapverd.log"
-        self.proc = None
-        self.write_config(repos, **settings)
-
-    def write_config(self, repos, allow_users=(), inotify_budget=None, extra_env=None, **_):
-        lines = [
-            f'socket = "{self.socket}"', f'debounce = "{int(DEBOUNCE)}s"', 'max_delay = "10s"',
-            'poll_interval = "1s"', 'gc_interval = "off"', f"allow_users = {json.dumps(list(allow_users))}",
-        ]
-        if inotify_budget is not None:
-            lines.append(f"inotify_budget = {inotify_budget}")
-        for repo in repos:
-            lines += ["[[workspace]]", f'path = "{repo}"']
-        self.config.write_text("\n".join(lines) + "\n")
-
-    def start(self, **extra_env):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "snapver", "daemon", "--config", str(self.config)],
-            env={**env(), "SNAPVER_SOCKET": str(self.socket), **extra_env},
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-        )
-        assert wait_for(self.answers, 20), f"snapverd did not come up: {self.log.read_text()}"
-        return self
-
-    def answers(self) -> bool:
-        if self.proc.poll() is not None:
-            return False
-        try:
-            client.request({"op": "daemon-status"}, path=self.socket, timeout=2)
-            return True
-        except (client.Unavailable, OSError):
-            return False
-
-    def status(self) -> list[dict]:
-        return client.request({"op": "daemon-status"}, path=self.socket, timeout=10)
-
-    def stop(self) -> int | None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode if self.proc else None
-
-
-@pytest.fixture
-def daemon_dir():
-    # A directory anyone can traverse: the socket must be reachable by other users.
-    path = Path(tempfile.mkdtemp(prefix="snapverd-test-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -160,34 +86,6 @@ def test_commit_made_without_hooks_is_snapshotted(lake_repo, snapverd):
     assert {e["volume"] for e in found} == {"data", "models", "logs"}
     models = next(e for e in found if e["volume"] == "models")
     assert (Path(models["path"]) / "m.pt").read_text() == "trained by a tool"
-
-
-def as_user(uid: int, fn) -> tuple[bool, object]:
-    """Run fn in a forked child with another uid (no exec: nothing else needs to be readable)."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        try:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            os.environ["HOME"] = "/tmp"
-            result = (True, fn())
-        except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
-            result = (False, f"{e.__class__.__name__}: {e}")
-        os.write(write, json.dumps(result, default=str).encode())
-        os._exit(0)
-    os.close(write)
-    data = b""
-    while chunk := os.read(read, 65536):
-        data += chunk
-    os.close(read)
-    os.waitpid(pid, 0)
-    return tuple(json.loads(data))
-
-
-NOBODY = 65534
 
 
 def test_other_users_are_refused_unless_allowed(lake_repo, snapverd):
