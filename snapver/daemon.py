@@ -17,6 +17,7 @@ import pwd
 import signal
 import socket
 import socketserver
+import sqlite3
 import struct
 import threading
 import time
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import faults, ops
+from .catalog import explain
 from .errors import SnapverError
 from .retention import Policy, parse_duration
 
@@ -279,7 +281,14 @@ class Daemon:
             return
         parents = ws.git.commit(head).parents
         if parents and parents[0] == ws.lake_at():
-            snaps = ws.snapshot(message="snapshotted by snapverd: the commit skipped the hooks")
+            try:
+                snaps = ws.snapshot(message="snapshotted by snapverd: the commit skipped the hooks")
+            except SnapverError:
+                # The commit's hook was only slower than this poll: it took the snapshot while
+                # we waited for the lock, and the writes since are the wip capture's to keep.
+                if all(ws.backend.find(ws.project, v, head) for v in ws.volumes):
+                    return
+                raise
             log.info("%s: commit %s had no snapshot: took it (%d volumes)", tree, head[:10], len(snaps))
 
     def _capture_quiet_volumes(self) -> None:
@@ -296,7 +305,11 @@ class Daemon:
             try:
                 snaps = self._open(tree).capture(volumes, message="captured by snapverd")
             except SnapverError as e:
-                log.error("%s: capture failed: %s", tree, e)
+                # Still pending: a hook or checkout holding the lock, or any other failure,
+                # must not make the daemon forget writes it has not captured yet.
+                for v in volumes:
+                    self.note_change((tree, v))
+                log.warning("%s: capture failed, will retry: %s", tree, e)
                 continue
             faults.point("daemon-after-capture")
             with self.lock:
@@ -396,6 +409,8 @@ class _Handler(socketserver.StreamRequestHandler):
                 answer = {"ok": True, "result": self.server.daemon.handle(request, creds)}
             except SnapverError as e:
                 answer = {"ok": False, "error": str(e)}
+            except sqlite3.Error as e:
+                answer = {"ok": False, "error": str(explain(e))}
             except (ValueError, KeyError, TypeError) as e:
                 answer = {"ok": False, "error": f"bad request: {e}"}
             except Exception as e:  # never let one request take the daemon down

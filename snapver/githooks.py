@@ -113,15 +113,30 @@ def main(argv: list[str]) -> int:
                 report(ops.call("follow"))
         else:
             report(ops.call("follow"))
-    except SnapverError as e:
-        say(f"{e} (Git carried on)")
-        log(f"{hook} {' '.join(args)}: {e}")
-    except Exception:
-        import traceback
+    except Exception as e:
+        known = _user_error(e)
+        if known is None:
+            import traceback
 
-        say(f"{hook} hook failed unexpectedly (Git carried on); details in .git/snapver/hook.log")
-        log(f"{hook} {' '.join(args)}:\n{traceback.format_exc()}")
+            say(f"{hook} hook failed unexpectedly (Git carried on); details in .git/snapver/hook.log")
+            log(f"{hook} {' '.join(args)}:\n{traceback.format_exc()}")
+        else:
+            say(f"{known} (Git carried on)")
+            log(f"{hook} {' '.join(args)}: {known}")
     return 0
+
+
+def _user_error(e: Exception) -> SnapverError | None:
+    """e as one line for the user, if it is one of theirs: a catalog SQLite cannot use counts,
+    since the snapshot itself is already safe on the filesystem."""
+    if isinstance(e, SnapverError):
+        return e
+    sqlite3 = sys.modules.get("sqlite3")
+    if sqlite3 is not None and isinstance(e, sqlite3.Error):
+        from .catalog import explain
+
+        return explain(e)
+    return None
 
 
 def _has_state() -> bool:

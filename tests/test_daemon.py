@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -111,50 +110,36 @@ def test_a_workspace_the_daemon_does_not_watch_is_refused(lake_repo, snapverd, t
             client.request({"op": "snapshot", "workspace": path, "wip": True}, path=d.socket)
 
 
-def test_unprivileged_cli_goes_through_the_daemon(lake, daemon_dir):
+def test_unprivileged_cli_goes_through_the_daemon(nobody_repo, daemon_dir):
     """A user who cannot write the lake snapshots and checks out through snapverd."""
-    home = Path(tempfile.mkdtemp(prefix="snapver-user-"))
-    home.chmod(0o755)
-    repo = home / "repo"
+    repo = nobody_repo
+    d = Snapverd(daemon_dir, [repo]).start()
     try:
-        git(home, "init", "-q", "-b", "main", str(repo))
-        (repo / "f").write_text("code")
-        git(repo, "add", "f")
-        git(repo, "commit", "-q", "-m", "code")
-        subprocess.run(["chown", "-R", "nobody:nogroup", str(repo)], check=True)
-        subprocess.run([sys.executable, "-m", "snapver", "init", *lake.init_args], cwd=repo,
-                       env={**env(), "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory",
-                            "GIT_CONFIG_VALUE_0": str(repo)}, check=True, capture_output=True)
-        subprocess.run(["chown", "-R", "nobody:nogroup", str(repo)], check=True)
-        d = Snapverd(daemon_dir, [repo]).start()
-        try:
-            def user_session():
-                from snapver import ops
+        def user_session():
+            from snapver import ops
 
-                os.chdir(repo)
-                ops.SOCKET = d.socket
-                (repo / "models" / "m.pt").write_text("user's model")
-                head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-                taken = ops.call("snapshot")
-                (repo / "models" / "m.pt").write_text("changed again")
-                back = ops.call("checkout", {"rev": head})
-                return taken, back, (repo / "models" / "m.pt").read_text()
+            os.chdir(repo)
+            ops.SOCKET = d.socket
+            (repo / "models" / "m.pt").write_text("user's model")
+            head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+            taken = ops.call("snapshot")
+            (repo / "models" / "m.pt").write_text("changed again")
+            back = ops.call("checkout", {"rev": head})
+            return taken, back, (repo / "models" / "m.pt").read_text()
 
-            ok, answer = as_user(NOBODY, user_session)
-            assert ok, answer
-            taken, back, content = answer
-            assert {s["volume"] for s in taken} == {"data", "models", "logs"}
-            assert back["kept"], "the user's unsnapshotted change was kept first"
-            assert content == "user's model"
-            # Without the daemon the same user cannot write the root-owned lake.
-            d.stop()
-            ok, answer = as_user(NOBODY, lambda: __import__("snapver.ops").ops.call("snapshot", {"wip": True},
-                                                                                    path=repo))
-            assert not ok
-        finally:
-            d.stop()
+        ok, answer = as_user(NOBODY, user_session)
+        assert ok, answer
+        taken, back, content = answer
+        assert {s["volume"] for s in taken} == {"data", "models", "logs"}
+        assert back["kept"], "the user's unsnapshotted change was kept first"
+        assert content == "user's model"
+        # Without the daemon the same user cannot write the root-owned lake.
+        d.stop()
+        ok, answer = as_user(NOBODY, lambda: __import__("snapver.ops").ops.call("snapshot", {"wip": True},
+                                                                                path=repo))
+        assert not ok
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        d.stop()
 
 
 def test_sigterm_exits_cleanly(lake_repo, snapverd):
