@@ -578,6 +578,9 @@ def reindex():
 
 def main() -> None:
     """Every failure a user can cause ends as one line on stderr and a non-zero exit."""
+    from .linux import restrict_umask
+
+    restrict_umask()
     try:
         code = cli.main(prog_name="snapver", standalone_mode=False)
     except SnapverError as e:

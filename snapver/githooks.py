@@ -82,6 +82,7 @@ def uninstall(git) -> list[str]:
 
 def main(argv: list[str]) -> int:
     hook, args = argv[0], argv[1:]
+    os.umask(os.umask(0o022) | 0o022)  # as linux.restrict_umask, without importing it here
     try:
         from . import ops
 

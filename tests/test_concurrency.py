@@ -7,7 +7,7 @@ volume holding exactly what was written before it, every snapshot on the
 filesystem has its catalog row (and no row lacks its snapshot), the catalog
 passes `PRAGMA integrity_check`, and no hook or daemon reported an error.
 
-SNAPVER_CONCURRENCY_ROUNDS sets the rounds on Btrfs (default 300, under a minute
+SNAPVER_CONCURRENCY_ROUNDS sets the rounds on Btrfs (default 200, one to three minutes
 on a 2-core machine); ZFS (zfs-fuse, much slower per snapshot) runs a tenth of them (at least 20). Hooks wait
 for the workspace lock as long as they do for users (30 s), not the suite's shorter 5 s.
 """
@@ -28,7 +28,7 @@ from snapver.names import SHA, is_snapshot_name
 from tests.fixtures.daemon import Snapverd, wait_for
 from tests.fixtures.git import env, git, snapver
 
-ROUNDS = int(os.environ.get("SNAPVER_CONCURRENCY_ROUNDS", "300"))
+ROUNDS = int(os.environ.get("SNAPVER_CONCURRENCY_ROUNDS", "200"))
 VOLUMES = ("data", "models", "logs")
 
 
