@@ -15,6 +15,7 @@ import logging
 import os
 import pwd
 import signal
+import stat
 import socket
 import socketserver
 import sqlite3
@@ -338,7 +339,9 @@ class Daemon:
     def _open(self, tree: Path):
         from .lake import Workspace
 
-        return Workspace.open(tree)
+        ws = Workspace.open(tree)
+        _check_own(ws)
+        return ws
 
     # -- the socket API
     def status(self, allowed) -> list[dict]:
@@ -384,6 +387,38 @@ class Daemon:
             return True
         groups = {grp.getgrgid(g).gr_name for g in _groups(uid, gid)}
         return bool(groups & (w.allow_groups | self.config.allow_groups))
+
+
+def _check_own(ws) -> None:
+    """Root acts on what a user's files name (the lake and workspace in .git/snapver, the
+    project in snapver.toml) only if it is that user's own: their state folder, a lake only
+    root may change and reached through no symlink, and volumes that belong to the owner of
+    the working tree. Otherwise a user could name another user's workspace or project, or a
+    lake of their own whose symlinks lead root's checkout and gc elsewhere."""
+    from .config import LocalState
+
+    tree = ws.git.toplevel
+    owner = tree.stat().st_uid
+    folder = LocalState.dir(ws.git.git_dir)
+    st = os.lstat(folder)
+    if stat.S_ISLNK(st.st_mode) or st.st_uid != owner:
+        raise SnapverError(f"{folder} is not {_user(owner)}'s own folder: snapverd will not act on {tree}")
+    if ws.backend.name == "btrfs":
+        lake = Path(ws.state.lake)
+        lst = lake.lstat()
+        if os.path.realpath(lake) != str(lake) or lst.st_uid != 0 or lst.st_mode & 0o022:
+            raise SnapverError(
+                f"the lake {lake} of {tree} is reached through a symlink or may be changed by others "
+                "than root: snapverd serves only lakes only root may change"
+            )
+    volumes = [ws.live_path(v) for v in ws.volumes if ws.backend.volume_exists(ws.project, ws.id, v)]
+    strangers = [p for p in volumes if p.stat().st_uid != owner]
+    if not volumes or strangers:
+        raise SnapverError(
+            f"the workspace {ws.id} named in {folder / LocalState.FILE} is not {tree}'s own "
+            f"(its volumes belong to {_user(strangers[0].stat().st_uid) if strangers else 'nobody here'}): "
+            "snapverd will not act on it; run `snapver init` again in a fresh clone"
+        )
 
 
 def policy_for(ws, default: Policy) -> Policy:

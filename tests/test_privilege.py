@@ -169,3 +169,46 @@ def _inside_volume(path: Path, root: Path) -> bool:
     """Folders inside a volume or a snapshot are the user's own data, not snapver's."""
     parts = path.relative_to(root).parts
     return len(parts) > 3 and parts[1] in ("snapshots", "workspaces") or ".trash" in parts
+
+
+def _forge(repo: Path, **fields) -> None:
+    import json
+
+    path = repo / ".git" / "snapver" / "workspace.json"
+    doc = json.loads(path.read_text())
+    doc.update(fields)
+    path.write_text(json.dumps(doc))
+
+
+def test_a_user_cannot_name_someone_elses_workspace_or_lake(lake_repo, nobody_repo, lake, daemon_dir):
+    """workspace.json and snapver.toml are the user's to edit: root's workspace named there,
+    or a lake of the user's own, is refused before anything is touched."""
+    import json
+
+    theirs = json.loads((lake_repo / ".git" / "snapver" / "workspace.json").read_text())
+    root_project = (lake_repo / "snapver.toml").read_text()
+    before = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").json}
+    (lake_repo / "models" / "m.pt").write_text("root's unsnapshotted work")
+    fake_lake = lake.root / f"users-own-{os.urandom(3).hex()}"  # on the same filesystem
+    fake_lake.mkdir()
+    shutil.chown(fake_lake, "nobody", "nogroup")
+    d = Snapverd(daemon_dir, [nobody_repo]).start()
+    try:
+        def forge_and_ask(**fields):
+            def go():
+                _forge(nobody_repo, **fields)
+                (nobody_repo / "snapver.toml").write_text(root_project)  # root's project id too
+                return [as_op() for as_op in (ask(d.socket, "snapshot", nobody_repo, wip=True),
+                                              ask(d.socket, "checkout", nobody_repo, rev="HEAD"))]
+            return go
+
+        ok, answer = as_user(NOBODY, forge_and_ask(workspace=theirs["workspace"]))
+        assert not ok and "is not" in answer and "own" in answer, answer
+        if lake.backend == "btrfs":
+            ok, answer = as_user(NOBODY, forge_and_ask(lake=str(fake_lake)))
+            assert not ok and "only root may change" in answer, answer
+    finally:
+        d.stop()
+    after = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").json}
+    assert after == before, "root's workspace was snapshotted for another user"
+    assert (lake_repo / "models" / "m.pt").read_text() == "root's unsnapshotted work"
