@@ -31,6 +31,12 @@ from tests.fixtures.git import env, git, snapver
 SCALE = float(os.environ.get("HYPOTHESIS_EXAMPLES", "1"))
 SAFE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9._:-]*")  # everything snapver itself names things with
 TRIED: dict[str, int] = {}  # property -> examples run, for the report
+INPUTS: dict[str, int] = {}  # property -> hostile values tried
+
+
+def tried(prop: str, *values) -> None:
+    TRIED[prop] = TRIED.get(prop, 0) + 1
+    INPUTS[prop] = INPUTS.get(prop, 0) + sum(len(v) if isinstance(v, list) else 1 for v in values)
 
 
 def examples(n: int) -> settings:
@@ -141,7 +147,7 @@ def workspace(world):
 def test_name_checks_pass_only_safe_names(text):
     from snapver import registry
 
-    TRIED["names"] = TRIED.get("names", 0) + 1
+    tried("names", text)
     for check in (names.check_volume, names.check_project, names.check_workspace,
                   names.commit_snapshot_name, registry.check_release_name):
         try:
@@ -160,7 +166,7 @@ def test_name_checks_pass_only_safe_names(text):
 @examples(300)
 @given(rev=hostile)
 def test_hostile_revisions_resolve_or_fail_cleanly(world, rev):
-    TRIED["revisions"] = TRIED.get("revisions", 0) + 1
+    tried("revisions", rev)
     watch = Watch(world)
     ws = workspace(world)
     try:
@@ -187,7 +193,7 @@ def test_hostile_revisions_resolve_or_fail_cleanly(world, rev):
 @given(rev=st.sampled_from(["HEAD", "release:prod", "HEAD~1"]) | hostile,
        volume=st.sampled_from(["data", "models"]) | hostile)
 def test_hostile_checkouts_never_leave_the_lake(world, rev, volume):
-    TRIED["checkouts"] = TRIED.get("checkouts", 0) + 1
+    tried("checkouts", rev, volume)
     watch = Watch(world)
     ws = workspace(world)
     try:
@@ -210,7 +216,7 @@ def test_hostile_checkouts_never_leave_the_lake(world, rev, volume):
        | st.lists(st.sampled_from(["..", "data", "models", "sub", "a.csv", "m.pt", ".", "", str(CANARY),
                                    "secret", "etc", "passwd", "/"]), max_size=8).map("/".join))
 def test_hostile_restore_paths_stay_inside_the_volume(world, path):
-    TRIED["restore paths"] = TRIED.get("restore paths", 0) + 1
+    tried("restore paths", path)
     watch = Watch(world)
     ws = workspace(world)
     try:
@@ -234,7 +240,7 @@ def test_hostile_restore_paths_stay_inside_the_volume(world, path):
 def test_hostile_release_and_volume_names(world, name):
     from snapver import registry
 
-    TRIED["release/derive names"] = TRIED.get("release/derive names", 0) + 1
+    tried("release/derive names", name)
     watch = Watch(world)
     toml = (world["repo"] / "snapver.toml").read_text()
     ws = workspace(world)
@@ -258,7 +264,7 @@ def test_hostile_release_and_volume_names(world, name):
 @examples(100)
 @given(message=hostile)
 def test_hostile_messages_are_kept_verbatim(world, message):
-    TRIED["messages"] = TRIED.get("messages", 0) + 1
+    tried("messages", message)
     watch = Watch(world)
     ws = workspace(world)
     try:
@@ -284,7 +290,7 @@ def toml_string(s: str) -> str:
 def test_hostile_snapver_toml(tmp_path_factory, project, volume, backend, lake):
     from snapver.config import Config
 
-    TRIED["snapver.toml"] = TRIED.get("snapver.toml", 0) + 1
+    tried("snapver.toml", project, volume, backend, lake)
     d = tmp_path_factory.mktemp("toml", numbered=True)
     (d / "snapver.toml").write_text(
         f"[project]\nid = {toml_string(project)}\nbackend = {toml_string(backend)}\n"
@@ -309,7 +315,7 @@ def test_hostile_snapver_toml(tmp_path_factory, project, volume, backend, lake):
 def test_hostile_local_state(tmp_path_factory, workspace_id, lake, backend, base):
     from snapver.config import LocalState
 
-    TRIED["workspace.json"] = TRIED.get("workspace.json", 0) + 1
+    tried("workspace.json", workspace_id, lake, backend, base)
     d = tmp_path_factory.mktemp("state", numbered=True)
     (d / "snapver").mkdir()
     (d / "snapver" / "workspace.json").write_text(json.dumps(
@@ -329,7 +335,7 @@ def test_hostile_local_state(tmp_path_factory, workspace_id, lake, backend, base
 def test_hostile_daemon_config(tmp_path_factory, key, value, users, wip):
     from snapver.daemon import DaemonConfig
 
-    TRIED["snapverd.toml"] = TRIED.get("snapverd.toml", 0) + 1
+    tried("snapverd.toml", value, users, wip)
     d = tmp_path_factory.mktemp("daemon", numbered=True)
     path = d / "snapverd.toml"
     path.write_text(f"{key} = {toml_string(value)}\nallow_users = [{', '.join(map(toml_string, users))}]\n"
@@ -356,7 +362,7 @@ COMMANDS = [
 @examples(40)
 @given(which=st.integers(0, len(COMMANDS) - 1), a=hostile_arg, b=hostile_arg)
 def test_hostile_arguments_through_the_cli(world, which, a, b):
-    TRIED["CLI"] = TRIED.get("CLI", 0) + 1
+    tried("CLI", a, b)
     watch = Watch(world)
     argv = COMMANDS[which](a, b)
     toml = (world["repo"] / "snapver.toml").read_text()
@@ -380,4 +386,4 @@ def test_report_examples_tried():
     """Last in the file: how many examples each property ran (the README quotes the total)."""
     if TRIED:
         print("\nhypothesis examples: " + ", ".join(f"{k} {v}" for k, v in TRIED.items())
-              + f"; total {sum(TRIED.values())}")
+              + f"; total {sum(TRIED.values())} examples, {sum(INPUTS.values())} hostile values")
