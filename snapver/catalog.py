@@ -10,9 +10,13 @@ sqlite-utils on the same connection.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import time
 from collections.abc import Iterable
 from pathlib import Path
+
+from .errors import SnapverError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshots (
@@ -48,10 +52,38 @@ CREATE TABLE IF NOT EXISTS volumes (
 """
 
 
+# The catalog most recently opened in this process: SQLite's errors do not name their file,
+# and the message a user sees must (see explain).
+_opened: Path | None = None
+
+
+def explain(e: sqlite3.Error) -> SnapverError:
+    """What a user must do about an SQLite error from the catalog: one line."""
+    where = _opened or "the lake's catalog.db"
+    text = str(e)
+    if "readonly" in text or "read-only" in text or "unable to open" in text:
+        return SnapverError(
+            f"the catalog {where} cannot be written ({text}): make it writable again "
+            "(chmod u+w, chattr -i, or remount the lake read-write); the snapshots are safe"
+        )
+    return SnapverError(
+        f"the catalog {where} is damaged ({text}): run `snapver reindex` to rebuild it "
+        "from the filesystem (the snapshots are safe; the damaged file is kept beside it)"
+    )
+
+
 class Catalog:
     def __init__(self, path: Path):
-        self.path = path
-        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+        global _opened
+        self.path = _opened = path
+        self.set_aside: Path | None = None  # where rebuild() put a damaged catalog
+        try:
+            self._connect()
+        except sqlite3.Error as e:
+            raise explain(e) from None
+
+    def _connect(self) -> None:
+        self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.conn.row_factory = sqlite3.Row
         try:
             self.conn.execute("PRAGMA journal_mode=WAL")
@@ -62,6 +94,28 @@ class Catalog:
         except sqlite3.OperationalError:
             pass  # filesystems without shared mmap (FUSE) keep the rollback journal
         self.conn.executescript(SCHEMA)
+
+    @classmethod
+    def rebuild(cls, path: Path) -> Catalog:
+        """The catalog for `reindex`: a damaged file (one SQLite cannot read, or one that
+        fails its quick check) is moved aside, never deleted, and a new one started."""
+        try:
+            catalog = cls(path)
+            if catalog.conn.execute("PRAGMA quick_check").fetchone()[0] == "ok":
+                return catalog
+            catalog.close()
+        except sqlite3.DatabaseError:
+            pass
+        except SnapverError as e:
+            if "cannot be written" in str(e):
+                raise
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.lexists(f"{path}{suffix}"):
+                os.rename(f"{path}{suffix}", f"{aside}{suffix}")
+        catalog = cls(path)
+        catalog.set_aside = aside
+        return catalog
 
     @contextlib.contextmanager
     def batch(self):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import click
 
 from .errors import SnapverError
-from . import ops
+from . import catalog, ops
 from .lake import Workspace, parse_size, short
 
 
@@ -567,8 +568,12 @@ def scan(rev, as_json):
 @cli.command()
 def reindex():
     """Rebuild the catalog from the snapshots on the filesystem (and commits from Git)."""
-    count = Workspace.open().reindex()
+    ws = Workspace.open()
+    count = ws.reindex()
     click.echo(f"catalog rebuilt: {count} snapshots")
+    if ws.catalog.set_aside:
+        click.echo(f"snapver: warning: the damaged catalog is kept as {ws.catalog.set_aside}: releases, "
+                   "metrics and lineage were only in it (see SECURITY.md, catalog loss)", err=True)
 
 
 # ------------------------------------------------------------------ other lakes
@@ -714,6 +719,9 @@ def serve(args):
 
 def main() -> None:
     """Every failure a user can cause ends as one line on stderr and a non-zero exit."""
+    from .linux import restrict_umask
+
+    restrict_umask()
     try:
         code = cli.main(prog_name="snapver", standalone_mode=False)
     except SnapverError as e:
@@ -725,6 +733,9 @@ def main() -> None:
         fail(e.format_message(), e.exit_code)
     except click.Abort:
         fail("aborted", 130)
+    except sqlite3.Error as e:
+        err = catalog.explain(e)
+        fail(str(err), err.exit_code)
     except PermissionError as e:
         fail(f"permission denied: {e.filename or e}: run it as the workspace's owner or as root", 1)
     sys.exit(code if isinstance(code, int) else 0)

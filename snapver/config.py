@@ -156,13 +156,20 @@ def write_as_owner(path: Path, text: str) -> None:
 
     Never half-written (temporary file, fsync, rename), and never left owned by
     root when the root daemon acted for a user who must still change it.
+    The folder belongs to a user and the root daemon writes here, so nothing the user planted
+    is followed: the temporary file is made new (O_EXCL, O_NOFOLLOW) and chowned by its fd.
     """
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
+    try:
+        os.unlink(tmp)  # left by a crash, or planted (a symlink to a file of root's)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with open(fd, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    owner = path.parent.stat()
-    if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
-        os.chown(tmp, owner.st_uid, owner.st_gid)
+        owner = path.parent.stat()
+        if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
+            os.fchown(f.fileno(), owner.st_uid, owner.st_gid)
     os.replace(tmp, path)

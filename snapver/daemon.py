@@ -15,8 +15,10 @@ import logging
 import os
 import pwd
 import signal
+import stat
 import socket
 import socketserver
+import sqlite3
 import struct
 import threading
 import time
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import faults, ops
+from .catalog import explain
 from .errors import SnapverError
 from .retention import Policy, parse_duration
 
@@ -279,7 +282,14 @@ class Daemon:
             return
         parents = ws.git.commit(head).parents
         if parents and parents[0] == ws.lake_at():
-            snaps = ws.snapshot(message="snapshotted by snapverd: the commit skipped the hooks")
+            try:
+                snaps = ws.snapshot(message="snapshotted by snapverd: the commit skipped the hooks")
+            except SnapverError:
+                # The commit's hook was only slower than this poll: it took the snapshot while
+                # we waited for the lock, and the writes since are the wip capture's to keep.
+                if all(ws.backend.find(ws.project, v, head) for v in ws.volumes):
+                    return
+                raise
             log.info("%s: commit %s had no snapshot: took it (%d volumes)", tree, head[:10], len(snaps))
 
     def _capture_quiet_volumes(self) -> None:
@@ -296,7 +306,11 @@ class Daemon:
             try:
                 snaps = self._open(tree).capture(volumes, message="captured by snapverd")
             except SnapverError as e:
-                log.error("%s: capture failed: %s", tree, e)
+                # Still pending: a hook or checkout holding the lock, or any other failure,
+                # must not make the daemon forget writes it has not captured yet.
+                for v in volumes:
+                    self.note_change((tree, v))
+                log.warning("%s: capture failed, will retry: %s", tree, e)
                 continue
             faults.point("daemon-after-capture")
             with self.lock:
@@ -325,7 +339,9 @@ class Daemon:
     def _open(self, tree: Path):
         from .lake import Workspace
 
-        return Workspace.open(tree)
+        ws = Workspace.open(tree)
+        _check_own(ws)
+        return ws
 
     # -- the socket API
     def status(self, allowed) -> list[dict]:
@@ -373,6 +389,38 @@ class Daemon:
         return bool(groups & (w.allow_groups | self.config.allow_groups))
 
 
+def _check_own(ws) -> None:
+    """Root acts on what a user's files name (the lake and workspace in .git/snapver, the
+    project in snapver.toml) only if it is that user's own: their state folder, a lake only
+    root may change and reached through no symlink, and volumes that belong to the owner of
+    the working tree. Otherwise a user could name another user's workspace or project, or a
+    lake of their own whose symlinks lead root's checkout and gc elsewhere."""
+    from .config import LocalState
+
+    tree = ws.git.toplevel
+    owner = tree.stat().st_uid
+    folder = LocalState.dir(ws.git.git_dir)
+    st = os.lstat(folder)
+    if stat.S_ISLNK(st.st_mode) or st.st_uid != owner:
+        raise SnapverError(f"{folder} is not {_user(owner)}'s own folder: snapverd will not act on {tree}")
+    if ws.backend.name == "btrfs":
+        lake = Path(ws.state.lake)
+        lst = lake.lstat()
+        if os.path.realpath(lake) != str(lake) or lst.st_uid != 0 or lst.st_mode & 0o022:
+            raise SnapverError(
+                f"the lake {lake} of {tree} is reached through a symlink or may be changed by others "
+                "than root: snapverd serves only lakes only root may change"
+            )
+    volumes = [ws.live_path(v) for v in ws.volumes if ws.backend.volume_exists(ws.project, ws.id, v)]
+    strangers = [p for p in volumes if p.stat().st_uid != owner]
+    if not volumes or strangers:
+        raise SnapverError(
+            f"the workspace {ws.id} named in {folder / LocalState.FILE} is not {tree}'s own "
+            f"(its volumes belong to {_user(strangers[0].stat().st_uid) if strangers else 'nobody here'}): "
+            "snapverd will not act on it; run `snapver init` again in a fresh clone"
+        )
+
+
 def policy_for(ws, default: Policy) -> Policy:
     """A project's own [retention] in snapver.toml wins over the daemon's default."""
     try:
@@ -396,6 +444,8 @@ class _Handler(socketserver.StreamRequestHandler):
                 answer = {"ok": True, "result": self.server.daemon.handle(request, creds)}
             except SnapverError as e:
                 answer = {"ok": False, "error": str(e)}
+            except sqlite3.Error as e:
+                answer = {"ok": False, "error": str(explain(e))}
             except (ValueError, KeyError, TypeError) as e:
                 answer = {"ok": False, "error": f"bad request: {e}"}
             except Exception as e:  # never let one request take the daemon down

@@ -83,6 +83,7 @@ def uninstall(git) -> list[str]:
 
 def main(argv: list[str]) -> int:
     hook, args = argv[0], argv[1:]
+    os.umask(os.umask(0o022) | 0o022)  # as linux.restrict_umask, without importing it here
     try:
         from . import ops
 
@@ -119,14 +120,16 @@ def main(argv: list[str]) -> int:
                 report(ops.call("follow"))
         else:
             report(ops.call("follow"))
-    except SnapverError as e:
-        say(f"{e} (Git carried on)")
-        log(f"{hook} {' '.join(args)}: {e}")
-    except Exception:
-        import traceback
+    except Exception as e:
+        known = _user_error(e)
+        if known is None:
+            import traceback
 
-        say(f"{hook} hook failed unexpectedly (Git carried on); details in .git/snapver/hook.log")
-        log(f"{hook} {' '.join(args)}:\n{traceback.format_exc()}")
+            say(f"{hook} hook failed unexpectedly (Git carried on); details in .git/snapver/hook.log")
+            log(f"{hook} {' '.join(args)}:\n{traceback.format_exc()}")
+        else:
+            say(f"{known} (Git carried on)")
+            log(f"{hook} {' '.join(args)}: {known}")
     return 0
 
 
@@ -163,6 +166,19 @@ def fetch_with_git() -> None:
             say(f"pulled {len(done)} snapshot(s)")
     except SnapverError as e:
         say(f"could not fetch snapshots: {e}")
+
+
+def _user_error(e: Exception) -> SnapverError | None:
+    """e as one line for the user, if it is one of theirs: a catalog SQLite cannot use counts,
+    since the snapshot itself is already safe on the filesystem."""
+    if isinstance(e, SnapverError):
+        return e
+    sqlite3 = sys.modules.get("sqlite3")
+    if sqlite3 is not None and isinstance(e, sqlite3.Error):
+        from .catalog import explain
+
+        return explain(e)
+    return None
 
 
 def _has_state() -> bool:

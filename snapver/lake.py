@@ -529,6 +529,7 @@ class Workspace:
         snaps = self.backend.snapshots()
         mine = {s.commit for s in snaps if s.project == self.project} - {names.NO_COMMIT}
         commits = [(self.project, info) for info in self.git.commits(sorted(mine)).values()]
+        self._catalog = Catalog.rebuild(self.backend.catalog_path)  # a damaged one is set aside
         self.catalog.replace_snapshots(snaps, commits)
         return len(snaps)
 

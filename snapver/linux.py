@@ -107,3 +107,10 @@ def mount_of(path: Path) -> Mount:
                 best = m
     assert best is not None, "/ is always mounted"
     return best
+
+
+def restrict_umask() -> None:
+    """Nothing snapver makes is writable by group or others, whatever umask it was started
+    with (a root shell with umask 000): a world-writable folder in the lake is where another
+    user would plant a symlink for root to follow. Called by the entry points, not on import."""
+    os.umask(os.umask(0o022) | 0o022)

@@ -8,6 +8,7 @@ written into the lock file only so that a waiting user can be told who it is.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import sys
@@ -22,7 +23,14 @@ WAIT_SECONDS = float(os.environ.get("SNAPVER_LOCK_WAIT", "30"))
 @contextlib.contextmanager
 def held(path: Path, wait: float = WAIT_SECONDS):
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        # O_NOFOLLOW: the lock lives in a user's .git, where the root daemon takes it too;
+        # a planted symlink must not make root truncate and write the file it points to.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise SnapverError(f"{path} is a symbolic link: remove it (snapver makes its own lock file)") from None
     try:
         deadline = time.monotonic() + wait
         while True:

@@ -221,8 +221,8 @@ def _read_file(ws, rel: str, snapshot: str, by_volume: dict) -> dict | None:
             # Inside a volume: read it from the snapshot just taken, which is what the
             # snapshot holds (the live volume may be written to meanwhile).
             root = by_volume[parts[0]].path if parts[0] in by_volume else ws.live_path(parts[0])
-            target = Path(root, *parts[1:])
-            if target.is_file():
+            target = _within(root, Path(root, *parts[1:]), rel)
+            if target and target.is_file():
                 data = target.read_bytes()
         else:
             # In the Git tree: the committed content is the truth of a commit snapshot;
@@ -231,8 +231,8 @@ def _read_file(ws, rel: str, snapshot: str, by_volume: dict) -> dict | None:
                                   cwd=ws.git.toplevel, capture_output=True)
             if done.returncode == 0:
                 data = done.stdout
-            elif (ws.git.toplevel / rel).is_file():
-                data = (ws.git.toplevel / rel).read_bytes()
+            elif (target := _within(ws.git.toplevel, ws.git.toplevel / rel, rel)) and target.is_file():
+                data = target.read_bytes()
     except OSError as e:
         log.warning("snapver: warning: %s cannot be read (%s); its values were not recorded", rel, e.strerror)
         return None
@@ -244,6 +244,16 @@ def _read_file(ws, rel: str, snapshot: str, by_volume: dict) -> dict | None:
         log.warning("snapver: warning: %s is not valid %s (%s); its values were not recorded, "
                     "the snapshot was taken", rel, _format(rel).upper(), e)
         return None
+
+
+def _within(root: Path, target: Path, rel: str) -> Path | None:
+    """target if it stays inside root once symlinks are followed. The root daemon reads these
+    files for users: a symlink there must not make it read (and record) a file of root's."""
+    real_root, real = os.path.realpath(root), os.path.realpath(target)
+    if real.startswith(real_root + os.sep):
+        return Path(real)
+    log.warning("snapver: warning: %s leads outside %s through a symlink; it was not read", rel, root)
+    return None
 
 
 def _format(rel: str) -> str:

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.btrfs", "tests.fixtures.zfs", "tests.fixtures.git"]
+pytest_plugins = ["tests.fixtures.btrfs", "tests.fixtures.zfs", "tests.fixtures.git", "tests.fixtures.daemon"]
 
 # The kernel-ZFS tests run where OpenZFS is loaded: the VM of vagrant/run-vm-tests sets
 # SNAPVER_VM=1, a host with the module has /dev/zfs. Elsewhere they are not collected

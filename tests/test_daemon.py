@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -11,7 +10,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,87 +18,14 @@ import pytest
 
 from snapver import client
 from snapver.names import WIP_TIME_FORMAT
+from tests.fixtures.daemon import DEBOUNCE, NOBODY, Snapverd, as_user, wait_for
 from tests.fixtures.git import env, git, snapver
 
-DEBOUNCE = 1.0
 POLL = 0.5
 
 
 def wips(repo: Path) -> list[dict]:
     return [e for e in snapver(repo, "log", "--all", "--json").json if e["kind"] == "wip"]
-
-
-def wait_for(predicate, timeout: float, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
-
-
-class Snapverd:
-    """A daemon process with its own config and socket; stopped at teardown whatever happens."""
-
-    def __init__(self, workdir: Path, repos: list[Path], **settings):
-        self.workdir = workdir
-        self.socket = workdir / "snapverd.sock"
-        self.config = workdir / "snapverd.toml"
-        self.log = workdir / "snapverd.log"
-        self.proc = None
-        self.write_config(repos, **settings)
-
-    def write_config(self, repos, allow_users=(), inotify_budget=None, extra_env=None, **_):
-        lines = [
-            f'socket = "{self.socket}"', f'debounce = "{int(DEBOUNCE)}s"', 'max_delay = "10s"',
-            'poll_interval = "1s"', 'gc_interval = "off"', f"allow_users = {json.dumps(list(allow_users))}",
-        ]
-        if inotify_budget is not None:
-            lines.append(f"inotify_budget = {inotify_budget}")
-        for repo in repos:
-            lines += ["[[workspace]]", f'path = "{repo}"']
-        self.config.write_text("\n".join(lines) + "\n")
-
-    def start(self, **extra_env):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "snapver", "daemon", "--config", str(self.config)],
-            env={**env(), "SNAPVER_SOCKET": str(self.socket), **extra_env},
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-        )
-        assert wait_for(self.answers, 20), f"snapverd did not come up: {self.log.read_text()}"
-        return self
-
-    def answers(self) -> bool:
-        if self.proc.poll() is not None:
-            return False
-        try:
-            client.request({"op": "daemon-status"}, path=self.socket, timeout=2)
-            return True
-        except (client.Unavailable, OSError):
-            return False
-
-    def status(self) -> list[dict]:
-        return client.request({"op": "daemon-status"}, path=self.socket, timeout=10)
-
-    def stop(self) -> int | None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode if self.proc else None
-
-
-@pytest.fixture
-def daemon_dir():
-    # A directory anyone can traverse: the socket must be reachable by other users.
-    path = Path(tempfile.mkdtemp(prefix="snapverd-test-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -162,34 +87,6 @@ def test_commit_made_without_hooks_is_snapshotted(lake_repo, snapverd):
     assert (Path(models["path"]) / "m.pt").read_text() == "trained by a tool"
 
 
-def as_user(uid: int, fn) -> tuple[bool, object]:
-    """Run fn in a forked child with another uid (no exec: nothing else needs to be readable)."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        try:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            os.environ["HOME"] = "/tmp"
-            result = (True, fn())
-        except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
-            result = (False, f"{e.__class__.__name__}: {e}")
-        os.write(write, json.dumps(result, default=str).encode())
-        os._exit(0)
-    os.close(write)
-    data = b""
-    while chunk := os.read(read, 65536):
-        data += chunk
-    os.close(read)
-    os.waitpid(pid, 0)
-    return tuple(json.loads(data))
-
-
-NOBODY = 65534
-
-
 def test_other_users_are_refused_unless_allowed(lake_repo, snapverd):
     d = snapverd()
     ask = lambda: client.request({"op": "snapshot", "workspace": str(lake_repo), "wip": True},  # noqa: E731
@@ -213,50 +110,36 @@ def test_a_workspace_the_daemon_does_not_watch_is_refused(lake_repo, snapverd, t
             client.request({"op": "snapshot", "workspace": path, "wip": True}, path=d.socket)
 
 
-def test_unprivileged_cli_goes_through_the_daemon(lake, daemon_dir):
+def test_unprivileged_cli_goes_through_the_daemon(nobody_repo, daemon_dir):
     """A user who cannot write the lake snapshots and checks out through snapverd."""
-    home = Path(tempfile.mkdtemp(prefix="snapver-user-"))
-    home.chmod(0o755)
-    repo = home / "repo"
+    repo = nobody_repo
+    d = Snapverd(daemon_dir, [repo]).start()
     try:
-        git(home, "init", "-q", "-b", "main", str(repo))
-        (repo / "f").write_text("code")
-        git(repo, "add", "f")
-        git(repo, "commit", "-q", "-m", "code")
-        subprocess.run(["chown", "-R", "nobody:nogroup", str(repo)], check=True)
-        subprocess.run([sys.executable, "-m", "snapver", "init", *lake.init_args], cwd=repo,
-                       env={**env(), "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory",
-                            "GIT_CONFIG_VALUE_0": str(repo)}, check=True, capture_output=True)
-        subprocess.run(["chown", "-R", "nobody:nogroup", str(repo)], check=True)
-        d = Snapverd(daemon_dir, [repo]).start()
-        try:
-            def user_session():
-                from snapver import ops
+        def user_session():
+            from snapver import ops
 
-                os.chdir(repo)
-                ops.SOCKET = d.socket
-                (repo / "models" / "m.pt").write_text("user's model")
-                head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-                taken = ops.call("snapshot")
-                (repo / "models" / "m.pt").write_text("changed again")
-                back = ops.call("checkout", {"rev": head})
-                return taken, back, (repo / "models" / "m.pt").read_text()
+            os.chdir(repo)
+            ops.SOCKET = d.socket
+            (repo / "models" / "m.pt").write_text("user's model")
+            head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+            taken = ops.call("snapshot")
+            (repo / "models" / "m.pt").write_text("changed again")
+            back = ops.call("checkout", {"rev": head})
+            return taken, back, (repo / "models" / "m.pt").read_text()
 
-            ok, answer = as_user(NOBODY, user_session)
-            assert ok, answer
-            taken, back, content = answer
-            assert {s["volume"] for s in taken} == {"data", "models", "logs"}
-            assert back["kept"], "the user's unsnapshotted change was kept first"
-            assert content == "user's model"
-            # Without the daemon the same user cannot write the root-owned lake.
-            d.stop()
-            ok, answer = as_user(NOBODY, lambda: __import__("snapver.ops").ops.call("snapshot", {"wip": True},
-                                                                                    path=repo))
-            assert not ok
-        finally:
-            d.stop()
+        ok, answer = as_user(NOBODY, user_session)
+        assert ok, answer
+        taken, back, content = answer
+        assert {s["volume"] for s in taken} == {"data", "models", "logs"}
+        assert back["kept"], "the user's unsnapshotted change was kept first"
+        assert content == "user's model"
+        # Without the daemon the same user cannot write the root-owned lake.
+        d.stop()
+        ok, answer = as_user(NOBODY, lambda: __import__("snapver.ops").ops.call("snapshot", {"wip": True},
+                                                                                path=repo))
+        assert not ok
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        d.stop()
 
 
 def test_sigterm_exits_cleanly(lake_repo, snapverd):

@@ -409,7 +409,7 @@ def tidy_trash(trash: Path) -> None:
 def _listdir(path: Path) -> list[str]:
     try:
         return sorted(os.listdir(path))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the lake root also holds catalog.db
         return []
 
 
