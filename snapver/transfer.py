@@ -377,20 +377,36 @@ def serve(args: list[str]) -> None:
 
     say(holdings(backend, project))
     while line := src.readline(1 << 24):
-        ask = json.loads(line)
         try:
-            volume, name = names.check_volume(ask.get("volume")), ask.get("name")
-            catalog = catalog or _catalog(backend)
+            ask = json.loads(line)
+        except ValueError:
+            say({"error": "that was not a snapver request: is the other end a snapver of this version?"})
+            return
+        try:
             if ask.get("op") == "receive":
-                snap, _ = receive_into(backend, catalog, project, volume, name, ask.get("base"),
-                                       bool(ask.get("clone")), ask.get("rows") or {}, src)
-                say({"received": snap.name, "volume": volume})
+                say(serve_receive(backend, project, ask, src))
             elif ask.get("op") == "send":
-                serve_send(backend, catalog, project, volume, name, ask, say, out)
+                catalog = catalog or _catalog(backend)
+                serve_send(backend, catalog, project, names.check_volume(ask.get("volume")), ask.get("name"),
+                           ask, say, out)
             else:
                 raise SnapverError(f"unknown request {ask.get('op')!r}")
         except SnapverError as e:
             say({"error": str(e)})
+
+
+def serve_receive(backend, project: str, ask: dict, src) -> dict:
+    """Receive one framed stream; whatever goes wrong, the stream is read to its end, so
+    that the session stays in step for the next request."""
+    try:
+        volume = names.check_volume(ask.get("volume"))
+        catalog = _catalog(backend)
+    except BaseException:
+        _drain(src)
+        raise
+    snap, _ = receive_into(backend, catalog, project, volume, ask.get("name"), ask.get("base"),
+                           bool(ask.get("clone")), ask.get("rows") or {}, src)
+    return {"received": snap.name, "volume": volume}
 
 
 def serve_send(backend, catalog, project, volume, name, ask, say, out) -> None:
