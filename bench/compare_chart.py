@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 TOOLS = {"snapver": ("snapver", "tab:green"), "dvc-copy": ("DVC copy", "tab:red"),
          "dvc-reflink": ("DVC reflink", "tab:orange"), "git": ("Git floor (data not versioned)", "tab:gray")}
@@ -32,6 +33,12 @@ def main(src: str, dest: str) -> None:
                     ax.plot(*zip(*points), color=color, label=title if shape == "lake" else None, **style)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        # Ticks at the measured sizes, plain numbers: log-scale minor labels pile up on a narrow axis.
+        ax.set_xticks(sorted({round(s["data_bytes"] / 1e9, 1) for s in report["shapes"] if s["shape"] == "lake"}))
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(NullFormatter())
         ax.set_title(op)
         ax.set_xlabel("data in the lake (GB)")
         ax.grid(True, which="both", alpha=0.3)
