@@ -47,9 +47,9 @@ from pathlib import Path
 
 from snapver.lake import parse_size
 
-from common import (CHECKPOINT, DEFAULT_WORKDIR, FILES_PER_DIR, GIT_ENV, HERE, LOG_FILE, MiB, RESULTS,
+from common import (DEFAULT_WORKDIR, FILES_PER_DIR, GIT_ENV, HERE, LOG_FILE, MiB, RESULTS,
                     SHARE_SMALL, SMALL_FILE, SNAPVER, btrfs_image, fill_lake, freeze_source, human, loadavg,
-                    machine, machine_line, require_root, run, run_dir, settle, source_digest, summary,
+                    machine, machine_line, require_root, run, run_dir, settle, source_digest,
                     write_file, write_results)
 
 TOOLS = ("snapver", "dvc-copy", "dvc-reflink", "git")
