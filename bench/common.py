@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import statistics
@@ -125,14 +126,15 @@ def unmount(mnt: Path) -> None:
 
 
 # ------------------------------------------------------------------ the data
-def write_file(path: Path, size: int) -> None:
+def write_file(path: Path, size: int, rng: random.Random | None = None) -> None:
     # Fresh random bytes, never zeros or holes: nothing compresses, dedups or
     # stays sparse, so the filesystem holds as many blocks as the size says.
+    # A seeded rng writes the same bytes every time (compare.py gives each tool the same lake).
     with open(path, "wb") as f:
         left = size
         while left:
             n = min(left, CHUNK)
-            f.write(os.urandom(n))
+            f.write(rng.randbytes(n) if rng else os.urandom(n))
             left -= n
 
 
@@ -142,12 +144,13 @@ def split(budget: int, target: int) -> list[int]:
     return [budget // count] * count
 
 
-def fill_lake(repo: Path, size: int) -> dict:
-    """Write the lake's data through the volume links in repo; return what was written."""
+def fill_lake(repo: Path, size: int, rng: random.Random | None = None) -> dict:
+    """Write the lake's data through the volume links in repo; return what was written.
+    With a seeded rng, the same size gives the same files and bytes every time."""
     written: dict[str, dict[str, int]] = {}
 
     def add(kind: str, path: Path, nbytes: int) -> None:
-        write_file(path, nbytes)
+        write_file(path, nbytes, rng)
         w = written.setdefault(kind, {"files": 0, "bytes": 0})
         w["files"] += 1
         w["bytes"] += nbytes
