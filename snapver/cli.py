@@ -653,11 +653,16 @@ def report_transfers(done, as_json: bool, verb: str) -> None:
     click.echo(f"{len(done)} snapshot(s) {verb}" if done else "everything is there already")
 
 
-@cli.command()
-@click.argument("remote_name", required=False, metavar="[REMOTE]")
-@click.argument("revs", nargs=-1)
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-@click.option("--json", "as_json", is_flag=True, help="What was sent, as JSON (no progress bars).")
+def transfer_command(fn):
+    """push and pull take the same arguments: [REMOTE] [REV]..., -q, --json."""
+    fn = click.option("--json", "as_json", is_flag=True, help="What was moved, as JSON (no progress bars).")(fn)
+    fn = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")(fn)
+    fn = click.argument("revs", nargs=-1)(fn)
+    fn = click.argument("remote_name", required=False, metavar="[REMOTE]")(fn)
+    return cli.command()(fn)
+
+
+@transfer_command
 def push(remote_name, revs, quiet, as_json):
     """Send the snapshots of REVs (default HEAD) and their history that REMOTE lacks.
 
@@ -670,11 +675,7 @@ def push(remote_name, revs, quiet, as_json):
     report_transfers(done, as_json, "pushed")
 
 
-@cli.command()
-@click.argument("remote_name", required=False, metavar="[REMOTE]")
-@click.argument("revs", nargs=-1)
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-@click.option("--json", "as_json", is_flag=True, help="What was received, as JSON (no progress bars).")
+@transfer_command
 def pull(remote_name, revs, quiet, as_json):
     """Fetch the snapshots of REVs (default HEAD) and their history from REMOTE.
 

@@ -69,22 +69,23 @@ def _lake_on(kind: str, fs, label: str) -> FarLake:
     return FarLake(kind, dataset, f"file:///{dataset}")
 
 
+def _empty_lake(lake, far_filesystems, which: int, label: str):
+    other = _lake_on(lake.backend, far_filesystems(lake.backend)[which], label)
+    yield other
+    if other.backend == "zfs":
+        destroy_dataset(other.spec)
+
+
 @pytest.fixture
 def far(lake, far_filesystems):
     """An empty lake on a second filesystem of the same kind as `lake`."""
-    far = _lake_on(lake.backend, far_filesystems(lake.backend)[0], "far")
-    yield far
-    if far.backend == "zfs":
-        destroy_dataset(far.spec)
+    yield from _empty_lake(lake, far_filesystems, 0, "far")
 
 
 @pytest.fixture
 def third(lake, far_filesystems):
     """An empty lake on a third filesystem, for a second clone."""
-    third = _lake_on(lake.backend, far_filesystems(lake.backend)[1], "third")
-    yield third
-    if third.backend == "zfs":
-        destroy_dataset(third.spec)
+    yield from _empty_lake(lake, far_filesystems, 1, "third")
 
 
 def write(path: Path, data: bytes) -> None:
