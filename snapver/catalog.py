@@ -10,6 +10,7 @@ sqlite-utils on the same connection.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,7 +46,34 @@ CREATE TABLE IF NOT EXISTS volumes (
     worktree TEXT,
     PRIMARY KEY (project, workspace, name)
 );
+CREATE TABLE IF NOT EXISTS operations (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    project TEXT NOT NULL,
+    workspace TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    command TEXT NOT NULL,
+    started TEXT NOT NULL,
+    intent TEXT NOT NULL,
+    steps TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS operations_workspace ON operations (workspace);
 """
+
+
+def unusable(path: Path, e: Exception):
+    """A SQLite failure as one line; a full filesystem is the usual cause, and says so."""
+    from .errors import SnapverError
+
+    try:
+        st = os.statvfs(path.parent)
+        full = st.f_bavail * st.f_frsize < 1024**2
+    except OSError:
+        full = False
+    why = "the filesystem is full; free space (or grow it) and try again" if full else str(e)
+    return SnapverError(f"the catalog {path} cannot be used: {why}")
 
 
 class Catalog:
@@ -61,7 +89,11 @@ class Catalog:
             self.conn.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.OperationalError:
             pass  # filesystems without shared mmap (FUSE) keep the rollback journal
-        self.conn.executescript(SCHEMA)
+        try:
+            self.conn.executescript(SCHEMA)
+        except sqlite3.OperationalError as e:
+            self.conn.close()
+            raise unusable(path, e) from None
 
     @contextlib.contextmanager
     def batch(self):

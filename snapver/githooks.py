@@ -83,8 +83,9 @@ def uninstall(git) -> list[str]:
 def main(argv: list[str]) -> int:
     hook, args = argv[0], argv[1:]
     try:
-        from . import ops
+        from . import journal, ops
 
+        journal.announce = lambda message: say(f"warning: {message}")
         if hook == "post-checkout" and not _has_state():
             from .lake import Workspace
 
