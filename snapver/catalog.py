@@ -5,6 +5,9 @@ filesystem (`snapver reindex`), every commit row from Git. Writes happen in
 the Git hooks, so they use the standard library's sqlite3 directly (importing
 sqlite-utils costs about 125 ms); reads, reports and reindex go through
 sqlite-utils on the same connection.
+
+One table is not an index: `operations`, the journal of multi-step operations
+(journal.py). It cannot be rebuilt, and doctor repairs what it can without it.
 """
 
 from __future__ import annotations

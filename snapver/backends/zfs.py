@@ -312,7 +312,12 @@ class ZfsBackend(Backend):
             except CommandFailed:
                 if not _exists(view):  # else another process made it first
                     raise
-        return Path(_get(view, ["mountpoint"])[view]["mountpoint"])
+        props = _get(view, ["mountpoint", "mounted"])[view]
+        if props["mounted"] != "yes":
+            # A checkout killed while its views stepped aside for a rename (zfs-fuse): an
+            # unmounted view would show an empty directory where the snapshot's files are.
+            subprocess.run(["zfs", "mount", view], capture_output=True)
+        return Path(props["mountpoint"])
 
     def snapshots(self, project: str | None = None, volume: str | None = None) -> list[Snapshot]:
         if project:
