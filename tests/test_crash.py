@@ -366,3 +366,26 @@ def drop_wips(lake: Lake, keep: set) -> None:
                 subprocess.run(["btrfs", "subvolume", "delete", str(retired)], capture_output=True)
         subprocess.run(["btrfs", "subvolume", "sync", str(lake.root)], check=True, capture_output=True)
         subprocess.run(["btrfs", "filesystem", "sync", str(lake.root)], check=True, capture_output=True)
+
+
+def test_checkout_that_fails_halfway_stays_in_the_journal_until_repaired(repo, btrfs_lake):
+    """Not a kill: an error on the second volume. The first is already switched, so the
+    checkout is unfinished, and doctor says so until it is repaired."""
+    snapver(repo, "init", "--lake", str(btrfs_lake))
+    git(repo, "add", "snapver.toml")
+    git(repo, "commit", "-q", "-m", "snapver")
+    a, b = history(repo)
+    before = snapshots(repo)
+    blocker = Path(os.readlink(repo / "models")).with_name(".models.incoming")
+    blocker.mkdir()  # a plain directory where the checkout wants to put its clone
+    failed = run(repo, "checkout", a)
+    assert failed.code == 1 and "Traceback" not in failed.err, failed.err
+    assert live(repo)["data"] == before[("data", a)] and live(repo)["models"] == before[("models", b)]
+    report = run(repo, "doctor", "--json")
+    assert report.code == 1
+    (op,) = json.loads(report.out)["interrupted"]
+    assert op["state"] == "failed" and op["error"] and [s["volume"] for s in op["steps"]] == ["data"]
+    blocker.rmdir()  # what was in the way is moved away: the repair finishes the checkout
+    snapver(repo, "doctor", "--repair")
+    assert live(repo) == {v: before[(v, a)] for v in VOLUMES}
+    assert run(repo, "doctor").code == 0
