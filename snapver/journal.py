@@ -151,8 +151,7 @@ def operation(ws, kind: str, intent: dict):
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     conn.execute("BEGIN IMMEDIATE")
     try:
-        earlier = [_row(r) for r in conn.execute(
-            "SELECT * FROM operations WHERE workspace = ? ORDER BY id", (ws.id,))]
+        earlier = open_operations(ws.catalog, ws.id)
         if earlier:
             raise SnapverError(f"{earlier[0].describe()}: run `snapver doctor --repair` first")
         cur = conn.execute(
