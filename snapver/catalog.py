@@ -5,6 +5,9 @@ filesystem (`snapver reindex`), every commit row from Git. Writes happen in
 the Git hooks, so they use the standard library's sqlite3 directly (importing
 sqlite-utils costs about 125 ms); reads, reports and reindex go through
 sqlite-utils on the same connection.
+
+One table is not an index: `operations`, the journal of multi-step operations
+(journal.py). It cannot be rebuilt, and doctor repairs what it can without it.
 """
 
 from __future__ import annotations
@@ -49,6 +52,20 @@ CREATE TABLE IF NOT EXISTS volumes (
     worktree TEXT,
     PRIMARY KEY (project, workspace, name)
 );
+CREATE TABLE IF NOT EXISTS operations (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    project TEXT NOT NULL,
+    workspace TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    command TEXT NOT NULL,
+    started TEXT NOT NULL,
+    intent TEXT NOT NULL,
+    steps TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS operations_workspace ON operations (workspace);
 """
 
 
@@ -57,10 +74,13 @@ CREATE TABLE IF NOT EXISTS volumes (
 _opened: Path | None = None
 
 
-def explain(e: sqlite3.Error) -> SnapverError:
+def explain(e: sqlite3.Error, path: Path | None = None) -> SnapverError:
     """What a user must do about an SQLite error from the catalog: one line."""
-    where = _opened or "the lake's catalog.db"
+    where = path or _opened or "the lake's catalog.db"
     text = str(e)
+    if "disk is full" in text or _full(where):
+        return SnapverError(f"the catalog {where} cannot be written: the filesystem is full; "
+                            "free space (or grow it) and try again")
     if "readonly" in text or "read-only" in text or "unable to open" in text:
         return SnapverError(
             f"the catalog {where} cannot be written ({text}): make it writable again "
@@ -70,6 +90,14 @@ def explain(e: sqlite3.Error) -> SnapverError:
         f"the catalog {where} is damaged ({text}): run `snapver reindex` to rebuild it "
         "from the filesystem (the snapshots are safe; the damaged file is kept beside it)"
     )
+
+
+def _full(path) -> bool:
+    try:
+        st = os.statvfs(Path(path).parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1024**2
 
 
 class Catalog:
@@ -93,7 +121,11 @@ class Catalog:
             self.conn.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.OperationalError:
             pass  # filesystems without shared mmap (FUSE) keep the rollback journal
-        self.conn.executescript(SCHEMA)
+        try:
+            self.conn.executescript(SCHEMA)
+        except sqlite3.OperationalError as e:
+            self.conn.close()
+            raise explain(e, self.path) from None
 
     @classmethod
     def rebuild(cls, path: Path) -> Catalog:

@@ -566,6 +566,41 @@ def scan(rev, as_json):
 
 
 @cli.command()
+@click.option("--repair", is_flag=True, help="Finish or undo what was interrupted.")
+@click.option("--json", "as_json", is_flag=True)
+def doctor(repair, as_json):
+    """Find operations a crash interrupted (checkout, gc, derive) and what they left behind.
+
+    Exits 1 while something is unfinished. With --repair, each interrupted
+    operation is finished (checkout, derive) or ended (gc: nothing it had not
+    destroyed yet goes), and half-made swaps are completed or dropped.
+    """
+    from . import journal
+
+    journal.announce = None  # the report says it, once
+    report = ops.call("doctor", {"repair": repair})
+    if as_json:
+        emit_json(report)
+    else:
+        for line in report["repaired"]:
+            click.echo(f"repaired: {line}")
+        for o in report["interrupted"]:
+            last = o["steps"][-1]["step"] if o["steps"] else "none"
+            how = f"failed: {o['error']}" if o["state"] == "failed" else f"interrupted, PID {o['pid']} gone"
+            click.echo(f"{o['kind']} #{o['id']} ({how}), started {o['started']} by `{o['command']}`, "
+                       f"last step done: {last}")
+            click.echo(f"  intent: {json.dumps(o['intent'], sort_keys=True)}")
+        for line in report["leftovers"]:
+            click.echo(f"left behind: {line}")
+        if report["clean"]:
+            click.echo("nothing interrupted: the workspace is clean")
+        elif not repair:
+            click.echo("run `snapver doctor --repair` to finish or undo it")
+    if not report["clean"]:
+        sys.exit(1)
+
+
+@cli.command()
 def reindex():
     """Rebuild the catalog from the snapshots on the filesystem (and commits from Git)."""
     ws = Workspace.open()
@@ -723,6 +758,9 @@ def main() -> None:
     from .linux import restrict_umask
 
     restrict_umask()
+    from . import journal
+
+    journal.announce = lambda message: click.echo(f"snapver: warning: {message}", err=True)
     try:
         code = cli.main(prog_name="snapver", standalone_mode=False)
     except SnapverError as e:
@@ -734,9 +772,9 @@ def main() -> None:
         fail(e.format_message(), e.exit_code)
     except click.Abort:
         fail("aborted", 130)
-    except sqlite3.Error as e:
+    except sqlite3.Error as e:  # a catalog write midway (a full filesystem, say)
         err = catalog.explain(e)
-        fail(str(err), err.exit_code)
+        fail(f"{err}; `snapver doctor` says if anything was left unfinished", err.exit_code)
     except PermissionError as e:
         fail(f"permission denied: {e.filename or e}: run it as the workspace's owner or as root", 1)
     sys.exit(code if isinstance(code, int) else 0)

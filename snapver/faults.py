@@ -3,12 +3,44 @@
 A test-only switch, documented so that anyone can reproduce what the crash
 tests do: the process dies exactly as a power cut or OOM kill would leave it,
 with no cleanup, no finally blocks and no flushed buffers.
+SNAPVER_FAULT=<point>#N dies the N-th time the point is reached (the second
+volume of a checkout, say) instead of the first.
+
+The points, in the order an operation reaches them:
+
+    after-snapshot-before-state  a snapshot is taken, the workspace state not yet updated
+    checkout-begin               the journal has the intent, nothing is done yet
+    checkout-kept                the safety wip snapshot of unsnapshotted changes is taken
+    checkout-cloned              a writable clone of the target is beside the live volume
+    checkout-swapped             Btrfs: live and clone exchanged, the old one not yet retired;
+                                 ZFS: the old live renamed away, the clone not yet in its place
+    checkout-placed              the clone is the live volume; the workspace state not yet saved
+    checkout-switched            one volume is done and recorded (journal and state)
+    checkout-end                 every volume is done, the journal entry not yet closed
+    gc-begin                     the journal has the list of snapshots to destroy
+    gc-destroyed                 a snapshot is destroyed, its catalog row not yet removed
+    gc-forgotten                 ... and its catalog row removed
+    gc-end                       all destroyed, the journal entry not yet closed
+    derive-begin                 the journal has the intent, nothing is done yet
+    derive-cloned                the new volume exists in the lake
+    derive-configured            snapver.toml names it
+    derive-recorded              the workspace state and the link in the working tree are there
+    derive-end                   the lineage is in the catalog, the journal entry not yet closed
 """
 
 import os
 import signal
 
+_seen: dict[str, int] = {}
+
 
 def point(name: str) -> None:
-    if os.environ.get("SNAPVER_FAULT") == name:
+    wanted = os.environ.get("SNAPVER_FAULT")
+    if not wanted:
+        return
+    target, _, nth = wanted.partition("#")
+    if target != name:
+        return
+    _seen[name] = _seen.get(name, 0) + 1
+    if _seen[name] == int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)

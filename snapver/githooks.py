@@ -85,8 +85,9 @@ def main(argv: list[str]) -> int:
     hook, args = argv[0], argv[1:]
     os.umask(os.umask(0o022) | 0o022)  # as linux.restrict_umask, without importing it here
     try:
-        from . import ops
+        from . import journal, ops
 
+        journal.announce = lambda message: say(f"warning: {message}")
         if hook == "post-checkout" and not _has_state():
             from .lake import Workspace
 

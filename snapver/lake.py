@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from . import faults, lock, names
+from . import faults, journal, lock, names
 from .backends.base import Backend, Change, Snapshot, open_backend
-from .catalog import Catalog
+from .catalog import Catalog, explain
 from .config import CONFIG_NAME, Config, LocalState, VolumeState, write_as_owner
 from .errors import NotFound, SnapverError
 from .gitrepo import GitRepo
@@ -111,7 +112,9 @@ class Workspace:
         config = Config.load(git.toplevel)
         state = LocalState.load(git.git_dir)
         _ensure_mounted(state)
-        return cls(git, config, state, open_backend(state.backend, state.lake))
+        ws = cls(git, config, state, open_backend(state.backend, state.lake))
+        journal.check(ws)  # one indexed lookup, and only where someone reads the warning
+        return ws
 
     @classmethod
     def init(
@@ -231,15 +234,22 @@ class Workspace:
     def _take(self, volumes: list[str], name: str, message: str | None, info=None) -> list[Snapshot]:
         snaps = self.backend.snapshot(self.project, self.id, volumes, name)
         faults.point("after-snapshot-before-state")
+        commit = snaps[0].commit if snaps else names.NO_COMMIT
+        try:
+            with self.catalog.batch():
+                self.catalog.record_snapshots(snaps, self.id, message)
+                if commit != names.NO_COMMIT:
+                    info = info if info and info.sha == commit else self.git.commit(commit)
+                    self.catalog.record_commit(self.project, info, self.git.branch())
+        except (sqlite3.Error, SnapverError) as e:
+            # A full filesystem lets Btrfs take a snapshot but not SQLite write its row: the
+            # snapshot is undone, so that a failed snapshot leaves nothing behind.
+            for s in snaps:
+                self.backend.destroy(s)
+            raise e if isinstance(e, SnapverError) else explain(e, self.backend.catalog_path) from None
         for s in snaps:
             self.state.volumes[s.volume] = _vs(s.name, s.mark)
         self.state.save()
-        commit = snaps[0].commit if snaps else names.NO_COMMIT
-        with self.catalog.batch():
-            self.catalog.record_snapshots(snaps, self.id, message)
-            if commit != names.NO_COMMIT:
-                info = info if info and info.sha == commit else self.git.commit(commit)
-                self.catalog.record_commit(self.project, info, self.git.branch())
         from . import registry  # lazily: metrics files, provenance, model scan
 
         registry.after_snapshot(self, snaps)
@@ -284,11 +294,15 @@ class Workspace:
                 self.backend.snapshots(self.project), self.reachable_commits(),
                 registry.protected(self), policy, now,
             )
-            if not dry_run:
-                for d in decisions:
-                    if not d.keep:
-                        self.backend.destroy(d.snapshot)
-                        self.catalog.forget_snapshot(self.project, d.snapshot.volume, d.snapshot.name)
+            doomed = [d.snapshot for d in decisions if not d.keep]
+            if not dry_run and doomed:
+                intent = {"destroy": [[s.volume, s.name] for s in doomed]}
+                with journal.operation(self, "gc", intent) as op:
+                    for s in doomed:
+                        self.backend.destroy(s)
+                        op.step("destroyed", volume=s.volume, name=s.name)
+                        self.catalog.forget_snapshot(self.project, s.volume, s.name)
+                        faults.point("gc-forgotten")
         return decisions
 
     def reachable_commits(self) -> set[str]:
@@ -401,21 +415,68 @@ class Workspace:
         target, _, warnings = self._resolve(rev, vols, nearest)
         with self.lock():
             result = CheckoutResult(target, warnings=warnings)
-            already = {
+            todo = [
                 v for v in target
-                if self.state.volume(v).base == target[v].name and not self._changed(v)
-            }
-            result.kept = self._keep_changes(vols, f"kept before checkout of {rev}")
-            for v in target:
-                if v in already:
-                    continue  # the live volume is that snapshot already: nothing to swap
-                mark = self.backend.clone_into_place(target[v], self.id)
-                self.state.volumes[v] = _vs(target[v].name, mark)
-                self.state.save()  # after each volume, so a crash leaves the truth recorded
-                self._link(v)  # a volume derived in another clone is new here
-                result.switched.append(v)
-            self.backend.after_checkout()
+                if self.state.volume(v).base != target[v].name or self._changed(v)
+            ]
+            if not todo:
+                return result  # the live volumes are those snapshots already: nothing to swap
+            intent = {"rev": rev, "volumes": vols, "target": {v: target[v].name for v in todo},
+                      "from": {v: self.state.volume(v).base for v in todo}}
+            with journal.operation(self, "checkout", intent) as op:
+                self._switch({v: target[v] for v in todo}, vols, f"kept before checkout of {rev}", result, op)
             return result
+
+    def _switch(self, target: dict[str, Snapshot], vols: list[str], why: str,
+                result: CheckoutResult, op=None) -> None:
+        """The steps of a checkout (and of doctor finishing one): keep, then swap each volume."""
+        result.kept = self._keep_changes(vols, why)
+        if result.kept and op:
+            op.step("kept", changed=False, snapshot=result.kept[0].name)
+        for v, snap in target.items():
+            mark = self.backend.clone_into_place(snap, self.id)
+            self.state.volumes[v] = _vs(snap.name, mark)
+            self.state.save()  # after each volume, so a crash leaves the truth recorded
+            self._link(v)  # a volume derived in another clone is new here
+            result.switched.append(v)
+            if op:
+                op.step("switched", volume=v)
+        self.backend.after_checkout()
+
+    def finish_checkout(self, op) -> str:
+        """doctor --repair: bring every volume an interrupted checkout was moving to its target.
+
+        Works from the filesystem: the backend first finishes or drops a half-made swap, a
+        volume whose live data is already a clone of its target only has its state
+        recorded, and the others are checked out as the checkout would have (their
+        unsnapshotted changes kept first).
+        """
+        target: dict[str, Snapshot] = {}
+        gone = []
+        for v, name in op.intent.get("target", {}).items():
+            snap = self.backend.find(self.project, v, name) if v in self.volumes else None
+            if snap is None:
+                gone.append(f"{v}@{short(name)}")
+            else:
+                target[v] = snap
+        self.backend.tidy(self.project, self.id, self.volumes, repair=True)
+        for v, snap in target.items():
+            origin = self.backend.live_origin(self.project, self.id, v)
+            if origin and origin[0] == snap.name and self.state.volume(v).base != snap.name:
+                # Swapped in before the crash, but the state was not saved.
+                self.state.volumes[v] = _vs(snap.name, origin[1])
+                self.state.save()
+        todo = {v: s for v, s in target.items()
+                if self.state.volume(v).base != s.name or self._changed(v)}
+        result = CheckoutResult(target)
+        self._switch(todo, list(target) or self.volumes, f"kept before finishing checkout of {op.intent.get('rev')}",
+                     result)
+        said = f"checkout of {op.intent.get('rev')} finished: {', '.join(target) or 'no volume'} at its target"
+        if result.kept:
+            said += f" (unsnapshotted changes kept as {result.kept[0].name})"
+        if gone:
+            said += f"; {', '.join(gone)} no longer exist(s), left as they are"
+        return said
 
     def follow_head(self) -> CheckoutResult | None:
         """After Git moved HEAD and rewrote the working tree: the lake follows (the hooks)."""

@@ -20,6 +20,14 @@ from .errors import SnapverError
 WAIT_SECONDS = float(os.environ.get("SNAPVER_LOCK_WAIT", "30"))
 
 
+def command() -> str:
+    """This process as a person would name it: `snapver checkout main`, not `__main__.py ...`."""
+    first = os.path.basename(sys.argv[0]) if sys.argv else ""
+    name = {"__main__.py": "snapver", "cli.py": "snapver", "githooks.py": "snapver git hook",
+            "-c": "python -c"}.get(first, first)
+    return " ".join([name, *sys.argv[1:]])[:200]
+
+
 @contextlib.contextmanager
 def held(path: Path, wait: float = WAIT_SECONDS):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,9 +52,8 @@ def held(path: Path, wait: float = WAIT_SECONDS):
                         f"the workspace is busy, held by {holder}; try again when it finishes"
                     ) from None
                 time.sleep(0.05)
-        command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"PID {os.getpid()} ({command[:200]})".encode(), 0)
+        os.pwrite(fd, f"PID {os.getpid()} ({command()})".encode(), 0)
         yield
     finally:
         os.close(fd)  # closing releases the flock

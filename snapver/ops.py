@@ -57,6 +57,12 @@ def _log(ws, a):
             for e in ws.log(bool(a.get("all")))]
 
 
+def _doctor(ws, a):
+    from . import doctor
+
+    return (doctor.repair(ws) if a.get("repair") else doctor.diagnose(ws)).as_dict()
+
+
 OPS = {
     "snapshot": _snapshot,
     "checkout": _checkout,
@@ -64,6 +70,7 @@ OPS = {
     "rewrite": _rewrite,
     "status": _status,
     "log": _log,
+    "doctor": _doctor,
 }
 
 

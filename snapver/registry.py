@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from . import names
-from .config import CONFIG_NAME, VolumeState
+from .config import CONFIG_NAME, VolumeState, write_as_owner
 from .errors import NotFound, SnapverError
 
 # Warnings during a snapshot must not stop it, and the core does not print:
@@ -668,8 +668,6 @@ def split_source(text: str) -> tuple[str, str]:
 
 def derive(ws, source: str, volume: str, message: str | None = None) -> Edge:
     """A new volume as a CoW clone of a snapshot of another volume, added to the project."""
-    from .lake import _keep_out_of_git
-
     src_volume, rev = split_source(source)
     names.check_volume(volume)
     link = ws.git.toplevel / volume
@@ -688,19 +686,57 @@ def derive(ws, source: str, volume: str, message: str | None = None) -> Edge:
     new_toml = add_volume_to_toml(toml_path.read_text(), volume, ws.volumes)
 
     # Input is checked; from here on things change on disk.
+    from . import journal
+
     with ws.lock():
-        live = ws.backend.clone_volume(snap, ws.id, volume)
-        toml_path.write_text(new_toml)
-        ws.config.volumes.append(volume)
+        intent = {"volume": volume, "source_volume": src_volume, "source": snap.name, "message": message}
+        with journal.operation(ws, "derive", intent) as op:
+            ws.backend.clone_volume(snap, ws.id, volume)
+            op.step("cloned")
+            write_as_owner(toml_path, new_toml)
+            ws.config.volumes.append(volume)
+            op.step("configured")
+            _settle_derived(ws, volume)
+            op.step("recorded")
+            return _record_lineage(ws, volume, src_volume, snap.name, message)
+
+
+def _settle_derived(ws, volume: str) -> None:
+    """The parts of a derived volume outside the lake: state, link, catalog (idempotent)."""
+    from .lake import _keep_out_of_git
+
+    if ws.state.volume(volume).mark is None:
         ws.state.volumes[volume] = VolumeState(base=None, mark=ws.backend.mark(ws.project, ws.id, volume))
         ws.state.save()
+    live = ws.live_path(volume)
+    link = ws.git.toplevel / volume
+    if not os.path.lexists(link):
         link.symlink_to(live, target_is_directory=True)
-        _keep_out_of_git(ws.git, [volume])
-        ws.catalog.record_volume(ws.project, ws.id, volume, live, ws.git.toplevel)
-        created = datetime.now(timezone.utc).isoformat()
-        db(ws).execute("INSERT INTO lineage VALUES (?, ?, ?, ?, ?, ?)",
-                       (ws.project, volume, src_volume, snap.name, message, created))
-    return Edge(volume, src_volume, snap.name, message, created)
+    _keep_out_of_git(ws.git, [volume])
+    ws.catalog.record_volume(ws.project, ws.id, volume, live, ws.git.toplevel)
+
+
+def _record_lineage(ws, volume: str, src_volume: str, source: str, message: str | None) -> Edge:
+    created = datetime.now(timezone.utc).isoformat()
+    db(ws).execute("INSERT OR IGNORE INTO lineage VALUES (?, ?, ?, ?, ?, ?)",
+                   (ws.project, volume, src_volume, source, message, created))
+    return Edge(volume, src_volume, source, message, created)
+
+
+def finish_derive(ws, op) -> str:
+    """doctor --repair of an interrupted derive: finish it once its volume exists (every later
+    step is idempotent), and there is nothing to undo before (it is the first change)."""
+    i = op.intent
+    volume = i["volume"]
+    if not ws.backend.volume_exists(ws.project, ws.id, volume):
+        return f"derive of {volume} had changed nothing yet: dropped"
+    toml_path = ws.git.toplevel / CONFIG_NAME
+    if volume not in ws.config.volumes:
+        write_as_owner(toml_path, add_volume_to_toml(toml_path.read_text(), volume, ws.config.volumes))
+        ws.config.volumes.append(volume)
+    _settle_derived(ws, volume)
+    _record_lineage(ws, volume, i["source_volume"], i["source"], i.get("message"))
+    return f"derive of {volume} from {i['source_volume']}@{i['source'][:10]} finished: commit snapver.toml"
 
 
 def add_volume_to_toml(text: str, volume: str, current: list[str]) -> str:

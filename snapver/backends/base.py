@@ -143,6 +143,18 @@ class Backend(ABC):
         """Clean-up a checkout leaves until all its volumes are in place (nothing, by default)."""
 
     @abstractmethod
+    def tidy(self, project: str, workspace: str, volumes: list[str], repair: bool = False) -> list[str]:
+        """What an interrupted checkout left in this workspace, one line each, without the
+        journal; with repair=True also put it right: a half-made swap is finished (its
+        clone renamed into place) or dropped, so every volume is a whole live volume.
+        Idempotent. Anything dropped was already kept by a snapshot (checkout keeps first)."""
+
+    @abstractmethod
+    def live_origin(self, project: str, workspace: str, volume: str) -> tuple[str, str] | None:
+        """(name, mark) of the snapshot the live volume was cloned from, as clone_into_place
+        would have returned the mark; None for a volume made empty or unknown."""
+
+    @abstractmethod
     def space(self, snap: Snapshot) -> Space: ...
 
     # the registry (releases, derived volumes, du)

@@ -11,6 +11,7 @@ BTRFS_IOC_GET_SUBVOL_INFO (allowed to anyone).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import linux
+from .. import faults, linux
 from ..errors import CommandFailed, SnapverError
 from ..names import check_project, check_volume, is_snapshot_name
 from ..proc import run
@@ -186,7 +187,8 @@ class BtrfsBackend(Backend):
 
     def snapshots(self, project: str | None = None, volume: str | None = None) -> list[Snapshot]:
         found = []
-        projects = [project] if project else _listdir(self._root)
+        # Only project folders: the catalog (and its -wal, -shm) lives beside them.
+        projects = [project] if project else [p for p in _listdir(self._root) if (self._root / p).is_dir()]
         for p in projects:
             volumes = [volume] if volume else _listdir(self._root / p / "snapshots")
             for v in volumes:
@@ -230,8 +232,10 @@ class BtrfsBackend(Backend):
         live.parent.mkdir(parents=True, exist_ok=True)
         snapshot_subvolume(snap.path, incoming, readonly=False)
         mark = str(subvol_info(incoming).otransid)
+        faults.point("checkout-cloned")
         if is_subvolume(live):
             linux.exchange(incoming, live)
+            faults.point("checkout-swapped")
             # Deleting a subvolume evicts its cached pages first (about 0.3 s per cached
             # GiB), which would make checkout O(data read or written). The outgoing
             # volume is already captured, so it is retired and deleted in the background.
@@ -244,7 +248,54 @@ class BtrfsBackend(Backend):
             tidy_trash(live.parent / ".trash")
         else:
             os.rename(incoming, live)
+        faults.point("checkout-placed")
         return mark
+
+    def tidy(self, project: str, workspace: str, volumes: list[str], repair: bool = False) -> list[str]:
+        found = []
+        for volume in volumes:
+            live = self.volume_path(project, workspace, volume)
+            incoming = live.with_name(f".{volume}.incoming")
+            if not is_subvolume(incoming):
+                continue
+            if is_subvolume(live):
+                # Either the clone a checkout made before its swap, or (swapped) the old live
+                # volume, which checkout had kept by a snapshot before it swapped.
+                found.append(f"{volume}: the other half of an interrupted swap is left at {incoming}")
+                if repair:
+                    run(["btrfs", "subvolume", "delete", str(incoming)])
+            else:
+                found.append(f"{volume}: no live volume; the clone of an interrupted checkout waits at {incoming}")
+                if repair:
+                    os.rename(incoming, live)
+        trash = self.volume_path(project, workspace, "x").parent / ".trash"
+        now = time.time()
+        for folder in _listdir(trash):
+            path = trash / folder
+            try:
+                retired = _listdir(path)
+                stale = now - path.stat().st_mtime > STALE_TRASH
+            except OSError:
+                continue  # deleted meanwhile
+            if retired and (stale or repair):
+                found.append(f"retired volume {path / retired[0]} is still waiting to be deleted")
+            if repair:
+                for name in retired:  # one already being deleted refuses: fine, it goes anyway
+                    subprocess.run(["btrfs", "subvolume", "delete", str(path / name)], capture_output=True)
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+        return found
+
+    def live_origin(self, project: str, workspace: str, volume: str) -> tuple[str, str] | None:
+        live = self.volume_path(project, workspace, volume)
+        if not is_subvolume(live):
+            return None
+        info = subvol_info(live)
+        folder = self._snapshot_dir(project, volume)
+        for name in _listdir(folder):
+            if is_snapshot_name(name) and subvol_info(folder / name).uuid == info.parent_uuid:
+                return name, str(info.otransid)
+        return None
 
     def space(self, snap: Snapshot) -> Space:
         return _du(snap.path)

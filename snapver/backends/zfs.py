@@ -38,7 +38,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import linux
+from .. import faults, linux
 from ..errors import CommandFailed, NotFound, SnapverError
 from ..names import check_project, check_volume, check_workspace, is_snapshot_name, parse_snapshot_name
 from ..proc import run
@@ -312,7 +312,12 @@ class ZfsBackend(Backend):
             except CommandFailed:
                 if not _exists(view):  # else another process made it first
                     raise
-        return Path(_get(view, ["mountpoint"])[view]["mountpoint"])
+        props = _get(view, ["mountpoint", "mounted"])[view]
+        if props["mounted"] != "yes":
+            # A checkout killed while its views stepped aside for a rename (zfs-fuse): an
+            # unmounted view would show an empty directory where the snapshot's files are.
+            subprocess.run(["zfs", "mount", view], capture_output=True)
+        return Path(props["mountpoint"])
 
     def snapshots(self, project: str | None = None, volume: str | None = None) -> list[Snapshot]:
         if project:
@@ -431,6 +436,7 @@ class ZfsBackend(Backend):
                            {b"atime": 0, b"mountpoint": b"none"})
         else:
             run(["zfs", "clone", "-p", "-o", "atime=off", "-o", "mountpoint=none", full, incoming])
+        faults.point("checkout-cloned")
         old = keep = None
         try:
             if _exists(live):
@@ -445,6 +451,7 @@ class ZfsBackend(Backend):
                     run(["zfs", "unmount", view])
                 try:
                     _rename(live, old)
+                    faults.point("checkout-swapped")  # the worst moment: no live volume
                 finally:
                     for view in views:
                         run(["zfs", "mount", view])
@@ -462,6 +469,7 @@ class ZfsBackend(Backend):
             run(["zfs", "set", "readonly=on", old])
         elif old:
             _destroy(old, recursive=True)  # no snapshots but leftover probes
+        faults.point("checkout-placed")
         return snap.name
 
     def _views_of(self, project: str, dataset: str) -> list[str]:
@@ -478,9 +486,46 @@ class ZfsBackend(Backend):
                 _destroy(incoming)  # the swap never started
             else:
                 _rename(incoming, live)  # it stopped halfway: finish
+                run(["zfs", "inherit", "mountpoint", live])
+                if _get(live, ["mounted"])[live]["mounted"] != "yes":
+                    run(["zfs", "mount", live])
         old = f"{incoming}.old"
         if _exists(old) and not self._own_snapshots(old):
             _destroy(old, recursive=True)
+
+    def tidy(self, project: str, workspace: str, volumes: list[str], repair: bool = False) -> list[str]:
+        found = []
+        top = f"{self._lake}/{project}"
+        left = set(_get(f"{top}/incoming/{workspace}", ["type"], recursive=True, missing_ok=True))
+        for volume in volumes:
+            live = self._live(project, workspace, volume)
+            incoming = f"{top}/incoming/{workspace}/{volume}"
+            here = incoming in left
+            old = f"{incoming}.old" in left
+            if here and not _exists(live):
+                found.append(f"{volume}: no live volume; the clone of an interrupted checkout waits at {incoming}")
+            elif here:
+                found.append(f"{volume}: the clone of an interrupted checkout is left at {incoming}")
+            if old:
+                found.append(f"{volume}: the volume an interrupted checkout replaced is left at {incoming}.old")
+            if repair and (here or old):
+                self._finish_interrupted(live, incoming)
+        # zfs-fuse: snapshot views unmounted for a rename that was killed before it mounted them again.
+        views = f"{top}/snapshots"
+        if not self._snapdir and _exists(views):
+            props = _get(views, ["origin", "mounted"], recursive=True)
+            down = [v for v, p in props.items() if p.get("origin", "-") != "-" and p.get("mounted") != "yes"]
+            if down:
+                found.append(f"{len(down)} snapshot view(s) left unmounted")
+                for view in down if repair else []:
+                    run(["zfs", "mount", view])
+        return found
+
+    def live_origin(self, project: str, workspace: str, volume: str) -> tuple[str, str] | None:
+        live = self._live(project, workspace, volume)
+        props = _get(live, ["origin"], missing_ok=True).get(live)
+        name = props["origin"].partition("@")[2] if props else ""
+        return (name, name) if is_snapshot_name(name) else None
 
     def space(self, snap: Snapshot) -> Space:
         full = self._full(snap)

@@ -1,0 +1,184 @@
+"""The operation journal: every multi-step operation writes down what it is about to do.
+
+A checkout, a gc or a derive changes the lake in several steps. Each one runs as
+
+    with journal.operation(ws, "checkout", {"target": {...}}) as op:
+        ...act...
+        op.step("swapped", volume="data")
+
+which records the intent in the catalog's `operations` table before anything
+is touched (one transaction), appends each step as it is done, and deletes the
+row when the operation ends (one more). A row that outlives its process is an
+interrupted operation: `snapver doctor` reports it, `snapver doctor --repair`
+finishes or undoes it with the repair doctor.py has for its kind, and
+every other command that finds one says so (`announce`) or, if it would act
+on the workspace, refuses until it is repaired.
+
+An operation that fails with an exception after it changed something keeps
+its row (state 'failed'): a checkout that ran out of space halfway is just as
+unfinished as one that was killed.
+
+The catalog is an index that may be lost, and with it the journal. So every
+repair is idempotent and reads what was really done from the filesystem,
+using the journal only for what the filesystem cannot say (the intent); and
+doctor also looks for half-done work the backends can recognise by itself
+(lake.Workspace.doctor). Rows are written with the catalog's
+synchronous=NORMAL, which survives any crash of the process; after a power
+cut the newest rows may be gone, which is what the filesystem checks are for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import faults, lock
+from .errors import SnapverError
+
+# Set by the CLI and the hooks to print a one-line warning; None: stay quiet (the daemon,
+# the Python API, and doctor itself, which reports interrupted operations as its result).
+announce: Callable[[str], None] | None = None
+
+
+@dataclass
+class Operation:
+    id: int
+    kind: str
+    workspace: str
+    pid: int
+    command: str
+    started: str
+    intent: dict
+    steps: list[dict] = field(default_factory=list)
+    state: str = "running"  # running, failed
+    error: str | None = None
+    _changed: bool = False
+
+    def describe(self) -> str:
+        last = self.steps[-1] if self.steps else None
+        where = (f"after step {_step_text(last)}" if last else "before its first step")
+        how = f"failed ({self.error})" if self.state == "failed" else f"interrupted (PID {self.pid} is gone)"
+        return f"{self.kind} #{self.id} started {self.started} by `{self.command}` {how}, {where}"
+
+    def done(self, name: str, **detail) -> list[dict]:
+        return [s for s in self.steps if s["step"] == name and all(s.get(k) == v for k, v in detail.items())]
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "workspace": self.workspace, "pid": self.pid,
+                "command": self.command, "started": self.started, "intent": self.intent,
+                "steps": self.steps, "state": self.state, "error": self.error}
+
+
+def _step_text(step: dict) -> str:
+    extra = " ".join(f"{k}={v}" for k, v in step.items() if k != "step")
+    return step["step"] + (f" ({extra})" if extra else "")
+
+
+class _Running:
+    """The handle an operation's body records its steps through."""
+
+    def __init__(self, conn, op: Operation):
+        self._conn = conn
+        self.op = op
+
+    def step(self, name: str, /, changed: bool = True, **detail) -> None:
+        """Record a step as done. changed=False: a step that left the workspace as it was
+        (a safety snapshot), which alone does not make a failed operation unfinished."""
+        self.op.steps.append({"step": name, **detail})
+        self.op._changed |= changed
+        self._conn.execute("UPDATE operations SET steps = ? WHERE id = ?",
+                           (json.dumps(self.op.steps), self.op.id))
+        faults.point(f"{self.op.kind}-{name}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process (the daemon, for a user)
+    return True
+
+
+def _row(r) -> Operation:
+    return Operation(id=r["id"], kind=r["kind"], workspace=r["workspace"], pid=r["pid"],
+                     command=r["command"], started=r["started"], intent=json.loads(r["intent"]),
+                     steps=json.loads(r["steps"]), state=r["state"], error=r["error"])
+
+
+def open_operations(catalog, workspace: str) -> list[Operation]:
+    """Every operation of this workspace that has not ended (the index makes it one lookup)."""
+    rows = catalog.conn.execute("SELECT * FROM operations WHERE workspace = ? ORDER BY id", (workspace,))
+    return [_row(r) for r in rows]
+
+
+def interrupted(ws, locked: bool = False) -> list[Operation]:
+    """The workspace's operations that will not finish on their own.
+
+    With the workspace lock held every open row is one (the lock is released only when its
+    holder ends). Without it, a row whose process still runs is in progress, not interrupted;
+    a PID reused since is taken for alive, which errs on the side of not alarming anyone.
+    """
+    ops = open_operations(ws.catalog, ws.id)
+    return [o for o in ops if locked or o.state == "failed" or not _alive(o.pid)]
+
+
+def check(ws) -> None:
+    """At the start of any command run for a person: say if something was interrupted."""
+    if announce is None:
+        return
+    try:
+        found = interrupted(ws)
+    except SnapverError:
+        return  # no usable catalog (a full filesystem): the command says so if it needs one
+    if found:
+        announce(f"{found[0].describe()}: run `snapver doctor` to see it, "
+                 "`snapver doctor --repair` to finish it")
+
+
+@contextlib.contextmanager
+def operation(ws, kind: str, intent: dict):
+    """Record the intent, yield a handle for its steps, delete the record when it ends.
+
+    Call with the workspace lock held. Refuses if an earlier operation was interrupted.
+    """
+    conn = ws.catalog.conn
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        earlier = open_operations(ws.catalog, ws.id)
+        if earlier:
+            raise SnapverError(f"{earlier[0].describe()}: run `snapver doctor --repair` first")
+        cur = conn.execute(
+            "INSERT INTO operations (kind, project, workspace, pid, command, started, intent, steps, state) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, '[]', 'running')",
+            (kind, ws.project, ws.id, os.getpid(), lock.command(), started, json.dumps(intent)),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    op = Operation(cur.lastrowid, kind, ws.id, os.getpid(), lock.command(), started, intent)
+    faults.point(f"{kind}-begin")
+    try:
+        yield _Running(conn, op)
+    except BaseException as e:
+        if op._changed:
+            # Half done: it stays in the journal for doctor, with what went wrong.
+            conn.execute("UPDATE operations SET state = 'failed', error = ? WHERE id = ?",
+                         (str(e).splitlines()[0][:300] if str(e) else type(e).__name__, op.id))
+        else:
+            conn.execute("DELETE FROM operations WHERE id = ?", (op.id,))
+        raise
+    faults.point(f"{kind}-end")
+    conn.execute("DELETE FROM operations WHERE id = ?", (op.id,))
+
+
+def close(ws, op: Operation) -> None:
+    """An interrupted operation is over (repaired)."""
+    ws.catalog.conn.execute("DELETE FROM operations WHERE id = ?", (op.id,))
