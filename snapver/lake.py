@@ -258,8 +258,12 @@ class Workspace:
     def _changed(self, volume: str) -> bool:
         if not self.backend.volume_exists(self.project, self.id, volume):
             return False  # a volume this clone has not got yet (derived elsewhere): nothing to keep
-        mark = self.state.volume(volume).mark
-        return self.backend.changed_since(self.project, self.id, volume, mark)
+        state = self.state.volume(volume)
+        if self.backend.changed_since(self.project, self.id, volume, state.mark):
+            return True
+        # Unchanged since its snapshot, but is that snapshot still there (gc may have
+        # thinned a wip away)? If not, the live volume is the only copy: changed.
+        return bool(state.base) and self.backend.find(self.project, volume, state.base) is None
 
     def _keep_changes(self, volumes: list[str], why: str) -> list[Snapshot]:
         """The safety net before anything replaces live data: a wip snapshot of what changed."""

@@ -112,6 +112,28 @@ def test_checkout_keeps_unsnapshotted_changes_as_wip(lake_repo):
     assert (lake_repo / "models" / "best.pt").read_bytes() == b"precious weights"
 
 
+def test_checkout_keeps_a_live_volume_whose_snapshot_is_gone(lake_repo):
+    # The live volume matches its last (wip) snapshot, which is then removed, as
+    # retention may thin it: the live data exists nowhere else and must be kept.
+    repo = lake_repo
+    base = git(repo, "rev-parse", "HEAD")
+    write(repo / "data" / "x.txt", "v1")
+    commit(repo, "v1")
+    write(repo / "data" / "x.txt", "only here")
+    snapver(repo, "snapshot", "--wip", "-m", "w")
+    name = next(e["name"] for e in snapver(repo, "log", "--all", "--json").json if e["kind"] == "wip")
+    from snapver.lake import Workspace
+
+    ws = Workspace.open(repo)
+    for volume in ws.volumes:
+        ws.backend.destroy(ws.backend.find(ws.project, volume, name))
+    ws.catalog.close()
+    result = snapver(repo, "checkout", base)
+    assert "kept" in result.out + result.err
+    kept = [e for e in snapver(repo, "log", "--all", "--json").json if e["kind"] == "wip" and e["volume"] == "data"]
+    assert len(kept) == 1 and (Path(kept[0]["path"]) / "x.txt").read_text() == "only here"
+
+
 def test_status_reports_changed_volumes(lake_repo):
     commit(lake_repo, "v1")
     assert not any(r["changed"] for r in snapver(lake_repo, "status", "--json").json)
