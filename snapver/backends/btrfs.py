@@ -17,9 +17,9 @@ import os
 import struct
 import subprocess
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from .. import linux
 from ..errors import CommandFailed, SnapverError
@@ -37,8 +37,7 @@ _IOC_SNAP_CREATE_V2 = (1 << 30) | (_VOL_ARGS_V2_SIZE << 16) | (0x94 << 8) | 23
 _RDONLY = 1 << 1
 
 
-@dataclass(frozen=True)
-class SubvolInfo:
+class SubvolInfo(NamedTuple):
     uuid: str  # hex
     parent_uuid: str
     generation: int  # last transaction that changed this subvolume
