@@ -126,6 +126,11 @@ def main(argv: list[str]) -> int:
 
 def _has_state() -> bool:
     from .config import LocalState
+
+    # As in the shim: Git runs us at the top of the working tree, where a .git folder is the
+    # Git directory unless GIT_DIR says otherwise; asking Git would start one more process.
+    if "GIT_DIR" not in os.environ and os.path.isdir(".git"):
+        return LocalState.exists(Path(".git"))
     from .gitrepo import GitRepo
 
     return LocalState.exists(GitRepo.find(".").git_dir)
