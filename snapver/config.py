@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import SnapverError
@@ -21,15 +20,19 @@ from .names import check_project, check_volume, check_workspace
 CONFIG_NAME = "snapver.toml"
 
 
-@dataclass
+# Plain classes (and NamedTuples for records), not dataclasses, here and in every module
+# the Git hooks import: `dataclasses` imports `inspect` and builds each class with exec,
+# which cost a hook more start-up time than all its other imports together.
 class Config:
-    project: str
-    volumes: list[str]
-    backend: str = "btrfs"
-    lake: str | None = None  # where the lake usually is on this team's hosts
-    image: str | None = None
-    # [remote]: name, url, ssh, and the opt-in Git integration push / fetch (booleans)
-    remote: dict = field(default_factory=dict)
+    def __init__(self, project: str, volumes: list[str], backend: str = "btrfs",
+                 lake: str | None = None, image: str | None = None, remote: dict | None = None):
+        self.project = project
+        self.volumes = volumes
+        self.backend = backend
+        self.lake = lake  # where the lake usually is on this team's hosts
+        self.image = image
+        # [remote]: name, url, ssh, and the opt-in Git integration push / fetch (booleans)
+        self.remote = remote or {}
 
     @classmethod
     def load(cls, toplevel: Path) -> Config:
@@ -93,20 +96,24 @@ def _remote_settings(table) -> dict:
     return dict(table)
 
 
-@dataclass
 class VolumeState:
-    base: str | None = None  # the snapshot the live volume last matched
-    mark: str | None = None  # backend token: the live volume's state at that moment
+    def __init__(self, base: str | None = None, mark: str | None = None):
+        self.base = base  # the snapshot the live volume last matched
+        self.mark = mark  # backend token: the live volume's state at that moment
+
+    def __repr__(self) -> str:
+        return f"VolumeState(base={self.base!r}, mark={self.mark!r})"
 
 
-@dataclass
 class LocalState:
-    path: Path
-    backend: str
-    lake: str
-    workspace: str
-    image: str | None = None
-    volumes: dict[str, VolumeState] = field(default_factory=dict)
+    def __init__(self, path: Path, backend: str, lake: str, workspace: str,
+                 image: str | None = None, volumes: dict[str, VolumeState] | None = None):
+        self.path = path
+        self.backend = backend
+        self.lake = lake
+        self.workspace = workspace
+        self.image = image
+        self.volumes = volumes if volumes is not None else {}
 
     FILE = "workspace.json"
 
@@ -145,8 +152,8 @@ class LocalState:
         return self.volumes.setdefault(name, VolumeState())
 
     def save(self) -> None:
-        doc = asdict(self)
-        del doc["path"]
+        doc = {"backend": self.backend, "lake": self.lake, "workspace": self.workspace, "image": self.image,
+               "volumes": {k: {"base": v.base, "mark": v.mark} for k, v in self.volumes.items()}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_as_owner(self.path, json.dumps(doc, indent=2))
 

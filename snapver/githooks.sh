@@ -29,7 +29,14 @@ case $hook in
   post-index-change) [ "$1" = 1 ] || exit $status ;;
   post-checkout) [ "$3" = 1 ] || exit $status ;;
 esac
-gitdir=$(git rev-parse --absolute-git-dir 2>/dev/null) || exit $status
+# Git runs hooks at the top of the working tree; there, a .git folder is the Git directory
+# unless GIT_DIR says otherwise. Anything else (a linked worktree's .git file, GIT_DIR, a
+# push running hooks inside the Git directory) asks Git: a fork and exec of git is ~3 ms.
+if [ -z "${GIT_DIR:-}" ] && [ -d .git ]; then
+  gitdir=$PWD/.git
+else
+  gitdir=$(git rev-parse --absolute-git-dir 2>/dev/null) || exit $status
+fi
 state=$gitdir/snapver
 # Git runs hooks at the top of the working tree. Whether snapver.toml opts in to the
 # remote integration ([remote] push / fetch = true) is a grep, not an interpreter start.
@@ -54,9 +61,14 @@ if [ ! -d "$state" ]; then
   exit $status
 fi
 
-lake_is_at_head() {
-  [ "$(git rev-parse -q --verify HEAD)" = "$(cat "$state/lake-at" 2>/dev/null)" ]
+# Files are read with `read`, a builtin, and ref updates matched with `case`: no process.
+lake_is_at() {  # $1: the commit HEAD is at now (post-checkout is given it)
+  at=
+  read -r at 2>/dev/null < "$state/lake-at"
+  [ "$1" = "$at" ]
 }
+nl='
+'
 
 case $hook in
   post-commit|post-rewrite)
@@ -71,11 +83,16 @@ case $hook in
     # stays until the one that updates HEAD itself, which `reset --hard` does even to the
     # same commit and `checkout -b` does not. A marker from another command is stale.
     if [ "$1" = committed ] && [ -f "$state/worktree-updated" ]; then
-      if [ "$(cat "$state/worktree-updated")" != "$PPID" ]; then
+      marker=
+      read -r marker 2>/dev/null < "$state/worktree-updated"
+      if [ "$marker" != "$PPID" ]; then
         rm -f "$state/worktree-updated"
-      elif printf '%s\n' "$input" | grep -q ' HEAD$'; then
-        run "$@"
-        rm -f "$state/worktree-updated"
+      else
+        case "$input$nl" in
+          *" HEAD$nl"*)
+            run "$@"
+            rm -f "$state/worktree-updated" ;;
+        esac
       fi
     fi
     # A tag just created (its old ID all zeros) may become a release: a pattern match here,
@@ -87,9 +104,9 @@ case $hook in
       esac
     fi ;;
   post-checkout)
-    [ "$3" = 1 ] && ! lake_is_at_head && run "$@" ;;
+    [ "$3" = 1 ] && ! lake_is_at "$2" && run "$@" ;;
   post-merge)
-    lake_is_at_head || run "$@" ;;
+    lake_is_at "$(git rev-parse -q --verify HEAD)" || run "$@" ;;
   pre-push)
     opted_in push && run "$@" ;;
 esac

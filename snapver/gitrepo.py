@@ -9,15 +9,14 @@ walking many commits through one object database pays off (reindex).
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import NotFound, SnapverError
 from .proc import run
 
 
-@dataclass(frozen=True)
-class CommitInfo:
+class CommitInfo(NamedTuple):
     sha: str
     author: str
     email: str

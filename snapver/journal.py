@@ -34,7 +34,6 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from . import faults, lock
 from .errors import SnapverError
@@ -44,19 +43,17 @@ from .errors import SnapverError
 announce: Callable[[str], None] | None = None
 
 
-@dataclass
 class Operation:
-    id: int
-    kind: str
-    workspace: str
-    pid: int
-    command: str
-    started: str
-    intent: dict
-    steps: list[dict] = field(default_factory=list)
-    state: str = "running"  # running, failed
-    error: str | None = None
-    _changed: bool = False
+    # A plain class: the hooks import this module, and not `dataclasses` (see config.py).
+    def __init__(self, id: int, kind: str, workspace: str, pid: int, command: str, started: str,
+                 intent: dict, steps: list[dict] | None = None, state: str = "running",
+                 error: str | None = None):
+        self.id, self.kind, self.workspace, self.pid = id, kind, workspace, pid
+        self.command, self.started, self.intent = command, started, intent
+        self.steps = steps if steps is not None else []
+        self.state = state  # running, failed
+        self.error = error
+        self._changed = False
 
     def describe(self) -> str:
         last = self.steps[-1] if self.steps else None

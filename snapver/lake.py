@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from . import faults, journal, lock, names
 from .backends.base import Backend, Change, Snapshot, open_backend
@@ -29,24 +29,22 @@ def short(sha: str) -> str:
     return sha[:10]
 
 
-@dataclass
-class VolumeStatus:
+class VolumeStatus(NamedTuple):
     volume: str
     path: Path
     base: str | None  # the snapshot it last matched
     changed: bool
 
 
-@dataclass
 class CheckoutResult:
-    target: dict[str, Snapshot]
-    kept: list[Snapshot] = field(default_factory=list)  # the safety wip snapshot, if one was needed
-    switched: list[str] = field(default_factory=list)  # volumes that were replaced
-    warnings: list[str] = field(default_factory=list)
+    def __init__(self, target: dict[str, Snapshot], warnings: list[str] | None = None):
+        self.target = target
+        self.kept: list[Snapshot] = []  # the safety wip snapshot, if one was needed
+        self.switched: list[str] = []  # volumes that were replaced
+        self.warnings = warnings if warnings is not None else []
 
 
-@dataclass
-class LogEntry:
+class LogEntry(NamedTuple):
     snapshot: Snapshot
     subject: str | None
     author: str | None

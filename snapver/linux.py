@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ctypes
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 # The running interpreter's own symbols include libc's; find_library would run ldconfig.
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -64,8 +64,7 @@ def fs_magic(path: Path) -> int:
     return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(NamedTuple):
     mountpoint: Path
     fstype: str
     source: str

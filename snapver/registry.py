@@ -24,23 +24,28 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import os
 import re
 import subprocess
 import tomllib
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from . import names
 from .config import CONFIG_NAME, VolumeState, write_as_owner
 from .errors import NotFound, SnapverError
 
-# Warnings during a snapshot must not stop it, and the core does not print:
-# they go to logging, which shows them on stderr in the CLI and the hooks
-# (Python's last-resort handler) and in the journal under snapverd.
-log = logging.getLogger("snapver.registry")
+
+def warn(message: str, *args) -> None:
+    """Warnings during a snapshot must not stop it, and the core does not print: they go
+    to logging, which shows them on stderr in the CLI and the hooks (Python's last-resort
+    handler) and in the journal under snapverd. Imported only when there is something to
+    say: `logging` alone would cost every commit hook a fifth of its start-up."""
+    import logging
+
+    logging.getLogger("snapver.registry").warning(message, *args)
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS registry_values (
@@ -95,14 +100,13 @@ def short(sha: str) -> str:
 
 # ------------------------------------------------------------------ settings
 
-@dataclass
-class Settings:
-    metrics: list[str] = field(default_factory=list)
-    params: list[str] = field(default_factory=list)
-    from_tags: bool = True
-    scan_on_snapshot: bool = True
-    scan_volumes: list[str] | None = None  # None: `models` and derived volumes
-    provenance: dict[str, dict[str, str]] = field(default_factory=dict)
+class Settings(NamedTuple):
+    metrics: list[str]
+    params: list[str]
+    from_tags: bool
+    scan_on_snapshot: bool
+    scan_volumes: list[str] | None  # None: `models` and derived volumes
+    provenance: dict[str, dict[str, str]]
 
 
 def settings(ws) -> Settings:
@@ -174,7 +178,7 @@ def after_snapshot(ws, snaps) -> None:
     try:
         s = settings(ws)
     except SnapverError as e:
-        log.warning("snapver: warning: %s (metrics, provenance and scan skipped)", e)
+        warn("snapver: warning: %s (metrics, provenance and scan skipped)", e)
         return
     conn = db(ws)
     name = snaps[0].name
@@ -197,7 +201,7 @@ def after_snapshot(ws, snaps) -> None:
                 try:
                     _scan_one(ws, sn)
                 except Exception as e:  # a scanner's failure must not fail a snapshot already taken
-                    log.warning("snapver: warning: model scan of %s@%s failed: %s", sn.volume, short(name), e)
+                    warn("snapver: warning: model scan of %s@%s failed: %s", sn.volume, short(name), e)
 
 
 def _scan_one(ws, snap):
@@ -206,7 +210,7 @@ def _scan_one(ws, snap):
     verdicts = scan.scan_snapshot(db(ws), snap)
     for v in verdicts:
         if v.flagged:
-            log.warning("snapver: warning: %s/%s runs code when unpickled (%s): "
+            warn("snapver: warning: %s/%s runs code when unpickled (%s): "
                         "`snapver scan` lists it, and `snapver release` refuses it",
                         snap.volume, v.path, ", ".join(v.findings))
     return verdicts
@@ -234,14 +238,14 @@ def _read_file(ws, rel: str, snapshot: str, by_volume: dict) -> dict | None:
             elif (target := _within(ws.git.toplevel, ws.git.toplevel / rel, rel)) and target.is_file():
                 data = target.read_bytes()
     except OSError as e:
-        log.warning("snapver: warning: %s cannot be read (%s); its values were not recorded", rel, e.strerror)
+        warn("snapver: warning: %s cannot be read (%s); its values were not recorded", rel, e.strerror)
         return None
     if data is None:
         return None  # not there (yet): nothing to record, nothing wrong
     try:
         return parse_values(rel, data)
     except ValueError as e:
-        log.warning("snapver: warning: %s is not valid %s (%s); its values were not recorded, "
+        warn("snapver: warning: %s is not valid %s (%s); its values were not recorded, "
                     "the snapshot was taken", rel, _format(rel).upper(), e)
         return None
 
@@ -381,8 +385,7 @@ _OP = re.compile(r">=|<=|==|!=|=|>|<")
 _VALUE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|[A-Za-z0-9_.:/+-]+$")
 
 
-@dataclass(frozen=True)
-class Condition:
+class Condition(NamedTuple):
     key: str
     op: str
     value: float | str
@@ -481,8 +484,7 @@ def check_release_name(name: str) -> str:
     return name
 
 
-@dataclass(frozen=True)
-class Release:
+class Release(NamedTuple):
     name: str
     snapshot: str
     commit: str
@@ -643,8 +645,7 @@ def scan_report(ws, rev: str = "HEAD") -> dict[str, list[dict]]:
 
 # ------------------------------------------------------------------ lineage
 
-@dataclass(frozen=True)
-class Edge:
+class Edge(NamedTuple):
     volume: str
     source_volume: str
     source_snapshot: str

@@ -16,19 +16,17 @@ configured volumes are scanned (by default `models` and derived volumes).
 from __future__ import annotations
 
 import json
-import logging
 import os
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import SnapverError
 
 MODEL_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".joblib", ".ckpt")
 
 
-@dataclass(frozen=True)
-class FileVerdict:
+class FileVerdict(NamedTuple):
     path: str  # relative to the volume root
     flagged: bool
     findings: list[str]  # "module.name (dangerous|suspicious)"
@@ -40,6 +38,8 @@ def is_model_file(name: str) -> bool:
 
 def scan_file(path: Path) -> tuple[bool, list[str]]:
     """(flagged, findings) for one file, without unpickling it."""
+    import logging
+
     try:
         from picklescan.scanner import SafetyLevel, scan_file_path
     except ImportError:

@@ -17,16 +17,15 @@ from __future__ import annotations
 import os
 import stat
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import SnapverError
 from ..names import parse_snapshot_name
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     project: str
     volume: str
     name: str
@@ -53,20 +52,17 @@ class Snapshot:
         return parse_snapshot_name(self.name)[1]
 
 
-@dataclass(frozen=True)
-class Space:
+class Space(NamedTuple):
     referenced: int  # bytes the snapshot shows
     exclusive: int  # bytes only it holds: what deleting it would free
 
 
-@dataclass(frozen=True)
-class Footprint:
+class Footprint(NamedTuple):
     full_copies: int  # the sum of every snapshot's and live volume's referenced bytes
     on_disk: int  # the bytes they really take, each shared block counted once
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):
     path: str  # relative to the volume root
     change: str  # added, changed, deleted
 
