@@ -240,18 +240,27 @@ class Workspace:
                     info = info if info and info.sha == commit else self.git.commit(commit)
                     self.catalog.record_commit(self.project, info, self.git.branch())
         except (sqlite3.Error, SnapverError) as e:
-            # A full filesystem lets Btrfs take a snapshot but not SQLite write its row: the
-            # snapshot is undone, so that a failed snapshot leaves nothing behind.
-            for s in snaps:
-                self.backend.destroy(s)
-            raise e if isinstance(e, SnapverError) else explain(e, self.backend.catalog_path) from None
-        for s in snaps:
-            self.state.volumes[s.volume] = _vs(s.name, s.mark)
-        self.state.save()
+            err = e if isinstance(e, SnapverError) else explain(e, self.backend.catalog_path)
+            if "filesystem is full" in str(err):
+                # A full filesystem lets Btrfs take a snapshot but not SQLite write its row: the
+                # snapshot is undone, so that a failed snapshot leaves nothing behind.
+                for s in snaps:
+                    self.backend.destroy(s)
+            else:
+                # A damaged or read-only catalog: the snapshot stands (the filesystem is the
+                # truth, and reindex brings its row back), and the error says what to do.
+                self._record_taken(snaps)
+            raise err from None
+        self._record_taken(snaps)
         from . import registry  # lazily: metrics files, provenance, model scan
 
         registry.after_snapshot(self, snaps)
         return snaps
+
+    def _record_taken(self, snaps: list[Snapshot]) -> None:
+        for s in snaps:
+            self.state.volumes[s.volume] = _vs(s.name, s.mark)
+        self.state.save()
 
     def _changed(self, volume: str) -> bool:
         if not self.backend.volume_exists(self.project, self.id, volume):

@@ -256,7 +256,7 @@ def _within(root: Path, target: Path, rel: str) -> Path | None:
     real_root, real = os.path.realpath(root), os.path.realpath(target)
     if real.startswith(real_root + os.sep):
         return Path(real)
-    log.warning("snapver: warning: %s leads outside %s through a symlink; it was not read", rel, root)
+    warn("snapver: warning: %s leads outside %s through a symlink; it was not read", rel, root)
     return None
 
 
