@@ -37,7 +37,7 @@ from pathlib import Path
 
 from snapver.lake import parse_size
 
-from common import (DEFAULT_WORKDIR, GIT_ENV, SNAPVER, btrfs_image, cell, fill_lake, freeze_source, human,
+from common import (DEFAULT_WORKDIR, SNAPVER, btrfs_image, cell, fill_lake, freeze_source, human,
                     loadavg, machine, machine_line, require_root, run, run_dir, settle, summary, write_results)
 
 GOAL = 0.90
