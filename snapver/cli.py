@@ -781,5 +781,7 @@ def main() -> None:
 
 
 def fail(message: str, code: int) -> None:
-    click.echo(f"snapver: {message}", err=True)
+    from .errors import one_line
+
+    click.echo(f"snapver: {one_line(message)}", err=True)
     sys.exit(code)

@@ -20,3 +20,9 @@ class NotFound(SnapverError):
 
 class CommandFailed(SnapverError):
     """An external tool (btrfs, zfs, git, mount) refused; its own words included."""
+
+
+def one_line(text: str) -> str:
+    """text with every control or line-breaking character escaped (a name a user typed may
+    hold a CR or a U+2028), so that an error is always exactly one line."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)

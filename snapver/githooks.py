@@ -212,7 +212,9 @@ def report(result: dict | None) -> None:
 
 
 def say(message: str) -> None:
-    print(f"snapver: {message}", file=sys.stderr)
+    from .errors import one_line
+
+    print(f"snapver: {one_line(message)}", file=sys.stderr)
 
 
 def log(message: str) -> None:

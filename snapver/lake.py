@@ -591,7 +591,7 @@ class Workspace:
         rel = PurePosixPath(os.path.normpath(os.path.join(here, path)))
         if not rel.parts or rel.parts[0] == ".." or rel.parts[0] not in self.volumes:
             raise SnapverError(
-                f"{path} is not inside a volume: paths start with one of {', '.join(self.volumes)}"
+                f"{path!r} is not inside a volume: paths start with one of {', '.join(self.volumes)}"
             )
         return rel.parts[0], PurePosixPath(*rel.parts[1:])
 
