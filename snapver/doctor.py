@@ -5,16 +5,21 @@ Two sources, because the catalog (and with it the journal) may be lost:
 - the operation journal (journal.py): each interrupted operation with its intent
   and the steps it recorded. Each kind has a repair below, which finishes the
   operation or undoes it, working from what is really on the filesystem;
-- the filesystem alone (Backend.tidy): half-made swaps of a checkout, retired
-  volumes whose deletion was lost, views left unmounted. These are repaired
-  whether or not the journal still knows why they are there.
+- the filesystem alone (Backend.tidy, Backend.half_received): half-made swaps
+  of a checkout, retired volumes whose deletion was lost, views left unmounted,
+  what a cut receive left. These are repaired whether or not the journal still
+  knows why they are there.
 
+Receives are journaled at the lake, not in a workspace (transfer.Receiving),
+since the far end of a push has none; doctor looks at both, and takes both locks.
 Repairs are idempotent: a repair that is itself interrupted is run again.
-A new kind of multi-step operation (receive) adds its repair to REPAIRS.
+A new kind of multi-step operation adds its repair to REPAIRS.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -44,11 +49,19 @@ def _end_gc(ws, op) -> str:
     return f"gc ended: {len(gone)} snapshot(s) it had destroyed forgotten, {len(left)} it had not reached kept"
 
 
-# kind -> repair(ws, op) -> one line saying what was done; run with the workspace lock held.
+def _finish_receive(end, op) -> str:
+    from .transfer import finish_receive
+
+    return finish_receive(end, op)
+
+
+# kind -> repair(place, op) -> one line saying what was done; run with the place's lock held
+# (the workspace's; for a receive, the lake's receive lock).
 REPAIRS: dict[str, Callable] = {
     "checkout": _finish_checkout,
     "derive": _finish_derive,
     "gc": _end_gc,
+    "receive": _finish_receive,
 }
 
 
@@ -67,27 +80,46 @@ class Report:
                 "leftovers": self.leftovers, "repaired": self.repaired}
 
 
-def diagnose(ws) -> Report:
-    """What is unfinished in this workspace; changes nothing. Takes the lock, so an
-    operation still running is waited for, not mistaken for an interrupted one."""
+@contextlib.contextmanager
+def _locked(ws):
+    """The workspace's lock, and the lake's receive lock, yielding the place receives are
+    journaled (None for a user who is not root: receiving, and so its repair, needs root)."""
+    from .transfer import Receiving
+
     with ws.lock():
-        return Report(journal.interrupted(ws, locked=True),
-                      ws.backend.tidy(ws.project, ws.id, ws.volumes, repair=False))
+        if os.geteuid() != 0:
+            yield None
+            return
+        end = Receiving(ws.backend, ws.catalog, ws.project)
+        with end.lock():
+            yield end
+
+
+def _leftovers(ws, end, repair: bool) -> list[str]:
+    found = ws.backend.tidy(ws.project, ws.id, ws.volumes, repair=repair)
+    return found + (ws.backend.half_received(ws.project, ws.volumes, repair=repair) if end else [])
+
+
+def diagnose(ws) -> Report:
+    """What is unfinished in this workspace; changes nothing. Takes the locks, so an
+    operation still running is waited for, not mistaken for an interrupted one."""
+    with _locked(ws) as end:
+        ops = journal.interrupted(ws, locked=True) + (journal.interrupted(end, locked=True) if end else [])
+        return Report(ops, _leftovers(ws, end, repair=False))
 
 
 def repair(ws) -> Report:
     """Finish or undo every interrupted operation, then tidy what the filesystem shows;
     the report says what was found and done, and what is still wrong (if anything)."""
-    done: list[str] = []
-    with ws.lock():
-        fixed = ws.backend.tidy(ws.project, ws.id, ws.volumes, repair=True)
-        done += [f"tidied: {line}" for line in fixed]
-        for op in journal.interrupted(ws, locked=True):
-            fix = REPAIRS.get(op.kind)
-            if fix is None:
-                continue  # an operation of a newer snapver: left for it, and still reported
-            done.append(fix(ws, op))
-            journal.close(ws, op)
+    with _locked(ws) as end:
+        done = [f"tidied: {line}" for line in _leftovers(ws, end, repair=True)]
+        for place in (ws, end) if end else (ws,):
+            for op in journal.interrupted(place, locked=True):
+                fix = REPAIRS.get(op.kind)
+                if fix is None:
+                    continue  # an operation of a newer snapver: left for it, and still reported
+                done.append(fix(place, op))
+                journal.close(place, op)
     after = diagnose(ws)
     after.repaired = done
     return after

@@ -26,6 +26,12 @@ The points, in the order an operation reaches them:
     derive-configured            snapver.toml names it
     derive-recorded              the workspace state and the link in the working tree are there
     derive-end                   the lineage is in the catalog, the journal entry not yet closed
+    receive-begin                the journal has the intent (and the catalog rows), nothing is done yet
+    receive-started              the receiving btrfs/zfs process runs, no stream yet
+    push-mid-stream              the sender, two chunks into a stream (a cut connection, seen
+    pull-mid-stream              from the far end) / the receiver, two chunks in
+    receive-received             the stream is in and the snapshot whole, its catalog rows not yet written
+    receive-end                  the catalog rows are written, the journal entry not yet closed
 """
 
 import os

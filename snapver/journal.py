@@ -1,6 +1,6 @@
 """The operation journal: every multi-step operation writes down what it is about to do.
 
-A checkout, a gc or a derive changes the lake in several steps. Each one runs as
+A checkout, a gc, a derive or a receive changes the lake in several steps. Each one runs as
 
     with journal.operation(ws, "checkout", {"target": {...}}) as op:
         ...act...
@@ -108,9 +108,10 @@ def _row(r) -> Operation:
                      steps=json.loads(r["steps"]), state=r["state"], error=r["error"])
 
 
-def open_operations(catalog, workspace: str) -> list[Operation]:
-    """Every operation of this workspace that has not ended (the index makes it one lookup)."""
-    rows = catalog.conn.execute("SELECT * FROM operations WHERE workspace = ? ORDER BY id", (workspace,))
+def open_operations(catalog, *workspaces: str) -> list[Operation]:
+    """Every operation of these workspaces that has not ended (the index makes it one lookup)."""
+    marks = ", ".join("?" * len(workspaces))
+    rows = catalog.conn.execute(f"SELECT * FROM operations WHERE workspace IN ({marks}) ORDER BY id", workspaces)
     return [_row(r) for r in rows]
 
 
@@ -125,12 +126,19 @@ def interrupted(ws, locked: bool = False) -> list[Operation]:
     return [o for o in ops if locked or o.state == "failed" or not _alive(o.pid)]
 
 
+def receiving_id(project: str) -> str:
+    """The workspace column of receives: they are journaled at the lake (transfer.Receiving)."""
+    return f"receive:{project}"
+
+
 def check(ws) -> None:
-    """At the start of any command run for a person: say if something was interrupted."""
+    """At the start of any command run for a person: say if something was interrupted, in
+    this workspace or in a receive into its project's lake."""
     if announce is None:
         return
     try:
-        found = interrupted(ws)
+        found = [o for o in open_operations(ws.catalog, ws.id, receiving_id(ws.project))
+                 if o.state == "failed" or not _alive(o.pid)]
     except SnapverError:
         return  # no usable catalog (a full filesystem): the command says so if it needs one
     if found:

@@ -29,7 +29,7 @@ def command() -> str:
 
 
 @contextlib.contextmanager
-def held(path: Path, wait: float = WAIT_SECONDS):
+def held(path: Path, wait: float = WAIT_SECONDS, what: str = "the workspace"):
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         # O_NOFOLLOW: the lock lives in a user's .git, where the root daemon takes it too;
@@ -49,7 +49,7 @@ def held(path: Path, wait: float = WAIT_SECONDS):
                 if time.monotonic() >= deadline:
                     holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
                     raise SnapverError(
-                        f"the workspace is busy, held by {holder}; try again when it finishes"
+                        f"{what} is busy, held by {holder}; try again when it finishes"
                     ) from None
                 time.sleep(0.05)
         os.ftruncate(fd, 0)

@@ -311,24 +311,77 @@ def receive_frames(src, dst, tick=None, crash_point: str | None = None) -> tuple
             faults.point(crash_point)
 
 
+class Receiving:
+    """Where the receives into one project of a lake are locked and journaled: at the lake,
+    not in a workspace, because the far end of a push has none. One receive at a time per
+    project; doctor, run in any workspace of the project on that lake, takes the same lock."""
+
+    def __init__(self, backend: Backend, catalog, project: str):
+        self.backend, self.catalog, self.project = backend, catalog, project
+        from .journal import receiving_id
+
+        self.id = receiving_id(project)
+
+    def lock(self):
+        from . import lock
+
+        return lock.held(self.backend.root / f".receive-{self.project}.lock",
+                         what=f"receiving into project {self.project}")
+
+
 def receive_into(backend: Backend, catalog, project: str, volume: str, name: str, base: str | None,
-                 clone: bool, rows: dict, src, tick=None, crash_point: str | None = None) -> tuple[Snapshot, int]:
-    """Receive one framed stream from src into the lake, with its catalog rows; all or nothing."""
+                 clone: bool, rows: dict, src, tick=None, crash_point: str | None = None,
+                 resuming: bool = False) -> tuple[Snapshot, int]:
+    """Receive one framed stream from src into the lake, with its catalog rows; all or nothing.
+
+    Journaled: a crash between the stream's end and its catalog rows is finished by the next
+    receive into the project (or doctor), from the rows the journal kept; a crash before
+    the end left no snapshot, and what it did leave is resumed or replaced by the next
+    receive of that snapshot, or removed by `doctor --repair`."""
+    from . import journal
+
+    end = Receiving(backend, catalog, project)
+    reading = False
     try:
-        job = backend.receive(project, volume, name, base, clone)
+        with end.lock():
+            for op in journal.interrupted(end, locked=True):
+                said = finish_receive(end, op)
+                journal.close(end, op)
+                if journal.announce:
+                    journal.announce(said)
+            with journal.operation(end, "receive", {"volume": volume, "name": name, "rows": rows}) as op:
+                job = backend.receive(project, volume, name, base, clone, resuming)
+                # A receive that fails undoes itself (Receive.finish): only a kill leaves this row.
+                op.step("started", changed=False)
+                reading = True
+                try:
+                    total, tail, ended = receive_frames(src, job.stdin, tick, crash_point)
+                    complete = ended and backend.stream_complete(tail)
+                except BrokenPipeError:  # the receive stopped early: its exit status says why
+                    total, complete = 0, True
+                    _drain(src)
+                snap = job.finish(complete)
+                op.step("received")
+                with catalog.batch():
+                    catalog.record_received(snap, rows)
+        return snap, total
     except BaseException:
-        _drain(src)  # refused before it started: the stream is still on its way
+        if not reading:
+            _drain(src)  # refused before it started: the stream is still on its way
         raise
-    try:
-        total, tail, ended = receive_frames(src, job.stdin, tick, crash_point)
-        complete = ended and backend.stream_complete(tail)
-    except BrokenPipeError:  # the receive stopped early: its exit status says why
-        total, complete = 0, True
-        _drain(src)
-    snap = job.finish(complete)
-    with catalog.batch():
-        catalog.record_received(snap, rows)
-    return snap, total
+
+
+def finish_receive(end: Receiving, op) -> str:
+    """The repair of an interrupted receive: finished if its snapshot arrived whole, else
+    over (what the stream left is the backend's half_received, or the next receive's)."""
+    volume, name = op.intent["volume"], op.intent["name"]
+    snap = end.backend.find(end.project, volume, name)
+    if snap is None:
+        return f"the interrupted receive of {volume}@{name} is over; push or pull it again"
+    end.backend.seal_received(end.project, volume, name)
+    with end.catalog.batch():
+        end.catalog.record_received(snap, op.intent.get("rows") or {})
+    return f"the interrupted receive of {volume}@{name} is finished: the snapshot had arrived"
 
 
 def _drain(src) -> None:
@@ -405,7 +458,7 @@ def serve_receive(backend, project: str, ask: dict, src) -> dict:
         _drain(src)
         raise
     snap, _ = receive_into(backend, catalog, project, volume, ask.get("name"), ask.get("base"),
-                           bool(ask.get("clone")), ask.get("rows") or {}, src)
+                           bool(ask.get("clone")), ask.get("rows") or {}, src, resuming=bool(ask.get("resume")))
     return {"received": snap.name, "volume": volume}
 
 
@@ -494,7 +547,7 @@ def push(ws, remote: str | None = None, revs: list[str] | None = None, progress=
             total = None if token or not progress else ws.backend.estimate(snap, base)
             started = time.monotonic()
             session.request({"op": "receive", "volume": snap.volume, "name": snap.name,
-                             "base": base.name if base else None, "clone": clone,
+                             "base": base.name if base else None, "clone": clone, "resume": bool(token),
                              "rows": ws.catalog.rows_for(ws.project, snap.volume, snap.name)})
             tick = progress(snap.volume, snap.name, total) if progress else None
             try:
@@ -543,7 +596,7 @@ def pull(ws, remote: str | None = None, revs: list[str] | None = None, progress=
             try:
                 _, received = receive_into(ws.backend, ws.catalog, ws.project, volume, name, header["base"],
                                            header["clone"], header.get("rows") or {}, session.proc.stdout,
-                                           tick, "pull-mid-stream")
+                                           tick, "pull-mid-stream", resuming=bool(tokens.get(key)))
             except SnapverError:
                 session.answer()  # the far end's own words, if its send failed
                 raise

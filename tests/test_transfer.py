@@ -7,6 +7,7 @@ every stream really crosses from one filesystem to another.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -248,6 +249,88 @@ def _settle() -> None:
         time.sleep(0.2)
 
 
+# ------------------------------------------------------------------ crash at every step of a receive
+
+RECEIVE_POINTS = ["receive-begin", "receive-started", "pull-mid-stream", "receive-received", "receive-end"]
+
+
+def _cut(cwd: Path, *args: str, fault: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([*_cli(), *args], cwd=cwd, env={**os.environ, "SNAPVER_FAULT": fault},
+                          capture_output=True, text=True)
+    assert done.returncode == -9, f"{fault} was not reached: {done.stderr}"
+    _settle()
+    return done
+
+
+def _snapshot_digests(repo: Path) -> dict[tuple[str, str], dict]:
+    return {(e["volume"], e["name"]): tree_digest(Path(e["path"])) for e in snapver(repo, "log", "--json").json}
+
+
+@pytest.mark.parametrize("point", RECEIVE_POINTS)
+def test_pull_killed_at_every_step_of_a_receive(lake_repo, far, third, tmp_path, point):
+    """Killed anywhere in a receive: every snapshot it lists is whole, the live volumes are
+    untouched, doctor finds the receive and --repair leaves the workspace clean; a retry
+    completes."""
+    a = lake_repo
+    write(a / "data" / "big.bin", os.urandom(16 << 20))  # several chunks, for pull-mid-stream
+    write(a / "models" / "m.pt", b"model")
+    commit(a, "v1")
+    snapver(a, "remote", "add", "far", far.url)
+    snapver(a, "push", "far", "-q")
+    source = _snapshot_digests(a)
+    b = tmp_path / "b"
+    git(tmp_path, "clone", "-q", str(a), str(b))
+    snapver(b, "init", *third.init_args)
+    snapver(b, "remote", "add", "far", far.url)
+    live_before = lake_digest(b)
+
+    _cut(b, "pull", "far", "-q", fault=point)
+    for key, digest in _snapshot_digests(b).items():
+        assert digest == source[key], f"{key} is listed as a snapshot but is not whole"
+    assert lake_digest(b) == live_before, "a receive never touches the live volumes"
+
+    found = snapver(b, "doctor", "--json", ok=False)
+    assert found.code == 1, found.out + found.err
+    report = json.loads(found.out)
+    assert [o["kind"] for o in report["interrupted"]] == ["receive"]
+    assert "snapver doctor" in snapver(b, "status").err, "a command that finds it says so"
+    fixed = snapver(b, "doctor", "--repair", "--json")
+    assert json.loads(fixed.out)["clean"], fixed.out
+    assert snapver(b, "doctor").code == 0
+
+    snapver(b, "pull", "far", "-q")
+    assert _snapshot_digests(b) == source
+    snapver(b, "checkout", "HEAD")
+    assert lake_digest(b) == lake_digest(a)
+    rows = sqlite3.connect(open_lake(third.spec).catalog_path).execute(
+        "SELECT count(*) FROM commits WHERE subject = 'v1'").fetchone()
+    assert rows == (1,), "the catalog rows came with the snapshot, also the one the crash caught"
+
+
+def test_far_end_killed_after_a_stream_is_finished_by_the_next_push(lake_repo, far):
+    """The far end of a push has no workspace to run doctor in: the next receive into the
+    project finishes what the journal says was interrupted there."""
+    a = lake_repo
+    write(a / "data" / "d.bin", b"data")
+    c1 = commit(a, "v1")
+    snapver(a, "remote", "add", "far", far.url)
+    cut = subprocess.run([*_cli(), "push", "far", "-q"], cwd=a, capture_output=True, text=True,
+                         env={**os.environ, "SNAPVER_FAULT": "receive-received#2"})
+    assert cut.returncode != 0 and "Traceback" not in cut.stderr, cut.stderr
+    assert cut.stderr.strip().count("\n") == 0, cut.stderr
+    _settle()
+    project = project_of(a)
+    catalog = open_lake(far.spec).catalog_path
+    first = sqlite3.connect(catalog).execute("SELECT count(*) FROM snapshots").fetchone()[0]
+    snapver(a, "push", "far", "-q")
+    assert set(held(far, project)) == {(v, n) for v, n in _snapshot_digests(a)}
+    with sqlite3.connect(catalog) as db:
+        assert db.execute("SELECT count(*) FROM operations").fetchone() == (0,)
+        rows = db.execute("SELECT volume, name FROM snapshots WHERE project = ?", (project,)).fetchall()
+    assert set(rows) == set(held(far, project)), f"every snapshot has its row ({first} before the retry)"
+    assert ("data", c1) in set(rows)
+
+
 # ------------------------------------------------------------------ over ssh
 
 @pytest.fixture(scope="module")
@@ -324,7 +407,7 @@ def test_progress_bar_shows_bytes_and_rate(lake_repo, far):
 def test_git_push_and_pull_carry_the_snapshots(lake_repo, far, third, tmp_path):
     a = lake_repo
     origin = tmp_path / "origin.git"
-    git(tmp_path, "init", "-q", "--bare", str(origin))
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
     with open(a / "snapver.toml", "a") as f:
         f.write('\n[remote]\nname = "far"\npush = true\nfetch = true\n')
     git(a, "add", "snapver.toml")

@@ -146,6 +146,16 @@ class Backend(ABC):
         Idempotent. Anything dropped was already kept by a snapshot (checkout keeps first)."""
 
     @abstractmethod
+    def half_received(self, project: str, volumes: list[str], repair: bool = False) -> list[str]:
+        """What receives that were cut or killed left of these volumes in the lake, one line
+        each; with repair=True remove it. None of it was ever a snapshot. Call with the
+        lake's receive lock held (transfer.Receiving), so a receive under way is not touched."""
+
+    def seal_received(self, project: str, volume: str, name: str) -> None:
+        """Finish a received snapshot a crash caught between the stream's end and the
+        bookkeeping the backend does after it (ZFS: its snapver properties)."""
+
+    @abstractmethod
     def live_origin(self, project: str, workspace: str, volume: str) -> tuple[str, str] | None:
         """(name, mark) of the snapshot the live volume was cloned from, as clone_into_place
         would have returned the mark; None for a volume made empty or unknown."""
@@ -217,9 +227,11 @@ class Backend(ABC):
         return True
 
     @abstractmethod
-    def receive(self, project: str, volume: str, name: str, base: str | None, clone: bool) -> Receive:
+    def receive(self, project: str, volume: str, name: str, base: str | None, clone: bool,
+                resuming: bool = False) -> Receive:
         """Start receiving a stream as snapshot `name` of volume, incremental from the
-        snapshot `base` (clone: as a new clone of it). The caller feeds Receive.proc.stdin."""
+        snapshot `base` (clone: as a new clone of it), or (resuming) the rest of a stream
+        that was cut, wherever its half sits. The caller feeds Receive.proc.stdin."""
 
 
 class Receive:

@@ -286,6 +286,29 @@ class BtrfsBackend(Backend):
                     os.rmdir(path)
         return found
 
+    def half_received(self, project: str, volumes: list[str], repair: bool = False) -> list[str]:
+        found = []
+        for volume in volumes:
+            folder = self._snapshot_dir(project, volume)
+            try:
+                guard = os.open(folder / ".receiving", os.O_RDWR)
+            except FileNotFoundError:
+                continue  # nothing was ever received into this volume
+            try:
+                try:
+                    fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a receive is under way: what it has so far is its own
+                for name in _listdir(folder):
+                    path = folder / name
+                    if is_snapshot_name(name) and is_subvolume(path) and not subvol_info(path).readonly:
+                        found.append(f"{volume}: half-received snapshot {name} is left at {path}")
+                        if repair:
+                            run(["btrfs", "subvolume", "delete", str(path)])
+            finally:
+                os.close(guard)
+        return found
+
     def live_origin(self, project: str, workspace: str, volume: str) -> tuple[str, str] | None:
         live = self.volume_path(project, workspace, volume)
         if not is_subvolume(live):
@@ -359,10 +382,13 @@ class BtrfsBackend(Backend):
         # would keep a half snapshot): only the END command says the sender finished.
         return len(tail) >= 10 and tail[-10:-6] == b"\0\0\0\0" and tail[-6:-4] == _SEND_END
 
-    def receive(self, project: str, volume: str, name: str, base: str | None, clone: bool) -> Receive:
+    def receive(self, project: str, volume: str, name: str, base: str | None, clone: bool,
+                resuming: bool = False) -> Receive:
         check_project(project), check_volume(volume)
         if not is_snapshot_name(name):
             raise SnapverError(f"{name!r} is not a snapver snapshot name")
+        if resuming:
+            raise SnapverError("the btrfs backend cannot resume a transfer")
         # A received subvolume cannot be moved to another folder (its ".." is in a
         # read-only tree), so it is received in place; it stays writable, and so is not
         # listed as a snapshot, until receive has seen the whole stream.

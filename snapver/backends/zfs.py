@@ -647,16 +647,23 @@ class ZfsBackend(Backend):
             return None
         found = {}
         for project in (c.rpartition("/")[2] for c in _children(self._lake)):
-            top = self._received(project)
-            if not _exists(top):
-                continue
-            props = _get(top, ["receive_resume_token", "snapver:receiving"], recursive=True)
-            for dataset, p in props.items():
-                token = p.get("receive_resume_token", "-")
-                if token != "-" and dataset != top:
-                    volume, _, name = dataset.rpartition("/")[2].partition(".")
-                    receiving = p.get("snapver:receiving", "-")
-                    found[(volume, receiving if receiving != "-" else name)] = token
+            found.update({key: token for key, (_, token) in self._partials(project).items()})
+        return found
+
+    def _partials(self, project: str) -> dict[tuple[str, str], tuple[str, str]]:
+        """(volume, name) -> (dataset, token) of every receive that stopped half-way: a
+        whole stream leaves it in its new dataset, an appended one in the dataset it was
+        appended to, which says which snapshot it was (snapver:receiving)."""
+        top = self._received(project)
+        if not _exists(top):
+            return {}
+        found = {}
+        for dataset, p in _get(top, ["receive_resume_token", "snapver:receiving"], recursive=True).items():
+            token = p.get("receive_resume_token", "-")
+            if token != "-" and dataset != top:
+                volume, _, name = dataset.rpartition("/")[2].partition(".")
+                receiving = p.get("snapver:receiving", "-")
+                found[(volume, receiving if receiving != "-" else name)] = (dataset, token)
         return found
 
     def resume_argv(self, token: str) -> list[str]:
@@ -664,7 +671,8 @@ class ZfsBackend(Backend):
             raise SnapverError("that is not a ZFS receive resume token")
         return ["zfs", "send", "-t", token]
 
-    def receive(self, project: str, volume: str, name: str, base: str | None, clone: bool) -> Receive:
+    def receive(self, project: str, volume: str, name: str, base: str | None, clone: bool,
+                resuming: bool = False) -> Receive:
         check_volume(volume)
         if not is_snapshot_name(name) or (base and not is_snapshot_name(base)):
             raise SnapverError(f"{name!r} is not a snapver snapshot name")
@@ -672,14 +680,29 @@ class ZfsBackend(Backend):
             raise SnapverError(f"snapshot {name} of volume {volume} exists already")
         top = self._received(project)
         resume = self._can_resume()
-        if base and not clone:
+        if resuming:
+            partial = self._partials(project).get((volume, name)) if resume else None
+            if partial is None:
+                raise SnapverError(f"there is no half-received {volume}@{name} here to resume")
+            # A resumed stream goes where the cut one left its state, whatever its base.
+            target = partial[0]
+            new = target.rpartition("/")[2] == f"{volume}.{name}"
+            views = [] if new else self._views_of(project, target)
+            for view in views:
+                run(["zfs", "unmount", view])
+        elif base and not clone:
             full = self._locate(project, volume, base)
             target = full.partition("@")[0] if full else ""
             if (volume, base) not in self.appendable(project) or not target.startswith(top + "/"):
                 raise SnapverError(f"{volume}@{name} cannot be received on top of {base} here; "
                                    "send it whole")
             new = False
-            if resume:  # the partial state sits in the target: say which snapshot it is
+            if resume:
+                # A half-received stream that is not being resumed (its sender moved on)
+                # would block this one; it was never a snapshot, so it is let go.
+                if _get(target, ["receive_resume_token"])[target]["receive_resume_token"] != "-":
+                    run(["zfs", "receive", "-A", target])
+                # The partial state sits in the target: say which snapshot it is.
                 run(["zfs", "set", f"snapver:receiving={name}", target])
             # zfs-fuse will not receive into a dataset while a clone of one of its
             # snapshots is mounted: our views step aside meanwhile.
@@ -689,20 +712,14 @@ class ZfsBackend(Backend):
         else:
             target, new, views = f"{top}/{volume}.{name}", True, []
             run(["zfs", "create", "-p", top])
-            token = _get(target, ["receive_resume_token"], missing_ok=True).get(target, {}) if resume else {}
-            if _exists(target) and token.get("receive_resume_token", "-") == "-" \
-                    and not self._own_snapshots(target):
-                _destroy(target, recursive=True)  # left by a receive that could not be resumed
-        parsed = parse_snapshot_name(name)
+            if _exists(target) and not self._own_snapshots(target):
+                _destroy(target, recursive=True)  # a half-received stream nobody resumes
 
         def done() -> Snapshot:
             full = f"{target}@{name}"
             if not _exists(full):
                 raise CommandFailed(f"zfs receive of {volume}@{name} ended without the snapshot")
-            run(["zfs", "set", f"snapver:commit={parsed[0]}", full])
-            run(["zfs", "set", f"snapver:kind={parsed[1]}", full])
-            if new:
-                run(["zfs", "set", "readonly=on", target])
+            self._seal(full)
             return self._snapshot(project, volume, full)
 
         def undo() -> None:
@@ -717,6 +734,50 @@ class ZfsBackend(Backend):
                 subprocess.run(["zfs", "mount", view], capture_output=True)
 
         return Receive(["zfs", "receive", *(["-s"] if resume else []), target], done, undo, remount)
+
+    def _seal(self, full: str) -> None:
+        """What makes a received snapshot one of ours: its snapver properties (reindex reads
+        them), and a received dataset nobody writes to. Idempotent."""
+        commit, kind = parse_snapshot_name(full.partition("@")[2])[:2]
+        run(["zfs", "set", f"snapver:commit={commit}", full])
+        run(["zfs", "set", f"snapver:kind={kind}", full])
+        run(["zfs", "set", "readonly=on", full.partition("@")[0]])
+
+    def seal_received(self, project: str, volume: str, name: str) -> None:
+        full = self._locate(project, volume, name)
+        if full and full.startswith(self._received(project) + "/"):
+            self._seal(full)
+
+    def half_received(self, project: str, volumes: list[str], repair: bool = False) -> list[str]:
+        top = self._received(project)
+        if not _exists(top):
+            return []
+        wanted = ["type", "snapver:kind", *(["receive_resume_token"] if self._can_resume() else [])]
+        props = _get(top, wanted, recursive=True)
+        found = []
+        for dataset, p in props.items():
+            volume, _, name = dataset.rpartition("/")[2].partition(".")
+            if p["type"] != "filesystem" or dataset == top or volume not in volumes:
+                continue
+            snaps = [s for s in props if s.startswith(dataset + "@")]
+            unsealed = [s for s in snaps if is_snapshot_name(s.partition("@")[2])
+                        and props[s].get("snapver:kind", "-") == "-"]
+            if p.get("receive_resume_token", "-") != "-":
+                found.append(f"{volume}: a half-received snapshot is in {dataset} (the next push or pull of it "
+                             "resumes it; a repair discards it)")
+                if repair and snaps:  # appended to a received chain: only the partial state goes
+                    run(["zfs", "receive", "-A", dataset])
+                elif repair:
+                    _destroy(dataset, recursive=True)
+            elif not snaps:
+                found.append(f"{volume}: half-received snapshot {name} is left at {dataset}")
+                if repair:
+                    _destroy(dataset, recursive=True)
+            elif unsealed:  # (not readonly: zfs-fuse reports it off whatever was set)
+                found.append(f"{volume}: received snapshot(s) in {dataset} lack their snapver properties")
+                for full in unsealed if repair else []:
+                    self._seal(full)
+        return found
 
     # diff: base.walk_diff over the two snapshots' paths. `zfs diff` would be
     # O(changes), but zfs-fuse lacks it, and diff() gets paths, not snapshots.
