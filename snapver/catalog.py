@@ -100,6 +100,37 @@ def _full(path) -> bool:
     return st.f_bavail * st.f_frsize < 1024**2
 
 
+_FS_IOC_SETFLAGS, _FS_NOCOW_FL = 0x40086602, 0x00800000
+
+
+def _prepare_shm(db: Path) -> None:
+    """Make SQLite's WAL index (`-shm`) a no-copy-on-write file before SQLite makes it.
+
+    SQLite writes the index through a shared mmap. On Btrfs every write to a mapped page
+    allocates a new block, and on a full filesystem that allocation fails as SIGBUS: the
+    process dies instead of seeing SQLITE_FULL (measured: a receive into a full lake).
+    A NOCOW file is written in place, and the flag only takes while the file is empty,
+    so the file is made here, with the database's mode and owner as SQLite would.
+    Elsewhere (ZFS, or a database not yet created) nothing is done.
+    """
+    import fcntl
+    import struct
+
+    try:
+        st = os.stat(db)
+        fd = os.open(f"{db}-shm", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, st.st_mode & 0o666)
+    except OSError:
+        return  # no database yet, or the index exists (made here or by SQLite): as it is
+    try:
+        with contextlib.suppress(OSError):  # not Btrfs
+            fcntl.ioctl(fd, _FS_IOC_SETFLAGS, struct.pack("i", _FS_NOCOW_FL))
+        if os.geteuid() == 0:
+            with contextlib.suppress(OSError):
+                os.fchown(fd, st.st_uid, st.st_gid)
+    finally:
+        os.close(fd)
+
+
 class Catalog:
     def __init__(self, path: Path):
         global _opened
@@ -111,6 +142,7 @@ class Catalog:
             raise explain(e) from None
 
     def _connect(self) -> None:
+        _prepare_shm(self.path)
         self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.conn.row_factory = sqlite3.Row
         try:

@@ -569,11 +569,13 @@ def scan(rev, as_json):
 @click.option("--repair", is_flag=True, help="Finish or undo what was interrupted.")
 @click.option("--json", "as_json", is_flag=True)
 def doctor(repair, as_json):
-    """Find operations a crash interrupted (checkout, gc, derive) and what they left behind.
+    """Find operations a crash interrupted (checkout, gc, derive, receive) and what they left behind.
 
     Exits 1 while something is unfinished. With --repair, each interrupted
-    operation is finished (checkout, derive) or ended (gc: nothing it had not
-    destroyed yet goes), and half-made swaps are completed or dropped.
+    operation is finished (checkout, derive, a receive whose snapshot arrived)
+    or ended (gc: nothing it had not destroyed yet goes; a receive that was cut),
+    half-made swaps are completed or dropped, and what cut receives left is removed
+    (also a half-received ZFS stream kept for resuming).
     """
     from . import journal
 
@@ -589,7 +591,8 @@ def doctor(repair, as_json):
             how = f"failed: {o['error']}" if o["state"] == "failed" else f"interrupted, PID {o['pid']} gone"
             click.echo(f"{o['kind']} #{o['id']} ({how}), started {o['started']} by `{o['command']}`, "
                        f"last step done: {last}")
-            click.echo(f"  intent: {json.dumps(o['intent'], sort_keys=True)}")
+            intent = {k: v for k, v in o["intent"].items() if k != "rows"}  # a receive's catalog rows: bulky
+            click.echo(f"  intent: {json.dumps(intent, sort_keys=True)}")
         for line in report["leftovers"]:
             click.echo(f"left behind: {line}")
         if report["clean"]:

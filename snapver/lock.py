@@ -36,6 +36,9 @@ def held(path: Path, wait: float = WAIT_SECONDS, what: str = "the workspace"):
         # a planted symlink must not make root truncate and write the file it points to.
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise SnapverError(f"{path} cannot be made: the filesystem is full; free space (or grow it) "
+                               "and try again") from None
         if e.errno != errno.ELOOP:
             raise
         raise SnapverError(f"{path} is a symbolic link: remove it (snapver makes its own lock file)") from None

@@ -574,6 +574,7 @@ def pull(ws, remote: str | None = None, revs: list[str] | None = None, progress=
     """Receive the snapshots revs ask for that this lake lacks, oldest first."""
     if os.geteuid() != 0:
         raise SnapverError("pull needs root: receiving a stream is a privileged filesystem call")
+    catalog = ws.catalog  # opened first: once a stream is on its way, only receive_into reads it
     _, session = _open(ws, remote)
     try:
         available = [(v, n) for v, n, _ in session.holdings["snapshots"] if v in ws.volumes]
@@ -594,7 +595,7 @@ def pull(ws, remote: str | None = None, revs: list[str] | None = None, progress=
             header = session.answer()
             tick = progress(volume, name, header.get("size")) if progress else None
             try:
-                _, received = receive_into(ws.backend, ws.catalog, ws.project, volume, name, header["base"],
+                _, received = receive_into(ws.backend, catalog, ws.project, volume, name, header["base"],
                                            header["clone"], header.get("rows") or {}, session.proc.stdout,
                                            tick, "pull-mid-stream", resuming=bool(tokens.get(key)))
             except SnapverError:
