@@ -173,7 +173,7 @@ def checkout(rev, volumes):
     """
     result = ops.call("checkout", {"rev": rev, "volumes": list(volumes)})
     for w in result["warnings"]:
-        click.echo(f"snapver: warning: {w}", err=True)
+        warn(w)
     if result["kept"]:
         click.echo(f"kept unsnapshotted changes as {result['kept'][0]['name']}")
     for v, s in result["target"].items():
@@ -691,6 +691,10 @@ def report_transfers(done, as_json: bool, verb: str) -> None:
     click.echo(f"{len(done)} snapshot(s) {verb}" if done else "everything is there already")
 
 
+def warn(message: str) -> None:
+    click.echo(f"snapver: warning: {message}", err=True)
+
+
 def transfer_command(fn):
     """push and pull take the same arguments: [REMOTE] [REV]..., -q, --json."""
     fn = click.option("--json", "as_json", is_flag=True, help="What was moved, as JSON (no progress bars).")(fn)
@@ -709,7 +713,7 @@ def push(remote_name, revs, quiet, as_json):
     """
     from . import transfer
 
-    done = transfer.push(Workspace.open(), remote_name, list(revs), progress_bars(quiet or as_json))
+    done = transfer.push(Workspace.open(), remote_name, list(revs), progress_bars(quiet or as_json), warn)
     report_transfers(done, as_json, "pushed")
 
 
@@ -721,7 +725,7 @@ def pull(remote_name, revs, quiet, as_json):
     """
     from . import transfer
 
-    done = transfer.pull(Workspace.open(), remote_name, list(revs), progress_bars(quiet or as_json))
+    done = transfer.pull(Workspace.open(), remote_name, list(revs), progress_bars(quiet or as_json), warn)
     report_transfers(done, as_json, "pulled")
 
 
@@ -763,7 +767,7 @@ def main() -> None:
     restrict_umask()
     from . import journal
 
-    journal.announce = lambda message: click.echo(f"snapver: warning: {message}", err=True)
+    journal.announce = warn
     try:
         code = cli.main(prog_name="snapver", standalone_mode=False)
     except SnapverError as e:

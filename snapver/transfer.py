@@ -522,11 +522,18 @@ def _open(ws, remote: str | None) -> tuple[Peer, Session]:
     return p, session
 
 
-def push(ws, remote: str | None = None, revs: list[str] | None = None, progress=None) -> list[Transfer]:
-    """Send the snapshots revs ask for that the remote lacks, oldest first."""
+def _different(there: str, volume: str, name: str) -> str:
+    return (f"{there} holds a {volume}@{name[:10]} of its own (taken there, not received from here): "
+            "neither is sent over the other")
+
+
+def push(ws, remote: str | None = None, revs: list[str] | None = None, progress=None,
+         warn=None) -> list[Transfer]:
+    """Send the snapshots revs ask for that the remote lacks, oldest first. warn(line) is
+    told of snapshots of the same name that both lakes took on their own."""
     if os.geteuid() != 0:
         raise SnapverError("push needs root: sending a stream is a privileged filesystem call")
-    _, session = _open(ws, remote)
+    p, session = _open(ws, remote)
     try:
         theirs = session.holdings
         held = {(v, n): i for v, n, i in theirs["snapshots"]}
@@ -538,6 +545,8 @@ def push(ws, remote: str | None = None, revs: list[str] | None = None, progress=
         done = []
         for snap in mine:
             key = (snap.volume, snap.name)
+            if key in wanted and key in held and warn and held[key] != ws.backend.identity(snap):
+                warn(_different(f"remote {p.name}", snap.volume, snap.name))
             if key not in wanted or key in held:
                 continue
             base, clone = choose_base(ws.backend, snap, held, appendable)
@@ -570,14 +579,16 @@ def push(ws, remote: str | None = None, revs: list[str] | None = None, progress=
         session.close()
 
 
-def pull(ws, remote: str | None = None, revs: list[str] | None = None, progress=None) -> list[Transfer]:
-    """Receive the snapshots revs ask for that this lake lacks, oldest first."""
+def pull(ws, remote: str | None = None, revs: list[str] | None = None, progress=None,
+         warn=None) -> list[Transfer]:
+    """Receive the snapshots revs ask for that this lake lacks, oldest first (warn: as push)."""
     if os.geteuid() != 0:
         raise SnapverError("pull needs root: receiving a stream is a privileged filesystem call")
     catalog = ws.catalog  # opened first: once a stream is on its way, only receive_into reads it
-    _, session = _open(ws, remote)
+    p, session = _open(ws, remote)
     try:
-        available = [(v, n) for v, n, _ in session.holdings["snapshots"] if v in ws.volumes]
+        identities = {(v, n): i for v, n, i in session.holdings["snapshots"] if v in ws.volumes}
+        available = list(identities)
         wanted = set(_wanted(ws, revs or [], available))
         held = {(s.volume, s.name): ws.backend.identity(s) for s in ws.backend.snapshots(ws.project)}
         appendable = ws.backend.appendable(ws.project)
@@ -585,6 +596,8 @@ def pull(ws, remote: str | None = None, revs: list[str] | None = None, progress=
         done = []
         for volume, name in available:  # the far end lists them oldest first
             key = (volume, name)
+            if key in wanted and key in held and warn and held[key] != identities[key]:
+                warn(_different("this lake", volume, name))
             if key not in wanted or key in held:
                 continue
             started = time.monotonic()

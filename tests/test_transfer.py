@@ -249,6 +249,26 @@ def _settle() -> None:
         time.sleep(0.2)
 
 
+def test_snapshots_both_lakes_took_on_their_own_are_reported_not_sent(lake_repo, far, tmp_path):
+    a = lake_repo
+    write(a / "data" / "d.bin", b"taken here")
+    c1 = commit(a, "v1")
+    b = tmp_path / "b"  # a clone whose lake is the far one, snapshotting the same commit itself
+    git(tmp_path, "clone", "-q", str(a), str(b))
+    snapver(b, "init", *far.init_args)
+    write(b / "data" / "d.bin", b"taken there")
+    snapver(b, "snapshot")
+    snapver(a, "remote", "add", "far", far.url)
+    theirs = held(far, project_of(a))[("data", c1)]
+
+    pushed = snapver(a, "push", "far", "-q")
+    assert f"remote far holds a data@{c1[:10]} of its own" in pushed.err, pushed.err
+    assert held(far, project_of(a))[("data", c1)] == theirs, "theirs is left as it is"
+    pulled = snapver(a, "pull", "far", "-q")
+    assert f"this lake holds a data@{c1[:10]} of its own" in pulled.err, pulled.err
+    assert not any(snapver(a, "diff", c1, "--json").json.values()), "ours is left as it is"
+
+
 # ------------------------------------------------------------------ crash at every step of a receive
 
 RECEIVE_POINTS = ["receive-begin", "receive-started", "pull-mid-stream", "receive-received", "receive-end"]
