@@ -115,15 +115,21 @@ class Side:
         if receiver.wait() or sender.wait():
             raise RuntimeError(f"{' '.join(send)} | {' '.join(receive)} failed")
 
-    def forget(self, name: str) -> None:
-        """Delete snapshot name on the far side, in both the bare and the snapver places."""
+    def forget(self, name: str, base: str) -> None:
+        """Delete snapshot name on the far side, in both the bare and the snapver places,
+        so that the next round receives it again on top of base."""
         if self.kind == "btrfs":
             for path in Path(self.there).glob(f"**/{name}"):
                 run(["btrfs", "subvolume", "delete", str(path)])
             return
         out = run(["zfs", "list", "-H", "-o", "name", "-t", "snapshot", "-r", self.there])
+        views = run(["zfs", "list", "-H", "-o", "name", "-r", self.there]).split()
+        for view in (v for v in views if "/snapshots/" in v):  # zfs-fuse's read-only views:
+            subprocess.run(["zfs", "unmount", view], capture_output=True)  # mounted ones are busy
         for snap in (l for l in out.splitlines() if l.endswith(f"@{name}")):
-            run(["zfs", "destroy", "-R", snap])  # -R: with zfs-fuse's read-only views of it
+            # A receive moved the dataset itself on to name: back to base, as before the round
+            # (-R: with the views of name).
+            run(["zfs", "rollback", "-R", f"{snap.partition('@')[0]}@{base}"])
 
 
 _sizes: dict[tuple, int] = {}
@@ -198,7 +204,7 @@ def bench_backend(kind: str, size: int, rounds: int, workdir: Path) -> dict:
                     # From each request to its answer: the streams alone, without start-up.
                     samples["snapver streams"].append(sum(t["seconds"] for t in done))
                 samples[who].append(time.perf_counter() - start)
-            side.forget(v2)
+            side.forget(v2, v1)
         report = {
             "kind": kind, "size": size, "written": written, "changed_bytes": changed,
             "first_push": first, "stream_bytes": stream, "seconds": samples,

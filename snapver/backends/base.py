@@ -238,7 +238,9 @@ class Receive:
     """A `btrfs receive` / `zfs receive` under way; the caller writes the stream to `stdin`.
 
     finish() either makes the result a snapshot (`done`) or removes every trace
-    of it (`undo`): a stream cut short is never listed as a snapshot. Whether
+    of it (`undo`): a stream cut short is never listed as a snapshot. The
+    snapshot it returns is for the catalog; its `path` may not be readable yet
+    (Backend.find gives one that is). Whether
     it was whole is `complete`, which the caller learns from the stream's own
     end marker (Backend.stream_complete), because EOF alone proves nothing:
     btrfs receive takes EOF at a command boundary for a finished stream.

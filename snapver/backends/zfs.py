@@ -284,12 +284,15 @@ class ZfsBackend(Backend):
                 return str(row.path)
         return None
 
-    def _snapshot(self, project: str, volume: str, full: str) -> Snapshot:
+    def _row(self, project: str, volume: str, full: str) -> Snapshot:
+        """The snapshot without a readable path (`path` holds its ZFS name), as _rows gives."""
         p = _get(full, ["creation", "createtxg"])[full]
         name = full.partition("@")[2]
-        row = Snapshot(project, volume, name, Path(full),
-                       datetime.fromtimestamp(int(p["creation"]), timezone.utc), name, int(p["createtxg"]))
-        return self._with_path(row)
+        return Snapshot(project, volume, name, Path(full),
+                        datetime.fromtimestamp(int(p["creation"]), timezone.utc), name, int(p["createtxg"]))
+
+    def _snapshot(self, project: str, volume: str, full: str) -> Snapshot:
+        return self._with_path(self._row(project, volume, full))
 
     def _with_path(self, row: Snapshot) -> Snapshot:
         """Snapshot with `path` where its files can be read (row.path holds the ZFS name)."""
@@ -473,10 +476,9 @@ class ZfsBackend(Backend):
         return snap.name
 
     def _views_of(self, project: str, dataset: str) -> list[str]:
-        views = f"{self._lake}/{project}/snapshots"
-        if self._snapdir or not _exists(views):
+        if self._snapdir:
             return []
-        origins = _get(views, ["origin", "mounted"], recursive=True)
+        origins = _get(f"{self._lake}/{project}/snapshots", ["origin", "mounted"], recursive=True, missing_ok=True)
         return [v for v, p in origins.items()
                 if p.get("origin", "").partition("@")[0] == dataset and p.get("mounted") == "yes"]
 
@@ -605,10 +607,9 @@ class ZfsBackend(Backend):
         return bases
 
     def appendable(self, project: str) -> set[tuple[str, str]]:
-        top = self._received(project)
-        if not _exists(top):
-            return set()
-        out = run(["zfs", "list", "-H", "-o", "name", "-s", "createtxg", "-t", "snapshot", "-r", top])
+        listed = subprocess.run(["zfs", "list", "-H", "-o", "name", "-s", "createtxg", "-t", "snapshot", "-r",
+                                 self._received(project)], capture_output=True, text=True)
+        out = listed.stdout if listed.returncode == 0 else ""  # nothing received yet
         newest: dict[str, str] = {}
         for line in out.splitlines():
             dataset, _, name = line.partition("@")
@@ -676,7 +677,10 @@ class ZfsBackend(Backend):
         check_volume(volume)
         if not is_snapshot_name(name) or (base and not is_snapshot_name(base)):
             raise SnapverError(f"{name!r} is not a snapver snapshot name")
-        if self._locate(project, volume, name):
+        # Every zfs command counts here: on zfs-fuse each is tens of milliseconds, and a push
+        # of one commit is a receive per volume (bench/transfer.py).
+        held = {r.name: str(r.path) for r in self._rows(project, volume)}
+        if name in held:
             raise SnapverError(f"snapshot {name} of volume {volume} exists already")
         top = self._received(project)
         resume = self._can_resume()
@@ -691,9 +695,9 @@ class ZfsBackend(Backend):
             for view in views:
                 run(["zfs", "unmount", view])
         elif base and not clone:
-            full = self._locate(project, volume, base)
-            target = full.partition("@")[0] if full else ""
-            if (volume, base) not in self.appendable(project) or not target.startswith(top + "/"):
+            target = held.get(base, "").partition("@")[0]
+            chain = self._own_snapshots(target) if target.startswith(top + "/") else []
+            if not chain or chain[-1] != base:  # only onto the newest of a received chain
                 raise SnapverError(f"{volume}@{name} cannot be received on top of {base} here; "
                                    "send it whole")
             new = False
@@ -717,10 +721,10 @@ class ZfsBackend(Backend):
 
         def done() -> Snapshot:
             full = f"{target}@{name}"
-            if not _exists(full):
+            if not _get(full, ["type"], missing_ok=True):
                 raise CommandFailed(f"zfs receive of {volume}@{name} ended without the snapshot")
-            self._seal(full)
-            return self._snapshot(project, volume, full)
+            self._seal(full, dataset=new)
+            return self._row(project, volume, full)  # no view yet: made when it is first read
 
         def undo() -> None:
             if resume and _get(target, ["receive_resume_token"], missing_ok=True).get(
@@ -735,13 +739,14 @@ class ZfsBackend(Backend):
 
         return Receive(["zfs", "receive", *(["-s"] if resume else []), target], done, undo, remount)
 
-    def _seal(self, full: str) -> None:
+    def _seal(self, full: str, dataset: bool = True) -> None:
         """What makes a received snapshot one of ours: its snapver properties (reindex reads
-        them), and a received dataset nobody writes to. Idempotent."""
+        them), and (dataset) a received dataset nobody writes to. Idempotent."""
         commit, kind = parse_snapshot_name(full.partition("@")[2])[:2]
-        run(["zfs", "set", f"snapver:commit={commit}", full])
+        run(["zfs", "set", f"snapver:commit={commit}", full])  # one each: zfs-fuse sets one per call
         run(["zfs", "set", f"snapver:kind={kind}", full])
-        run(["zfs", "set", "readonly=on", full.partition("@")[0]])
+        if dataset:
+            run(["zfs", "set", "readonly=on", full.partition("@")[0]])
 
     def seal_received(self, project: str, volume: str, name: str) -> None:
         full = self._locate(project, volume, name)
