@@ -245,12 +245,13 @@ def _catalog(backend: Backend):
 def holdings(backend: Backend, project: str) -> dict:
     """What a lake holds of a project, as `serve list` tells the other end."""
     names.check_project(project)
-    snaps = sorted(backend.snapshots(project), key=lambda s: s.age_key)
+    snaps = sorted(backend.snapshots(project, readable=False), key=lambda s: s.age_key)
+    identities = backend.identities(project)
     appendable = backend.appendable(project)
     resumable = backend.resumable()
     return {
         "backend": backend.name,
-        "snapshots": [[s.volume, s.name, backend.identity(s)] for s in snaps],
+        "snapshots": [[s.volume, s.name, identities[(s.volume, s.name)]] for s in snaps],
         "appendable": None if appendable is None else sorted(appendable),
         "resumable": None if resumable is None else [[v, n, t] for (v, n), t in resumable.items()],
     }
@@ -539,13 +540,14 @@ def push(ws, remote: str | None = None, revs: list[str] | None = None, progress=
         held = {(v, n): i for v, n, i in theirs["snapshots"]}
         appendable = None if theirs["appendable"] is None else {tuple(x) for x in theirs["appendable"]}
         tokens = {(v, n): t for v, n, t in theirs["resumable"] or []}
-        mine = sorted((s for s in ws.backend.snapshots(ws.project) if s.volume in ws.volumes),
+        mine = sorted((s for s in ws.backend.snapshots(ws.project, readable=False) if s.volume in ws.volumes),
                       key=lambda s: s.age_key)
         wanted = set(_wanted(ws, revs or [], [(s.volume, s.name) for s in mine]))
+        ours = ws.backend.identities(ws.project)
         done = []
         for snap in mine:
             key = (snap.volume, snap.name)
-            if key in wanted and key in held and warn and held[key] != ws.backend.identity(snap):
+            if key in wanted and key in held and warn and held[key] != ours.get(key):
                 warn(_different(f"remote {p.name}", snap.volume, snap.name))
             if key not in wanted or key in held:
                 continue
@@ -590,7 +592,7 @@ def pull(ws, remote: str | None = None, revs: list[str] | None = None, progress=
         identities = {(v, n): i for v, n, i in session.holdings["snapshots"] if v in ws.volumes}
         available = list(identities)
         wanted = set(_wanted(ws, revs or [], available))
-        held = {(s.volume, s.name): ws.backend.identity(s) for s in ws.backend.snapshots(ws.project)}
+        held = ws.backend.identities(ws.project)
         appendable = ws.backend.appendable(ws.project)
         tokens = ws.backend.resumable() or {}
         done = []

@@ -114,8 +114,11 @@ class Backend(ABC):
         """Snapshot the live volumes as `name`, all or none."""
 
     @abstractmethod
-    def snapshots(self, project: str | None = None, volume: str | None = None) -> list[Snapshot]:
-        """Every snapver snapshot in the lake (optionally one project / volume)."""
+    def snapshots(self, project: str | None = None, volume: str | None = None,
+                  readable: bool = True) -> list[Snapshot]:
+        """Every snapver snapshot in the lake (optionally one project / volume).
+        readable=False: their `path` need not be readable yet, where making it so costs
+        (a mount per snapshot on zfs-fuse); for listings that never open a file."""
 
     @abstractmethod
     def find(self, project: str, volume: str, name: str) -> Snapshot | None: ...
@@ -195,6 +198,10 @@ class Backend(ABC):
     def identity(self, snap: Snapshot) -> str:
         """The same on every lake that holds this snapshot by send and receive (and only
         there): an incremental stream applies where the identity of its base matches."""
+
+    def identities(self, project: str) -> dict[tuple[str, str], str]:
+        """(volume, name) -> identity of every snapshot of project."""
+        return {(s.volume, s.name): self.identity(s) for s in self.snapshots(project, readable=False)}
 
     @abstractmethod
     def send_bases(self, snap: Snapshot) -> list[tuple[Snapshot, bool]]:

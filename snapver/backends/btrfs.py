@@ -184,7 +184,8 @@ class BtrfsBackend(Backend):
         # volume it was taken from is clean as long as it stays at that one.
         return Snapshot(project, volume, path.name, path, info.created, str(info.otransid), info.otransid)
 
-    def snapshots(self, project: str | None = None, volume: str | None = None) -> list[Snapshot]:
+    def snapshots(self, project: str | None = None, volume: str | None = None,
+                  readable: bool = True) -> list[Snapshot]:
         found = []
         # Only project folders: the catalog (and its -wal, -shm) lives beside them.
         projects = [project] if project else [p for p in _listdir(self._root) if (self._root / p).is_dir()]

@@ -258,13 +258,16 @@ class ZfsBackend(Backend):
                 detail = "the filesystem is full; free space (or grow it) and try again"
             raise CommandFailed(f"libzfs_core {fn.__name__} failed: {detail}") from None
 
-    def _rows(self, project: str, volume: str | None) -> list[Snapshot]:
+    def _project_props(self, project: str, extra: list[str] = []) -> dict[str, dict[str, str]]:
+        """Every dataset and snapshot of the project with the properties _rows needs (and
+        extra), in one `zfs get`; empty for a project the lake does not have yet."""
+        return _get(f"{self._lake}/{project}", ["type", "creation", "createtxg", *extra],
+                    recursive=True, missing_ok=True)
+
+    def _rows(self, project: str, volume: str | None,
+              props: dict[str, dict[str, str]] | None = None) -> list[Snapshot]:
         """Snapshots of the project's live and history datasets, oldest first, without paths."""
-        top = f"{self._lake}/{project}"
-        try:
-            props = _get(top, ["type", "creation", "createtxg"], recursive=True)
-        except CommandFailed:
-            return []  # no such project yet
+        props = self._project_props(project) if props is None else props
         found = []
         for full, p in props.items():
             dataset, _, name = full.partition("@")
@@ -322,13 +325,25 @@ class ZfsBackend(Backend):
             subprocess.run(["zfs", "mount", view], capture_output=True)
         return Path(props["mountpoint"])
 
-    def snapshots(self, project: str | None = None, volume: str | None = None) -> list[Snapshot]:
+    def snapshots(self, project: str | None = None, volume: str | None = None,
+                  readable: bool = True) -> list[Snapshot]:
         if project:
             projects = [check_project(project)]
         else:
             prefix = f"{self._lake}/"
             projects = [c[len(prefix):] for c in _children(self._lake)]
-        return [self._with_path(r) for p in projects for r in self._rows(p, volume)]
+        rows = [r for p in projects for r in self._rows(p, volume)]
+        return [self._with_path(r) for r in rows] if readable else rows
+
+    def identities(self, project: str) -> dict[tuple[str, str], str]:
+        top = f"{self._lake}/{check_project(project)}"
+        found = {}
+        for full, p in _get(top, ["type", "guid"], recursive=True, missing_ok=True).items():
+            dataset, _, name = full.partition("@")
+            volume = self._volume_of(project, dataset) if p["type"] == "snapshot" else None
+            if volume and is_snapshot_name(name):
+                found[(volume, name)] = p["guid"]
+        return found
 
     def find(self, project: str, volume: str, name: str) -> Snapshot | None:
         for row in self._rows(check_project(project), check_volume(volume)):
@@ -475,12 +490,15 @@ class ZfsBackend(Backend):
         faults.point("checkout-placed")
         return snap.name
 
-    def _views_of(self, project: str, dataset: str) -> list[str]:
-        if self._snapdir:
-            return []
-        origins = _get(f"{self._lake}/{project}/snapshots", ["origin", "mounted"], recursive=True, missing_ok=True)
-        return [v for v, p in origins.items()
-                if p.get("origin", "").partition("@")[0] == dataset and p.get("mounted") == "yes"]
+    def _views_of(self, project: str, dataset: str, props: dict[str, dict[str, str]] | None = None) -> list[str]:
+        """The mounted views of dataset's snapshots; props: `origin` and `mounted` of the
+        project's datasets, if the caller has them already."""
+        views = f"{self._lake}/{project}/snapshots/"
+        if props is None and not self._snapdir:
+            props = _get(views.rstrip("/"), ["origin", "mounted"], recursive=True, missing_ok=True)
+        return [] if self._snapdir else [
+            v for v, p in props.items() if v.startswith(views)
+            and p.get("origin", "").partition("@")[0] == dataset and p.get("mounted") == "yes"]
 
     def _finish_interrupted(self, live: str, incoming: str) -> None:
         if _exists(incoming):
@@ -679,7 +697,8 @@ class ZfsBackend(Backend):
             raise SnapverError(f"{name!r} is not a snapver snapshot name")
         # Every zfs command counts here: on zfs-fuse each is tens of milliseconds, and a push
         # of one commit is a receive per volume (bench/transfer.py).
-        held = {r.name: str(r.path) for r in self._rows(project, volume)}
+        props = self._project_props(project, ["origin", "mounted"])
+        held = {r.name: str(r.path) for r in self._rows(project, volume, props)}
         if name in held:
             raise SnapverError(f"snapshot {name} of volume {volume} exists already")
         top = self._received(project)
@@ -691,13 +710,14 @@ class ZfsBackend(Backend):
             # A resumed stream goes where the cut one left its state, whatever its base.
             target = partial[0]
             new = target.rpartition("/")[2] == f"{volume}.{name}"
-            views = [] if new else self._views_of(project, target)
+            views = [] if new else self._views_of(project, target, props)
             for view in views:
                 run(["zfs", "unmount", view])
         elif base and not clone:
             target = held.get(base, "").partition("@")[0]
-            chain = self._own_snapshots(target) if target.startswith(top + "/") else []
-            if not chain or chain[-1] != base:  # only onto the newest of a received chain
+            chain = sorted((int(p["createtxg"]), full.partition("@")[2]) for full, p in props.items()
+                           if full.startswith(target + "@") and target.startswith(top + "/"))
+            if not chain or chain[-1][1] != base:  # only onto the newest of a received chain
                 raise SnapverError(f"{volume}@{name} cannot be received on top of {base} here; "
                                    "send it whole")
             new = False
@@ -710,7 +730,7 @@ class ZfsBackend(Backend):
                 run(["zfs", "set", f"snapver:receiving={name}", target])
             # zfs-fuse will not receive into a dataset while a clone of one of its
             # snapshots is mounted: our views step aside meanwhile.
-            views = self._views_of(project, target)
+            views = self._views_of(project, target, props)
             for view in views:
                 run(["zfs", "unmount", view])
         else:
@@ -721,10 +741,12 @@ class ZfsBackend(Backend):
 
         def done() -> Snapshot:
             full = f"{target}@{name}"
-            if not _get(full, ["type"], missing_ok=True):
-                raise CommandFailed(f"zfs receive of {volume}@{name} ended without the snapshot")
+            try:
+                row = self._row(project, volume, full)  # no view yet: made when it is first read
+            except CommandFailed:
+                raise CommandFailed(f"zfs receive of {volume}@{name} ended without the snapshot") from None
             self._seal(full, dataset=new)
-            return self._row(project, volume, full)  # no view yet: made when it is first read
+            return row
 
         def undo() -> None:
             if resume and _get(target, ["receive_resume_token"], missing_ok=True).get(
