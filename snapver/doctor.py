@@ -114,12 +114,20 @@ def repair(ws) -> Report:
     with _locked(ws) as end:
         done = [f"tidied: {line}" for line in _leftovers(ws, end, repair=True)]
         for place in (ws, end) if end else (ws,):
-            for op in journal.interrupted(place, locked=True):
-                fix = REPAIRS.get(op.kind)
-                if fix is None:
-                    continue  # an operation of a newer snapver: left for it, and still reported
-                done.append(fix(place, op))
-                journal.close(place, op)
+            done += repair_interrupted(place)
     after = diagnose(ws)
     after.repaired = done
     return after
+
+
+def repair_interrupted(place) -> list[str]:
+    """Finish or undo the interrupted operations of a place (a workspace, or the lake's
+    receives) with its lock held; one line for each."""
+    done = []
+    for op in journal.interrupted(place, locked=True):
+        fix = REPAIRS.get(op.kind)
+        if fix is None:
+            continue  # an operation of a newer snapver: left for it, and still reported
+        done.append(fix(place, op))
+        journal.close(place, op)
+    return done

@@ -115,14 +115,15 @@ def open_operations(catalog, *workspaces: str) -> list[Operation]:
     return [_row(r) for r in rows]
 
 
-def interrupted(ws, locked: bool = False) -> list[Operation]:
-    """The workspace's operations that will not finish on their own.
+def interrupted(ws, locked: bool = False, also: tuple[str, ...] = ()) -> list[Operation]:
+    """The workspace's operations (and those of the places named in also) that will not
+    finish on their own.
 
     With the workspace lock held every open row is one (the lock is released only when its
     holder ends). Without it, a row whose process still runs is in progress, not interrupted;
     a PID reused since is taken for alive, which errs on the side of not alarming anyone.
     """
-    ops = open_operations(ws.catalog, ws.id)
+    ops = open_operations(ws.catalog, ws.id, *also)
     return [o for o in ops if locked or o.state == "failed" or not _alive(o.pid)]
 
 
@@ -137,8 +138,7 @@ def check(ws) -> None:
     if announce is None:
         return
     try:
-        found = [o for o in open_operations(ws.catalog, ws.id, receiving_id(ws.project))
-                 if o.state == "failed" or not _alive(o.pid)]
+        found = interrupted(ws, also=(receiving_id(ws.project),))
     except SnapverError:
         return  # no usable catalog (a full filesystem): the command says so if it needs one
     if found:

@@ -339,15 +339,13 @@ def receive_into(backend: Backend, catalog, project: str, volume: str, name: str
     receive into the project (or doctor), from the rows the journal kept; a crash before
     the end left no snapshot, and what it did leave is resumed or replaced by the next
     receive of that snapshot, or removed by `doctor --repair`."""
-    from . import journal
+    from . import doctor, journal
 
     end = Receiving(backend, catalog, project)
     reading = False
     try:
         with end.lock():
-            for op in journal.interrupted(end, locked=True):
-                said = finish_receive(end, op)
-                journal.close(end, op)
+            for said in doctor.repair_interrupted(end):
                 if journal.announce:
                     journal.announce(said)
             with journal.operation(end, "receive", {"volume": volume, "name": name, "rows": rows}) as op:

@@ -625,15 +625,21 @@ class ZfsBackend(Backend):
         return bases
 
     def appendable(self, project: str) -> set[tuple[str, str]]:
-        listed = subprocess.run(["zfs", "list", "-H", "-o", "name", "-s", "createtxg", "-t", "snapshot", "-r",
-                                 self._received(project)], capture_output=True, text=True)
-        out = listed.stdout if listed.returncode == 0 else ""  # nothing received yet
+        newest = self._received_chains(project, self._project_props(project))
+        return {(d.rpartition("/")[2].split(".")[0], n) for d, n in newest.items()}
+
+    def _received_chains(self, project: str, props: dict[str, dict[str, str]]) -> dict[str, str]:
+        """Each received chain (a dataset in history/_recv) -> the name of its newest snapshot,
+        the only one a plain incremental stream may be appended to; from _project_props."""
+        top = self._received(project) + "/"
+        snaps = sorted((int(p["createtxg"]), full) for full, p in props.items()
+                       if p["type"] == "snapshot" and full.startswith(top))
         newest: dict[str, str] = {}
-        for line in out.splitlines():
-            dataset, _, name = line.partition("@")
+        for _, full in snaps:
+            dataset, _, name = full.partition("@")
             if is_snapshot_name(name):
                 newest[dataset] = name
-        return {(d.rpartition("/")[2].split(".")[0], n) for d, n in newest.items()}
+        return newest
 
     def send_argv(self, snap: Snapshot, base: Snapshot | None) -> list[str]:
         return ["zfs", "send", *(["-i", self._full(base)] if base else []), self._full(snap)]
@@ -715,9 +721,7 @@ class ZfsBackend(Backend):
                 run(["zfs", "unmount", view])
         elif base and not clone:
             target = held.get(base, "").partition("@")[0]
-            chain = sorted((int(p["createtxg"]), full.partition("@")[2]) for full, p in props.items()
-                           if full.startswith(target + "@") and target.startswith(top + "/"))
-            if not chain or chain[-1][1] != base:  # only onto the newest of a received chain
+            if self._received_chains(project, props).get(target) != base:
                 raise SnapverError(f"{volume}@{name} cannot be received on top of {base} here; "
                                    "send it whole")
             new = False
