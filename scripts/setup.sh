@@ -2,7 +2,7 @@
 # Installs everything snapver needs on Debian/Ubuntu, as root: system tools, a venv, the package.
 # Sourced by demo.sh and test.sh; safe to run again (it skips what is already there).
 set -euo pipefail
-[ "$(id -u)" -eq 0 ] || { echo "setup: run this as root (sudo $0)" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || { echo "setup: run this as root (log in as root, or sudo where it exists)" >&2; exit 1; }
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 packages=(git btrfs-progs util-linux python3 python3-venv ${SNAPVER_EXTRA_PACKAGES:-})
