@@ -225,3 +225,33 @@ def test_the_socket_refuses_rewrites_not_made_in_the_callers_tree(nobody_repo, d
         assert {old, new} <= set(names)
     finally:
         d.stop()
+
+
+def test_a_copy_is_a_snapshot_of_its_own(lake_repo, lake):
+    """copy_snapshot: same data, refuses an existing name, and either one can go first
+    where the filesystem allows it (ZFS ties the old one to its copy: refused, in one line)."""
+    from snapver.errors import SnapverError
+    from snapver.lake import Workspace
+
+    repo = lake_repo
+    old = make(repo, "c1", "c1 data")
+    new = git(repo, "commit-tree", "HEAD^{tree}", "-m", "a rewrite of c1")
+    ws = Workspace.open(repo)
+    source = ws.backend.find(ws.project, "data", old)
+    copy = ws.backend.copy_snapshot(source, new)
+    assert (copy.path / "f.csv").read_text() == "c1 data" and copy.name == new and copy.kind == "commit"
+    try:
+        ws.backend.copy_snapshot(source, new)
+        raise AssertionError("a second copy of the same name was made")
+    except SnapverError as e:
+        assert "already exists" in str(e)
+    ws.backend.destroy(ws.backend.find(ws.project, "data", new))
+    assert ws.backend.find(ws.project, "data", new) is None
+    assert (ws.backend.find(ws.project, "data", old).path / "f.csv").read_text() == "c1 data"
+    copy = ws.backend.copy_snapshot(ws.backend.find(ws.project, "data", old), new)  # again, after its removal
+    try:
+        ws.backend.destroy(ws.backend.find(ws.project, "data", old))
+        assert lake.backend == "btrfs", "ZFS cannot destroy the origin of a clone"
+    except SnapverError as e:
+        assert lake.backend == "zfs" and "rewritten commit's copy" in str(e) and "\n" not in str(e), e
+    assert (ws.backend.find(ws.project, "data", new).path / "f.csv").read_text() == "c1 data"
