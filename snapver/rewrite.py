@@ -168,21 +168,27 @@ def _record_commits(ws, shas: set[str]) -> None:
 def check_served(ws, pairs) -> None:
     """For a caller served over the daemon's socket: every pair must be a rewrite that
     happened in this working tree. The old commit must appear in the reflog of its HEAD or
-    of one of its branches (it was checked out or committed there, then rewritten), and the
-    new commit must exist in this repository. Otherwise the whole request is refused."""
+    of one of its branches (it was checked out or committed there, then rewritten), or be an
+    ancestor of such an entry, and the new commit must exist in this repository. Otherwise
+    the whole request is refused, and nothing is made."""
     by_new = groups(pairs)
     if not by_new:
         return
     done = subprocess.run(["git", "log", "-g", "--format=%H", "HEAD", "--branches", "--"],
                           cwd=ws.git.toplevel, capture_output=True, text=True)
     seen = set(done.stdout.split())
-    for new, olds in by_new.items():
-        for old in olds:
-            if old not in seen:
-                raise SnapverError(
-                    f"refused: commit {old[:10]} was never HEAD or a branch tip in {ws.git.toplevel} "
-                    "(not in its reflog), so it was not rewritten there; nothing was changed"
-                )
+    olds = {o for group in by_new.values() for o in group}
+    if olds - seen and seen:
+        # A rebase also rewrites commits that came with a pull and were never HEAD here
+        # themselves: an ancestor of a reflog entry counts (one walk, only when needed).
+        walk = subprocess.run(["git", "rev-list", "--stdin"], cwd=ws.git.toplevel, capture_output=True,
+                              text=True, input="".join(s + "\n" for s in sorted(seen)))
+        seen |= set(walk.stdout.split()) & olds
+    for old in sorted(olds - seen):
+        raise SnapverError(
+            f"refused: commit {old[:10]} was never reached from HEAD or a branch of {ws.git.toplevel} "
+            "(by its reflog), so it was not rewritten there; nothing was changed"
+        )
     gone = missing(ws.git, by_new)
     if gone:
         raise SnapverError(f"refused: {gone[0][:10]} is not a commit in {ws.git.toplevel}; nothing was changed")
