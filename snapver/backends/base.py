@@ -135,7 +135,8 @@ class Backend(ABC):
     def copy_snapshot(self, snap: Snapshot, name: str) -> Snapshot:
         """A new read-only snapshot `name` of the same volume holding exactly snap's data, in
         O(1) (a rewritten commit gets its own snapshot); snap stays as it is. Refused if
-        `name` exists. All or none: a crash leaves no snapshot `name`."""
+        `name` exists. All or none: a crash leaves no snapshot `name`. The Snapshot returned
+        is for the catalog; its `path` may not be readable yet (find gives one that is)."""
 
     @abstractmethod
     def clone_into_place(self, snap: Snapshot, workspace: str) -> str:

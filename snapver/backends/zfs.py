@@ -434,7 +434,7 @@ class ZfsBackend(Backend):
         except BaseException:
             _destroy(copy, recursive=True)
             raise
-        return self._snapshot(snap.project, snap.volume, f"{copy}@{name}")
+        return self._row(snap.project, snap.volume, f"{copy}@{name}")  # no view mounted for it yet
 
     def _describe(self, project: str, dataset: str) -> str:
         rest = dataset[len(f"{self._lake}/{project}/"):].split("/")
