@@ -28,6 +28,10 @@ def data_of(repo: Path, rev: str) -> dict[str, str]:
 def make(repo: Path, message: str, content: str, **extra_env) -> str:
     write(repo / "data" / "f.csv", content)
     write(repo / "models" / "m.pt", f"model of {content}")
+    # Code changes too: commits with one tree and one second would be one commit again
+    # after a rebase (a fixup of an empty commit made in the same second is that commit).
+    write(repo / "code.txt", f"code of {message}\n")
+    git(repo, "add", "code.txt")
     return commit(repo, message, **extra_env)
 
 
@@ -85,6 +89,7 @@ def test_rebase_edit_amend_abort_keeps_mains_snapshot(lake_repo):
     assert data_of(repo, amended)["data/f.csv"] == "edited c1", "the amend at the stop snapshots its data"
     git_err(repo, "rebase", "--abort")
     assert git(repo, "rev-parse", "main") == c2
+    assert (repo / "data" / "f.csv").read_text() == "c2 data", "the abort brings the lake back with HEAD"
     assert data_of(repo, "main")["data/f.csv"] == "c2 data"
     assert data_of(repo, "main~1")["data/f.csv"] == "c1 data"
     plan = snapver(repo, "gc", "--dry-run", "--json").json
