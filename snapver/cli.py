@@ -241,6 +241,29 @@ def show(rev, space, as_json):
             click.echo(f"{kind[:-1]:<8} {k} = {cell(val)}")
 
 
+@cli.command()
+@click.argument("commit_map", metavar="COMMIT-MAP", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def remap(commit_map, as_json):
+    """Give commits rewritten by filter-repo or filter-branch their snapshots.
+
+    COMMIT-MAP is filter-repo's .git/filter-repo/commit-map, or lines of `<old> <new>`
+    commit IDs. Each new commit gets its own snapshot of every volume its old commit had
+    (O(1)); the old snapshots stay until gc finds nothing that reaches them.
+    """
+    from . import rewrite
+
+    pairs = rewrite.parse_commit_map(commit_map)
+    made = ops.call("rewrite", {"pairs": pairs})
+    if as_json:
+        emit_json(made)
+        return
+    commits = sorted({s["commit"] for s in made})
+    for c in commits:
+        click.echo(f"{short(c)}  " + ", ".join(s["volume"] for s in made if s["commit"] == c))
+    click.echo(f"{len(made)} snapshot(s) made for {len(commits)} rewritten commit(s); the old ones are kept")
+
+
 @cli.group()
 def hooks():
     """The Git hooks that snapshot on commit and follow checkouts."""

@@ -372,7 +372,7 @@ class Daemon:
             raise SnapverError(f"{_user(uid)} may not act on {tree}: ask its owner to add you to allow_users")
         log.info("%s (pid %d) asks %s on %s", _user(uid), pid, op, tree)
         args = {k: v for k, v in request.items() if k not in ("op", "workspace")}
-        return ops.perform(self._open(tree), op, args)
+        return ops.perform(self._open(tree), op, args, served=True)
 
     def may(self, uid: int, gid: int, w: WatchedWorkspace) -> bool:
         if uid == 0:

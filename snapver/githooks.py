@@ -18,7 +18,7 @@ HOOKS = (
     "post-commit",  # snapshot the new commit
     "post-checkout",  # branch checkouts and `git switch`: the lake follows HEAD
     "post-merge",  # `git merge`, `git pull`
-    "post-rewrite",  # `commit --amend`, `rebase`: snapshots follow the new commit IDs
+    "post-rewrite",  # `commit --amend`, `rebase`: the new commits get snapshots too
     "post-index-change",  # marks commands that rewrite the working tree ...
     "reference-transaction",  # ... so the HEAD move of `reset --hard` can follow
     "pre-push",  # `git push`: the pushed commits' snapshots go too, where snapver.toml opts in
@@ -101,6 +101,9 @@ def main(argv: list[str]) -> int:
             for message in registry.releases_from_tags(Workspace.open("."), sys.stdin.read().splitlines()):
                 say(message)
             return 0
+        if hook == "rebase-edit":  # `rebase -i` stopped at an edit: the lake goes to that commit
+            rebase_edit(sys.stdin.read().split())
+            return 0
         if hook == "pre-push":
             push_with_git(args, sys.stdin.read().splitlines())
             return 0
@@ -110,13 +113,20 @@ def main(argv: list[str]) -> int:
             snaps = ops.call("snapshot")
             say(f"snapshot {snaps[0]['name'][:10]} ({', '.join(s['volume'] for s in snaps)})")
         elif hook == "post-rewrite":
-            pairs = [line.split()[:2] for line in sys.stdin.read().splitlines() if line.strip()]
-            ops.call("rewrite", {"pairs": pairs})
-            # An amend inside an unfinished rebase renames, but only the rebase's end moves the lake.
             from .gitrepo import GitRepo
 
             git_dir = GitRepo.find(".").git_dir
             rebasing = any((git_dir / d).exists() for d in ("rebase-merge", "rebase-apply"))
+            if rebasing and args[:1] == ["amend"] and not (git_dir / "rebase-merge" / "amend").exists():
+                # The rebase amending by itself (a squash or fixup folding into the commit before):
+                # the rebase's own post-rewrite maps the whole group, and the newest gives the data.
+                return 0
+            pairs = [line.split()[:2] for line in sys.stdin.read().splitlines() if line.strip()]
+            made = ops.call("rewrite", {"pairs": pairs})
+            if made:
+                said = len({s["commit"] for s in made})
+                say(f"rewritten: {said} commit(s) got snapshots of their own; the old ones are kept")
+            # An amend inside an unfinished rebase gives snapshots, but only the rebase's end moves the lake.
             if args[:1] == ["rebase"] or not rebasing:
                 report(ops.call("follow"))
         else:
@@ -132,6 +142,22 @@ def main(argv: list[str]) -> int:
             say(f"{known} (Git carried on)")
             log(f"{hook} {' '.join(args)}: {known}")
     return 0
+
+
+def rebase_edit(done_line: list[str]) -> None:
+    """At an `edit` stop HEAD is the commit being edited, or its copy on a new base: the copy
+    gets the original's snapshots (as post-rewrite would give them at the end), then the lake
+    follows HEAD, unsnapshotted changes kept first, so the data can be edited and amended."""
+    from . import ops
+    from .gitrepo import GitRepo
+
+    git = GitRepo.find(".")
+    if len(done_line) < 2:
+        return
+    edited, head = git.resolve(done_line[1]), git.head()
+    if head and head != edited:
+        ops.call("rewrite", {"pairs": [[edited, head]]})
+    report(ops.call("follow"))
 
 
 def push_with_git(args: list[str], updates: list[str]) -> None:

@@ -47,8 +47,34 @@ run() {
 }
 
 # In the middle of a rebase HEAD walks through commits the lake must not follow;
-# post-rewrite, which runs as the rebase finishes, moves the snapshots and the lake.
+# post-rewrite, which runs as the rebase finishes, gives the new commits snapshots and
+# moves the lake. One exception: `rebase -i` stopped at an `edit`, where the user works
+# on that commit. Git marks the stop by writing REBASE_HEAD with stopped-sha present,
+# and the last command done is the edit: then the lake goes to the commit being edited,
+# and a commit made during the stop (`amend` is there) is snapshotted as any other.
+# Leaving a stop other than by --continue deletes REBASE_HEAD: the lake follows HEAD.
 if [ "$hook" != post-rewrite ] && { [ -d "$gitdir/rebase-merge" ] || [ -d "$gitdir/rebase-apply" ]; }; then
+  [ -d "$state" ] || exit $status
+  case $hook in
+    post-commit)
+      [ -f "$gitdir/rebase-merge/amend" ] && run "$@" ;;
+    reference-transaction)
+      if [ "$1" = committed ] && [ -f "$gitdir/rebase-merge/stopped-sha" ]; then
+        z=0000000000000000000000000000000000000000
+        case "$input" in
+          *"$z $z REBASE_HEAD"*)
+            # Deleted while stopped: `--abort` (HEAD is back where the rebase began), `--skip`
+            # or `--quit`. The lake may have gone to an edit: it follows HEAD again.
+            run "$@" ;;
+          *" REBASE_HEAD"*)
+            last=
+            while read -r line; do last=$line; done < "$gitdir/rebase-merge/done"
+            case $last in
+              "edit "*|"e "*) printf '%s' "$last" | "$SNAPVER_PYTHON" -m snapver.githooks rebase-edit ;;
+            esac ;;
+        esac
+      fi ;;
+  esac
   exit $status
 fi
 

@@ -511,34 +511,12 @@ class Workspace:
         parents = self.git.commit(head).parents
         return len(parents) > 1 and parents[0] == self.lake_at()
 
-    def rewrite(self, pairs: list[tuple[str, str]]) -> None:
-        """`commit --amend` and `rebase` replaced commits: their snapshots take the new IDs.
+    def rewrite(self, pairs: list[tuple[str, str]]) -> list[Snapshot]:
+        """`commit --amend`, `rebase`, `snapver remap` replaced commits: each new commit gets
+        snapshots of its own, made from the old ones, which stay (see rewrite.py)."""
+        from . import rewrite
 
-        A new commit that already has a snapshot (amend takes one in post-commit)
-        keeps it, and the old snapshot becomes a wip snapshot of the new commit:
-        renamed, never deleted.
-        """
-        renames = dict(pairs)
-        with self.lock():
-            for snap in self.backend.snapshots(self.project):
-                new = renames.get(snap.commit)
-                if new is None or not names.SHA.fullmatch(new):
-                    continue
-                if snap.kind == "commit" and not self.backend.find(self.project, snap.volume, new):
-                    name = new
-                else:
-                    name = names.wip_snapshot_name(new, snap.created)
-                moved = self.backend.rename(snap, name)
-                self.catalog.rename_snapshot(snap, moved)
-                vs = self.state.volume(snap.volume)
-                if vs.base == snap.name:
-                    vs.base = name
-            self.state.save()
-            for new in set(renames.values()):
-                if names.SHA.fullmatch(new):
-                    self.catalog.record_commit(self.project, self.git.commit(new), self.git.branch())
-            if self.lake_at() in renames:
-                self._record_at(renames[self.lake_at()])
+        return rewrite.apply(self, pairs)
 
     # ---------------------------------------------------------------- looking at snapshots
     def show(self, rev: str) -> tuple[str, dict[str, Snapshot], dict | None]:

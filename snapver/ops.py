@@ -42,9 +42,15 @@ def _follow(ws, a):
     return checkout_dict(ws.follow_head())
 
 
+def _pairs(a) -> list[tuple[str, str]]:
+    pairs = a.get("pairs", [])
+    if not isinstance(pairs, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
+        raise SnapverError("pairs must be a list of [old, new] commit IDs")
+    return [(str(old), str(new)) for old, new in pairs]
+
+
 def _rewrite(ws, a):
-    ws.rewrite([(str(old), str(new)) for old, new in a.get("pairs", [])])
-    return None
+    return [snapshot_dict(s) for s in ws.rewrite(_pairs(a))]
 
 
 def _status(ws, a):
@@ -74,9 +80,15 @@ OPS = {
 }
 
 
-def perform(ws, op: str, args: dict):
+def perform(ws, op: str, args: dict, served: bool = False):
+    """served: for a caller over the daemon's socket, who may act only on what its own
+    working tree did (a rewrite it did not make there is refused)."""
     if op not in OPS:
         raise SnapverError(f"unknown operation {op!r}")
+    if served and op == "rewrite":
+        from . import rewrite
+
+        rewrite.check_served(ws, _pairs(args))
     return OPS[op](ws, args)
 
 

@@ -128,7 +128,15 @@ class Backend(ABC):
 
     @abstractmethod
     def rename(self, snap: Snapshot, name: str) -> Snapshot:
-        """Give a snapshot another name (its commit was rewritten); its data stays as it is."""
+        """Give a snapshot another name; its data stays as it is. snapver itself never renames
+        a snapshot (they are immutable, see copy_snapshot); tests use it to age wips."""
+
+    @abstractmethod
+    def copy_snapshot(self, snap: Snapshot, name: str) -> Snapshot:
+        """A new read-only snapshot `name` of the same volume holding exactly snap's data, in
+        O(1) (a rewritten commit gets its own snapshot); snap stays as it is. Refused if
+        `name` exists. All or none: a crash leaves no snapshot `name`. The Snapshot returned
+        is for the catalog; its `path` may not be readable yet (find gives one that is)."""
 
     @abstractmethod
     def clone_into_place(self, snap: Snapshot, workspace: str) -> str:

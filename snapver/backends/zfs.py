@@ -6,6 +6,8 @@ Layout under the lake dataset L (the logical layout of base.py, in datasets):
     L/<project>/history/<ws>/<volume>.<t>    a former live volume kept for its snapshots
     L/<project>/incoming/<ws>/<volume>       transient: the clone a checkout swaps in
     L/<project>/snapshots/<volume>/<name>    read-only clone of a snapshot (zfs-fuse only)
+    L/<project>/history/_copies/<volume>.<name>  holds snapshot <name>, a copy of another
+                                             snapshot given to a rewritten commit (copy_snapshot)
 
 A ZFS snapshot hangs off the dataset it was taken of, and a checkout replaces
 a live dataset with a clone of some snapshot, so one project's history is
@@ -50,6 +52,7 @@ _COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*")
 _POOL = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*")
 # Room below ZFS's 255-byte limit for "/<project>/history/<ws>/<volume>.<t>@<name>".
 MAX_LAKE_NAME = 40
+COPIES = "_copies"  # history/_copies: the datasets copy_snapshot makes (no workspace id starts with _)
 PROBE = "snapver-probe"  # temporary snapshots changed_since takes and drops
 MIN_POOL_SIZE = 64 * 1024**2  # the smallest vdev ZFS accepts
 
@@ -406,10 +409,39 @@ class ZfsBackend(Backend):
         run(["zfs", "set", f"snapver:kind={parsed[1]}", new])
         return self._snapshot(snap.project, snap.volume, new)
 
+    def copy_snapshot(self, snap: Snapshot, name: str) -> Snapshot:
+        """A ZFS snapshot cannot be duplicated in place (a new snapshot of its dataset holds
+        the dataset's state now, not snap's), and send/receive copies data. What is O(1) on
+        zfs-fuse (pool version 23) and OpenZFS alike: clone snap into a read-only history
+        dataset of its own, and snapshot that clone as `name` (its snapver properties set).
+        The clone ties snap to it as its origin, as a checkout's clone does: destroy() frees
+        snap only where it can promote, and otherwise refuses and keeps it, which costs no
+        space (the copy holds the same blocks). A crash between the clone and its snapshot
+        leaves a dataset without snapshots, which the next copy of that name replaces."""
+        parsed = parse_snapshot_name(name)
+        if parsed is None:
+            raise SnapverError(f"{name!r} is not a snapver snapshot name")
+        if self._locate(snap.project, snap.volume, name):
+            raise SnapverError(f"snapshot {name} of volume {snap.volume} already exists")
+        full = self._full(snap)
+        copy = f"{self._lake}/{snap.project}/history/{COPIES}/{check_volume(snap.volume)}.{name}"
+        if _exists(copy):
+            _destroy(copy, recursive=True)  # a copy a crash cut off before its snapshot
+        run(["zfs", "clone", "-p", "-o", "readonly=on", "-o", "atime=off", full, copy])
+        props = {"snapver:kind": parsed[1], "snapver:commit": parsed[0]}
+        try:
+            self._snapshot_all([f"{copy}@{name}"], props)
+        except BaseException:
+            _destroy(copy, recursive=True)
+            raise
+        return self._row(snap.project, snap.volume, f"{copy}@{name}")  # no view mounted for it yet
+
     def _describe(self, project: str, dataset: str) -> str:
         rest = dataset[len(f"{self._lake}/{project}/"):].split("/")
         if rest[0] == "workspaces" and len(rest) == 3:
             return f"the live volume {rest[2]} of workspace {rest[1]}"
+        if rest[0] == "history" and len(rest) == 3 and rest[1] == COPIES:
+            return f"the snapshot {rest[2].partition('.')[2]} (a rewritten commit's copy)"
         return f"the dataset {dataset} (older history)"
 
     def _is_history(self, project: str, dataset: str) -> bool:
