@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -132,3 +133,132 @@ def test_bad_kept_setting_is_one_line(lake_repo, setting, error):
     result = snapver(lake_repo, "gc", ok=False)
     assert error in result.err and len(result.err.strip().splitlines()) == 1, result.err
     assert on_disk(lake_repo) == before
+
+
+# ---------------------------------------------------------------- every known clone
+
+def feature_only_in(clone: Path, branch: str = "feat") -> str:
+    """A commit with its own data that only `branch` of that clone reaches."""
+    git(clone, "checkout", "-q", "-b", branch)
+    write(clone / "data" / "only-here.csv", f"rows only {branch} reaches\n")
+    return commit(clone, f"work on {branch}")
+
+
+def test_moved_clone_keeps_what_only_it_reaches_until_forgotten(lake_repo, lake, tmp_path):
+    a = lake_repo
+    retention(a, 'unreachable = "1s"')
+    b = clone_of(a, tmp_path / "B", lake)
+    feat = feature_only_in(b)
+    moved = tmp_path / "B-moved"
+    b.rename(moved)
+    time.sleep(1.5)  # past the grace of unreachable snapshots
+
+    out = snapver(a, "gc").out
+    assert re.search(rf"kept every unreachable commit snapshot: {re.escape(str(b))} is missing", out), out
+    assert {("data", feat), ("models", feat)} <= on_disk(a), "B's branch-only snapshots are kept"
+    assert "not proven unreachable" in plan(a)[("data", feat)]["reason"]
+    listed = {c["path"]: c for c in snapver(a, "clones", "--json").json}
+    assert listed[str(b)]["state"] == "missing" and listed[str(a)]["state"] == "present"
+
+    refused = snapver(a, "clones", "forget", str(a), ok=False)
+    assert "still there" in refused.err and len(refused.err.strip().splitlines()) == 1
+    assert "no known clone" in snapver(a, "clones", "forget", str(tmp_path / "nowhere"), ok=False).err
+
+    snapver(moved, "status")  # snapver run in the moved clone remembers it at its new path
+    assert snapver(a, "clones", "forget", str(b)).out.startswith(f"forgot {b}")
+    assert str(b) not in {c["path"] for c in snapver(a, "clones", "--json").json}
+    out = snapver(a, "gc").out
+    assert "kept every" not in out and ("data", feat) in on_disk(a), "B-moved still reaches feat"
+    assert plan(a)[("data", feat)]["reason"] == "reachable commit"
+
+    shutil.rmtree(moved)  # deleted for good (the volume links go, the lake keeps its volumes)
+    assert "missing" in snapver(a, "gc").out and ("data", feat) in on_disk(a)
+    snapver(a, "clones", "forget", str(moved))
+    snapver(a, "gc")
+    assert not any(name == feat for _, name in on_disk(a)), "forgotten, nothing reaches feat: it goes"
+
+
+def test_shallow_clone_keeps_every_commit_snapshot(lake_repo, lake, tmp_path):
+    a = lake_repo
+    retention(a, 'unreachable = "1s"')
+    git(a, "checkout", "-q", "-b", "doomed")
+    write(a / "data" / "x.csv", "doomed rows\n")
+    doomed = commit(a, "doomed")
+    git(a, "checkout", "-q", "main")
+    git(a, "branch", "-q", "-D", "doomed")
+    forget_reflogs(a)
+    c = clone_of(a, tmp_path / "C", lake, "--depth", "1")
+    assert git(c, "rev-parse", "--is-shallow-repository") == "true"
+    time.sleep(1.5)
+
+    out = snapver(a, "gc").out
+    assert f"{c} is a shallow clone" in out, out
+    assert ("data", doomed) in on_disk(a)
+    listed = {x["path"]: x["state"] for x in snapver(a, "clones", "--json").json}
+    assert listed[str(c)] == "shallow"
+
+    git(c, "fetch", "-q", "--unshallow")
+    out = snapver(a, "gc").out
+    assert "kept every" not in out and ("data", doomed) not in on_disk(a), out
+
+
+def test_reflog_and_a_clone_at_a_commit_before_snapver_toml_count(lake_repo, lake, tmp_path):
+    a = lake_repo
+    retention(a, 'unreachable = "1s"')
+    before_snapver = git(a, "rev-list", "--max-parents=0", "HEAD")
+    b = clone_of(a, tmp_path / "B", lake)
+    feat = feature_only_in(b)
+    git_err(b, "checkout", "-q", before_snapver)  # no snapver.toml in B's working tree now
+    assert not (b / "snapver.toml").exists()
+    git(a, "checkout", "-q", "-b", "gone")
+    write(a / "data" / "y.csv", "rows on a deleted branch\n")
+    in_reflog = commit(a, "only the reflog remembers this")
+    git(a, "checkout", "-q", "main")
+    git(a, "branch", "-q", "-D", "gone")
+    time.sleep(1.5)
+
+    out = snapver(a, "gc").out
+    assert "kept every" not in out, out
+    decided = plan(a)
+    assert decided[("data", feat)]["reason"] == "reachable commit", "B counts without its snapver.toml"
+    assert decided[("data", in_reflog)]["reason"] == "reachable commit", "`git checkout HEAD@{1}` gets it back"
+    forget_reflogs(a)
+    snapver(a, "gc")
+    left = on_disk(a)
+    assert ("data", feat) in left and ("data", in_reflog) not in left
+
+
+def test_daemon_gc_keeps_a_moved_clones_snapshots(lake_repo, lake, tmp_path):
+    a = lake_repo
+    retention(a, 'unreachable = "1s"')
+    b = clone_of(a, tmp_path / "B", lake)
+    feat = feature_only_in(b)
+    b.rename(tmp_path / "B-moved")
+    config = tmp_path / "snapverd.toml"
+    config.write_text(f'gc_interval = "off"\n[[workspace]]\npath = "{a}"\n')
+    time.sleep(1.5)
+
+    done = snapver(a, "daemon", "--config", str(config), "gc")
+    assert f"{b} is missing" in done.err, done.err
+    assert ("data", feat) in on_disk(a), "the daemon's gc keeps what only the moved clone reaches"
+    snapver(a, "clones", "forget", str(b))
+    snapver(a, "daemon", "--config", str(config), "gc")
+    assert ("data", feat) not in on_disk(a)
+
+
+def test_root_reads_another_users_clone_as_that_user(lake_repo, lake):
+    """gc run by root (the daemon) counts a clone owned by a user, without running Git as root there."""
+    a = lake_repo
+    retention(a, 'unreachable = "1s"')
+    home = Path(tempfile.mkdtemp(prefix="snapver-user-"))
+    try:
+        home.chmod(0o755)
+        b = clone_of(a, home / "B", lake)
+        feat = feature_only_in(b)
+        subprocess.run(["chown", "-R", "nobody:nogroup", str(b)], check=True)
+        time.sleep(1.5)
+        out = snapver(a, "gc").out
+        assert "kept every" not in out, out
+        assert plan(a)[("data", feat)]["reason"] == "reachable commit"
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
