@@ -171,7 +171,9 @@ def plan(snapshots, reachable: set[str], protected: set[tuple[str, str]], policy
             elif s.name in newest_names:
                 decisions.append(Decision(s, True, "newest wip of its line of work"))
             elif now - times[s.name] <= policy.kept:
-                decisions.append(Decision(s, True, "kept before a change, within its own age"))
+                why = "kept before a change" if row is not None and row.get("kept") else \
+                    "not known to the catalog, so kept as a safety wip"
+                decisions.append(Decision(s, True, f"{why}, within its own age ({policy.kept})"))
             else:
                 decisions.append(Decision(s, False, f"kept before a change, older than {policy.kept}"))
         for s, keep in zip(scheduled, policy.wip.keep([times[s.name] for s in scheduled], now)):

@@ -124,6 +124,26 @@ def test_safety_wips_are_never_thinned_and_age_out_by_kept(lake_repo):
     assert ("data", main) in left and ("data", feature) in left, "commit snapshots are untouched"
 
 
+def test_a_wip_the_catalog_does_not_know_is_kept_as_a_safety_wip(lake_repo):
+    from snapver.lake import Workspace
+
+    retention(lake_repo, 'wip = "1"')
+    for i in range(3):
+        write(lake_repo / "logs" / "run.log", f"step {i}")
+        snapver(lake_repo, "snapshot", "--wip")
+    wips = sorted(n for v, n in on_disk(lake_repo) if v == "logs" and "." in n)
+    assert [plan(lake_repo)[("logs", n)]["keep"] for n in wips] == [False, False, True]
+    ws = Workspace.open(lake_repo)
+    db = ws.backend.catalog_path
+    ws.catalog.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    snapver(lake_repo, "reindex")  # rows come back from the filesystem, without their kind of wip
+    decided = plan(lake_repo)
+    assert all(decided[("logs", n)]["keep"] for n in wips)
+    assert "not known to the catalog" in decided[("logs", wips[0])]["reason"]
+
+
 @pytest.mark.parametrize("setting, error", [('kept = "soon"', "not a duration"), ("kept = 30", "not understood"),
                                             ('keep = "30d"', "not a setting")])
 def test_bad_kept_setting_is_one_line(lake_repo, setting, error):
@@ -159,6 +179,8 @@ def test_moved_clone_keeps_what_only_it_reaches_until_forgotten(lake_repo, lake,
     assert "not proven unreachable" in plan(a)[("data", feat)]["reason"]
     listed = {c["path"]: c for c in snapver(a, "clones", "--json").json}
     assert listed[str(b)]["state"] == "missing" and listed[str(a)]["state"] == "present"
+    text = snapver(a, "clones").out
+    assert re.search(rf"^missing +{re.escape(str(b))} ", text, re.M) and "(this one)" in text, text
 
     refused = snapver(a, "clones", "forget", str(a), ok=False)
     assert "still there" in refused.err and len(refused.err.strip().splitlines()) == 1
