@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     created TEXT NOT NULL,
     workspace TEXT,
     message TEXT,
+    kept INTEGER,
     PRIMARY KEY (project, volume, name)
 );
 CREATE TABLE IF NOT EXISTS commits (
@@ -66,6 +67,14 @@ CREATE TABLE IF NOT EXISTS operations (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS operations_workspace ON operations (workspace);
+CREATE TABLE IF NOT EXISTS clones (
+    project TEXT NOT NULL,
+    worktree TEXT NOT NULL,
+    git_dir TEXT NOT NULL,
+    workspace TEXT NOT NULL,
+    seen TEXT NOT NULL,
+    PRIMARY KEY (project, worktree, git_dir, workspace)
+);
 """
 
 
@@ -131,6 +140,29 @@ def _prepare_shm(db: Path) -> None:
         os.close(fd)
 
 
+def _add_kept_column(conn) -> None:
+    """A catalog made before safety wips were marked gets the column. Its rows are marked
+    from what they say: "kept before ..." is a safety wip; a row reindex made (no workspace)
+    is not known (NULL: gc keeps it as a safety wip); any other row is a daemon or manual one."""
+    if any(r[1] == "kept" for r in conn.execute("PRAGMA table_info(snapshots)")):
+        return
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if not any(r[1] == "kept" for r in conn.execute("PRAGMA table_info(snapshots)")):
+                conn.execute("ALTER TABLE snapshots ADD COLUMN kept INTEGER")
+                conn.execute("UPDATE snapshots SET kept = CASE WHEN message LIKE 'kept before %' THEN 1 "
+                             "WHEN workspace IS NULL THEN NULL ELSE 0 END")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    except sqlite3.OperationalError as e:
+        if "readonly" not in str(e) and "read-only" not in str(e):
+            raise
+        # Opened by one who may not write it: its rows read as "not known" (kept) until then.
+
+
 class Catalog:
     def __init__(self, path: Path):
         global _opened
@@ -155,6 +187,7 @@ class Catalog:
             pass  # filesystems without shared mmap (FUSE) keep the rollback journal
         try:
             self.conn.executescript(SCHEMA)
+            _add_kept_column(self.conn)
         except sqlite3.OperationalError as e:
             self.conn.close()
             raise explain(e, self.path) from None
@@ -202,12 +235,17 @@ class Catalog:
         return sqlite_utils.Database(self.conn)
 
     # writes (hot path: plain sqlite3)
-    def record_snapshots(self, snapshots, workspace: str | None, message: str | None) -> None:
+    def record_snapshots(self, snapshots, workspace: str | None, message: str | None,
+                         kept: bool | None = None) -> None:
+        """kept: a safety wip (taken before live data was replaced), which gc never thins;
+        None when not known (a rebuilt or received row), which gc treats as kept."""
         self.conn.executemany(
-            "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO snapshots "
+            "(project, volume, name, commit_sha, kind, created, workspace, message, kept) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (s.project, s.volume, s.name, s.commit, s.kind,
-                 s.created.isoformat(), workspace, message)
+                 s.created.isoformat(), workspace, message, None if kept is None else int(kept))
                 for s in snapshots
             ],
         )
@@ -251,7 +289,7 @@ class Catalog:
     def record_received(self, snap, rows: dict) -> None:
         """A snapshot that came from another lake, with what that lake knew of it."""
         theirs = rows.get("snapshot") or {}
-        self.record_snapshots([snap], theirs.get("workspace"), theirs.get("message"))
+        self.record_snapshots([snap], theirs.get("workspace"), theirs.get("message"), theirs.get("kept"))
         commit = rows.get("commit")
         if commit and commit.get("sha") == snap.commit:
             self.conn.execute(
@@ -290,7 +328,8 @@ class Catalog:
             for s in snapshots:
                 before = old.get((s.project, s.volume, s.name))
                 self.record_snapshots(
-                    [s], before and before["workspace"], before and before["message"]
+                    [s], before and before["workspace"], before and before["message"],
+                    before["kept"] if before else None,
                 )
             for project, info in commits:
                 self.record_commit(project, info, None)

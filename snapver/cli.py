@@ -298,9 +298,13 @@ def gc(dry_run, as_json):
     """Remove snapshots the retention policy no longer keeps (releases never go).
 
     The policy is [retention] in snapver.toml: `unreachable` (how long snapshots
-    of commits no branch or tag reaches are kept, default 30d) and `wip` (a
-    thinning schedule, default 1m1h,1h1d,1d1w: one per minute for an hour, one
-    per hour for a day, one per day for a week).
+    of commits no branch, tag, reflog or HEAD of any known clone reaches are
+    kept, default 30d), `kept` (how long a wip kept before a checkout, restore
+    or rebase lives, default 30d; no schedule thins these) and `wip` (a
+    thinning schedule for the daemon's and manual wips, default 1m1h,1h1d,1d1w:
+    one per minute for an hour, one per hour for a day, one per day for a
+    week). The newest wip of every line of work always stays. If a known clone
+    is missing, shallow or unreadable, no commit snapshot goes (`snapver clones`).
     """
     from .daemon import policy_for
     from .retention import Policy
@@ -310,10 +314,57 @@ def gc(dry_run, as_json):
     if as_json:
         emit_json([{**ops.snapshot_dict(d.snapshot), "keep": d.keep, "reason": d.reason} for d in decisions])
         return
+    if ws.gc_doubts:
+        more = f" (and {len(ws.gc_doubts) - 1} more)" if len(ws.gc_doubts) > 1 else ""
+        click.echo(f"kept every unreachable commit snapshot: {ws.gc_doubts[0]}{more}; "
+                   "see `snapver clones`")
     dropped = [d for d in decisions if not d.keep]
     for d in dropped:
         click.echo(f"{'would remove' if dry_run else 'removed'} {d.snapshot.volume}@{label(d.snapshot.name)}  ({d.reason})")
     click.echo(f"{len(dropped)} of {len(decisions)} snapshots {'would go' if dry_run else 'removed'}")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def clones(ctx, as_json):
+    """The clones and worktrees of this project that gc asks what they reach.
+
+    Every clone that opened the lake is remembered. gc removes a commit snapshot
+    only when every one of them is present, readable and not shallow, and none
+    reaches the commit. `snapver clones forget PATH` drops one that is gone.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from . import clones as clones_
+
+    ws = Workspace.open()
+    seen = clones_.listing(ws)
+    if as_json:
+        emit_json([{"path": str(s.clone.worktree), "git_dir": str(s.clone.git_dir) if s.clone.git_dir else None,
+                    "workspace": s.clone.workspace, "state": s.state, "detail": s.detail} for s in seen])
+        return
+    for s in seen:
+        here = "  (this one)" if s.clone.worktree == ws.git.toplevel and s.clone.workspace == ws.id else ""
+        click.echo(f"{s.state:<10}  {s.clone.worktree}  {s.clone.workspace}{here}")
+        if s.detail and s.state != "missing":
+            click.echo(f"            {s.detail}")
+
+
+@clones.command("forget")
+@click.argument("path")
+def clones_forget(path):
+    """Stop counting a clone that was deleted or moved away (the only way to drop one).
+
+    Refused while PATH is still that clone: gc must count what its branches
+    reach; delete it first. A clone moved elsewhere is remembered anew at its new
+    path the first time snapver runs there.
+    """
+    from . import clones as clones_
+
+    ws = Workspace.open()
+    for c in clones_.forget(ws, path):
+        click.echo(f"forgot {c.worktree} (workspace {c.workspace}); gc no longer waits for it")
 
 
 @cli.group(invoke_without_command=True)

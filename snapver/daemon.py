@@ -329,6 +329,8 @@ class Daemon:
                     continue
                 done.add(ws.project)
                 decisions += ws.gc(policy_for(ws, self.config.retention))
+                for doubt in ws.gc_doubts:
+                    log.warning("%s: gc kept every unreachable commit snapshot: %s", w.path, doubt)
             except SnapverError as e:
                 log.error("%s: gc failed: %s", w.path, e)
         dropped = [d for d in decisions if not d.keep]

@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from . import faults, journal, lock, names
+from . import clones, faults, journal, lock, names
 from .backends.base import Backend, Change, Snapshot, open_backend
 from .catalog import Catalog, explain
 from .config import CONFIG_NAME, Config, LocalState, VolumeState, write_as_owner
@@ -58,6 +58,7 @@ class Workspace:
         self.state = state
         self.backend = backend
         self._catalog: Catalog | None = None
+        self.gc_doubts: list[str] = []  # why the last gc kept unreachable commit snapshots
 
     @property
     def project(self) -> str:
@@ -112,6 +113,7 @@ class Workspace:
         _ensure_mounted(state)
         ws = cls(git, config, state, open_backend(state.backend, state.lake))
         journal.check(ws)  # one indexed lookup, and only where someone reads the warning
+        clones.note(ws)  # one indexed lookup; a write only when this clone is new or moved
         return ws
 
     @classmethod
@@ -175,6 +177,7 @@ class Workspace:
         state.save()
         ws._record_at(git.head())
         _keep_out_of_git(git, config.volumes)
+        clones.note(ws)
         return ws
 
     def _create_volumes(self) -> None:
@@ -229,13 +232,14 @@ class Workspace:
             self._record_at(head)
             return taken + [s for s in existing.values() if s is not None]
 
-    def _take(self, volumes: list[str], name: str, message: str | None, info=None) -> list[Snapshot]:
+    def _take(self, volumes: list[str], name: str, message: str | None, info=None,
+              kept: bool = False) -> list[Snapshot]:
         snaps = self.backend.snapshot(self.project, self.id, volumes, name)
         faults.point("after-snapshot-before-state")
         commit = snaps[0].commit if snaps else names.NO_COMMIT
         try:
             with self.catalog.batch():
-                self.catalog.record_snapshots(snaps, self.id, message)
+                self.catalog.record_snapshots(snaps, self.id, message, kept)
                 if commit != names.NO_COMMIT:
                     info = info if info and info.sha == commit else self.git.commit(commit)
                     self.catalog.record_commit(self.project, info, self.git.branch())
@@ -280,7 +284,7 @@ class Workspace:
         # It belongs to the commit the lake was at: in a hook, HEAD has already moved on.
         name = names.wip_snapshot_name(self.lake_at() or self.git.head() or names.NO_COMMIT)
         here = [v for v in self.volumes if self.backend.volume_exists(self.project, self.id, v)]
-        return self._take(here, name, why)
+        return self._take(here, name, why, kept=True)
 
     def capture(self, volumes: list[str] | None = None, message: str | None = None) -> list[Snapshot]:
         """A wip snapshot of those volumes that changed, and of nothing else (the daemon)."""
@@ -292,7 +296,10 @@ class Workspace:
             return self._take(changed, name, message)
 
     def gc(self, policy, dry_run: bool = False, now=None) -> list:
-        """Apply the retention policy to this project's snapshots; return every decision."""
+        """Apply the retention policy to this project's snapshots; return every decision.
+
+        Commit snapshots go only when every known clone was read (clones.reachability):
+        a doubt keeps them all, and each decision's reason says which clone."""
         from datetime import datetime, timezone
 
         from . import retention
@@ -301,9 +308,12 @@ class Workspace:
         with self.lock():
             from . import registry
 
+            reach = clones.reachability(self)
+            self.gc_doubts = reach.doubts
             decisions = retention.plan(
-                self.backend.snapshots(self.project), self.reachable_commits(),
+                self.backend.snapshots(self.project), reach.commits,
                 registry.protected(self), policy, now,
+                rows=self.catalog.snapshot_rows(self.project), doubt="; ".join(reach.doubts) or None,
             )
             doomed = [d.snapshot for d in decisions if not d.keep]
             if not dry_run and doomed:
@@ -317,21 +327,9 @@ class Workspace:
         return decisions
 
     def reachable_commits(self) -> set[str]:
-        """Commits any clone or worktree of this project on this host still reaches."""
-        trees = {self.git.toplevel} | {
-            Path(r["worktree"]) for r in self.catalog.db["volumes"].rows_where("project = ?", [self.project])
-            if r["worktree"]
-        }
-        reachable: set[str] = set()
-        for tree in sorted(trees):
-            if not (tree / CONFIG_NAME).exists():
-                continue  # a clone that was deleted
-            try:
-                out = GitRepo.find(tree).git("rev-list", "--branches", "--tags", "--remotes", "HEAD", "--")
-            except SnapverError:
-                continue
-            reachable.update(out.split())
-        return reachable
+        """Commits the known clones and worktrees of this project reach (see clones.reachability,
+        which also says whether that set can be trusted to be complete)."""
+        return clones.reachability(self).commits
 
     def status(self) -> list[VolumeStatus]:
         return [

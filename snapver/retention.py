@@ -1,15 +1,27 @@
-"""Which snapshots to keep: the rules `snapver gc` and the daemon apply.
+"""Which snapshots to keep: the rules `snapver gc` and the daemon apply, as a thinner.
 
-- A commit snapshot whose commit is reachable from a branch, tag or HEAD of
-  any clone of the project on this host is kept.
-- A commit snapshot of a commit nothing reaches any more is kept for
-  `unreachable` (default 30 days) after it was taken, then goes.
-- Wip snapshots are thinned by a schedule written as zfs-autobackup writes
-  its thinner: `1m1h,1h1d,1d1w` keeps one per minute for an hour, one per
-  hour for a day, one per day for a week; a bare number `N` keeps the newest
-  N whatever their age. Periods are absolute (one per clock hour), so a
-  snapshot kept today is still kept tomorrow while its rule lasts.
-- Releases are never removed.
+Every snapshot is kept unless a rule below proves it may go; in doubt, keep.
+
+- Releases (and the sources of derived volumes) are never removed.
+- Commit snapshots: one whose commit a branch, tag, remote-tracking ref,
+  reflog entry or HEAD of any known clone or worktree of the project reaches
+  is kept (clones.py). If any known clone is missing, moved, replaced,
+  shallow or unreadable, nobody can prove a commit unreachable, so every
+  commit snapshot is kept and the reason names that clone. Otherwise a
+  snapshot of a commit nothing reaches is kept for `unreachable` (default
+  30 days) after it was taken, then goes.
+- Safety wips, those taken before a checkout, restore or rebase replaced
+  live data ("kept before ..."), are promises: no schedule thins them. Each
+  ages out only after `kept` (default 30 days). A wip the catalog does not
+  know (lost or rebuilt catalog, received from elsewhere) counts as one.
+- The newest wip of every line of work (one volume, one commit the wip is
+  named after, one workspace) is always kept, whatever its age.
+- The other wips (daemon and `snapshot --wip`) are thinned by a schedule
+  written as zfs-autobackup writes its thinner: `1m1h,1h1d,1d1w` keeps one
+  per minute for an hour, one per hour for a day, one per day for a week; a
+  bare number `N` keeps the newest N whatever their age. Periods are
+  absolute (one per clock hour), so a snapshot kept today is still kept
+  tomorrow while its rule lasts. A wip's time is the one in its name.
 """
 
 from __future__ import annotations
@@ -88,13 +100,23 @@ class Schedule:
 class Policy:
     unreachable: timedelta = timedelta(days=30)
     wip: Schedule = Schedule.parse("1m1h,1h1d,1d1w")
+    kept: timedelta = timedelta(days=30)  # how long a safety wip lives
 
     @classmethod
     def from_config(cls, doc: dict) -> Policy:
         default = cls()
+        if not isinstance(doc, dict):
+            raise SnapverError("[retention] must be a table with unreachable, wip and kept")
+        for key, value in doc.items():
+            if key not in ("unreachable", "wip", "kept"):
+                raise SnapverError(f"[retention] {key} is not a setting: the settings are unreachable, wip, kept")
+            if not isinstance(value, str) and not (key == "wip" and isinstance(value, int)
+                                                   and not isinstance(value, bool)):
+                raise SnapverError(f'[retention] {key} = {value!r} is not understood: write a string like "30d"')
         return cls(
             unreachable=parse_duration(doc["unreachable"]) if "unreachable" in doc else default.unreachable,
             wip=Schedule.parse(doc["wip"]) if "wip" in doc else default.wip,
+            kept=parse_duration(doc["kept"]) if "kept" in doc else default.kept,
         )
 
 
@@ -105,8 +127,16 @@ class Decision:
     reason: str
 
 
-def plan(snapshots, reachable: set[str], protected: set[tuple[str, str]], policy: Policy, now: datetime) -> list[Decision]:
-    """Keep or drop, with a reason, for every snapshot given (one project)."""
+def plan(snapshots, reachable: set[str], protected: set[tuple[str, str]], policy: Policy, now: datetime,
+         rows: dict | None = None, doubt: str | None = None) -> list[Decision]:
+    """Keep or drop, with a reason, for every snapshot given (one project).
+
+    rows: the catalog's rows by (volume, name), which say which wips are safety wips
+    (`kept`) and which workspace took them; a wip without a row counts as a safety wip.
+    doubt: why reachability is not complete (a clone that could not be read): every
+    commit snapshot is then kept, with that reason.
+    """
+    rows = rows or {}
     decisions = []
     wips: dict[str, list] = {}
     for s in snapshots:
@@ -118,13 +148,39 @@ def plan(snapshots, reachable: set[str], protected: set[tuple[str, str]], policy
             wips.setdefault(s.volume, []).append(s)
         elif s.commit in reachable:
             decisions.append(Decision(s, True, "reachable commit"))
+        elif doubt:
+            decisions.append(Decision(s, True, f"not proven unreachable: {doubt}"))
         elif now - s.created <= policy.unreachable:
             decisions.append(Decision(s, True, "unreachable, within its grace period"))
         else:
             decisions.append(Decision(s, False, f"unreachable commit, older than {policy.unreachable}"))
     for group in wips.values():
         # A wip's time is the one in its name: names are the truth, and survive renames.
-        times = [parse_snapshot_name(s.name)[2] for s in group]
-        for s, keep in zip(group, policy.wip.keep(times, now)):
-            decisions.append(Decision(s, keep, "wip schedule" if keep else "thinned by the wip schedule"))
+        times = {s.name: parse_snapshot_name(s.name)[2] for s in group}
+        newest: dict[tuple, object] = {}
+        for s in group:
+            line = (s.commit, (rows.get((s.volume, s.name)) or {}).get("workspace"))
+            if line not in newest or times[s.name] > times[newest[line].name]:
+                newest[line] = s
+        newest_names = {s.name for s in newest.values()}
+        scheduled = []
+        for s in group:
+            row = rows.get((s.volume, s.name))
+            if row is not None and row.get("kept") is not None and not row.get("kept"):
+                scheduled.append(s)  # a daemon or manual wip
+            elif s.name in newest_names:
+                decisions.append(Decision(s, True, "newest wip of its line of work"))
+            elif now - times[s.name] <= policy.kept:
+                why = "kept before a change" if row is not None and row.get("kept") else \
+                    "not known to the catalog, so kept as a safety wip"
+                decisions.append(Decision(s, True, f"{why}, within its own age ({policy.kept})"))
+            else:
+                decisions.append(Decision(s, False, f"kept before a change, older than {policy.kept}"))
+        for s, keep in zip(scheduled, policy.wip.keep([times[s.name] for s in scheduled], now)):
+            if keep:
+                decisions.append(Decision(s, True, "wip schedule"))
+            elif s.name in newest_names:
+                decisions.append(Decision(s, True, "newest wip of its line of work"))
+            else:
+                decisions.append(Decision(s, False, "thinned by the wip schedule"))
     return decisions

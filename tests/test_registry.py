@@ -152,6 +152,7 @@ def test_release_protects_against_gc_and_is_a_rev(lake_repo, lake):
 
     git(repo, "checkout", "-q", "main")
     git(repo, "branch", "-q", "-D", "experiment")  # both experiments are now unreachable
+    git(repo, "reflog", "expire", "--expire=now", "--expire-unreachable=now", "--all")  # once the reflog expires
     time.sleep(1.5)
     decisions = {(d["volume"], d["name"]): d for d in snapver(repo, "gc", "--json").json}
     assert all(decisions[(v, released)]["keep"] for v in ("data", "models", "logs"))
