@@ -18,6 +18,10 @@ class NotFound(SnapverError):
     exit_code = 2
 
 
+class InUse(SnapverError):
+    """A snapshot something still needs (a clone's origin, a release's hold): kept, not destroyed."""
+
+
 class CommandFailed(SnapverError):
     """An external tool (btrfs, zfs, git, mount) refused; its own words included."""
 

@@ -18,7 +18,7 @@ from . import clones, faults, journal, lock, names
 from .backends.base import Backend, Change, Snapshot, open_backend
 from .catalog import Catalog, explain
 from .config import CONFIG_NAME, Config, LocalState, VolumeState, write_as_owner
-from .errors import NotFound, SnapverError
+from .errors import InUse, NotFound, SnapverError
 from .gitrepo import GitRepo
 from .proc import run
 
@@ -320,7 +320,14 @@ class Workspace:
                 intent = {"destroy": [[s.volume, s.name] for s in doomed]}
                 with journal.operation(self, "gc", intent) as op:
                     for s in doomed:
-                        self.backend.destroy(s)
+                        try:
+                            self.backend.destroy(s)
+                        except InUse as e:
+                            # A rewritten commit's ZFS copy, or a live volume, is a clone of it:
+                            # it stays, costing no space of its own, and the decision says why.
+                            i = next(i for i, d in enumerate(decisions) if d.snapshot is s)
+                            decisions[i] = retention.Decision(s, True, f"in use: {e}")
+                            continue
                         op.step("destroyed", volume=s.volume, name=s.name)
                         self.catalog.forget_snapshot(self.project, s.volume, s.name)
                         faults.point("gc-forgotten")

@@ -4,6 +4,7 @@ the new commits and never renames or removes the old ones (issue 14, items 2, 4,
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 from snapver import client
@@ -261,3 +262,23 @@ def test_a_copy_is_a_snapshot_of_its_own(lake_repo, lake):
     except SnapverError as e:
         assert lake.backend == "zfs" and "rewritten commit's copy" in str(e) and "\n" not in str(e), e
     assert (ws.backend.find(ws.project, "data", new).path / "f.csv").read_text() == "c1 data"
+
+
+def test_gc_after_an_amend_keeps_the_new_commits_data(lake_repo):
+    """The amended-away commit is dead once its reflog expires; gc may drop it, never the copy
+    the new commit holds (on ZFS the copy is a clone of it, so the old one stays "in use")."""
+    repo = lake_repo
+    toml = repo / "snapver.toml"
+    toml.write_text(toml.read_text() + '\n[retention]\nunreachable = "1s"\n')
+    git(repo, "add", "snapver.toml")
+    commit(repo, "retention")
+    old = make(repo, "v1", "one")
+    git_err(repo, "commit", "-q", "--amend", "-m", "v1, reworded")  # no new data: the new commit copies old's
+    new = git(repo, "rev-parse", "HEAD")
+    git(repo, "reflog", "expire", "--expire=now", "--expire-unreachable=now", "--all")
+    time.sleep(1.5)
+    done = snapver(repo, "gc", "--json")
+    decided = {(d["volume"], d["name"]): d for d in done.json}
+    assert decided[("data", new)]["keep"]
+    assert decided[("data", old)]["keep"] == (old in snapshot_names(repo))  # ZFS: "in use" by the copy
+    assert data_of(repo, new) == {"data/f.csv": "one", "models/m.pt": "model of one"}

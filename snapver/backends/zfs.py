@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import faults, linux
-from ..errors import CommandFailed, NotFound, SnapverError
+from ..errors import CommandFailed, InUse, NotFound, SnapverError
 from ..names import check_project, check_volume, check_workspace, is_snapshot_name, parse_snapshot_name
 from ..proc import run
 from .base import Backend, Footprint, Receive, Snapshot, Space, create_image_file
@@ -365,7 +365,7 @@ class ZfsBackend(Backend):
         dataset = full.partition("@")[0]
         what = f"snapshot {snap.name} of volume {snap.volume}"
         if int(_get(full, ["userrefs"])[full]["userrefs"]) > 0:
-            raise SnapverError(f"{what} is held by a release: release it before destroying it")
+            raise InUse(f"{what} is held by a release: release it before destroying it")
         project_props = _get(f"{self._lake}/{snap.project}", ["origin"], recursive=True)
         views_root = f"{self._lake}/{snap.project}/snapshots/"
         clones = [d for d, p in project_props.items() if p.get("origin") == full]
@@ -381,7 +381,7 @@ class ZfsBackend(Backend):
             later = self._own_snapshots(dataset, after=snap.name)
             if len(others) > 1 or not history or later:
                 users = ", ".join(self._describe(snap.project, c) for c in others)
-                raise SnapverError(f"{what} cannot be destroyed: {users} is a clone of it")
+                raise InUse(f"{what} cannot be destroyed: {users} is a clone of it")
             promote = others[0]
         for view in views:
             _destroy(view)
