@@ -30,6 +30,12 @@ def _finish_checkout(ws, op) -> str:
     return ws.finish_checkout(op)
 
 
+def _finish_snapshot(ws, op) -> str:
+    from . import snapset
+
+    return snapset.finish_snapshot(ws, op)
+
+
 def _finish_derive(ws, op) -> str:
     from . import registry
 
@@ -59,6 +65,7 @@ def _finish_receive(end, op) -> str:
 # (the workspace's; for a receive, the lake's receive lock).
 REPAIRS: dict[str, Callable] = {
     "checkout": _finish_checkout,
+    "snapshot": _finish_snapshot,
     "derive": _finish_derive,
     "gc": _end_gc,
     "receive": _finish_receive,
@@ -86,7 +93,7 @@ def _locked(ws):
     journaled (None for a user who is not root: receiving, and so its repair, needs root)."""
     from .transfer import Receiving
 
-    with ws.lock():
+    with ws.lock(finish=False):
         if os.geteuid() != 0:
             yield None
             return

@@ -81,12 +81,28 @@ class Workspace:
         return self.backend.volume_path(self.project, self.id, volume)
 
     @contextlib.contextmanager
-    def lock(self):
+    def lock(self, finish: bool = True):
         """Exclusive use of this workspace; the state is read again once the lock is held,
-        because the hooks, the CLI and the daemon may each have changed it meanwhile."""
+        because the hooks, the CLI and the daemon may each have changed it meanwhile.
+        A snapshot set a kill cut short is finished or undone first (finish=False: doctor's
+        diagnosis, which changes nothing)."""
         with lock.held(LocalState.dir(self.git.git_dir) / "lock"):
             self.state = LocalState.load(self.git.git_dir)
+            if finish:
+                self._finish_cut_snapshots()
             yield
+
+    def _finish_cut_snapshots(self) -> None:
+        from . import snapset
+
+        try:
+            snapset.finish_interrupted(self)
+        except (SnapverError, sqlite3.Error) as e:
+            # Not now (a full filesystem, say): the command goes on; doctor reports it.
+            if journal.announce:
+                err = e if isinstance(e, SnapverError) else explain(e)
+                journal.announce(f"an interrupted snapshot could not be finished ({err}): "
+                                 "run `snapver doctor --repair`")
 
     @property
     def _at_file(self) -> Path:
@@ -230,8 +246,24 @@ class Workspace:
             return taken + [s for s in existing.values() if s is not None]
 
     def _take(self, volumes: list[str], name: str, message: str | None, info=None) -> list[Snapshot]:
-        snaps = self.backend.snapshot(self.project, self.id, volumes, name)
+        # All or none, even under SIGKILL: Btrfs (and ZFS without one transaction group for the
+        # set) snapshots volume by volume, so the intent is journaled first (one small INSERT),
+        # and the row is deleted in the same transaction as the snapshots' catalog rows.
+        # A row left behind is finished or undone by finish_snapshot.
+        try:
+            op = journal.begin(self, "snapshot", {"name": name, "volumes": volumes, "message": message})
+        except sqlite3.Error as e:
+            raise explain(e, self.backend.catalog_path) from None
+        try:
+            snaps = self.backend.snapshot(self.project, self.id, volumes, name)
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):  # the backend undid what it had taken
+                journal.close(self, op)
+            raise
         faults.point("after-snapshot-before-state")
+        return self._record(snaps, message, info, op)
+
+    def _record(self, snaps: list[Snapshot], message: str | None, info=None, op=None) -> list[Snapshot]:
         commit = snaps[0].commit if snaps else names.NO_COMMIT
         try:
             with self.catalog.batch():
@@ -239,6 +271,8 @@ class Workspace:
                 if commit != names.NO_COMMIT:
                     info = info if info and info.sha == commit else self.git.commit(commit)
                     self.catalog.record_commit(self.project, info, self.git.branch())
+                if op is not None:
+                    journal.close(self, op)
         except (sqlite3.Error, SnapverError) as e:
             err = e if isinstance(e, SnapverError) else explain(e, self.backend.catalog_path)
             if "filesystem is full" in str(err):
@@ -246,6 +280,9 @@ class Workspace:
                 # snapshot is undone, so that a failed snapshot leaves nothing behind.
                 for s in snaps:
                     self.backend.destroy(s)
+                if op is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        journal.close(self, op)
             else:
                 # A damaged or read-only catalog: the snapshot stands (the filesystem is the
                 # truth, and reindex brings its row back), and the error says what to do.
