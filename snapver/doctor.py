@@ -36,6 +36,12 @@ def _finish_snapshot(ws, op) -> str:
     return snapset.finish_snapshot(ws, op)
 
 
+def _finish_restore(ws, op) -> str:
+    from . import snapset
+
+    return snapset.finish_restore(ws, op)
+
+
 def _finish_derive(ws, op) -> str:
     from . import registry
 
@@ -66,6 +72,7 @@ def _finish_receive(end, op) -> str:
 REPAIRS: dict[str, Callable] = {
     "checkout": _finish_checkout,
     "snapshot": _finish_snapshot,
+    "restore": _finish_restore,
     "derive": _finish_derive,
     "gc": _end_gc,
     "receive": _finish_receive,

@@ -51,6 +51,27 @@ class LogEntry(NamedTuple):
     message: str | None
 
 
+# The lakes this process opened, with the device each root was on then (see lake_gone).
+_lakes: dict[str, int] = {}
+
+
+def lake_gone(e: BaseException) -> SnapverError | None:
+    """e as one line if it failed because a lake this process works on is no longer there
+    (unmounted, its pool exported mid-command); None otherwise (a bug stays a bug). Decided
+    by the fact, not the message: the lake's root is now another filesystem or nothing."""
+    if not isinstance(e, (OSError, sqlite3.Error, SnapverError)):
+        return None
+    for root, dev in _lakes.items():
+        try:
+            there = os.stat(root).st_dev == dev
+        except OSError:
+            there = False
+        if not there:
+            return SnapverError(f"the lake at {root} is not there (unmounted?): mount it, "
+                                "then `snapver doctor --repair`")
+    return None
+
+
 class Workspace:
     def __init__(self, git: GitRepo, config: Config, state: LocalState, backend: Backend):
         self.git = git
@@ -58,6 +79,8 @@ class Workspace:
         self.state = state
         self.backend = backend
         self._catalog: Catalog | None = None
+        with contextlib.suppress(OSError):
+            _lakes[str(backend.root)] = os.stat(backend.root).st_dev
 
     @property
     def project(self) -> str:
@@ -344,14 +367,37 @@ class Workspace:
             )
             doomed = [d.snapshot for d in decisions if not d.keep]
             if not dry_run and doomed:
-                intent = {"destroy": [[s.volume, s.name] for s in doomed]}
-                with journal.operation(self, "gc", intent) as op:
-                    for s in doomed:
-                        self.backend.destroy(s)
-                        op.step("destroyed", volume=s.volume, name=s.name)
-                        self.catalog.forget_snapshot(self.project, s.volume, s.name)
-                        faults.point("gc-forgotten")
+                self._destroy(doomed)
         return decisions
+
+    def _destroy(self, doomed: list[Snapshot]) -> None:
+        intent = {"destroy": [[s.volume, s.name] for s in doomed]}
+        started = False
+        try:
+            with journal.operation(self, "gc", intent) as op:
+                started = True
+                for s in doomed:
+                    self.backend.destroy(s)
+                    op.step("destroyed", volume=s.volume, name=s.name)
+                    self.catalog.forget_snapshot(self.project, s.volume, s.name)
+                    faults.point("gc-forgotten")
+        except sqlite3.Error as e:
+            err = explain(e, self.backend.catalog_path)
+            if started or "filesystem is full" not in str(err):
+                raise err from None
+            # A full filesystem cannot take the journal's row, and gc is what frees space:
+            # it destroys first, unjournaled (a kill leaves only catalog rows of destroyed
+            # snapshots, which reindex drops), and forgets their rows once there is room.
+            for s in doomed:
+                self.backend.destroy(s)
+            try:
+                with self.catalog.batch():
+                    for s in doomed:
+                        self.catalog.forget_snapshot(self.project, s.volume, s.name)
+            except sqlite3.Error:
+                if journal.announce:
+                    journal.announce("the catalog could not be updated yet (the filesystem was full): "
+                                     "run `snapver reindex` once the space is freed")
 
     def reachable_commits(self) -> set[str]:
         """Commits any clone or worktree of this project on this host still reaches."""
@@ -614,7 +660,24 @@ class Workspace:
         with self.lock():
             if to is None and os.path.lexists(dest):
                 self._keep_changes([volume], f"kept before restore of {path} from {rev}")
-            _copy_into_place(source, dest)
+            tag = os.urandom(4).hex()
+            tmp = dest.with_name(f".{dest.name}.snapver-restore-{tag}")
+            old = dest.with_name(f".{dest.name}.snapver-old-{tag}")
+            # Journaled, so that a kill leaves doctor the temporary names (no walk to find them)
+            # and the next snapshot does not take a half-made copy into history.
+            try:
+                op = journal.begin(self, "restore", {"dest": str(dest), "tmp": str(tmp), "old": str(old)})
+            except sqlite3.Error as e:
+                raise explain(e, self.backend.catalog_path) from None
+            try:
+                _copy_into_place(source, dest, tmp, old)
+            except BaseException:
+                if os.path.lexists(tmp) or os.path.lexists(old):
+                    raise  # left for doctor, which knows the names from the journal
+                with contextlib.suppress(sqlite3.Error):
+                    journal.close(self, op)
+                raise
+            journal.close(self, op)
         return dest, snap
 
     def _split_volume_path(self, path: str, cwd: Path) -> tuple[str, PurePosixPath]:
@@ -660,17 +723,18 @@ def _inside(root: Path, inner: PurePosixPath, what: str, must_exist: bool = True
     return Path(target)
 
 
-def _copy_into_place(source: Path, dest: Path) -> None:
-    """Reflink-copy source next to dest, then rename it over dest: never half a file."""
+def _copy_into_place(source: Path, dest: Path, tmp: Path, old: Path) -> None:
+    """Reflink-copy source next to dest (as tmp), then rename it over dest: never half a file.
+    A folder is swapped with two renames, the old one going to `old` and then away."""
     import shutil
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.snapver-restore-{os.urandom(4).hex()}")
     run(["cp", "-a", "--reflink=auto", "--no-target-directory", "--", str(source), str(tmp)])
+    faults.point("restore-copied")
     try:
         if dest.is_dir() and not dest.is_symlink():
-            old = dest.with_name(f".{dest.name}.snapver-old-{os.urandom(4).hex()}")
             os.rename(dest, old)
+            faults.point("restore-moved")
             os.rename(tmp, dest)
             shutil.rmtree(old)
         else:

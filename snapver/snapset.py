@@ -1,4 +1,5 @@
-"""A snapshot set is all or none: finishing or undoing one that a kill cut between volumes.
+"""A snapshot set is all or none: finishing or undoing one that a kill cut between volumes
+(and the other short operation a kill must not leave for the next snapshot: a restore).
 
 Workspace._take journals the intent (name and volumes) before the first
 volume is snapshotted and deletes the row with the snapshots' catalog rows.
@@ -24,7 +25,9 @@ Also the commits a race left without a snapshot (two commits finishing together)
 
 from __future__ import annotations
 
+import os
 import sqlite3
+from pathlib import Path
 
 from . import journal, names
 
@@ -102,17 +105,59 @@ def _reached(ws, taken) -> str:
     return ""
 
 
+def finish_restore(ws, op) -> str:
+    """A restore killed midway: its copy of the snapshot's files goes, the user's data stays.
+
+    The journal names the temporary copy and the place the old folder is moved to while
+    the copy is renamed over it, so nothing is searched for. The old folder is put back
+    if the copy had not taken its place yet; if it had, the restore was done but for
+    deleting the old folder (whose data the snapshot taken before the restore keeps), and
+    that is finished."""
+    import shutil
+
+    dest, tmp, old = (Path(op.intent.get(k, "")) for k in ("dest", "tmp", "old"))
+    if not (tmp.name.startswith(f".{dest.name}.snapver-restore-") and old.name.startswith(
+            f".{dest.name}.snapver-old-") and tmp.parent == dest.parent == old.parent):
+        return f"restore of {dest} left as it is: its journal entry names unexpected paths ({tmp}, {old})"
+    said = []
+    if os.path.lexists(old):
+        if not os.path.lexists(dest) and os.path.lexists(tmp):
+            os.rename(old, dest)
+            said.append(f"{dest} put back as it was")
+        elif os.path.lexists(dest):
+            _remove(old, shutil)
+            said.append(f"the folder {dest} replaced was removed, as the restore was about to")
+        else:
+            os.rename(old, dest)  # no copy and no dest: the old one is all there is
+            said.append(f"{dest} put back as it was")
+    if os.path.lexists(tmp):
+        _remove(tmp, shutil)
+        said.append(f"its partial copy {tmp.name} removed")
+    return f"restore of {dest} undone: " + ("; ".join(said) if said else "nothing had been left")
+
+
+def _remove(path: Path, shutil) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+FINISH = {"snapshot": finish_snapshot, "restore": finish_restore}
+
+
 def finish_interrupted(ws) -> list[str]:
-    """With the workspace lock held: finish or undo the snapshot sets a kill cut (one indexed
-    lookup when there are none, which is always but after a crash)."""
-    ops = [o for o in journal.open_operations(ws.catalog, ws.id) if o.kind == "snapshot"]
+    """With the workspace lock held: finish or undo the snapshot sets and restores a kill cut
+    (one indexed lookup when there are none, which is always but after a crash), so that the
+    next snapshot is neither half made nor takes a restore's temporary copy into history."""
+    ops = [o for o in journal.open_operations(ws.catalog, ws.id) if o.kind in FINISH]
     done = []
     for op in ops:
-        said = finish_snapshot(ws, op)
+        said = FINISH[op.kind](ws, op)
         journal.close(ws, op)
         done.append(said)
         if journal.announce:
-            journal.announce(f"an interrupted {said}")
+            journal.announce(f"interrupted: {said}")
     return done
 
 

@@ -10,9 +10,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from tests.fixtures.git import Result, env, git, snapver, tree_digest
+import pytest
+
+from tests.fixtures.btrfs import btrfs_image
+from tests.fixtures.git import Lake, Result, env, git, snapver, tree_digest
 
 VOLUMES = ("data", "models", "logs")
 
@@ -114,3 +118,102 @@ def test_commit_snapshot_cut_then_changed_is_undone_without_touching_live_data(l
         snapver(lake_repo, "snapshot")  # the commit as it is now, whole
         assert by_filesystem(lake, sha) == set(VOLUMES)
         assert run(lake_repo, "show", "HEAD").code == 0
+
+
+# ---------------------------------------------------------------- item 8: a killed restore
+
+@pytest.mark.parametrize("point, then", [("restore-copied", "commit"), ("restore-moved", "doctor")])
+def test_restore_killed_leaves_no_temporary_copy_in_history(lake_repo, lake, point, then):
+    sub = lake_repo / "data" / "sub"
+    sub.mkdir()
+    for i in range(20):
+        (sub / f"part{i}.csv").write_text(f"A {i}\n")
+    git_commit(lake_repo, "A")
+    a = git(lake_repo, "rev-parse", "HEAD")
+    (sub / "part0.csv").write_text("changed since A\n")
+    (sub / "new.csv").write_text("new since A\n")
+    mine = tree_digest(sub)
+
+    crashed = run(lake_repo, "restore", a, "data/sub", SNAPVER_FAULT=point)
+    assert crashed.code == -signal.SIGKILL, crashed.err
+    assert [p.name for p in (lake_repo / "data").iterdir() if ".snapver-" in p.name], "the kill left its temp"
+    found = run(lake_repo, "doctor", "--json")
+    assert found.code == 1, found.out
+    (op,) = json.loads(found.out)["interrupted"]
+    assert op["kind"] == "restore" and Path(op["intent"]["tmp"]).name.startswith(".sub.snapver-restore-")
+
+    if then == "doctor":
+        fixed = run(lake_repo, "doctor", "--repair")
+        assert fixed.code == 0 and "restore of" in fixed.out, fixed.out + fixed.err
+    git_commit(lake_repo, "after")  # the hook finishes the restore first, if doctor did not
+    head = git(lake_repo, "rev-parse", "HEAD")
+    assert not [p for p in (lake_repo / "data").iterdir() if ".snapver-" in p.name]
+    assert tree_digest(sub) == mine, "the user's folder is as it was before the killed restore"
+    snap = on_disk(lake_repo)[("data", head)]
+    assert not [k for k in snap if ".snapver-" in k], "the next commit took no temporary copy"
+    assert run(lake_repo, "doctor").code == 0
+    snapver(lake_repo, "restore", a, "data/sub")  # and restore works again
+    assert (sub / "part0.csv").read_text() == "A 0\n" and not (sub / "new.csv").exists()
+
+
+# ---------------------------------------------------------------- item 14: a vanished lake
+
+@pytest.fixture
+def own_lake():
+    """A lake on a Btrfs of its own, which the test may unmount: (Lake, unmount, mount).
+
+    Btrfs only: on zfs-fuse, `zfs unmount -f` of a lake's datasets while a process holds the
+    catalog open left zfs-fuse itself hung (every later `zfs mount`/`zfs create` of every pool
+    in D state), which no test may risk on a shared daemon. ZFS datasets are renamed and cloned
+    whether or not they are mounted, so there the checkout does not even notice."""
+    with btrfs_image("512M") as mnt:
+        image = mnt.parent / "fs.img"
+        yield (Lake("btrfs", str(mnt), mnt),
+               lambda: subprocess.run(["umount", "-l", str(mnt)], check=True),
+               lambda: subprocess.run(["mount", "-o", "loop,noatime,user_subvol_rm_allowed", str(image),
+                                       str(mnt)], check=True))
+
+
+def stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0] == "T"
+
+
+def test_lake_unmounted_mid_checkout_is_one_line_and_doctor_recovers(repo, own_lake):
+    lake, unmount, mount = own_lake
+    snapver(repo, "init", *lake.init_args)
+    git(repo, "add", "snapver.toml")
+    git(repo, "commit", "-q", "-m", "snapver")
+    write(repo, "A")
+    git_commit(repo, "A")
+    a = git(repo, "rev-parse", "HEAD")
+    want = {v: tree_digest(repo / v) for v in VOLUMES}
+    write(repo, "B")
+    git_commit(repo, "B")
+
+    proc = subprocess.Popen([sys.executable, "-m", "snapver", "checkout", a], cwd=repo, text=True,
+                            env={**env(), "SNAPVER_PAUSE": "checkout-cloned"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not stopped(proc.pid):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        unmount()
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=120)
+    print(f"{lake.backend}: exit {proc.returncode} {err.strip()!r}")
+    gone = f"the lake at {lake.root} is not there (unmounted?): mount it, then `snapver doctor --repair`"
+    assert proc.returncode == 1, out + err
+    assert err.strip() == f"snapver: {gone}", err
+    again = run(repo, "status")  # any command, with the lake still gone: one line too
+    print(f"{lake.backend}: status exit {again.code} {again.err.strip()!r}")
+    assert again.code != 0 and again.err.strip().count("\n") == 0 and "Traceback" not in again.err, again.err
+
+    mount()
+    fixed = run(repo, "doctor", "--repair")
+    assert fixed.code == 0, fixed.out + fixed.err
+    snapver(repo, "checkout", a)
+    assert {v: tree_digest(repo / v) for v in VOLUMES} == want
+    assert run(repo, "doctor").code == 0
