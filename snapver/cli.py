@@ -597,6 +597,9 @@ def doctor(repair, as_json):
             click.echo(f"  intent: {json.dumps(intent, sort_keys=True)}")
         for line in report["leftovers"]:
             click.echo(f"left behind: {line}")
+        for sha in report.get("unsnapshotted", []):
+            click.echo(f"no snapshot: commit {short(sha)} (its hook lost a race or did not run; "
+                       "it resolves to its nearest snapshotted ancestor)")
         if report["clean"]:
             click.echo("nothing interrupted: the workspace is clean")
         elif not repair:

@@ -84,6 +84,10 @@ class Report:
     interrupted: list[journal.Operation] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)  # found on the filesystem
     repaired: list[str] = field(default_factory=list)
+    # Commits on HEAD's first-parent line (the last snapset.MISSING_LOOKBACK, since the first
+    # snapshotted one) without a snapshot: a hook that lost a race or did not run. Reported,
+    # not "unclean": nothing can bring back the data they were made with.
+    unsnapshotted: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -91,7 +95,7 @@ class Report:
 
     def as_dict(self) -> dict:
         return {"clean": self.clean, "interrupted": [o.as_dict() for o in self.interrupted],
-                "leftovers": self.leftovers, "repaired": self.repaired}
+                "leftovers": self.leftovers, "repaired": self.repaired, "unsnapshotted": self.unsnapshotted}
 
 
 @contextlib.contextmanager
@@ -118,8 +122,10 @@ def diagnose(ws) -> Report:
     """What is unfinished in this workspace; changes nothing. Takes the locks, so an
     operation still running is waited for, not mistaken for an interrupted one."""
     with _locked(ws) as end:
+        from . import snapset
+
         ops = journal.interrupted(ws, locked=True) + (journal.interrupted(end, locked=True) if end else [])
-        return Report(ops, _leftovers(ws, end, repair=False))
+        return Report(ops, _leftovers(ws, end, repair=False), unsnapshotted=snapset.missing_commits(ws))
 
 
 def repair(ws) -> Report:

@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
     try:
         from . import journal, ops
 
-        journal.announce = lambda message: say(f"warning: {message}")
+        journal.announce = lambda message: (say(f"warning: {message}"), log(f"{hook}: warning: {message}"))
         if hook == "post-checkout" and not _has_state():
             from .lake import Workspace
 
@@ -107,8 +107,14 @@ def main(argv: list[str]) -> int:
         if os.environ.get("SNAPVER_FETCH") == "1" and hook != "post-rewrite":
             fetch_with_git()  # before the lake follows HEAD
         if hook == "post-commit":
-            snaps = ops.call("snapshot")
-            say(f"snapshot {snaps[0]['name'][:10]} ({', '.join(s['volume'] for s in snaps)})")
+            from . import faults
+
+            faults.point("post-commit-start")
+            # The commit this hook fired for, read by the shim before anything else ran.
+            commit = os.environ.get("SNAPVER_COMMIT") or None
+            snaps = ops.call("snapshot", {"commit": commit} if commit else None)
+            if snaps:
+                say(f"snapshot {snaps[0]['name'][:10]} ({', '.join(s['volume'] for s in snaps)})")
         elif hook == "post-rewrite":
             pairs = [line.split()[:2] for line in sys.stdin.read().splitlines() if line.strip()]
             ops.call("rewrite", {"pairs": pairs})

@@ -247,15 +247,25 @@ class Workspace:
         self.catalog.record_volume(self.project, self.id, volume, self.live_path(volume), self.git.toplevel)
 
     # ---------------------------------------------------------------- snapshots
-    def snapshot(self, wip: bool = False, message: str | None = None) -> list[Snapshot]:
-        """Snapshot every volume as HEAD's commit snapshot (or a wip one)."""
-        info = self.git.head_commit()
+    def snapshot(self, wip: bool = False, message: str | None = None, commit: str | None = None) -> list[Snapshot]:
+        """Snapshot every volume as HEAD's commit snapshot (or a wip one).
+
+        commit: the commit a post-commit hook fired for. By the time the hook holds the lock,
+        HEAD may have moved on (two commits finishing together in one working tree, or a
+        checkout right after): see _fired_for."""
+        if commit is not None and not names.SHA.fullmatch(commit):
+            raise SnapverError(f"{commit!r} is not a full commit ID")
+        info = self.git.commit(commit) if commit else self.git.head_commit()
         head = info.sha if info else None
         with self.lock():
             if wip:
                 return self._take(self.volumes, names.wip_snapshot_name(head or names.NO_COMMIT), message)
             if head is None:
                 raise SnapverError("HEAD has no commit yet: commit first, or take a --wip snapshot")
+            if commit is not None:
+                self._check_parent(info)
+                if not self._fired_for(commit):
+                    return []
             existing = {v: self.backend.find(self.project, v, head) for v in self.volumes}
             todo = [v for v, s in existing.items() if s is None]
             changed = [v for v, s in existing.items() if s is not None and self._changed(v)]
@@ -267,6 +277,38 @@ class Workspace:
             taken = self._take(todo, head, message, info) if todo else []
             self._record_at(head)
             return taken + [s for s in existing.values() if s is not None]
+
+    def _fired_for(self, commit: str) -> bool:
+        """May the live volumes be snapshotted as `commit`, the commit a hook fired for?
+
+        Yes while HEAD is still that commit, or HEAD moved on to a commit whose own hook has
+        not snapshotted it yet: the live data is then still what it was when `commit` was
+        made (as far as anything can tell), and the later commit's hook takes its own. No
+        once HEAD's commit has its snapshot (its hook ran first, or a checkout moved the lake):
+        the live data is that commit's, not this one's, and naming it after this one would be
+        a lie. The commit is then left without a snapshot, which is said and logged here and
+        listed by `snapver doctor`; it resolves to its nearest snapshotted ancestor."""
+        head = self.git.head_quick()
+        if head == commit or head is None:
+            return True
+        if not all(self.backend.find(self.project, v, head) for v in self.volumes):
+            return True
+        if journal.announce:
+            journal.announce(f"commit {short(commit)} has no snapshot of its own: HEAD moved on to "
+                             f"{short(head)}, whose snapshot was taken first (two commits at once?); "
+                             "the lake holds no data that is only that commit's")
+        return False
+
+    def _check_parent(self, info) -> None:
+        """A post-commit hook: the commit before this one should have its snapshot. If the lake
+        did not follow it (lake-at is not the parent) and it has none, a race or a hook that did
+        not run left it without one: said and logged now, listed by `snapver doctor`."""
+        parent = info.parents[0] if info.parents else None
+        if not parent or parent == self.lake_at() or not journal.announce:
+            return
+        if self.backend.find(self.project, self.volumes[0], parent) is None:
+            journal.announce(f"commit {short(parent)} (the parent of {short(info.sha)}) has no snapshot: "
+                             "its hook did not run or lost a race; `snapver doctor` lists such commits")
 
     def _take(self, volumes: list[str], name: str, message: str | None, info=None) -> list[Snapshot]:
         # All or none, even under SIGKILL: Btrfs (and ZFS without one transaction group for the

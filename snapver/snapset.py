@@ -30,6 +30,7 @@ import sqlite3
 from pathlib import Path
 
 from . import journal, names
+from .errors import SnapverError
 
 MISSING_LOOKBACK = 50  # first-parent commits doctor looks at for a missing snapshot
 
@@ -150,7 +151,10 @@ def finish_interrupted(ws) -> list[str]:
     """With the workspace lock held: finish or undo the snapshot sets and restores a kill cut
     (one indexed lookup when there are none, which is always but after a crash), so that the
     next snapshot is neither half made nor takes a restore's temporary copy into history."""
-    ops = [o for o in journal.open_operations(ws.catalog, ws.id) if o.kind in FINISH]
+    try:
+        ops = [o for o in journal.open_operations(ws.catalog, ws.id) if o.kind in FINISH]
+    except (SnapverError, sqlite3.Error):
+        return []  # no catalog to read: the command says so if it needs one
     done = []
     for op in ops:
         said = FINISH[op.kind](ws, op)

@@ -17,6 +17,7 @@ import pytest
 
 from tests.fixtures.btrfs import btrfs_image
 from tests.fixtures.git import Lake, Result, env, git, snapver, tree_digest
+from tests.fixtures.zfs import zfs_file_pool
 
 VOLUMES = ("data", "models", "logs")
 
@@ -217,3 +218,168 @@ def test_lake_unmounted_mid_checkout_is_one_line_and_doctor_recovers(repo, own_l
     snapver(repo, "checkout", a)
     assert {v: tree_digest(repo / v) for v in VOLUMES} == want
     assert run(repo, "doctor").code == 0
+
+
+# ---------------------------------------------------------------- item 13: a full filesystem
+
+@pytest.fixture(params=["btrfs", "zfs"])
+def one_fs(request, tmp_path):
+    """Repository and lake on one small filesystem, the default layout: (repo, Lake)."""
+    if request.param == "btrfs":
+        with btrfs_image("256M") as mnt:
+            (mnt / "lake").mkdir()
+            yield mnt / "repo", Lake("btrfs", str(mnt / "lake"), mnt / "lake")
+    else:
+        request.getfixturevalue("zfs_pool")  # zfs-fuse is running
+        with zfs_file_pool("96M") as pool:
+            subprocess.run(["zfs", "create", "-o", "atime=off", f"{pool}/lake"], check=True)
+            top = subprocess.run(["zfs", "get", "-H", "-o", "value", "mountpoint", pool],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+            yield Path(top) / "repo", Lake("zfs", f"{pool}/lake", Path(top) / "lake")
+
+
+def one_line(r: Result) -> bool:
+    return r.err.strip().count("\n") == 0 and "Traceback" not in r.err
+
+
+def test_full_filesystem_gc_and_doctor_work_and_locking_commands_say_one_line(one_fs):
+    repo, lake = one_fs
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "train.py").write_text("print('train')\n")
+    git(repo, "add", "train.py")
+    git(repo, "commit", "-q", "-m", "code")
+    snapver(repo, "init", *lake.init_args)
+    toml = repo / "snapver.toml"
+    toml.write_text(toml.read_text() + '\n[retention]\nwip = "1"\n')
+    git(repo, "add", "snapver.toml")
+    git(repo, "commit", "-q", "-m", "snapver")
+    big = repo / "data" / "big.bin"
+    with open(big, "wb") as f:  # held by an old wip snapshot only, once deleted: gc frees it
+        for _ in range(24 if lake.backend == "btrfs" else 12):
+            f.write(os.urandom(1 << 20))
+    snapver(repo, "snapshot", "--wip", "-m", "with big")
+    big.unlink()
+    snapver(repo, "snapshot", "--wip", "-m", "without")
+    doomed = {(d["volume"], d["name"]) for d in snapver(repo, "gc", "--dry-run", "--json").json if not d["keep"]}
+    assert doomed, "the old wip is what gc will free"
+    fill(repo / "filler.bin")  # in the repository, on the same filesystem
+
+    for args in (["snapshot", "--wip"], ["status"], ["checkout", "HEAD"]):
+        r = run(repo, *args)
+        print(f"full {lake.backend}: {' '.join(args)} exit {r.code} {r.err.strip()!r}")
+        assert one_line(r), r.err
+        assert r.code == 0 or "full" in r.err, r.err
+    report = run(repo, "doctor")
+    print(f"full {lake.backend}: doctor exit {report.code} {report.err.strip()!r}")
+    assert report.code == 0 and "clean" in report.out and one_line(report), report.out + report.err
+    freed = run(repo, "gc")
+    print(f"full {lake.backend}: gc exit {freed.code} {freed.err.strip()!r}")
+    assert freed.code == 0 and one_line(freed), freed.out + freed.err
+    left = {(s["volume"], s["name"]) for s in json.loads(run(repo, "log", "--all", "--json").out)}
+    assert not doomed & left, "gc destroyed the old wip on the full filesystem"
+    assert not doomed & by_filesystem_all(lake)
+
+    (repo / "filler.bin").unlink()
+    assert run(repo, "doctor").code == 0
+    snapver(repo, "snapshot", "--wip")
+
+
+def by_filesystem_all(lake) -> set[tuple[str, str]]:
+    from snapver.backends.base import open_backend
+
+    return {(s.volume, s.name) for s in open_backend(lake.backend, lake.spec).snapshots()}
+
+
+def fill(path: Path) -> None:
+    try:
+        with open(path, "wb") as f:
+            for _ in range(1024):
+                f.write(os.urandom(1 << 20))
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as e:
+        assert e.errno in (28, 122), e  # ENOSPC, EDQUOT
+    else:
+        raise AssertionError("the filesystem did not fill")
+
+
+# ---------------------------------------------------------------- item 6: commits racing in one working tree
+
+def paused_hook(repo: Path, message: str) -> tuple[subprocess.Popen, int]:
+    """`git commit` whose post-commit hook is stopped (SIGSTOP) as it starts: (git, hook pid)."""
+    (repo / "train.py").write_text(f"print({message!r})\n")
+    proc = subprocess.Popen(["git", "commit", "-q", "-am", message], cwd=repo, text=True,
+                            env={**env(), "SNAPVER_PAUSE": "post-commit-start"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while True:
+        for pid in descendants(proc.pid):
+            if stopped(pid):
+                return proc, pid
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+
+
+def descendants(pid: int) -> list[int]:
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent[int(entry)] = int(f.read().rpartition(")")[2].split()[1])
+            except OSError:
+                continue
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        found += kids
+        todo += kids
+    return found
+
+
+def resume(proc: subprocess.Popen, hook: int) -> str:
+    os.kill(hook, signal.SIGCONT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return err
+
+
+def test_two_commits_at_once_the_first_without_snapshot_is_said_logged_and_listed(lake_repo, lake):
+    write(lake_repo, "A")
+    first, hook = paused_hook(lake_repo, "A")
+    a = git(lake_repo, "rev-parse", "HEAD")
+    try:
+        write(lake_repo, "B")
+        b_err = git_commit(lake_repo, "B").stderr  # B's hook runs while A's waits
+    finally:
+        a_err = resume(first, hook)
+    b = git(lake_repo, "rev-parse", "HEAD")
+    assert by_filesystem(lake, b) == set(VOLUMES) and by_filesystem(lake, a) == set()
+    # B's data is not A's: A is left without a snapshot rather than given B's, and it is said.
+    said = b_err + a_err
+    assert f"commit {a[:10]}" in said and "has no snapshot" in said, said
+    assert f"commit {a[:10]}" in (lake_repo / ".git" / "snapver" / "hook.log").read_text()
+    report = run(lake_repo, "doctor", "--json")
+    assert report.code == 0 and json.loads(report.out)["unsnapshotted"] == [a], report.out
+    assert f"no snapshot: commit {a[:10]}" in run(lake_repo, "doctor").out
+
+
+def test_a_late_hook_snapshots_the_commit_it_fired_for(lake_repo, lake):
+    write(lake_repo, "A")
+    want = {v: tree_digest(lake_repo / v) for v in VOLUMES}
+    first, hook = paused_hook(lake_repo, "A")
+    a = git(lake_repo, "rev-parse", "HEAD")
+    try:
+        git_commit(lake_repo, "B", SNAPVER_SKIP="1")  # HEAD moves on; B's hook does not run
+        b = git(lake_repo, "rev-parse", "HEAD")
+    finally:
+        a_err = resume(first, hook)
+    assert f"snapshot {a[:10]}" in a_err, a_err
+    assert by_filesystem(lake, a) == set(VOLUMES) and by_filesystem(lake, b) == set()
+    assert {v: on_disk(lake_repo)[(v, a)] for v in VOLUMES} == want
+    assert json.loads(run(lake_repo, "doctor", "--json").out)["unsnapshotted"] == [b]
+    write(lake_repo, "C")
+    c_err = git_commit(lake_repo, "C").stderr  # the next commit notices its parent has none
+    assert f"commit {b[:10]} (the parent of" in c_err and "has no snapshot" in c_err, c_err
