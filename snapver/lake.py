@@ -292,11 +292,17 @@ class Workspace:
         if head == commit or head is None:
             return True
         if not all(self.backend.find(self.project, v, head) for v in self.volumes):
-            return True
+            # Only a commit HEAD still builds on: any other (the socket takes this argument
+            # from users) is not what the working tree holds.
+            import subprocess
+
+            if subprocess.run(["git", "merge-base", "--is-ancestor", commit, head], cwd=self.git.toplevel,
+                              capture_output=True).returncode == 0:
+                return True
         if journal.announce:
             journal.announce(f"commit {short(commit)} has no snapshot of its own: HEAD moved on to "
-                             f"{short(head)}, whose snapshot was taken first (two commits at once?); "
-                             "the lake holds no data that is only that commit's")
+                             f"{short(head)} before its hook ran (two commits at once, or a checkout), "
+                             "and the lake holds that commit's data now, not this one's")
         return False
 
     def _check_parent(self, info) -> None:
