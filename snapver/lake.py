@@ -321,18 +321,28 @@ class Workspace:
         # set) snapshots volume by volume, so the intent is journaled first (one small INSERT),
         # and the row is deleted in the same transaction as the snapshots' catalog rows.
         # A row left behind is finished or undone by finish_snapshot.
-        try:
-            op = journal.begin(self, "snapshot", {"name": name, "volumes": volumes, "message": message})
-        except sqlite3.Error as e:
-            raise explain(e, self.backend.catalog_path) from None
+        op = self._journal("snapshot", {"name": name, "volumes": volumes, "message": message})
         try:
             snaps = self.backend.snapshot(self.project, self.id, volumes, name)
         except BaseException:
-            with contextlib.suppress(sqlite3.Error):  # the backend undid what it had taken
-                journal.close(self, op)
+            if op is not None:
+                with contextlib.suppress(sqlite3.Error):  # the backend undid what it had taken
+                    journal.close(self, op)
             raise
         faults.point("after-snapshot-before-state")
         return self._record(snaps, message, info, op)
+
+    def _journal(self, kind: str, intent: dict):
+        """A journal row for a short operation, or None when the catalog cannot take one: a
+        damaged or read-only catalog does not stop a snapshot (the filesystem is the truth and
+        reindex brings the rows back), a full filesystem does (nothing could be recorded)."""
+        try:
+            return journal.begin(self, kind, intent)
+        except (sqlite3.Error, SnapverError) as e:
+            err = e if isinstance(e, SnapverError) else explain(e, self.backend.catalog_path)
+            if "filesystem is full" in str(err):
+                raise err from None
+            return None
 
     def _record(self, snaps: list[Snapshot], message: str | None, info=None, op=None) -> list[Snapshot]:
         commit = snaps[0].commit if snaps else names.NO_COMMIT
@@ -713,19 +723,18 @@ class Workspace:
             old = dest.with_name(f".{dest.name}.snapver-old-{tag}")
             # Journaled, so that a kill leaves doctor the temporary names (no walk to find them)
             # and the next snapshot does not take a half-made copy into history.
-            try:
-                op = journal.begin(self, "restore", {"dest": str(dest), "tmp": str(tmp), "old": str(old)})
-            except sqlite3.Error as e:
-                raise explain(e, self.backend.catalog_path) from None
+            op = self._journal("restore", {"dest": str(dest), "tmp": str(tmp), "old": str(old)})
             try:
                 _copy_into_place(source, dest, tmp, old)
             except BaseException:
-                if os.path.lexists(tmp) or os.path.lexists(old):
+                if op is None or os.path.lexists(tmp) or os.path.lexists(old):
                     raise  # left for doctor, which knows the names from the journal
                 with contextlib.suppress(sqlite3.Error):
                     journal.close(self, op)
                 raise
-            journal.close(self, op)
+            if op is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    journal.close(self, op)
         return dest, snap
 
     def _split_volume_path(self, path: str, cwd: Path) -> tuple[str, PurePosixPath]:
