@@ -17,6 +17,10 @@ from pathlib import Path
 
 from .errors import SnapverError
 
+class NoRoom(SnapverError):
+    """The lock file does not exist and a full filesystem cannot make it (so nobody holds it)."""
+
+
 WAIT_SECONDS = float(os.environ.get("SNAPVER_LOCK_WAIT", "30"))
 
 
@@ -37,8 +41,8 @@ def held(path: Path, wait: float = WAIT_SECONDS, what: str = "the workspace"):
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise SnapverError(f"the filesystem holding {path} is full: free space (e.g. delete files, "
-                               "or `snapver gc` in another clone) and try again") from None
+            raise NoRoom(f"the filesystem holding {path} is full: free space (delete files, or "
+                         "`snapver gc`) and try again") from None
         if e.errno != errno.ELOOP:
             raise
         raise SnapverError(f"{path} is a symbolic link: remove it (snapver makes its own lock file)") from None
