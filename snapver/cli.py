@@ -783,7 +783,7 @@ def main() -> None:
 
 def explain_failure(e: Exception) -> None:
     """Exit with one line if e is a failure a user can cause; return if it is a bug."""
-    from .lake import lake_gone
+    from .vanished import lake_gone
 
     gone = lake_gone(e)  # the lake unmounted under the command: what failed says less
     if gone is not None:

@@ -178,8 +178,8 @@ def fetch_with_git() -> None:
 def _user_error(e: Exception) -> SnapverError | None:
     """e as one line for the user, if it is one of theirs: a catalog SQLite cannot use counts,
     since the snapshot itself is already safe on the filesystem."""
-    lake = sys.modules.get("snapver.lake")
-    gone = lake.lake_gone(e) if lake is not None else None
+    vanished = sys.modules.get("snapver.vanished")
+    gone = vanished.lake_gone(e) if vanished is not None else None
     if gone is not None:
         return gone  # the lake unmounted mid-hook
     if isinstance(e, SnapverError):

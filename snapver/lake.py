@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from . import faults, journal, lock, names
+from . import faults, journal, lock, names, vanished
 from .backends.base import Backend, Change, Snapshot, open_backend
 from .catalog import Catalog, explain
 from .config import CONFIG_NAME, Config, LocalState, VolumeState, write_as_owner
@@ -51,27 +51,6 @@ class LogEntry(NamedTuple):
     message: str | None
 
 
-# The lakes this process opened, with the device each root was on then (see lake_gone).
-_lakes: dict[str, int] = {}
-
-
-def lake_gone(e: BaseException) -> SnapverError | None:
-    """e as one line if it failed because a lake this process works on is no longer there
-    (unmounted, its pool exported mid-command); None otherwise (a bug stays a bug). Decided
-    by the fact, not the message: the lake's root is now another filesystem or nothing."""
-    if not isinstance(e, (OSError, sqlite3.Error, SnapverError)):
-        return None
-    for root, dev in _lakes.items():
-        try:
-            there = os.stat(root).st_dev == dev
-        except OSError:
-            there = False
-        if not there:
-            return SnapverError(f"the lake at {root} is not there (unmounted?): mount it, "
-                                "then `snapver doctor --repair`")
-    return None
-
-
 class Workspace:
     def __init__(self, git: GitRepo, config: Config, state: LocalState, backend: Backend):
         self.git = git
@@ -79,8 +58,7 @@ class Workspace:
         self.state = state
         self.backend = backend
         self._catalog: Catalog | None = None
-        with contextlib.suppress(OSError):
-            _lakes[str(backend.root)] = os.stat(backend.root).st_dev
+        vanished.remember(backend.root)
 
     @property
     def project(self) -> str:
@@ -263,8 +241,10 @@ class Workspace:
             if head is None:
                 raise SnapverError("HEAD has no commit yet: commit first, or take a --wip snapshot")
             if commit is not None:
-                self._check_parent(info)
-                if not self._fired_for(commit):
+                from . import snapset
+
+                snapset.check_parent(self, info)
+                if not snapset.fired_for(self, commit):
                     return []
             existing = {v: self.backend.find(self.project, v, head) for v in self.volumes}
             todo = [v for v, s in existing.items() if s is None]
@@ -277,44 +257,6 @@ class Workspace:
             taken = self._take(todo, head, message, info) if todo else []
             self._record_at(head)
             return taken + [s for s in existing.values() if s is not None]
-
-    def _fired_for(self, commit: str) -> bool:
-        """May the live volumes be snapshotted as `commit`, the commit a hook fired for?
-
-        Yes while HEAD is still that commit, or HEAD moved on to a commit whose own hook has
-        not snapshotted it yet: the live data is then still what it was when `commit` was
-        made (as far as anything can tell), and the later commit's hook takes its own. No
-        once HEAD's commit has its snapshot (its hook ran first, or a checkout moved the lake):
-        the live data is that commit's, not this one's, and naming it after this one would be
-        a lie. The commit is then left without a snapshot, which is said and logged here and
-        listed by `snapver doctor`; it resolves to its nearest snapshotted ancestor."""
-        head = self.git.head_quick()
-        if head == commit or head is None:
-            return True
-        if not all(self.backend.find(self.project, v, head) for v in self.volumes):
-            # Only a commit HEAD still builds on: any other (the socket takes this argument
-            # from users) is not what the working tree holds.
-            import subprocess
-
-            if subprocess.run(["git", "merge-base", "--is-ancestor", commit, head], cwd=self.git.toplevel,
-                              capture_output=True).returncode == 0:
-                return True
-        if journal.announce:
-            journal.announce(f"commit {short(commit)} has no snapshot of its own: HEAD moved on to "
-                             f"{short(head)} before its hook ran (two commits at once, or a checkout), "
-                             "and the lake holds that commit's data now, not this one's")
-        return False
-
-    def _check_parent(self, info) -> None:
-        """A post-commit hook: the commit before this one should have its snapshot. If the lake
-        did not follow it (lake-at is not the parent) and it has none, a race or a hook that did
-        not run left it without one: said and logged now, listed by `snapver doctor`."""
-        parent = info.parents[0] if info.parents else None
-        if not parent or parent == self.lake_at() or not journal.announce:
-            return
-        if self.backend.find(self.project, self.volumes[0], parent) is None:
-            journal.announce(f"commit {short(parent)} (the parent of {short(info.sha)}) has no snapshot: "
-                             "its hook did not run or lost a race; `snapver doctor` lists such commits")
 
     def _take(self, volumes: list[str], name: str, message: str | None, info=None) -> list[Snapshot]:
         # All or none, even under SIGKILL: Btrfs (and ZFS without one transaction group for the

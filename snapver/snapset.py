@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 from pathlib import Path
 
 from . import journal, names
@@ -163,6 +164,44 @@ def finish_interrupted(ws) -> list[str]:
         if journal.announce:
             journal.announce(f"interrupted: {said}")
     return done
+
+
+def fired_for(ws, commit: str) -> bool:
+    """May the live volumes be snapshotted as `commit`, the commit a hook fired for?
+
+    Yes while HEAD is still that commit, or HEAD moved on to a commit whose own hook has
+    not snapshotted it yet: the live data is then still what it was when `commit` was
+    made (as far as anything can tell), and the later commit's hook takes its own. No
+    once HEAD's commit has its snapshot (its hook ran first, or a checkout moved the lake):
+    the live data is that commit's, not this one's, and naming it after this one would be
+    a lie. The commit is then left without a snapshot, which is said and logged here and
+    listed by `snapver doctor`; it resolves to its nearest snapshotted ancestor."""
+    head = ws.git.head_quick()
+    if head == commit or head is None:
+        return True
+    if not all(ws.backend.find(ws.project, v, head) for v in ws.volumes):
+        # Only a commit HEAD still builds on: any other (the socket takes this argument
+        # from users) is not what the working tree holds.
+        if subprocess.run(["git", "merge-base", "--is-ancestor", commit, head], cwd=ws.git.toplevel,
+                          capture_output=True).returncode == 0:
+            return True
+    if journal.announce:
+        journal.announce(f"commit {_label(commit)} has no snapshot of its own: HEAD moved on to "
+                         f"{_label(head)} before its hook ran (two commits at once, or a checkout), "
+                         "and the lake holds that commit's data now, not this one's")
+    return False
+
+
+def check_parent(ws, info) -> None:
+    """A post-commit hook: the commit before this one should have its snapshot. If the lake
+    did not follow it (lake-at is not the parent) and it has none, a race or a hook that did
+    not run left it without one: said and logged now, listed by `snapver doctor`."""
+    parent = info.parents[0] if info.parents else None
+    if not parent or parent == ws.lake_at() or not journal.announce:
+        return
+    if ws.backend.find(ws.project, ws.volumes[0], parent) is None:
+        journal.announce(f"commit {_label(parent)} (the parent of {_label(info.sha)}) has no snapshot: "
+                         "its hook did not run or lost a race; `snapver doctor` lists such commits")
 
 
 def missing_commits(ws, limit: int = MISSING_LOOKBACK) -> list[str]:
