@@ -81,13 +81,14 @@ CREATE TABLE IF NOT EXISTS clones (
 # The catalog most recently opened in this process: SQLite's errors do not name their file,
 # and the message a user sees must (see explain).
 _opened: Path | None = None
+_read_copy = False  # it is a copy read because the filesystem was full (Catalog._connect_copy)
 
 
 def explain(e: sqlite3.Error, path: Path | None = None) -> SnapverError:
     """What a user must do about an SQLite error from the catalog: one line."""
     where = path or _opened or "the lake's catalog.db"
     text = str(e)
-    if "disk is full" in text or _full(where):
+    if "disk is full" in text or _full(where) or (_read_copy and "readonly" in text):
         return SnapverError(f"the catalog {where} cannot be written: the filesystem is full; "
                             "free space (or grow it) and try again")
     if "readonly" in text or "read-only" in text or "unable to open" in text:
@@ -168,10 +169,43 @@ class Catalog:
         global _opened
         self.path = _opened = path
         self.set_aside: Path | None = None  # where rebuild() put a damaged catalog
+        self.read_only: Path | None = None  # the copy read when the filesystem is full
         try:
-            self._connect()
-        except sqlite3.Error as e:
-            raise explain(e) from None
+            try:
+                self._connect()
+            except sqlite3.Error as e:
+                raise explain(e) from None
+        except SnapverError as e:
+            if "filesystem is full" not in str(e):
+                raise
+            self._connect_copy()
+
+    def _connect_copy(self) -> None:
+        """A full filesystem: SQLite cannot even open the catalog (the WAL index it needs is a
+        file it must make), yet gc and doctor, which free space, must read it. They read a
+        copy in memory (/dev/shm: a few hundred KiB), exact up to its last commit, and every
+        write to it fails as the filesystem being full: nothing is written before space is freed."""
+        import atexit
+        import shutil
+        import tempfile
+
+        copy = Path(tempfile.mkdtemp(prefix="snapver-catalog-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+        atexit.register(shutil.rmtree, copy, True)
+        try:
+            for suffix in ("", "-wal"):
+                if os.path.exists(f"{self.path}{suffix}"):
+                    shutil.copyfile(f"{self.path}{suffix}", copy / f"catalog.db{suffix}")
+            self.conn = sqlite3.connect(copy / "catalog.db", timeout=30, isolation_level=None)
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the WAL in
+            self.conn.execute("PRAGMA query_only = ON")
+        except (OSError, sqlite3.Error):
+            raise SnapverError(f"the catalog {self.path} cannot be read: the filesystem is full; "
+                               "free space (or grow it) and try again") from None
+        self.read_only = copy
+        global _read_copy
+        _read_copy = True
+        self._registry_schema = True  # as it is: creating the registry's tables is a write
 
     def _connect(self) -> None:
         _prepare_shm(self.path)

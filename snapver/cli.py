@@ -643,11 +643,13 @@ def scan(rev, as_json):
 @click.option("--repair", is_flag=True, help="Finish or undo what was interrupted.")
 @click.option("--json", "as_json", is_flag=True)
 def doctor(repair, as_json):
-    """Find operations a crash interrupted (checkout, gc, derive, receive) and what they left behind.
+    """Find operations a crash interrupted (checkout, gc, derive, receive, snapshot, restore) and what they left.
 
     Exits 1 while something is unfinished. With --repair, each interrupted
-    operation is finished (checkout, derive, a receive whose snapshot arrived)
-    or ended (gc: nothing it had not destroyed yet goes; a receive that was cut),
+    operation is finished (checkout, derive, a receive whose snapshot arrived, a
+    snapshot set whose missing volumes are unchanged since) or ended (gc: nothing it
+    had not destroyed yet goes; a receive that was cut; a snapshot set that can no
+    longer be one point in time; a restore: its partial copy goes, your data stays),
     half-made swaps are completed or dropped, and what cut receives left is removed
     (also a half-received ZFS stream kept for resuming).
     """
@@ -669,6 +671,9 @@ def doctor(repair, as_json):
             click.echo(f"  intent: {json.dumps(intent, sort_keys=True)}")
         for line in report["leftovers"]:
             click.echo(f"left behind: {line}")
+        for sha in report.get("unsnapshotted", []):
+            click.echo(f"no snapshot: commit {short(sha)} (its hook lost a race or did not run; "
+                       "it resolves to its nearest snapshotted ancestor)")
         if report["clean"]:
             click.echo("nothing interrupted: the workspace is clean")
         elif not repair:
@@ -844,21 +849,33 @@ def main() -> None:
     journal.announce = warn
     try:
         code = cli.main(prog_name="snapver", standalone_mode=False)
-    except SnapverError as e:
+    except Exception as e:
+        explain_failure(e)
+        raise  # not a user's error: a bug, with its traceback
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def explain_failure(e: Exception) -> None:
+    """Exit with one line if e is a failure a user can cause; return if it is a bug."""
+    from .vanished import lake_gone
+
+    gone = lake_gone(e)  # the lake unmounted under the command: what failed says less
+    if gone is not None:
+        fail(str(gone), 1)
+    if isinstance(e, SnapverError):
         fail(str(e), e.exit_code)
-    except click.UsageError as e:
+    if isinstance(e, click.UsageError):
         hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
         fail(e.format_message() + hint, e.exit_code)
-    except click.ClickException as e:
+    if isinstance(e, click.ClickException):
         fail(e.format_message(), e.exit_code)
-    except click.Abort:
+    if isinstance(e, click.Abort):
         fail("aborted", 130)
-    except sqlite3.Error as e:  # a catalog write midway (a full filesystem, say)
+    if isinstance(e, sqlite3.Error):  # a catalog write midway (a full filesystem, say)
         err = catalog.explain(e)
         fail(f"{err}; `snapver doctor` says if anything was left unfinished", err.exit_code)
-    except PermissionError as e:
+    if isinstance(e, PermissionError):
         fail(f"permission denied: {e.filename or e}: run it as the workspace's owner or as root", 1)
-    sys.exit(code if isinstance(code, int) else 0)
 
 
 def fail(message: str, code: int) -> None:

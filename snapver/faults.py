@@ -6,9 +6,15 @@ with no cleanup, no finally blocks and no flushed buffers.
 SNAPVER_FAULT=<point>#N dies the N-th time the point is reached (the second
 volume of a checkout, say) instead of the first.
 
+SNAPVER_PAUSE=<point>[#N] stops the process there with SIGSTOP instead, so that a test can
+change the world under it (unmount the lake) and let it go on with SIGCONT.
+
 The points, in the order an operation reaches them:
 
+    snapshot-volume              one volume of a snapshot set is taken (Btrfs; ZFS one at a time),
+                                 or the whole set (ZFS in one transaction group)
     after-snapshot-before-state  a snapshot is taken, the workspace state not yet updated
+    restore-copied               a restore's copy is beside its destination, not yet renamed over it
     checkout-begin               the journal has the intent, nothing is done yet
     checkout-kept                the safety wip snapshot of unsnapshotted changes is taken
     checkout-cloned              a writable clone of the target is beside the live volume
@@ -41,12 +47,14 @@ _seen: dict[str, int] = {}
 
 
 def point(name: str) -> None:
-    wanted = os.environ.get("SNAPVER_FAULT")
-    if not wanted:
-        return
-    target, _, nth = wanted.partition("#")
-    if target != name:
-        return
-    _seen[name] = _seen.get(name, 0) + 1
-    if _seen[name] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    for variable, sig in (("SNAPVER_FAULT", signal.SIGKILL), ("SNAPVER_PAUSE", signal.SIGSTOP)):
+        wanted = os.environ.get(variable)
+        if not wanted:
+            continue
+        target, _, nth = wanted.partition("#")
+        if target != name:
+            continue
+        key = f"{variable}:{name}"
+        _seen[key] = _seen.get(key, 0) + 1
+        if _seen[key] == int(nth or 1):
+            os.kill(os.getpid(), sig)

@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
     try:
         from . import journal, ops
 
-        journal.announce = lambda message: say(f"warning: {message}")
+        journal.announce = lambda message: (say(f"warning: {message}"), log(f"{hook}: warning: {message}"))
         if hook == "post-checkout" and not _has_state():
             from .lake import Workspace
 
@@ -110,8 +110,14 @@ def main(argv: list[str]) -> int:
         if os.environ.get("SNAPVER_FETCH") == "1" and hook != "post-rewrite":
             fetch_with_git()  # before the lake follows HEAD
         if hook == "post-commit":
-            snaps = ops.call("snapshot")
-            say(f"snapshot {snaps[0]['name'][:10]} ({', '.join(s['volume'] for s in snaps)})")
+            from . import faults
+
+            faults.point("post-commit-start")
+            # The commit this hook fired for, read by the shim before anything else ran.
+            commit = os.environ.get("SNAPVER_COMMIT") or None
+            snaps = ops.call("snapshot", {"commit": commit} if commit else None)
+            if snaps:
+                say(f"snapshot {snaps[0]['name'][:10]} ({', '.join(s['volume'] for s in snaps)})")
         elif hook == "post-rewrite":
             from .gitrepo import GitRepo
 
@@ -198,6 +204,10 @@ def fetch_with_git() -> None:
 def _user_error(e: Exception) -> SnapverError | None:
     """e as one line for the user, if it is one of theirs: a catalog SQLite cannot use counts,
     since the snapshot itself is already safe on the filesystem."""
+    vanished = sys.modules.get("snapver.vanished")
+    gone = vanished.lake_gone(e) if vanished is not None else None
+    if gone is not None:
+        return gone  # the lake unmounted mid-hook
     if isinstance(e, SnapverError):
         return e
     sqlite3 = sys.modules.get("sqlite3")

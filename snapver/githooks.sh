@@ -97,7 +97,26 @@ nl='
 '
 
 case $hook in
-  post-commit|post-rewrite)
+  post-commit)
+    # The commit this hook fired for, read now with the `read` builtin (no process): by the
+    # time Python holds the workspace lock, another commit in this working tree may have
+    # moved HEAD on. A packed or unusual ref is asked of Git.
+    head= commit=
+    read -r head 2>/dev/null < "$gitdir/HEAD"
+    case $head in
+      "ref: refs/"*)
+        common=$gitdir
+        [ -f "$gitdir/commondir" ] && { read -r common < "$gitdir/commondir"; case $common in /*) ;; *) common=$gitdir/$common ;; esac; }
+        read -r commit 2>/dev/null < "$common/${head#ref: }" ;;
+      *) commit=$head ;;
+    esac
+    case $commit in
+      *[!0-9a-f]*|'') commit=$(git rev-parse -q --verify HEAD) ;;
+    esac
+    [ ${#commit} = 40 ] || commit=$(git rev-parse -q --verify HEAD)
+    export SNAPVER_COMMIT="$commit"
+    run "$@" ;;
+  post-rewrite)
     run "$@" ;;
   post-index-change)
     # $1=1 only when the command rewrote the working tree (checkout, switch, merge,

@@ -75,6 +75,21 @@ class GitRepo:
         prefix = "ref: refs/heads/"
         return head[len(prefix):] if head.startswith(prefix) else None
 
+    def head_quick(self) -> str | None:
+        """HEAD's commit read from the files Git just wrote (HEAD, a loose ref): no fork; asks
+        Git when the ref is packed or HEAD is something else."""
+        try:
+            head = (self.git_dir / "HEAD").read_text().strip()
+            if head.startswith("ref: refs/"):
+                sha = (self.common_dir / head[5:]).read_text().strip()
+            else:
+                sha = head
+            if len(sha) == 40 and all(c in "0123456789abcdef" for c in sha):
+                return sha
+        except (OSError, ValueError):
+            pass
+        return self.head()
+
     def resolve(self, rev: str) -> str:
         """The full commit ID of any commit-ish Git understands."""
         if not rev or "\0" in rev or "\n" in rev:

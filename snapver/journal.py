@@ -184,6 +184,19 @@ def operation(ws, kind: str, intent: dict):
     conn.execute("DELETE FROM operations WHERE id = ?", (op.id,))
 
 
+def begin(ws, kind: str, intent: dict) -> Operation:
+    """A journal row for a short operation that may run inside another one (the snapshot a
+    checkout keeps first): one INSERT, no refusal, no steps. The caller deletes it with
+    close(), ideally in the same transaction as its own last write."""
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    cur = ws.catalog.conn.execute(
+        "INSERT INTO operations (kind, project, workspace, pid, command, started, intent, steps, state) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, '[]', 'running')",
+        (kind, ws.project, ws.id, os.getpid(), lock.command(), started, json.dumps(intent)),
+    )
+    return Operation(cur.lastrowid, kind, ws.id, os.getpid(), lock.command(), started, intent)
+
+
 def close(ws, op: Operation) -> None:
     """An interrupted operation is over (repaired)."""
     ws.catalog.conn.execute("DELETE FROM operations WHERE id = ?", (op.id,))

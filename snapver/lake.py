@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from . import clones, faults, journal, lock, names
+from . import clones, faults, journal, lock, names, vanished
 from .backends.base import Backend, Change, Snapshot, open_backend
 from .catalog import Catalog, explain
 from .config import CONFIG_NAME, Config, LocalState, VolumeState, write_as_owner
@@ -59,6 +59,7 @@ class Workspace:
         self.backend = backend
         self._catalog: Catalog | None = None
         self.gc_doubts: list[str] = []  # why the last gc kept unreachable commit snapshots
+        vanished.remember(backend.root)
 
     @property
     def project(self) -> str:
@@ -82,12 +83,28 @@ class Workspace:
         return self.backend.volume_path(self.project, self.id, volume)
 
     @contextlib.contextmanager
-    def lock(self):
+    def lock(self, finish: bool = True):
         """Exclusive use of this workspace; the state is read again once the lock is held,
-        because the hooks, the CLI and the daemon may each have changed it meanwhile."""
+        because the hooks, the CLI and the daemon may each have changed it meanwhile.
+        A snapshot set a kill cut short is finished or undone first (finish=False: doctor's
+        diagnosis, which changes nothing)."""
         with lock.held(LocalState.dir(self.git.git_dir) / "lock"):
             self.state = LocalState.load(self.git.git_dir)
+            if finish:
+                self._finish_cut_snapshots()
             yield
+
+    def _finish_cut_snapshots(self) -> None:
+        from . import snapset
+
+        try:
+            snapset.finish_interrupted(self)
+        except (SnapverError, sqlite3.Error) as e:
+            # Not now (a full filesystem, say): the command goes on; doctor reports it.
+            if journal.announce:
+                err = e if isinstance(e, SnapverError) else explain(e)
+                journal.announce(f"an interrupted snapshot could not be finished ({err}): "
+                                 "run `snapver doctor --repair`")
 
     @property
     def _at_file(self) -> Path:
@@ -211,15 +228,27 @@ class Workspace:
         self.catalog.record_volume(self.project, self.id, volume, self.live_path(volume), self.git.toplevel)
 
     # ---------------------------------------------------------------- snapshots
-    def snapshot(self, wip: bool = False, message: str | None = None) -> list[Snapshot]:
-        """Snapshot every volume as HEAD's commit snapshot (or a wip one)."""
-        info = self.git.head_commit()
+    def snapshot(self, wip: bool = False, message: str | None = None, commit: str | None = None) -> list[Snapshot]:
+        """Snapshot every volume as HEAD's commit snapshot (or a wip one).
+
+        commit: the commit a post-commit hook fired for. By the time the hook holds the lock,
+        HEAD may have moved on (two commits finishing together in one working tree, or a
+        checkout right after): see _fired_for."""
+        if commit is not None and not names.SHA.fullmatch(commit):
+            raise SnapverError(f"{commit!r} is not a full commit ID")
+        info = self.git.commit(commit) if commit else self.git.head_commit()
         head = info.sha if info else None
         with self.lock():
             if wip:
                 return self._take(self.volumes, names.wip_snapshot_name(head or names.NO_COMMIT), message)
             if head is None:
                 raise SnapverError("HEAD has no commit yet: commit first, or take a --wip snapshot")
+            if commit is not None:
+                from . import snapset
+
+                snapset.check_parent(self, info)
+                if not snapset.fired_for(self, commit):
+                    return []
             existing = {v: self.backend.find(self.project, v, head) for v in self.volumes}
             todo = [v for v, s in existing.items() if s is None]
             changed = [v for v, s in existing.items() if s is not None and self._changed(v)]
@@ -234,8 +263,35 @@ class Workspace:
 
     def _take(self, volumes: list[str], name: str, message: str | None, info=None,
               kept: bool = False) -> list[Snapshot]:
-        snaps = self.backend.snapshot(self.project, self.id, volumes, name)
+        # All or none, even under SIGKILL: Btrfs (and ZFS without one transaction group for the
+        # set) snapshots volume by volume, so the intent is journaled first (one small INSERT),
+        # and the row is deleted in the same transaction as the snapshots' catalog rows.
+        # A row left behind is finished or undone by finish_snapshot.
+        op = self._journal("snapshot", {"name": name, "volumes": volumes, "message": message, "kept": kept})
+        try:
+            snaps = self.backend.snapshot(self.project, self.id, volumes, name)
+        except BaseException:
+            if op is not None:
+                with contextlib.suppress(sqlite3.Error):  # the backend undid what it had taken
+                    journal.close(self, op)
+            raise
         faults.point("after-snapshot-before-state")
+        return self._record(snaps, message, info, op, kept)
+
+    def _journal(self, kind: str, intent: dict):
+        """A journal row for a short operation, or None when the catalog cannot take one: a
+        damaged or read-only catalog does not stop a snapshot (the filesystem is the truth and
+        reindex brings the rows back), a full filesystem does (nothing could be recorded)."""
+        try:
+            return journal.begin(self, kind, intent)
+        except (sqlite3.Error, SnapverError) as e:
+            err = e if isinstance(e, SnapverError) else explain(e, self.backend.catalog_path)
+            if "filesystem is full" in str(err):
+                raise err from None
+            return None
+
+    def _record(self, snaps: list[Snapshot], message: str | None, info=None, op=None,
+                kept: bool = False) -> list[Snapshot]:
         commit = snaps[0].commit if snaps else names.NO_COMMIT
         try:
             with self.catalog.batch():
@@ -243,6 +299,8 @@ class Workspace:
                 if commit != names.NO_COMMIT:
                     info = info if info and info.sha == commit else self.git.commit(commit)
                     self.catalog.record_commit(self.project, info, self.git.branch())
+                if op is not None:
+                    journal.close(self, op)
         except (sqlite3.Error, SnapverError) as e:
             err = e if isinstance(e, SnapverError) else explain(e, self.backend.catalog_path)
             if "filesystem is full" in str(err):
@@ -250,6 +308,9 @@ class Workspace:
                 # snapshot is undone, so that a failed snapshot leaves nothing behind.
                 for s in snaps:
                     self.backend.destroy(s)
+                if op is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        journal.close(self, op)
             else:
                 # A damaged or read-only catalog: the snapshot stands (the filesystem is the
                 # truth, and reindex brings its row back), and the error says what to do.
@@ -317,21 +378,51 @@ class Workspace:
             )
             doomed = [d.snapshot for d in decisions if not d.keep]
             if not dry_run and doomed:
-                intent = {"destroy": [[s.volume, s.name] for s in doomed]}
-                with journal.operation(self, "gc", intent) as op:
-                    for s in doomed:
-                        try:
-                            self.backend.destroy(s)
-                        except InUse as e:
-                            # A rewritten commit's ZFS copy, or a live volume, is a clone of it:
-                            # it stays, costing no space of its own, and the decision says why.
-                            i = next(i for i, d in enumerate(decisions) if d.snapshot is s)
-                            decisions[i] = retention.Decision(s, True, f"in use: {e}")
-                            continue
-                        op.step("destroyed", volume=s.volume, name=s.name)
-                        self.catalog.forget_snapshot(self.project, s.volume, s.name)
-                        faults.point("gc-forgotten")
+                in_use = self._destroy(doomed)
+                decisions = [retention.Decision(d.snapshot, True, f"in use: {in_use[d.snapshot]}")
+                             if d.snapshot in in_use else d for d in decisions]
         return decisions
+
+    def _destroy(self, doomed: list[Snapshot]) -> dict[Snapshot, str]:
+        """Destroy doomed; return those the filesystem refused as still in use, with why."""
+        in_use: dict[Snapshot, str] = {}
+        intent = {"destroy": [[s.volume, s.name] for s in doomed]}
+        started = False
+        try:
+            with journal.operation(self, "gc", intent) as op:
+                started = True
+                for s in doomed:
+                    try:
+                        self.backend.destroy(s)
+                    except InUse as e:
+                        # A rewritten commit's ZFS copy, or a live volume, is a clone of it:
+                        # it stays, costing no space of its own, and the decision says why.
+                        in_use[s] = str(e)
+                        continue
+                    op.step("destroyed", volume=s.volume, name=s.name)
+                    self.catalog.forget_snapshot(self.project, s.volume, s.name)
+                    faults.point("gc-forgotten")
+        except sqlite3.Error as e:
+            err = explain(e, self.backend.catalog_path)
+            if started or "filesystem is full" not in str(err):
+                raise err from None
+            # A full filesystem cannot take the journal's row, and gc is what frees space:
+            # it destroys first, unjournaled (a kill leaves only catalog rows of destroyed
+            # snapshots, which reindex drops), and forgets their rows once there is room.
+            for s in doomed:
+                try:
+                    self.backend.destroy(s)
+                except InUse as e:
+                    in_use[s] = str(e)
+            try:
+                with self.catalog.batch():
+                    for s in doomed:
+                        self.catalog.forget_snapshot(self.project, s.volume, s.name)
+            except sqlite3.Error:
+                if journal.announce:
+                    journal.announce("the catalog could not be updated yet (the filesystem was full): "
+                                     "run `snapver reindex` once the space is freed")
+        return in_use
 
     def reachable_commits(self) -> set[str]:
         """Commits the known clones and worktrees of this project reach (see clones.reachability,
@@ -560,7 +651,23 @@ class Workspace:
         with self.lock():
             if to is None and os.path.lexists(dest):
                 self._keep_changes([volume], f"kept before restore of {path} from {rev}")
-            _copy_into_place(source, dest)
+            tag = os.urandom(4).hex()
+            tmp = dest.with_name(f".{dest.name}.snapver-restore-{tag}")
+            old = dest.with_name(f".{dest.name}.snapver-old-{tag}")
+            # Journaled, so that a kill leaves doctor the temporary names (no walk to find them)
+            # and the next snapshot does not take a half-made copy into history.
+            op = self._journal("restore", {"dest": str(dest), "tmp": str(tmp), "old": str(old)})
+            try:
+                _copy_into_place(source, dest, tmp, old)
+            except BaseException:
+                if op is None or os.path.lexists(tmp) or os.path.lexists(old):
+                    raise  # left for doctor, which knows the names from the journal
+                with contextlib.suppress(sqlite3.Error):
+                    journal.close(self, op)
+                raise
+            if op is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    journal.close(self, op)
         return dest, snap
 
     def _split_volume_path(self, path: str, cwd: Path) -> tuple[str, PurePosixPath]:
@@ -606,17 +713,18 @@ def _inside(root: Path, inner: PurePosixPath, what: str, must_exist: bool = True
     return Path(target)
 
 
-def _copy_into_place(source: Path, dest: Path) -> None:
-    """Reflink-copy source next to dest, then rename it over dest: never half a file."""
+def _copy_into_place(source: Path, dest: Path, tmp: Path, old: Path) -> None:
+    """Reflink-copy source next to dest (as tmp), then rename it over dest: never half a file.
+    A folder is swapped with two renames, the old one going to `old` and then away."""
     import shutil
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.snapver-restore-{os.urandom(4).hex()}")
     run(["cp", "-a", "--reflink=auto", "--no-target-directory", "--", str(source), str(tmp)])
+    faults.point("restore-copied")
     try:
         if dest.is_dir() and not dest.is_symlink():
-            old = dest.with_name(f".{dest.name}.snapver-old-{os.urandom(4).hex()}")
             os.rename(dest, old)
+            faults.point("restore-moved")
             os.rename(tmp, dest)
             shutil.rmtree(old)
         else:

@@ -17,6 +17,10 @@ from pathlib import Path
 
 from .errors import SnapverError
 
+class NoRoom(SnapverError):
+    """The lock file does not exist and a full filesystem cannot make it (so nobody holds it)."""
+
+
 WAIT_SECONDS = float(os.environ.get("SNAPVER_LOCK_WAIT", "30"))
 
 
@@ -37,8 +41,8 @@ def held(path: Path, wait: float = WAIT_SECONDS, what: str = "the workspace"):
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise SnapverError(f"{path} cannot be made: the filesystem is full; free space (or grow it) "
-                               "and try again") from None
+            raise NoRoom(f"the filesystem holding {path} is full: free space (delete files, or "
+                         "`snapver gc`) and try again") from None
         if e.errno != errno.ELOOP:
             raise
         raise SnapverError(f"{path} is a symbolic link: remove it (snapver makes its own lock file)") from None
@@ -55,8 +59,14 @@ def held(path: Path, wait: float = WAIT_SECONDS, what: str = "the workspace"):
                         f"{what} is busy, held by {holder}; try again when it finishes"
                     ) from None
                 time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"PID {os.getpid()} ({command()})".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"PID {os.getpid()} ({command()})".encode(), 0)
+        except OSError as e:
+            # Who holds it is only for a waiting user's message: a full filesystem (or quota)
+            # must not stop the commands that free space, gc and doctor.
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
         yield
     finally:
         os.close(fd)  # closing releases the flock

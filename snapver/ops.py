@@ -31,7 +31,9 @@ def checkout_dict(result) -> dict | None:
 
 
 def _snapshot(ws, a):
-    return [snapshot_dict(s) for s in ws.snapshot(wip=bool(a.get("wip")), message=a.get("message"))]
+    commit = a.get("commit")
+    return [snapshot_dict(s) for s in ws.snapshot(wip=bool(a.get("wip")), message=a.get("message"),
+                                                  commit=str(commit) if commit else None)]
 
 
 def _checkout(ws, a):

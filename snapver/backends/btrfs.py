@@ -170,6 +170,7 @@ class BtrfsBackend(Backend):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 snapshot_subvolume(self.volume_path(project, workspace, volume), target)
                 made.append(self._snapshot_at(project, volume, target))
+                faults.point("snapshot-volume")
         except BaseException:
             # Btrfs cannot snapshot several subvolumes in one transaction, so
             # all-or-none is done by hand: a half-taken commit is undone.

@@ -220,6 +220,7 @@ class ZfsBackend(Backend):
                 [n.encode() for n in full_names],
                 {k.encode(): v.encode() for k, v in props.items()},
             )
+            faults.point("snapshot-volume")
             return
         options = [a for k, v in props.items() for a in ("-o", f"{k}={v}")]
         parents = {n.rpartition("/")[0] for n in full_names}
@@ -233,12 +234,14 @@ class ZfsBackend(Backend):
                 # dataset's volumes are exactly those descendants.
                 run(["zfs", "snapshot", "-r", *options, f"{parent}@{name}"])
                 run(["zfs", "destroy", f"{parent}@{name}"])
+                faults.point("snapshot-volume")  # all at once: a kill here leaves the whole set
                 return
         made: list[str] = []
         try:  # a subset of the volumes: one at a time, undone on failure
             for full in full_names:
                 run(["zfs", "snapshot", *options, full])
                 made.append(full)
+                faults.point("snapshot-volume")
         except BaseException:
             self._destroy_snapshots(made)
             raise
