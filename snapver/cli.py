@@ -161,6 +161,8 @@ def status(as_json):
             pending = f", pending {d['pending_for']}s" if d["pending_for"] is not None else ""
             line += f"  [snapverd: {d['mode']}{pending}]"
         click.echo(line)
+        if r.get("link"):
+            click.echo(f"{'':<12} LINK BROKEN: {r['link']}")
 
 
 @cli.command()
@@ -174,10 +176,20 @@ def checkout(rev, volumes):
     result = ops.call("checkout", {"rev": rev, "volumes": list(volumes)})
     for w in result["warnings"]:
         warn(w)
+    relinked = result.get("links", {})
+    for line in relinked.values():
+        click.echo(f"repaired: {line}")
     if result["kept"]:
         click.echo(f"kept unsnapshotted changes as {result['kept'][0]['name']}")
+    broken = result.get("broken", {})
     for v, s in result["target"].items():
-        click.echo(f"{v:<12} {'now at' if v in result['switched'] else 'already at'} {label(s['name'])}")
+        if v in broken:
+            click.echo(f"{v:<12} LINK BROKEN: {broken[v]}")
+            continue
+        at = "now at" if v in result["switched"] else "relinked at" if v in relinked else "already at"
+        click.echo(f"{v:<12} {at} {label(s['name'])}")
+    if broken:
+        sys.exit(1)
 
 
 @cli.command()
@@ -674,6 +686,8 @@ def doctor(repair, as_json):
         for sha in report.get("unsnapshotted", []):
             click.echo(f"no snapshot: commit {short(sha)} (its hook lost a race or did not run; "
                        "it resolves to its nearest snapshotted ancestor)")
+        for line in report.get("links", []):
+            click.echo(f"volume link: {line}")
         if report["clean"]:
             click.echo("nothing interrupted: the workspace is clean")
         elif not repair:

@@ -37,8 +37,13 @@ class Config:
     @classmethod
     def load(cls, toplevel: Path) -> Config:
         path = toplevel / CONFIG_NAME
+        from .safeio import open_regular
+
         try:
-            with open(path, "rb") as f:
+            f = open_regular(path)  # a FIFO planted here must not block a hook or the daemon
+            if f is None:
+                raise SnapverError(f"{path} is not a regular file: put snapver.toml back from Git")
+            with f:
                 doc = tomllib.load(f)
         except FileNotFoundError:
             raise SnapverError(

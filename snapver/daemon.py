@@ -1,10 +1,13 @@
 """snapverd: captures work between commits, follows commits made without hooks, keeps
 history tidy, and does privileged snapshot work for users over a Unix socket.
 
-One main loop ticks every half second; watchdog threads only note the time of
-the last write, and socket threads serve requests. Everything that touches a
-workspace takes that workspace's lock (lake.Workspace.lock), shared with the
-hooks and the CLI, so the daemon never races a `git checkout`.
+One main loop ticks every half second and only decides what is due; the work on
+each workspace (its poll, its capture) runs in a thread of its own, at most one
+at a time per workspace, so one workspace that hangs (a lock held for long, a
+slow filesystem) never stops the others, nor the loop. Watchdog threads only note
+the time of the last write, and socket threads serve requests. Everything that
+touches a workspace takes that workspace's lock (lake.Workspace.lock), shared
+with the hooks and the CLI, so the daemon never races a `git checkout`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import struct
 import threading
 import time
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import faults, ops
@@ -59,6 +62,9 @@ class DaemonConfig:
 
     @classmethod
     def load(cls, path: Path) -> DaemonConfig:
+        """Read and check every setting: a value of the wrong type or out of range, or a key
+        nobody reads, is an error naming it, at start and on SIGHUP alike (where the old
+        config is kept), never a crash later in the main loop."""
         try:
             with open(path, "rb") as f:
                 doc = tomllib.load(f)
@@ -66,35 +72,85 @@ class DaemonConfig:
             raise SnapverError(f"no daemon config at {path}: write one (see README) or pass --config") from None
         except tomllib.TOMLDecodeError as e:
             raise SnapverError(f"{path} is not valid TOML: {e}") from None
+        except OSError as e:
+            raise SnapverError(f"{path} cannot be read: {e.strerror}") from None
         try:
-            seconds = {k: parse_duration(doc[k]).total_seconds()
-                       for k in ("debounce", "max_delay", "poll_interval") if k in doc}
-            if "gc_interval" in doc:
-                seconds["gc_interval"] = 0.0 if doc["gc_interval"] in ("off", 0) else \
-                    parse_duration(doc["gc_interval"]).total_seconds()
-            workspaces = [
-                WatchedWorkspace(Path(w["path"]).resolve(), _names(w, "allow_users"), _names(w, "allow_groups"))
-                for w in doc.get("workspace", [])
-            ]
-            return cls(
-                socket=Path(doc.get("socket", ops.SOCKET)),
-                inotify_budget=doc.get("inotify_budget"),
-                allow_users=_names(doc, "allow_users"),
-                allow_groups=_names(doc, "allow_groups"),
-                retention=Policy.from_config(doc.get("retention", {})),
-                workspaces=workspaces,
-                **seconds,
-            )
+            return cls._from_doc(doc)
         except SnapverError as e:
             raise SnapverError(f"{path}: {e}") from None
-        except (KeyError, TypeError, ValueError) as e:
-            raise SnapverError(f"{path}: bad setting ({e}); see the README for the format") from None
+
+    @classmethod
+    def _from_doc(cls, doc: dict) -> DaemonConfig:
+        _known(doc, _TOP_KEYS, "")
+        seconds = {k: _duration(doc, k) for k in ("debounce", "max_delay", "poll_interval") if k in doc}
+        if "gc_interval" in doc:
+            seconds["gc_interval"] = 0.0 if doc["gc_interval"] in ("off", 0) and \
+                not isinstance(doc["gc_interval"], bool) else _duration(doc, "gc_interval")
+        budget = doc.get("inotify_budget")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
+            raise SnapverError(f"inotify_budget = {budget!r}: give a whole number of directories, 0 or more "
+                               "(or leave it out: a quarter of fs.inotify.max_user_watches)")
+        sock = doc.get("socket", str(ops.SOCKET))
+        if not isinstance(sock, str) or not sock.startswith("/"):
+            raise SnapverError(f"socket = {sock!r}: give an absolute path, e.g. \"/run/snapver/snapverd.sock\"")
+        retention = doc.get("retention", {})
+        if not isinstance(retention, dict):
+            raise SnapverError("[retention] must be a table")
+        _known(retention, tuple(f.name for f in fields(Policy)), "[retention] ")
+        try:
+            policy = Policy.from_config(retention)
+        except SnapverError as e:
+            raise SnapverError(f"[retention] {e}") from None
+        except (TypeError, ValueError, AttributeError) as e:
+            raise SnapverError(f"[retention]: bad setting ({e})") from None
+        tables = doc.get("workspace", [])
+        if not isinstance(tables, list) or not all(isinstance(w, dict) for w in tables):
+            raise SnapverError("workspace must be [[workspace]] tables, each with a path")
+        workspaces = []
+        for i, w in enumerate(tables, 1):
+            _known(w, _WORKSPACE_KEYS, f"[[workspace]] #{i} ")
+            users, groups = _names(w, "allow_users", f"[[workspace]] #{i} "), \
+                _names(w, "allow_groups", f"[[workspace]] #{i} ")
+            where = w.get("path")
+            if not isinstance(where, str) or not where:
+                raise SnapverError(f"[[workspace]] #{i} needs path = \"/the/working/tree\"")
+            workspaces.append(WatchedWorkspace(Path(where).resolve(), users, groups))
+        return cls(
+            socket=Path(sock),
+            inotify_budget=budget,
+            allow_users=_names(doc, "allow_users"),
+            allow_groups=_names(doc, "allow_groups"),
+            retention=policy,
+            workspaces=workspaces,
+            **seconds,
+        )
 
 
-def _names(doc: dict, key: str) -> frozenset[str]:
+_TOP_KEYS = ("socket", "debounce", "max_delay", "poll_interval", "gc_interval", "inotify_budget",
+             "allow_users", "allow_groups", "retention", "workspace")
+_WORKSPACE_KEYS = ("path", "allow_users", "allow_groups")
+
+
+def _known(doc: dict, keys: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(doc) - set(keys))
+    if unknown:
+        raise SnapverError(f"{where}unknown setting(s) {', '.join(unknown)}: the settings are {', '.join(keys)}")
+
+
+def _duration(doc: dict, key: str) -> float:
+    value = doc[key]
+    if not isinstance(value, str):
+        raise SnapverError(f"{key} = {value!r} is not a duration: write it as a string, e.g. \"30s\"")
+    try:
+        return parse_duration(value).total_seconds()
+    except SnapverError as e:
+        raise SnapverError(f"{key}: {e}") from None
+
+
+def _names(doc: dict, key: str, where: str = "") -> frozenset[str]:
     value = doc.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise SnapverError(f"{key} must be a list of names")
+        raise SnapverError(f"{where}{key} = {value!r}: it must be a list of names")
     return frozenset(value)
 
 
@@ -133,7 +189,10 @@ class Daemon:
         self.config = DaemonConfig.load(config_path)
         self.watches: dict[tuple[Path, str], VolumeWatch] = {}
         self.heads: dict[Path, str | None] = {}
-        self.lock = threading.Lock()  # guards watches and their times
+        self.lock = threading.Lock()  # guards watches and their times, and busy
+        self.budget_lock = threading.Lock()  # guards watch_budget and (un)scheduling watches
+        self.busy: dict[Path, threading.Thread] = {}  # workspaces with a job in flight
+        self.gc_thread: threading.Thread | None = None
         self.stopping = threading.Event()
         self.reload_requested = threading.Event()
         self.last_gc = time.monotonic()
@@ -163,15 +222,18 @@ class Daemon:
                 self.reload_requested.clear()
                 self.reload()
             now = time.monotonic()
-            if now >= next_poll:
+            poll = now >= next_poll
+            if poll:
                 next_poll = now + self.config.poll_interval
-                self._poll()
-            self._capture_quiet_volumes()
-            if self.config.gc_interval and now - self.last_gc >= self.config.gc_interval:
+            self._dispatch(poll)
+            if self.config.gc_interval and now - self.last_gc >= self.config.gc_interval and \
+                    not (self.gc_thread and self.gc_thread.is_alive()):
                 self.last_gc = now
-                self.gc_all()
-        # SIGTERM: the loop only stops between operations, so no snapshot is cut short.
+                self.gc_thread = threading.Thread(target=self.gc_all, name="gc", daemon=True)
+                self.gc_thread.start()
+        # SIGTERM: the loop stops deciding; the jobs in flight finish, so no snapshot is cut short.
         notify("STOPPING=1")
+        self._wait_for_jobs()
         self.server.shutdown()
         self.server.server_close()
         if listen_fd is None:
@@ -185,7 +247,7 @@ class Daemon:
         except SnapverError as e:
             log.error("config not reloaded, keeping the old one: %s", e)
             return
-        with self.lock:
+        with self.lock, self.budget_lock:
             for w in self.watches.values():
                 if w.watch is not None:
                     self.observer.unschedule(w.watch)
@@ -222,6 +284,10 @@ class Daemon:
                 log.error("%s: not watched: %s", w.path, e)
 
     def _start_watch(self, tree: Path, watch: VolumeWatch) -> None:
+        with self.budget_lock:  # jobs of several workspaces may start watches at once
+            self._start_watch_locked(tree, watch)
+
+    def _start_watch_locked(self, tree: Path, watch: VolumeWatch) -> None:
         watch.device = _device(watch.path)
         dirs = _count_dirs(watch.path, self.watch_budget)
         if dirs > self.watch_budget:
@@ -247,28 +313,71 @@ class Daemon:
                 w.first_change = w.first_change or now
                 w.last_change = now
 
-    def _poll(self) -> None:
-        for w in self.config.workspaces:
-            try:
-                ws = self._open(w.path)
-                self._follow_commits(ws, w.path)
-                for v in ws.volumes:
-                    watch = self.watches.get((w.path, v))
-                    if watch is None:
-                        continue
-                    if _device(watch.path) != watch.device:  # a checkout swapped the volume in
+    def _dispatch(self, poll: bool) -> None:
+        """Start a job for each workspace with something due (its poll, volumes gone quiet)
+        and no job still in flight; a busy workspace's writes stay pending for its next job."""
+        now = time.monotonic()
+        due: dict[Path, list[str]] = {}
+        with self.lock:
+            for (tree, volume), w in self.watches.items():
+                if w.first_change is None or tree in self.busy:
+                    continue
+                if now - w.last_change >= self.config.debounce or now - w.first_change >= self.config.max_delay:
+                    due.setdefault(tree, []).append(volume)
+                    w.first_change = w.last_change = None  # writes from now on are a new burst
+            trees = [w.path for w in self.config.workspaces if w.path not in self.busy and (poll or w.path in due)]
+            for tree in trees:
+                job = threading.Thread(target=self._job, args=(tree, poll, due.get(tree, [])),
+                                       name=f"workspace {tree}", daemon=True)
+                self.busy[tree] = job
+        for tree in trees:
+            self.busy[tree].start()
+
+    def _job(self, tree: Path, poll: bool, volumes: list[str]) -> None:
+        try:
+            if poll:
+                self._poll(tree)
+            if volumes:
+                self._capture(tree, volumes)
+        except Exception:  # never let one workspace's job take the daemon down
+            log.exception("%s: job failed", tree)
+        finally:
+            with self.lock:
+                self.busy.pop(tree, None)
+
+    def _wait_for_jobs(self) -> None:
+        from . import lock
+
+        with self.lock:
+            jobs = list(self.busy.values()) + ([self.gc_thread] if self.gc_thread else [])
+        deadline = time.monotonic() + lock.WAIT_SECONDS + 30
+        for job in jobs:
+            job.join(max(0.0, deadline - time.monotonic()))
+            if job.is_alive():
+                log.warning("%s: still busy at exit: left to finish or be undone by `snapver doctor`", job.name)
+
+    def _poll(self, tree: Path) -> None:
+        try:
+            ws = self._open(tree)
+            self._follow_commits(ws, tree)
+            for v in ws.volumes:
+                watch = self.watches.get((tree, v))
+                if watch is None:
+                    continue
+                if _device(watch.path) != watch.device:  # a checkout swapped the volume in
+                    with self.budget_lock:
                         if watch.watch is not None:
                             self.observer.unschedule(watch.watch)
                             watch.watch, self.watch_budget = None, self.watch_budget + watch.dirs
-                        self._start_watch(w.path, watch)
-                    if watch.mode == "polling":
-                        mark = ws.backend.mark(ws.project, ws.id, v)
-                        if mark != watch.last_mark:
-                            watch.last_mark = mark
-                            if ws.backend.changed_since(ws.project, ws.id, v, ws.state.volume(v).mark):
-                                self.note_change((w.path, v))
-            except SnapverError as e:
-                log.error("%s: %s", w.path, e)
+                    self._start_watch(tree, watch)
+                if watch.mode == "polling":
+                    mark = ws.backend.mark(ws.project, ws.id, v)
+                    if mark != watch.last_mark:
+                        watch.last_mark = mark
+                        if ws.backend.changed_since(ws.project, ws.id, v, ws.state.volume(v).mark):
+                            self.note_change((tree, v))
+        except SnapverError as e:
+            log.error("%s: %s", tree, e)
 
     def _follow_commits(self, ws, tree: Path) -> None:
         """A commit made by a tool that skipped the hooks gets its snapshot all the same."""
@@ -292,32 +401,23 @@ class Daemon:
                 raise
             log.info("%s: commit %s had no snapshot: took it (%d volumes)", tree, head[:10], len(snaps))
 
-    def _capture_quiet_volumes(self) -> None:
-        now = time.monotonic()
-        due: dict[Path, list[str]] = {}
+    def _capture(self, tree: Path, volumes: list[str]) -> None:
+        try:
+            snaps = self._open(tree).capture(volumes, message="captured by snapverd")
+        except SnapverError as e:
+            # Still pending: a hook or checkout holding the lock, or any other failure,
+            # must not make the daemon forget writes it has not captured yet.
+            for v in volumes:
+                self.note_change((tree, v))
+            log.warning("%s: capture failed, will retry: %s", tree, e)
+            return
+        faults.point("daemon-after-capture")
         with self.lock:
-            for (tree, volume), w in self.watches.items():
-                if w.first_change is None:
-                    continue
-                if now - w.last_change >= self.config.debounce or now - w.first_change >= self.config.max_delay:
-                    due.setdefault(tree, []).append(volume)
-                    w.first_change = w.last_change = None  # writes from now on are a new burst
-        for tree, volumes in due.items():
-            try:
-                snaps = self._open(tree).capture(volumes, message="captured by snapverd")
-            except SnapverError as e:
-                # Still pending: a hook or checkout holding the lock, or any other failure,
-                # must not make the daemon forget writes it has not captured yet.
-                for v in volumes:
-                    self.note_change((tree, v))
-                log.warning("%s: capture failed, will retry: %s", tree, e)
-                continue
-            faults.point("daemon-after-capture")
-            with self.lock:
-                for s in snaps:
+            for s in snaps:
+                if (tree, s.volume) in self.watches:  # unless a reload dropped it meanwhile
                     self.watches[(tree, s.volume)].last_snapshot = s.name
-            if snaps:
-                log.info("%s: wip snapshot %s of %s", tree, snaps[0].name, ", ".join(s.volume for s in snaps))
+        if snaps:
+            log.info("%s: wip snapshot %s of %s", tree, snaps[0].name, ", ".join(s.volume for s in snaps))
 
     def gc_all(self) -> list:
         """Retention for every project the daemon watches (once per project)."""
@@ -425,9 +525,14 @@ def _check_own(ws) -> None:
 
 def policy_for(ws, default: Policy) -> Policy:
     """A project's own [retention] in snapver.toml wins over the daemon's default."""
+    from .safeio import open_regular
+
     try:
-        with open(ws.git.toplevel / "snapver.toml", "rb") as f:
-            doc = tomllib.load(f).get("retention")
+        f = open_regular(ws.git.toplevel / "snapver.toml")  # never a FIFO a user planted
+        doc = None
+        if f is not None:
+            with f:
+                doc = tomllib.load(f).get("retention")
     except (OSError, tomllib.TOMLDecodeError):
         doc = None
     return Policy.from_config(doc) if doc else default

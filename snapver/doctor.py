@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import journal
+from . import journal, links
 
 
 def _finish_checkout(ws, op) -> str:
@@ -88,14 +88,16 @@ class Report:
     # snapshotted one) without a snapshot: a hook that lost a race or did not run. Reported,
     # not "unclean": nothing can bring back the data they were made with.
     unsnapshotted: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)  # volume links missing, a folder, or elsewhere
 
     @property
     def clean(self) -> bool:
-        return not self.interrupted and not self.leftovers
+        return not self.interrupted and not self.leftovers and not self.links
 
     def as_dict(self) -> dict:
         return {"clean": self.clean, "interrupted": [o.as_dict() for o in self.interrupted],
-                "leftovers": self.leftovers, "repaired": self.repaired, "unsnapshotted": self.unsnapshotted}
+                "leftovers": self.leftovers, "repaired": self.repaired, "unsnapshotted": self.unsnapshotted,
+                "links": self.links}
 
 
 @contextlib.contextmanager
@@ -137,7 +139,8 @@ def diagnose(ws) -> Report:
         from . import snapset
 
         ops = journal.interrupted(ws, locked=True) + (journal.interrupted(end, locked=True) if end else [])
-        return Report(ops, _leftovers(ws, end, repair=False), unsnapshotted=snapset.missing_commits(ws))
+        return Report(ops, _leftovers(ws, end, repair=False), unsnapshotted=snapset.missing_commits(ws),
+                      links=[p.line for p in links.check(ws)])
 
 
 def repair(ws) -> Report:
@@ -147,6 +150,9 @@ def repair(ws) -> Report:
         done = [f"tidied: {line}" for line in _leftovers(ws, end, repair=True)]
         for place in (ws, end) if end else (ws,):
             done += repair_interrupted(place)
+        # Last, once an interrupted checkout has put its volumes in place: files in a plain
+        # folder where a link should be go into the volume, never away.
+        done += list(links.mend(ws)[0].values())
     after = diagnose(ws)
     after.repaired = done
     return after

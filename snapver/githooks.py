@@ -118,6 +118,12 @@ def main(argv: list[str]) -> int:
             snaps = ops.call("snapshot", {"commit": commit} if commit else None)
             if snaps:
                 say(f"snapshot {snaps[0]['name'][:10]} ({', '.join(s['volume'] for s in snaps)})")
+                # An lstat each: a volume whose link is gone was snapshotted, but not what was
+                # written in its place (Git runs hooks at the top of the working tree).
+                for v in sorted({s["volume"] for s in snaps}):
+                    if not os.path.islink(v):
+                        say(f"warning: {v} is not the link to its volume: what is written there is not "
+                            "versioned; `snapver status` says more")
         elif hook == "post-rewrite":
             from .gitrepo import GitRepo
 
@@ -240,6 +246,10 @@ def report(result: dict | None) -> None:
         return
     for w in result["warnings"]:
         say(f"warning: {w}")
+    for line in result.get("links", {}).values():
+        say(f"repaired: {line}")
+    for line in result.get("broken", {}).values():
+        say(f"warning: {line}")
     if result["kept"]:
         say(f"kept unsnapshotted changes as {result['kept'][0]['name']}")
     if result["switched"]:

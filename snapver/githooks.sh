@@ -95,6 +95,13 @@ lake_is_at() {  # $1: the commit HEAD is at now (post-checkout is given it)
 }
 nl='
 '
+links_ok() {  # every volume snapver linked is still a symlink: a `test -L` each, no process
+  [ -r "$state/links" ] || return 0
+  while IFS= read -r v; do
+    [ -z "$v" ] || [ -L "$v" ] || return 1
+  done < "$state/links"
+  return 0
+}
 
 case $hook in
   post-commit)
@@ -149,9 +156,10 @@ case $hook in
       esac
     fi ;;
   post-checkout)
-    [ "$3" = 1 ] && ! lake_is_at "$2" && run "$@" ;;
+    # Also when a volume's link is gone (a checkout of a commit that tracked the folder, and back).
+    [ "$3" = 1 ] && { ! lake_is_at "$2" || ! links_ok; } && run "$@" ;;
   post-merge)
-    lake_is_at "$(git rev-parse -q --verify HEAD)" || run "$@" ;;
+    { lake_is_at "$(git rev-parse -q --verify HEAD)" && links_ok; } || run "$@" ;;
   pre-push)
     opted_in push && run "$@" ;;
 esac

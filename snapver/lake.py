@@ -34,6 +34,7 @@ class VolumeStatus(NamedTuple):
     path: Path
     base: str | None  # the snapshot it last matched
     changed: bool
+    link: str | None = None  # what is wrong with <worktree>/<volume> -> the volume, if anything
 
 
 class CheckoutResult:
@@ -42,6 +43,8 @@ class CheckoutResult:
         self.kept: list[Snapshot] = []  # the safety wip snapshot, if one was needed
         self.switched: list[str] = []  # volumes that were replaced
         self.warnings = warnings if warnings is not None else []
+        self.links: dict[str, str] = {}  # volume -> how its link was put back (links.mend)
+        self.broken: dict[str, str] = {}  # volume -> what is still wrong with its link
 
 
 class LogEntry(NamedTuple):
@@ -225,7 +228,29 @@ class Workspace:
         if not os.path.lexists(link):
             link.symlink_to(self.live_path(volume), target_is_directory=True)
             _keep_out_of_git(self.git, [volume])
+            self._note_linked(volume)
         self.catalog.record_volume(self.project, self.id, volume, self.live_path(volume), self.git.toplevel)
+
+    def _note_linked(self, volume: str) -> None:
+        """.git/snapver/links names the volumes that have a link: the post-checkout shim
+        checks each is still a symlink (a `test -L`, no process) and calls Python if not."""
+        path = LocalState.dir(self.git.git_dir) / "links"
+        try:
+            known = path.read_text().split()
+        except FileNotFoundError:
+            known = []
+        if volume not in known:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_as_owner(path, "".join(f"{v}\n" for v in [*known, volume]))
+
+    def _mend_links(self, volumes: list[str], result: CheckoutResult, hook: bool) -> None:
+        """Put back broken volume links before a checkout looks at the volumes (lock held): files
+        written to a plain folder in a link's place go into the volume, and so into the safety
+        wip. The hooks only put back missing links (an lstat each) and say what else is wrong."""
+        from . import links
+
+        result.links, left = links.mend(self, volumes, only_missing=hook)
+        result.broken = {p.volume: p.line for p in left}
 
     # ---------------------------------------------------------------- snapshots
     def snapshot(self, wip: bool = False, message: str | None = None, commit: str | None = None) -> list[Snapshot]:
@@ -430,8 +455,11 @@ class Workspace:
         return clones.reachability(self).commits
 
     def status(self) -> list[VolumeStatus]:
+        from . import links
+
+        broken = {p.volume: p.line for p in links.check(self)}
         return [
-            VolumeStatus(v, self.live_path(v), self.state.volume(v).base, self._changed(v))
+            VolumeStatus(v, self.live_path(v), self.state.volume(v).base, self._changed(v), broken.get(v))
             for v in self.volumes
         ]
 
@@ -516,15 +544,20 @@ class Workspace:
         return list(only) if only else list(self.volumes)
 
     # ---------------------------------------------------------------- checkout
-    def checkout(self, rev: str, volumes: list[str] | None = None, nearest: bool = False) -> CheckoutResult:
-        """Make the live volumes the snapshot of rev, keeping unsnapshotted work first."""
+    def checkout(self, rev: str, volumes: list[str] | None = None, nearest: bool = False,
+                 hook: bool = False) -> CheckoutResult:
+        """Make the live volumes the snapshot of rev, keeping unsnapshotted work first; a
+        broken volume link is put back first (hook: only a missing one), so "already at"
+        is said only of a volume the working tree really reaches."""
         vols = self._volumes(volumes)
         target, _, warnings = self._resolve(rev, vols, nearest)
         with self.lock():
             result = CheckoutResult(target, warnings=warnings)
+            self._mend_links(vols, result, hook)
             todo = [
                 v for v in target
-                if self.state.volume(v).base != target[v].name or self._changed(v)
+                if self.state.volume(v).base != target[v].name
+                or (self._changed(v) and v not in result.links)  # what a plain folder held stays live
             ]
             if not todo:
                 return result  # the live volumes are those snapshots already: nothing to swap
@@ -594,7 +627,7 @@ class Workspace:
             self.snapshot()  # the lake is this merge's first parent's: ours
             return None
         try:
-            result = self.checkout(head, nearest=True)
+            result = self.checkout(head, nearest=True, hook=True)
         except NotFound as e:
             self._record_at(head)  # nothing to follow; do not ask again for this commit
             raise SnapverError(f"{e}; the lake stays as it is") from None

@@ -27,6 +27,8 @@ def checkout_dict(result) -> dict | None:
         "kept": [snapshot_dict(s) for s in result.kept],
         "switched": result.switched,
         "warnings": result.warnings,
+        "links": result.links,  # volume -> how its link was put back
+        "broken": result.broken,  # volume -> what is still wrong with its link
     }
 
 
@@ -56,7 +58,7 @@ def _rewrite(ws, a):
 
 
 def _status(ws, a):
-    return [{"volume": r.volume, "path": str(r.path), "base": r.base, "changed": r.changed}
+    return [{"volume": r.volume, "path": str(r.path), "base": r.base, "changed": r.changed, "link": r.link}
             for r in ws.status()]
 
 

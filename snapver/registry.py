@@ -112,8 +112,13 @@ class Settings(NamedTuple):
 def settings(ws) -> Settings:
     """The registry's part of snapver.toml: [registry], [releases], [scan], [volumes.NAME]."""
     path = ws.git.toplevel / CONFIG_NAME
+    from .safeio import open_regular
+
     try:
-        with open(path, "rb") as f:
+        f = open_regular(path)
+        if f is None:
+            raise SnapverError(f"{path} is not a regular file")
+        with f:
             doc = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise SnapverError(f"{path} cannot be read ({e})") from None
@@ -226,8 +231,8 @@ def _read_file(ws, rel: str, snapshot: str, by_volume: dict) -> dict | None:
             # snapshot holds (the live volume may be written to meanwhile).
             root = by_volume[parts[0]].path if parts[0] in by_volume else ws.live_path(parts[0])
             target = _within(root, Path(root, *parts[1:]), rel)
-            if target and target.is_file():
-                data = target.read_bytes()
+            if target and os.path.lexists(target):
+                data = _regular(target, rel)
         else:
             # In the Git tree: the committed content is the truth of a commit snapshot;
             # a file Git does not track is read from the working tree.
@@ -235,8 +240,8 @@ def _read_file(ws, rel: str, snapshot: str, by_volume: dict) -> dict | None:
                                   cwd=ws.git.toplevel, capture_output=True)
             if done.returncode == 0:
                 data = done.stdout
-            elif (target := _within(ws.git.toplevel, ws.git.toplevel / rel, rel)) and target.is_file():
-                data = target.read_bytes()
+            elif (target := _within(ws.git.toplevel, ws.git.toplevel / rel, rel)) and os.path.lexists(target):
+                data = _regular(target, rel)
     except OSError as e:
         warn("snapver: warning: %s cannot be read (%s); its values were not recorded", rel, e.strerror)
         return None
@@ -248,6 +253,17 @@ def _read_file(ws, rel: str, snapshot: str, by_volume: dict) -> dict | None:
         warn("snapver: warning: %s is not valid %s (%s); its values were not recorded, "
                     "the snapshot was taken", rel, _format(rel).upper(), e)
         return None
+
+
+def _regular(target: Path, rel: str) -> bytes | None:
+    """The bytes of a regular file; a FIFO, device or socket is not read (open would block
+    the hook holding the workspace lock, or the daemon), and not a symlink put there since."""
+    from .safeio import read_regular
+
+    data = read_regular(target)
+    if data is None and not os.path.isdir(target):
+        warn("snapver: warning: %s is not a regular file; it was not read", rel)
+    return data
 
 
 def _within(root: Path, target: Path, rel: str) -> Path | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
@@ -36,18 +37,25 @@ def is_model_file(name: str) -> bool:
     return name.lower().endswith(MODEL_SUFFIXES)
 
 
-def scan_file(path: Path) -> tuple[bool, list[str]]:
-    """(flagged, findings) for one file, without unpickling it."""
+def scan_file(path: Path) -> tuple[bool, list[str]] | None:
+    """(flagged, findings) for one file, without unpickling it; None if it is not a regular
+    file when opened (a FIFO, a device, a socket or a symlink put in its place: never read)."""
     import logging
 
     try:
-        from picklescan.scanner import SafetyLevel, scan_file_path
+        from picklescan.scanner import SafetyLevel, scan_bytes
     except ImportError:
         raise SnapverError("picklescan is not installed: `pip install picklescan` to scan models") from None
     # picklescan logs every finding as a warning; with no handler configured, Python
     # would print them on stderr in the middle of a Git hook. We report them ourselves.
     logging.getLogger("picklescan").setLevel(logging.CRITICAL)
-    result = scan_file_path(str(path))
+    from .safeio import open_regular
+
+    f = open_regular(path)
+    if f is None:
+        return None
+    with f:
+        result = scan_bytes(f, str(path), os.path.splitext(str(path))[1])
     findings = [
         f"{g.module}.{g.name} ({g.safety.value})"
         for g in sorted(result.globals, key=lambda g: (g.module, g.name))
@@ -57,14 +65,15 @@ def scan_file(path: Path) -> tuple[bool, list[str]]:
 
 
 def model_files(root: Path):
-    """(relative path, lstat) of every model file under root; symlinks are not followed."""
+    """(relative path, lstat) of every regular model file under root: symlinks are not
+    followed, and FIFOs, devices and sockets with a model's name are not model files."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
             if is_model_file(name):
                 full = os.path.join(dirpath, name)
                 st = os.lstat(full)
-                if not os.path.islink(full):
+                if stat.S_ISREG(st.st_mode):
                     yield os.path.relpath(full, root), st
 
 
@@ -80,7 +89,10 @@ def scan_snapshot(conn, snap) -> list[FileVerdict]:
         if prev is not None:
             flagged, findings = bool(prev[0]), json.loads(prev[1])
         else:
-            flagged, findings = scan_file(Path(snap.path) / rel)
+            scanned = scan_file(Path(snap.path) / rel)
+            if scanned is None:
+                continue  # no longer a regular file (a live volume changes under a walk)
+            flagged, findings = scanned
         verdicts.append(FileVerdict(rel, flagged, findings))
         rows.append((snap.project, snap.volume, snap.name, rel, st.st_size, st.st_mtime_ns,
                      st.st_ctime_ns, int(flagged), json.dumps(findings)))

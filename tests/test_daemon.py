@@ -240,7 +240,7 @@ def test_bad_wip_schedules(lake_repo, schedule, error):
 
 @pytest.mark.parametrize("config, error", [
     ('debounce = "soon"', "not a duration"),
-    ("[[workspace]]\nallow_users = 3", "bad setting"),
+    ("[[workspace]]\nallow_users = 3", "must be a list"),
     ("allow_users = \"bob\"", "must be a list"),
     ("this is not toml", "not valid TOML"),
 ])
@@ -251,6 +251,79 @@ def test_bad_daemon_config(tmp_path, config, error):
                           env=env(), capture_output=True, text=True, timeout=30)
     assert done.returncode != 0 and error in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("config, error", [
+    ('inotify_budget = "lots"', "inotify_budget = 'lots'"),
+    ("inotify_budget = -3", "inotify_budget = -3"),
+    ("poll_interval = 5", "poll_interval = 5 is not a duration"),
+    ('gc_interval = "often"', "gc_interval"),
+    ('debounce = "30s"\ndebounse = "1s"', "unknown setting(s) debounse"),
+    ('[retention]\nunreachable = "30d"\nwipp = "1h1d"', "[retention] unknown setting(s) wipp"),
+    ('[[workspace]]\npath = "/srv/x"\nallow_user = ["bob"]', "[[workspace]] #1 unknown setting(s) allow_user"),
+    ('[[workspace]]\nallow_users = ["bob"]', "needs path"),
+])
+def test_every_daemon_setting_is_checked_at_start(daemon_dir, config, error):
+    """A bad value is one line and a non-zero exit before anything is made: no socket left."""
+    sock = daemon_dir / "snapverd.sock"
+    path = daemon_dir / "snapverd.toml"
+    path.write_text(f'socket = "{sock}"\n{config}\n')
+    done = subprocess.run([sys.executable, "-m", "snapver", "daemon", "--config", str(path)],
+                          env={**env(), "SNAPVER_SOCKET": str(sock)}, capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0 and error in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not os.path.lexists(sock)
+
+
+def test_sighup_with_a_bad_value_keeps_the_old_config(lake_repo, snapverd):
+    d = snapverd()
+    good = d.config.read_text()
+    d.config.write_text('inotify_budget = "lots"\n' + good)
+    d.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "config not reloaded, keeping the old one" in d.log.read_text(), 10), d.log.read_text()
+    assert "inotify_budget" in d.log.read_text()
+    time.sleep(1)
+    assert d.proc.poll() is None and d.answers(), d.log.read_text()
+    assert "Traceback" not in d.log.read_text()
+    # Still at work with the old config: writes are captured.
+    (lake_repo / "data" / "after-hup.csv").write_text("x\n")
+    assert wait_for(lambda: wips(lake_repo), DEBOUNCE + 5), d.log.read_text()
+    # A good config again is taken.
+    d.config.write_text(good)
+    d.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "config reloaded" in d.log.read_text(), 10)
+
+
+def test_one_stuck_workspace_does_not_stop_the_others(lake_repo, lake, daemon_dir, tmp_path):
+    """A workspace whose capture waits (its lock held elsewhere for long) must not stop the daemon
+    from capturing another workspace's writes."""
+    import fcntl
+
+    other = tmp_path / "other"
+    git(tmp_path, "init", "-q", "-b", "main", str(other))
+    (other / "f").write_text("code")
+    git(other, "add", "f")
+    git(other, "commit", "-q", "-m", "code")
+    snapver(other, "init", *lake.init_args)
+    d = Snapverd(daemon_dir, [lake_repo, other])
+    fd = os.open(lake_repo / ".git" / "snapver" / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        # The daemon waits long for a lock, as it would behind a hung hook.
+        d.start(SNAPVER_LOCK_WAIT="120")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        (lake_repo / "data" / "stuck.csv").write_text("waits\n")
+        time.sleep(DEBOUNCE + 2)  # its capture fell due and waits for the lock
+        (other / "data" / "free.csv").write_text("captured\n")
+        found = wait_for(lambda: wips(other), DEBOUNCE + 4)
+        assert found, f"the other workspace got no wip while one was stuck: {d.log.read_text()}"
+        assert wips(lake_repo) == [] and d.answers()
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        # Once the lock is free, the stuck workspace's writes are captured too.
+        assert wait_for(lambda: wips(lake_repo), 10), d.log.read_text()
+        assert d.stop() == 0
+    finally:
+        os.close(fd)
+        d.stop()
 
 
 # ---------------------------------------------------------------- systemd

@@ -387,9 +387,23 @@ def _same_file(a: Path, b: Path, sa: os.stat_result, sb: os.stat_result) -> bool
     # apart, so there the bytes decide too.
     if sa.st_mtime_ns == sb.st_mtime_ns and sa.st_mtime_ns % 1_000_000_000:
         return True
-    import filecmp
+    from ..safeio import open_regular
 
-    return filecmp.cmp(a, b, shallow=False)
+    # Not filecmp, which opens by name: a FIFO put there since the scandir would block it.
+    fa, fb = open_regular(a), open_regular(b)
+    try:
+        if fa is None or fb is None:
+            return False
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+    finally:
+        for f in (fa, fb):
+            if f is not None:
+                f.close()
 
 
 def create_image_file(image: Path, size: int | None, minimum: int, make: list[str]) -> None:
