@@ -291,19 +291,23 @@ class Workspace:
             name = names.wip_snapshot_name(self.lake_at() or self.git.head() or names.NO_COMMIT)
             return self._take(changed, name, message)
 
-    def gc(self, policy, dry_run: bool = False, now=None) -> list:
-        """Apply the retention policy to this project's snapshots; return every decision."""
+    def gc(self, policy, dry_run: bool = False, now=None, forget_unknown=None) -> list:
+        """Apply the retention policy to this project's snapshots; return every decision.
+        forget_unknown (a timedelta): let snapshots of unknown commits older than that go."""
         from datetime import datetime, timezone
 
-        from . import retention
+        from . import received, retention
 
         now = now or datetime.now(timezone.utc)
         with self.lock():
             from . import registry
 
+            snaps, reachable = self.backend.snapshots(self.project), self.reachable_commits()
+            unknown = received.unknown(received.clone_trees(self), {
+                s.commit for s in snaps if s.kind == "commit" and s.commit not in reachable})
             decisions = retention.plan(
-                self.backend.snapshots(self.project), self.reachable_commits(),
-                registry.protected(self), policy, now,
+                snaps, reachable, {**received.pinned(self.catalog, self.project), **registry.protected(self)},
+                policy, now, unknown=unknown, forget_unknown=forget_unknown,
             )
             doomed = [d.snapshot for d in decisions if not d.keep]
             if not dry_run and doomed:

@@ -9,7 +9,11 @@
   hour for a day, one per day for a week; a bare number `N` keeps the newest
   N whatever their age. Periods are absolute (one per clock hour), so a
   snapshot kept today is still kept tomorrow while its rule lasts.
-- Releases are never removed.
+- Releases are never removed, nor what a pin that came with a received
+  snapshot pins (received.py).
+- A commit snapshot of a commit no clone on this lake knows (received from
+  another lake, never fetched here) is kept: nothing here can prove it dead.
+  `snapver gc --forget-unknown AGE` lets those older than AGE go.
 """
 
 from __future__ import annotations
@@ -98,6 +102,9 @@ class Policy:
         )
 
 
+UNKNOWN = "unknown commit (received, never fetched here)"
+
+
 @dataclass(frozen=True)
 class Decision:
     snapshot: object  # backends.base.Snapshot
@@ -105,8 +112,12 @@ class Decision:
     reason: str
 
 
-def plan(snapshots, reachable: set[str], protected: set[tuple[str, str]], policy: Policy, now: datetime) -> list[Decision]:
-    """Keep or drop, with a reason, for every snapshot given (one project)."""
+def plan(snapshots, reachable: set[str], protected: set[tuple[str, str]], policy: Policy, now: datetime,
+         unknown: set[str] = frozenset(), forget_unknown: timedelta | None = None) -> list[Decision]:
+    """Keep or drop, with a reason, for every snapshot given (one project).
+
+    unknown: commits no clone on this lake knows (received, never fetched here): kept,
+    unless forget_unknown is given and the snapshot arrived longer ago than that."""
     decisions = []
     wips: dict[str, list] = {}
     for s in snapshots:
@@ -118,6 +129,11 @@ def plan(snapshots, reachable: set[str], protected: set[tuple[str, str]], policy
             wips.setdefault(s.volume, []).append(s)
         elif s.commit in reachable:
             decisions.append(Decision(s, True, "reachable commit"))
+        elif s.commit in unknown:
+            if forget_unknown is not None and now - s.created > forget_unknown:
+                decisions.append(Decision(s, False, f"unknown commit, forgotten (older than {forget_unknown})"))
+            else:
+                decisions.append(Decision(s, True, UNKNOWN))
         elif now - s.created <= policy.unreachable:
             decisions.append(Decision(s, True, "unreachable, within its grace period"))
         else:
