@@ -629,7 +629,7 @@ def _known(ws, shas: set[str]) -> set[str]:
     return shas - unknown([ws.git.toplevel], shas)
 
 
-def _open(ws, remote: str | None, sending: bool = False, init: bool = False, warn=None) -> tuple[Peer, Session]:
+def _open(ws, remote: str | None, sending: bool = False, init: bool = False) -> tuple[Peer, Session]:
     """A session with the remote's lake. What is not a lake yet is refused, except as the
     far end of a push when it is empty (or init says to make it one)."""
     p = peer(ws, remote)
@@ -649,9 +649,6 @@ def _open(ws, remote: str | None, sending: bool = False, init: bool = False, war
             session.close()
             raise SnapverError(f"remote {p.name}: {what} has files in it and is not a snapver lake: nothing was "
                                f"sent (is the URL {p.url.url} right? push --init makes it a lake)")
-        if warn:
-            warn(f"remote {p.name}: {what} was {'empty' if state == 'empty' else 'not a lake'}; "
-                 "it is a snapver lake now")
     return p, session
 
 
@@ -666,7 +663,7 @@ def push(ws, remote: str | None = None, revs: list[str] | None = None, progress=
     told of snapshots of the same name that both lakes took on their own."""
     if os.geteuid() != 0:
         raise SnapverError("push needs root: sending a stream is a privileged filesystem call")
-    p, session = _open(ws, remote, sending=True, init=init, warn=warn)
+    p, session = _open(ws, remote, sending=True, init=init)
     try:
         theirs = session.holdings
         held = {(v, n): i for v, n, i in theirs["snapshots"]}
@@ -718,6 +715,9 @@ def push(ws, remote: str | None = None, revs: list[str] | None = None, progress=
         if pins:
             session.request({"op": "pins", "pins": pins})
             session.answer()
+        if done and theirs.get("lake", "lake") != "lake" and warn:
+            warn(f"remote {p.name}: {theirs.get('what')} was {'empty' if theirs['lake'] == 'empty' else 'not a lake'}"
+                 "; it is a snapver lake now")
         return done
     finally:
         session.close()
