@@ -34,6 +34,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from . import faults, names, received
+from .ancestry import ancestors, parents_of
 from .backends.base import Backend, Snapshot, open_backend
 from .errors import NotFound, SnapverError
 
@@ -316,43 +317,6 @@ def choose_base(backend: Backend, snap: Snapshot, held: dict[tuple[str, str], st
     return usable[0] if usable else (None, False)
 
 
-def parent_map(git, shas) -> dict[str, list[str]]:
-    """commit -> its parents, for every commit the given ones reach (one `git rev-list`)."""
-    shas = sorted(set(shas))
-    if not shas:
-        return {}
-    out = git.git("rev-list", "--parents", *shas, "--")
-    return {line.split()[0]: line.split()[1:] for line in out.splitlines() if line}
-
-
-def ancestors(parents: dict[str, list[str]], name: str):
-    """The commits a snapshot descends from, nearest first: the first-parent line, then the
-    rest of the graph breadth first (a wip's own commit comes before everything)."""
-    parsed = names.parse_snapshot_name(name)
-    if not parsed:
-        return
-    commit, kind = parsed[0], parsed[1]
-    seen: set[str] = set()
-    line = [commit] if kind == "wip" else list(parents.get(commit, [])[:1])
-    rest = [] if kind == "wip" else list(parents.get(commit, [])[1:])
-    while line:
-        c = line.pop()
-        if c in seen:
-            continue
-        seen.add(c)
-        yield c
-        ps = parents.get(c, [])
-        line.extend(ps[:1])
-        rest.extend(ps[1:])
-    while rest:
-        c = rest.pop(0)
-        if c in seen:
-            continue
-        seen.add(c)
-        yield c
-        rest.extend(parents.get(c, []))
-
-
 _FRAME = struct.Struct("<I")
 END, ABORT = 0, 0xFFFFFFFF
 
@@ -614,21 +578,6 @@ def _lacking(ws, revs: list[str], has: set[str]) -> str | None:
     return None
 
 
-def _parents(ws, keys) -> dict[str, list[str]]:
-    """The commit graph above the snapshots being sent (for choosing their bases)."""
-    shas = _known(ws, {parsed[0] for _, n in keys if (parsed := names.parse_snapshot_name(n))})
-    try:
-        return parent_map(ws.git, shas)
-    except SnapverError:
-        return {}
-
-
-def _known(ws, shas: set[str]) -> set[str]:
-    from .received import unknown
-
-    return shas - unknown([ws.git.toplevel], shas)
-
-
 def _open(ws, remote: str | None, sending: bool = False, init: bool = False) -> tuple[Peer, Session]:
     """A session with the remote's lake. What is not a lake yet is refused, except as the
     far end of a push when it is empty (or init says to make it one)."""
@@ -676,7 +625,7 @@ def push(ws, remote: str | None = None, revs: list[str] | None = None, progress=
         if missing:
             raise SnapverError(f"this lake has no snapshot of {missing}: nothing of it to push "
                                "(`snapver snapshot` takes one at HEAD)")
-        parents = _parents(ws, wanted - set(held))
+        parents = parents_of(ws, wanted - set(held))
         ours = ws.backend.identities(ws.project)
         done = []
         for snap in mine:
@@ -738,7 +687,7 @@ def pull(ws, remote: str | None = None, revs: list[str] | None = None, progress=
         missing = _lacking(ws, revs or [], {n for _, n in available} | {n for _, n in held})
         if missing:
             raise SnapverError(f"remote {p.name} has no snapshot of {missing}, and neither has this lake")
-        parents = _parents(ws, wanted - set(held))
+        parents = parents_of(ws, wanted - set(held))
         appendable = ws.backend.appendable(ws.project)
         tokens = ws.backend.resumable() or {}
         done = []
