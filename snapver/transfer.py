@@ -607,9 +607,10 @@ def _different(there: str, volume: str, name: str) -> str:
 
 
 def push(ws, remote: str | None = None, revs: list[str] | None = None, progress=None,
-         warn=None, init: bool = False) -> list[Transfer]:
+         warn=None, init: bool = False, strict: bool = True) -> list[Transfer]:
     """Send the snapshots revs ask for that the remote lacks, oldest first. warn(line) is
-    told of snapshots of the same name that both lakes took on their own."""
+    told of snapshots of the same name that both lakes took on their own. strict: a rev
+    with no snapshot of its own here is an error (the hooks send the history they can)."""
     if os.geteuid() != 0:
         raise SnapverError("push needs root: sending a stream is a privileged filesystem call")
     p, session = _open(ws, remote, sending=True, init=init)
@@ -621,7 +622,7 @@ def push(ws, remote: str | None = None, revs: list[str] | None = None, progress=
         mine = sorted((s for s in ws.backend.snapshots(ws.project, readable=False) if s.volume in ws.volumes),
                       key=lambda s: s.age_key)
         wanted = set(_wanted(ws, revs or [], [(s.volume, s.name) for s in mine]))
-        missing = _lacking(ws, revs or [], {s.name for s in mine})
+        missing = _lacking(ws, revs or [], {s.name for s in mine}) if strict else None
         if missing:
             raise SnapverError(f"this lake has no snapshot of {missing}: nothing of it to push "
                                "(`snapver snapshot` takes one at HEAD)")
@@ -673,8 +674,8 @@ def push(ws, remote: str | None = None, revs: list[str] | None = None, progress=
 
 
 def pull(ws, remote: str | None = None, revs: list[str] | None = None, progress=None,
-         warn=None) -> list[Transfer]:
-    """Receive the snapshots revs ask for that this lake lacks, oldest first (warn: as push)."""
+         warn=None, strict: bool = True) -> list[Transfer]:
+    """Receive the snapshots revs ask for that this lake lacks, oldest first (warn, strict: as push)."""
     if os.geteuid() != 0:
         raise SnapverError("pull needs root: receiving a stream is a privileged filesystem call")
     catalog = ws.catalog  # opened first: once a stream is on its way, only receive_into reads it
@@ -684,7 +685,7 @@ def pull(ws, remote: str | None = None, revs: list[str] | None = None, progress=
         available = list(identities)
         wanted = set(_wanted(ws, revs or [], available))
         held = ws.backend.identities(ws.project)
-        missing = _lacking(ws, revs or [], {n for _, n in available} | {n for _, n in held})
+        missing = _lacking(ws, revs or [], {n for _, n in available} | {n for _, n in held}) if strict else None
         if missing:
             raise SnapverError(f"remote {p.name} has no snapshot of {missing}, and neither has this lake")
         parents = parents_of(ws, wanted - set(held))
@@ -756,7 +757,7 @@ def clone(git_url: str, directory: Path, lake_url: str | None, lake: str | None,
         ws = Workspace.init(directory, lake=lake, image=image, size=size)
         name = config.remote.get("name", "origin")
         add_remote(ws.git, name, url, command)
-        pull(ws, name, ["HEAD"], progress)
+        pull(ws, name, ["HEAD"], progress, strict=False)
         head = ws.git.head()
         if head:
             ws.checkout(head, nearest=True)
