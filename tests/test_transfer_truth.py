@@ -243,3 +243,20 @@ def test_a_failed_clone_removes_what_it_made_or_says_what_it_left(lake_repo, lak
     assert "is empty: there is nothing to pull" in failed.err, failed.err
     assert f"left the clone in {b} and its volumes on lake" in failed.err, failed.err
     assert (b / ".git").is_dir()
+
+
+def test_a_push_after_an_amend_sends_an_increment(lake_repo, far):
+    a = lake_repo
+    write(a / "data" / "big.bin", os.urandom(2 << 20))
+    v1 = commit(a, "v1")
+    write(a / "data" / "small.bin", os.urandom(16 << 10))
+    commit(a, "v2")
+    snapver(a, "remote", "add", "far", far.url)
+    snapver(a, "push", "far", "-q")
+    write(a / "data" / "small.bin", os.urandom(16 << 10))
+    git(a, "commit", "-q", "--amend", "--allow-empty", "-m", "v2, amended")
+    amended = git(a, "rev-parse", "HEAD")
+    sent = [t for t in snapver(a, "push", "far", "--json").json if t["volume"] == "data"]
+    # From the parent, which the far lake holds: the change, not the whole volume again.
+    assert [(t["name"], t["base"]) for t in sent] == [(amended, v1)], sent
+    assert sent[0]["bytes"] < 1 << 20, sent
