@@ -268,7 +268,8 @@ def lake_state(backend: Backend) -> str:
     if backend.catalog_path.exists():
         return "lake"
     try:
-        return "other" if any(os.scandir(backend.root)) else "empty"
+        with os.scandir(backend.root) as entries:
+            return "other" if any(e.name != ".zfs" for e in entries) else "empty"
     except OSError:
         return "other"
 
