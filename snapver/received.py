@@ -83,7 +83,7 @@ def pins(catalog, project: str) -> list[list[str]]:
 def record_pins(catalog, project: str, given: list, present: set[tuple[str, str]]) -> int:
     """Record the pins that came from the other lake, for the snapshots this lake holds."""
     rows = [(project, v, n, p) for v, n, p in given
-            if (v, n) in present and isinstance(p, str) and 0 < len(p) <= 200]
+            if (v, n) in present and isinstance(p, str) and 0 < len(p) <= 200 and p.isprintable()]
     if rows:
         conn = _conn(catalog)
         with conn:
