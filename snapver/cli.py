@@ -305,8 +305,11 @@ def hooks_uninstall():
 
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="List what would be removed, remove nothing.")
+@click.option("--forget-unknown", "forget_unknown", metavar="OLDER_THAN",
+              help="Also remove snapshots of unknown commits (received, never fetched here) "
+                   "that arrived longer ago than this, e.g. 90d.")
 @click.option("--json", "as_json", is_flag=True)
-def gc(dry_run, as_json):
+def gc(dry_run, forget_unknown, as_json):
     """Remove snapshots the retention policy no longer keeps (releases never go).
 
     The policy is [retention] in snapver.toml: `unreachable` (how long snapshots
@@ -319,10 +322,11 @@ def gc(dry_run, as_json):
     is missing, shallow or unreadable, no commit snapshot goes (`snapver clones`).
     """
     from .daemon import policy_for
-    from .retention import Policy
+    from .retention import UNKNOWN, Policy, parse_duration
 
+    forget = parse_duration(forget_unknown) if forget_unknown else None
     ws = Workspace.open()
-    decisions = ws.gc(policy_for(ws, Policy()), dry_run=dry_run)
+    decisions = ws.gc(policy_for(ws, Policy()), dry_run=dry_run, forget_unknown=forget)
     if as_json:
         emit_json([{**ops.snapshot_dict(d.snapshot), "keep": d.keep, "reason": d.reason} for d in decisions])
         return
@@ -334,6 +338,10 @@ def gc(dry_run, as_json):
     for d in dropped:
         click.echo(f"{'would remove' if dry_run else 'removed'} {d.snapshot.volume}@{label(d.snapshot.name)}  ({d.reason})")
     click.echo(f"{len(dropped)} of {len(decisions)} snapshots {'would go' if dry_run else 'removed'}")
+    unknown = sum(d.reason == UNKNOWN for d in decisions)
+    if unknown:
+        click.echo(f"kept {unknown} snapshot(s) of unknown commits (received, never fetched here); "
+                   "`snapver gc --forget-unknown AGE` lets those older than AGE go")
 
 
 @cli.group(invoke_without_command=True)
@@ -797,8 +805,9 @@ def transfer_command(fn):
     return cli.command()(fn)
 
 
+@click.option("--init", is_flag=True, help="Make REMOTE's folder or dataset a lake even if it holds other files.")
 @transfer_command
-def push(remote_name, revs, quiet, as_json):
+def push(remote_name, revs, quiet, as_json, init):
     """Send the snapshots of REVs (default HEAD) and their history that REMOTE lacks.
 
     Incremental from the newest snapshot both lakes hold (btrfs send -p,
@@ -806,7 +815,7 @@ def push(remote_name, revs, quiet, as_json):
     """
     from . import transfer
 
-    done = transfer.push(Workspace.open(), remote_name, list(revs), progress_bars(quiet or as_json), warn)
+    done = transfer.push(Workspace.open(), remote_name, list(revs), progress_bars(quiet or as_json), warn, init)
     report_transfers(done, as_json, "pushed")
 
 

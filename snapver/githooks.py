@@ -184,7 +184,7 @@ def push_with_git(args: list[str], updates: list[str]) -> None:
     shas = [f[1] for f in (line.split() for line in updates) if len(f) == 4 and f[1].strip("0")]
     name = ws.config.remote.get("name") or args[0]
     if shas:
-        done = transfer.push(ws, name, shas, warn=say)
+        done = transfer.push(ws, name, shas, warn=say, strict=False)
         say(f"pushed {len(done)} snapshot(s) to {name}")
 
 
@@ -200,7 +200,7 @@ def fetch_with_git() -> None:
     if not ws.config.remote.get("fetch") or not head or ws.backend.find(ws.project, ws.volumes[0], head):
         return
     try:
-        done = transfer.pull(ws, ws.config.remote.get("name"), ["HEAD"], warn=say)
+        done = transfer.pull(ws, ws.config.remote.get("name"), ["HEAD"], warn=say, strict=False)
         if done:
             say(f"pulled {len(done)} snapshot(s)")
     except SnapverError as e:

@@ -381,14 +381,15 @@ class Workspace:
             name = names.wip_snapshot_name(self.lake_at() or self.git.head() or names.NO_COMMIT)
             return self._take(changed, name, message)
 
-    def gc(self, policy, dry_run: bool = False, now=None) -> list:
+    def gc(self, policy, dry_run: bool = False, now=None, forget_unknown=None) -> list:
         """Apply the retention policy to this project's snapshots; return every decision.
 
         Commit snapshots go only when every known clone was read (clones.reachability):
-        a doubt keeps them all, and each decision's reason says which clone."""
+        a doubt keeps them all, and each decision's reason says which clone.
+        forget_unknown (a timedelta): let snapshots of unknown commits older than that go."""
         from datetime import datetime, timezone
 
-        from . import retention
+        from . import received, retention
 
         now = now or datetime.now(timezone.utc)
         with self.lock():
@@ -396,10 +397,15 @@ class Workspace:
 
             reach = clones.reachability(self)
             self.gc_doubts = reach.doubts
+            snaps = self.backend.snapshots(self.project)
+            trees = [c.worktree for c in clones.known(self) if c.worktree.is_dir()]
+            unknown = received.unknown(trees, {
+                s.commit for s in snaps if s.kind == "commit" and s.commit not in reach.commits})
             decisions = retention.plan(
-                self.backend.snapshots(self.project), reach.commits,
-                registry.protected(self), policy, now,
+                snaps, reach.commits,
+                {**received.pinned(self.catalog, self.project), **registry.protected(self)}, policy, now,
                 rows=self.catalog.snapshot_rows(self.project), doubt="; ".join(reach.doubts) or None,
+                unknown=unknown, forget_unknown=forget_unknown,
             )
             doomed = [d.snapshot for d in decisions if not d.keep]
             if not dry_run and doomed:

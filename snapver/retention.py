@@ -2,7 +2,8 @@
 
 Every snapshot is kept unless a rule below proves it may go; in doubt, keep.
 
-- Releases (and the sources of derived volumes) are never removed.
+- Releases (and the sources of derived volumes) are never removed, nor what
+  a pin that came with a received snapshot pins (received.py).
 - Commit snapshots: one whose commit a branch, tag, remote-tracking ref,
   reflog entry or HEAD of any known clone or worktree of the project reaches
   is kept (clones.py). If any known clone is missing, moved, replaced,
@@ -10,6 +11,9 @@ Every snapshot is kept unless a rule below proves it may go; in doubt, keep.
   commit snapshot is kept and the reason names that clone. Otherwise a
   snapshot of a commit nothing reaches is kept for `unreachable` (default
   30 days) after it was taken, then goes.
+- A commit snapshot of a commit no clone on this lake knows (received from
+  another lake, never fetched here) is kept: nothing here can prove it dead.
+  `snapver gc --forget-unknown AGE` lets those older than AGE go.
 - Safety wips, those taken before a checkout, restore or rebase replaced
   live data ("kept before ..."), are promises: no schedule thins them. Each
   ages out only after `kept` (default 30 days). A wip the catalog does not
@@ -120,6 +124,9 @@ class Policy:
         )
 
 
+UNKNOWN = "unknown commit (received, never fetched here)"
+
+
 @dataclass(frozen=True)
 class Decision:
     snapshot: object  # backends.base.Snapshot
@@ -128,13 +135,16 @@ class Decision:
 
 
 def plan(snapshots, reachable: set[str], protected: set[tuple[str, str]], policy: Policy, now: datetime,
-         rows: dict | None = None, doubt: str | None = None) -> list[Decision]:
+         rows: dict | None = None, doubt: str | None = None,
+         unknown: set[str] = frozenset(), forget_unknown: timedelta | None = None) -> list[Decision]:
     """Keep or drop, with a reason, for every snapshot given (one project).
 
     rows: the catalog's rows by (volume, name), which say which wips are safety wips
     (`kept`) and which workspace took them; a wip without a row counts as a safety wip.
     doubt: why reachability is not complete (a clone that could not be read): every
     commit snapshot is then kept, with that reason.
+    unknown: commits no clone on this lake knows (received, never fetched here): kept,
+    unless forget_unknown is given and the snapshot arrived longer ago than that.
     """
     rows = rows or {}
     decisions = []
@@ -150,6 +160,11 @@ def plan(snapshots, reachable: set[str], protected: set[tuple[str, str]], policy
             decisions.append(Decision(s, True, "reachable commit"))
         elif doubt:
             decisions.append(Decision(s, True, f"not proven unreachable: {doubt}"))
+        elif s.commit in unknown:
+            if forget_unknown is not None and now - s.created > forget_unknown:
+                decisions.append(Decision(s, False, f"unknown commit, forgotten (older than {forget_unknown})"))
+            else:
+                decisions.append(Decision(s, True, UNKNOWN))
         elif now - s.created <= policy.unreachable:
             decisions.append(Decision(s, True, "unreachable, within its grace period"))
         else:

@@ -19,6 +19,7 @@ keeps a resume token where the pool supports it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -32,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from . import faults, names
+from . import faults, names, received
+from .ancestry import ancestors, parents_of
 from .backends.base import Backend, Snapshot, open_backend
 from .errors import NotFound, SnapverError
 
@@ -230,10 +232,46 @@ def open_lake(spec: str) -> Backend:
         dataset = dataset_mounted_at(path)
         if dataset:
             return open_backend("zfs", dataset)
-        raise SnapverError(f"{spec} is neither on Btrfs nor a ZFS dataset's mountpoint")
-    if spec.count("/") >= 2 or not spec.startswith("/"):
-        return open_backend("zfs", spec.strip("/"))
-    raise NotFound(f"there is no lake {spec}")
+        raise SnapverError(f"the folder {spec} is on {linux.mount_of(path).fstype}, neither on Btrfs nor "
+                           "a ZFS dataset's mountpoint: a lake needs one of them")
+    if path.exists() or path.is_symlink():
+        raise SnapverError(f"{spec} is {_kind_of(path)}, not a lake: give a folder on Btrfs or a ZFS dataset")
+    dataset = spec.strip("/")
+    pool = dataset.split("/")[0]
+    if _pool_exists(pool):
+        return open_backend("zfs", dataset)
+    raise NotFound(f"there is no folder {spec} on this host, and no ZFS pool {pool} for a dataset {dataset}")
+
+
+def _kind_of(path: Path) -> str:
+    import stat
+
+    mode = path.lstat().st_mode
+    return ("a symbolic link" if stat.S_ISLNK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a file" if stat.S_ISREG(mode) else "a special file")
+
+
+def _pool_exists(pool: str) -> bool:
+    try:
+        return subprocess.run(["zfs", "list", "-H", "-o", "name", "--", pool],
+                              capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False  # no ZFS on this host
+
+
+def _what(backend: Backend) -> str:
+    return f"the folder {backend.root}" if backend.name == "btrfs" else f"the ZFS dataset {backend.spec()}"
+
+
+def lake_state(backend: Backend) -> str:
+    """'lake' (it has a catalog), 'empty' (nothing in it yet), or 'other' (someone's files)."""
+    if backend.catalog_path.exists():
+        return "lake"
+    try:
+        with os.scandir(backend.root) as entries:
+            return "other" if any(e.name != ".zfs" for e in entries) else "empty"
+    except OSError:
+        return "other"
 
 
 def _catalog(backend: Backend):
@@ -251,6 +289,8 @@ def holdings(backend: Backend, project: str) -> dict:
     resumable = backend.resumable()
     return {
         "backend": backend.name,
+        "lake": lake_state(backend),
+        "what": _what(backend),
         "snapshots": [[s.volume, s.name, identities[(s.volume, s.name)]] for s in snaps],
         "appendable": None if appendable is None else sorted(appendable),
         "resumable": None if resumable is None else [[v, n, t] for (v, n), t in resumable.items()],
@@ -258,15 +298,24 @@ def holdings(backend: Backend, project: str) -> dict:
 
 
 def choose_base(backend: Backend, snap: Snapshot, held: dict[tuple[str, str], str],
-                appendable: set | None) -> tuple[Snapshot | None, bool]:
-    """The base for sending snap to a lake that holds `held` ((volume, name) -> identity)."""
+                appendable: set | None, prefer=None) -> tuple[Snapshot | None, bool]:
+    """The base for sending snap to a lake that holds `held` ((volume, name) -> identity).
+    prefer: snapshot names, best first (the newest common ancestors along the commit
+    graph, first parent first); the first of them that can be a base wins, and only where
+    none can does the backend's own order (the newest by time) decide."""
+    usable = []
     for base, clone in backend.send_bases(snap):
         theirs = held.get((base.volume, base.name))
         if theirs is None or theirs != backend.identity(base):
             continue
         if clone or appendable is None or (base.volume, base.name) in appendable:
-            return base, clone
-    return None, False
+            usable.append((base, clone))
+    if usable and prefer is not None:
+        by_name = {base.name: (base, clone) for base, clone in reversed(usable)}
+        for name in prefer:
+            if name in by_name:
+                return by_name[name]
+    return usable[0] if usable else (None, False)
 
 
 _FRAME = struct.Struct("<I")
@@ -427,7 +476,11 @@ def serve(args: list[str]) -> None:
         out.write(json.dumps(message).encode() + b"\n")
         out.flush()
 
-    say(holdings(backend, project))
+    said = holdings(backend, project)
+    if backend.catalog_path.exists():
+        catalog = _catalog(backend)
+        said["pins"] = received.pins(catalog, project)
+    say(said)
     while line := src.readline(1 << 24):
         try:
             ask = json.loads(line)
@@ -437,6 +490,10 @@ def serve(args: list[str]) -> None:
         try:
             if ask.get("op") == "receive":
                 say(serve_receive(backend, project, ask, src))
+            elif ask.get("op") == "pins":
+                catalog = catalog or _catalog(backend)
+                pins = [p for p in ask.get("pins") or [] if isinstance(p, list) and len(p) == 3]
+                say({"pinned": received.record_pins(catalog, project, pins, set(backend.identities(project)))})
             elif ask.get("op") == "send":
                 catalog = catalog or _catalog(backend)
                 serve_send(backend, catalog, project, names.check_volume(ask.get("volume")), ask.get("name"),
@@ -470,7 +527,8 @@ def serve_send(backend, catalog, project, volume, name, ask, say, out) -> None:
     held = {(v, n): i for v, n, i in ask.get("held", [])}
     appendable = None if ask.get("appendable") is None else {tuple(x) for x in ask["appendable"]}
     token = ask.get("token")
-    base, clone = (None, False) if token else choose_base(backend, snap, held, appendable)
+    prefer = ask.get("prefer") if isinstance(ask.get("prefer"), list) else None
+    base, clone = (None, False) if token else choose_base(backend, snap, held, appendable, prefer)
     argv = backend.resume_argv(token) if token else backend.send_argv(snap, base)
     say({"base": base.name if base else None, "clone": clone,
          "size": None if token else backend.estimate(snap, base),
@@ -510,7 +568,20 @@ def _wanted(ws, revs: list[str], available: list[tuple[str, str]]) -> list[tuple
             if n in exact or (names.parse_snapshot_name(n) or ("", ""))[1] == "commit" and n in commits]
 
 
-def _open(ws, remote: str | None) -> tuple[Peer, Session]:
+def _lacking(ws, revs: list[str], has: set[str]) -> str | None:
+    """The first rev asked for by name whose own snapshot is not among `has` (names)."""
+    for rev in revs:
+        if names.is_snapshot_name(rev) and rev in has:
+            continue
+        sha = ws.git.resolve(rev)
+        if sha not in has:
+            return rev if rev.startswith(sha[:10]) else f"{rev} ({sha[:10]})"
+    return None
+
+
+def _open(ws, remote: str | None, sending: bool = False, init: bool = False) -> tuple[Peer, Session]:
+    """A session with the remote's lake. What is not a lake yet is refused, except as the
+    far end of a push when it is empty (or init says to make it one)."""
     p = peer(ws, remote)
     session = p.session(p.url.lake, ws.project)
     theirs = session.holdings
@@ -518,6 +589,16 @@ def _open(ws, remote: str | None) -> tuple[Peer, Session]:
         session.close()
         raise SnapverError(f"remote {p.name} is a {theirs.get('backend')} lake and this one is "
                            f"{ws.backend.name}: send streams do not cross filesystems")
+    state, what = theirs.get("lake", "lake"), theirs.get("what", p.url.lake)
+    if state != "lake":
+        if not sending:
+            session.close()
+            raise SnapverError(f"remote {p.name}: {what} is {'empty' if state == 'empty' else 'not a snapver lake'}"
+                               f": there is nothing to pull (is the URL {p.url.url} right?)")
+        if state == "other" and not init:
+            session.close()
+            raise SnapverError(f"remote {p.name}: {what} has files in it and is not a snapver lake: nothing was "
+                               f"sent (is the URL {p.url.url} right? push --init makes it a lake)")
     return p, session
 
 
@@ -527,12 +608,13 @@ def _different(there: str, volume: str, name: str) -> str:
 
 
 def push(ws, remote: str | None = None, revs: list[str] | None = None, progress=None,
-         warn=None) -> list[Transfer]:
+         warn=None, init: bool = False, strict: bool = True) -> list[Transfer]:
     """Send the snapshots revs ask for that the remote lacks, oldest first. warn(line) is
-    told of snapshots of the same name that both lakes took on their own."""
+    told of snapshots of the same name that both lakes took on their own. strict: a rev
+    with no snapshot of its own here is an error (the hooks send the history they can)."""
     if os.geteuid() != 0:
         raise SnapverError("push needs root: sending a stream is a privileged filesystem call")
-    p, session = _open(ws, remote)
+    p, session = _open(ws, remote, sending=True, init=init)
     try:
         theirs = session.holdings
         held = {(v, n): i for v, n, i in theirs["snapshots"]}
@@ -541,6 +623,11 @@ def push(ws, remote: str | None = None, revs: list[str] | None = None, progress=
         mine = sorted((s for s in ws.backend.snapshots(ws.project, readable=False) if s.volume in ws.volumes),
                       key=lambda s: s.age_key)
         wanted = set(_wanted(ws, revs or [], [(s.volume, s.name) for s in mine]))
+        missing = _lacking(ws, revs or [], {s.name for s in mine}) if strict else None
+        if missing:
+            raise SnapverError(f"this lake has no snapshot of {missing}: nothing of it to push "
+                               "(`snapver snapshot` takes one at HEAD)")
+        parents = parents_of(ws, wanted - set(held))
         ours = ws.backend.identities(ws.project)
         done = []
         for snap in mine:
@@ -549,7 +636,7 @@ def push(ws, remote: str | None = None, revs: list[str] | None = None, progress=
                 warn(_different(f"remote {p.name}", snap.volume, snap.name))
             if key not in wanted or key in held:
                 continue
-            base, clone = choose_base(ws.backend, snap, held, appendable)
+            base, clone = choose_base(ws.backend, snap, held, appendable, ancestors(parents, snap.name))
             token = tokens.get(key)
             argv = ws.backend.resume_argv(token) if token else ws.backend.send_argv(snap, base)
             # The size is for the progress bar only: a Btrfs estimate is a metadata pass.
@@ -574,14 +661,22 @@ def push(ws, remote: str | None = None, revs: list[str] | None = None, progress=
                 appendable.add(key)
             done.append(Transfer(snap.volume, snap.name, base.name if base else None, sent,
                                  time.monotonic() - started, bool(token)))
+        # The pins of what this push covers travel with it (gc there keeps what they pin).
+        pins = [p for p in received.pins(ws.catalog, ws.project) if (p[0], p[1]) in wanted]
+        if pins:
+            session.request({"op": "pins", "pins": pins})
+            session.answer()
+        if done and theirs.get("lake", "lake") != "lake" and warn:
+            warn(f"remote {p.name}: {theirs.get('what')} was {'empty' if theirs['lake'] == 'empty' else 'not a lake'}"
+                 "; it is a snapver lake now")
         return done
     finally:
         session.close()
 
 
 def pull(ws, remote: str | None = None, revs: list[str] | None = None, progress=None,
-         warn=None) -> list[Transfer]:
-    """Receive the snapshots revs ask for that this lake lacks, oldest first (warn: as push)."""
+         warn=None, strict: bool = True) -> list[Transfer]:
+    """Receive the snapshots revs ask for that this lake lacks, oldest first (warn, strict: as push)."""
     if os.geteuid() != 0:
         raise SnapverError("pull needs root: receiving a stream is a privileged filesystem call")
     catalog = ws.catalog  # opened first: once a stream is on its way, only receive_into reads it
@@ -591,6 +686,10 @@ def pull(ws, remote: str | None = None, revs: list[str] | None = None, progress=
         available = list(identities)
         wanted = set(_wanted(ws, revs or [], available))
         held = ws.backend.identities(ws.project)
+        missing = _lacking(ws, revs or [], {n for _, n in available} | {n for _, n in held}) if strict else None
+        if missing:
+            raise SnapverError(f"remote {p.name} has no snapshot of {missing}, and neither has this lake")
+        parents = parents_of(ws, wanted - set(held))
         appendable = ws.backend.appendable(ws.project)
         tokens = ws.backend.resumable() or {}
         done = []
@@ -604,11 +703,13 @@ def pull(ws, remote: str | None = None, revs: list[str] | None = None, progress=
             session.request({"op": "send", "volume": volume, "name": name,
                              "held": [[v, n, i] for (v, n), i in held.items() if v == volume],
                              "appendable": None if appendable is None else sorted(appendable),
-                             "token": tokens.get(key)})
+                             "token": tokens.get(key),
+                             "prefer": list(itertools.islice(
+                                 (c for c in ancestors(parents, name) if (volume, c) in held), 64))})
             header = session.answer()
             tick = progress(volume, name, header.get("size")) if progress else None
             try:
-                _, received = receive_into(ws.backend, catalog, ws.project, volume, name, header["base"],
+                _, got = receive_into(ws.backend, catalog, ws.project, volume, name, header["base"],
                                            header["clone"], header.get("rows") or {}, session.proc.stdout,
                                            tick, "pull-mid-stream", resuming=bool(tokens.get(key)))
             except SnapverError:
@@ -623,8 +724,11 @@ def pull(ws, remote: str | None = None, revs: list[str] | None = None, progress=
                 if header["base"] and not header["clone"]:
                     appendable.discard((volume, header["base"]))
                 appendable.add(key)
-            done.append(Transfer(volume, name, header["base"], received, time.monotonic() - started,
+            done.append(Transfer(volume, name, header["base"], got, time.monotonic() - started,
                                  bool(tokens.get(key))))
+        pins = [p for p in session.holdings.get("pins") or [] if isinstance(p, list) and len(p) == 3
+                and (p[0], p[1]) in wanted]
+        received.record_pins(catalog, ws.project, pins, set(held))
         return done
     finally:
         session.close()
@@ -642,21 +746,39 @@ def clone(git_url: str, directory: Path, lake_url: str | None, lake: str | None,
         parse_url(lake_url)  # before anything is on disk
     if directory.exists() and any(directory.iterdir()):
         raise SnapverError(f"{directory} exists and is not empty: clone into a new folder")
+    existed = directory.exists()
     run(["git", "clone", "--quiet", "--", git_url, str(directory)])
-    config = Config.load(directory)
-    url = lake_url or config.remote.get("url")
-    if not url:
-        raise SnapverError(f"cloned into {directory}, but where is its lake? pass --from URL, or set "
-                           "[remote] url in snapver.toml; then `snapver init` and `snapver pull` there")
-    parse_url(url)
-    ws = Workspace.init(directory, lake=lake, image=image, size=size)
-    name = config.remote.get("name", "origin")
-    add_remote(ws.git, name, url, command)
-    pull(ws, name, ["HEAD"], progress)
-    head = ws.git.head()
-    if head:
-        ws.checkout(head, nearest=True)
-    return ws
+    ws = None
+    try:
+        config = Config.load(directory)
+        url = lake_url or config.remote.get("url")
+        if not url:
+            raise SnapverError("where is its lake? pass --from URL, or set [remote] url in snapver.toml")
+        parse_url(url)
+        ws = Workspace.init(directory, lake=lake, image=image, size=size)
+        name = config.remote.get("name", "origin")
+        add_remote(ws.git, name, url, command)
+        pull(ws, name, ["HEAD"], progress, strict=False)
+        head = ws.git.head()
+        if head:
+            ws.checkout(head, nearest=True)
+        return ws
+    except BaseException as e:
+        if ws is None:
+            # Nothing but the Git clone was made: it goes, so that the same command can run again.
+            import shutil
+
+            shutil.rmtree(directory, ignore_errors=True)
+            if existed:
+                directory.mkdir()
+            said = f"the Git clone in {directory} was removed"
+        else:
+            # Its lake holds the workspace's volumes now: kept, and said so, never deleted here.
+            said = (f"left the clone in {directory} and its volumes on lake {ws.backend.spec()} "
+                    "(made before the pull failed): `snapver pull` there finishes it")
+        if not isinstance(e, SnapverError):
+            raise
+        raise type(e)(f"{e}; {said}") from None
 
 
 if __name__ == "__main__":  # `python -m snapver.transfer serve ...`: the far end on this host

@@ -98,7 +98,7 @@ class ZfsBackend(Backend):
         except CommandFailed:
             raise SnapverError(
                 f"the ZFS dataset {self._lake} does not exist (is its pool imported?): "
-                "create it or pass --image to make a pool"
+                f"create it (`zfs create -p {self._lake}`), or give a dataset that exists"
             ) from None
         if props["type"] != "filesystem" or props["mounted"] != "yes":
             raise SnapverError(f"the ZFS dataset {self._lake} is not a mounted filesystem")
@@ -267,7 +267,7 @@ class ZfsBackend(Backend):
     def _project_props(self, project: str, extra: list[str] = []) -> dict[str, dict[str, str]]:
         """Every dataset and snapshot of the project with the properties _rows needs (and
         extra), in one `zfs get`; empty for a project the lake does not have yet."""
-        return _get(f"{self._lake}/{project}", ["type", "creation", "createtxg", *extra],
+        return _get(f"{self._lake}/{project}", ["type", "creation", "createtxg", RECEIVED, *extra],
                     recursive=True, missing_ok=True)
 
     def _rows(self, project: str, volume: str | None,
@@ -282,7 +282,7 @@ class ZfsBackend(Backend):
             vol = self._volume_of(project, dataset)
             if vol is None or (volume and vol != volume):
                 continue
-            created = datetime.fromtimestamp(int(p["creation"]), timezone.utc)
+            created = _created(p)
             found.append(Snapshot(project, vol, name, Path(full), created, name, int(p["createtxg"])))
         return found
 
@@ -295,10 +295,9 @@ class ZfsBackend(Backend):
 
     def _row(self, project: str, volume: str, full: str) -> Snapshot:
         """The snapshot without a readable path (`path` holds its ZFS name), as _rows gives."""
-        p = _get(full, ["creation", "createtxg"])[full]
+        p = _get(full, ["creation", "createtxg", RECEIVED])[full]
         name = full.partition("@")[2]
-        return Snapshot(project, volume, name, Path(full),
-                        datetime.fromtimestamp(int(p["creation"]), timezone.utc), name, int(p["createtxg"]))
+        return Snapshot(project, volume, name, Path(full), _created(p), name, int(p["createtxg"]))
 
     def _snapshot(self, project: str, volume: str, full: str) -> Snapshot:
         return self._with_path(self._row(project, volume, full))
@@ -785,7 +784,7 @@ class ZfsBackend(Backend):
             except CommandFailed:
                 raise CommandFailed(f"zfs receive of {volume}@{name} ended without the snapshot") from None
             self._seal(full, dataset=new)
-            return row
+            return row._replace(created=datetime.fromtimestamp(int(self._arrived), timezone.utc))
 
         def undo() -> None:
             if resume and _get(target, ["receive_resume_token"], missing_ok=True).get(
@@ -806,6 +805,10 @@ class ZfsBackend(Backend):
         commit, kind = parse_snapshot_name(full.partition("@")[2])[:2]
         run(["zfs", "set", f"snapver:commit={commit}", full])  # one each: zfs-fuse sets one per call
         run(["zfs", "set", f"snapver:kind={kind}", full])
+        # Its age on this lake counts from its arrival here, not from the sender's creation
+        # time (which zfs receive keeps): gc and `log` read this (_created).
+        self._arrived = int(time.time())
+        run(["zfs", "set", f"{RECEIVED}={self._arrived}", full])
         if dataset:
             run(["zfs", "set", "readonly=on", full.partition("@")[0]])
 
@@ -847,6 +850,15 @@ class ZfsBackend(Backend):
 
     # diff: base.walk_diff over the two snapshots' paths. `zfs diff` would be
     # O(changes), but zfs-fuse lacks it, and diff() gets paths, not snapshots.
+
+
+RECEIVED = "snapver:received"  # on a received snapshot: when it arrived on this lake (Unix seconds)
+
+
+def _created(p: dict[str, str]) -> datetime:
+    """A snapshot's time on this lake: its arrival where it was received, else its creation."""
+    arrived = p.get(RECEIVED, "-")
+    return datetime.fromtimestamp(int(arrived if arrived.isdigit() else p["creation"]), timezone.utc)
 
 
 def _get(target: str, props: list[str], *, recursive: bool = False,
