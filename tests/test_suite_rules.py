@@ -19,7 +19,8 @@ SKIPS = {
 
 
 def run_pytest(folder: Path, *args: str, require_all: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "SNAPVER_REQUIRE_ALL": "1" if require_all else "0"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}  # not this run's worker
+    env.update(PYTHONPATH=str(REPO), SNAPVER_REQUIRE_ALL="1" if require_all else "0")
     # -p tests.conftest: the suite's conftest (the rule lives there) for a test file outside the suite.
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
                            "--rootdir", str(folder), *args, str(folder)],
