@@ -32,3 +32,39 @@ def pytest_terminal_summary(terminalreporter):
             f"FAILED: {len(skipped)} test(s) skipped under SNAPVER_REQUIRE_ALL=1; "
             "every filesystem test must run (see the skip reasons above)", red=True
         )
+
+
+
+# scripts/test.sh runs the whole suite over pytest-xdist workers (--dist loadgroup): each test
+# goes to whichever worker is free, except the groups below, each run by one worker. A module
+# whose tests share an expensive module fixture is one group per backend (a test sent to another
+# worker would make that worker build the fixture again); test_bad_input's canary is a fixed path.
+# (The groups are made here from node IDs, not with xdist_group marks, which pytest-xdist 3.8
+# no longer applies under pytest 9.2.)
+XDIST_GROUPS = {"test_transfer.py": "per-backend", "test_bad_input.py": "module"}
+
+
+def xdist_group(nodeid: str) -> str:
+    path, _, name = nodeid.partition("::")
+    how = XDIST_GROUPS.get(path.rsplit("/", 1)[-1])
+    if how == "module":
+        return path
+    if how == "per-backend":
+        params = name.partition("[")[2].rstrip("]").split("-")
+        return f"{path}[{next((p for p in params if p in ('btrfs', 'zfs')), 'other')}]"
+    return nodeid
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Groups(LoadScopeScheduling):
+        """loadscope with the scopes above; the biggest groups are sent first."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid)
+
+    return Groups(config, log)
