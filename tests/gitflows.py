@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from tests.fixtures.git import env
@@ -83,12 +84,14 @@ class World:
         self.editor.write_text(SEQUENCE_EDITOR)
         self.rewrites = self.home / "rewrites"
         self.moves = 0
+        self.last_run = 0.0  # time.monotonic() when the last command ended
 
     # ------------------------------------------------------------ running things
     def run(self, who: str, argv: list[str], extra: dict | None = None, quiet: bool = False) -> Done:
         e = {**env(), "MODEL_REWRITES": str(self.rewrites), "GIT_EDITOR": "true", **(extra or {})}
         done = subprocess.run(argv, cwd=self.paths[who], env=e, capture_output=True, text=True, timeout=120)
         result = Done(done.returncode, done.stdout, done.stderr)
+        self.last_run = time.monotonic()
         if not quiet:
             shown = " ".join(argv if argv[0] == "git" else ["snapver", *argv[3:]])
             flags = " ".join(f"{k}={v}" for k, v in (extra or {}).items() if k != "GIT_SEQUENCE_EDITOR")
