@@ -29,7 +29,7 @@ ROOT = HERE.parent
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=100, help="sequences (default 100, as CI)")
-    parser.add_argument("--steps", type=int, default=12, help="steps per sequence (default 12)")
+    parser.add_argument("--steps", type=int, default=10, help="steps per sequence (default 10)")
     parser.add_argument("--zfs", action="store_true", help="also run the zfs-fuse variant")
     parser.add_argument("--seed", type=int, help="replay a run")
     args = parser.parse_args()
