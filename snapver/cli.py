@@ -306,7 +306,7 @@ def hooks_uninstall():
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="List what would be removed, remove nothing.")
 @click.option("--forget-unknown", "forget_unknown", metavar="OLDER_THAN",
-              help="Also remove snapshots of unknown commits (received, never fetched here) "
+              help="Also remove snapshots of unknown commits (no known clone has them) "
                    "that arrived longer ago than this, e.g. 90d.")
 @click.option("--json", "as_json", is_flag=True)
 def gc(dry_run, forget_unknown, as_json):
@@ -340,7 +340,7 @@ def gc(dry_run, forget_unknown, as_json):
     click.echo(f"{len(dropped)} of {len(decisions)} snapshots {'would go' if dry_run else 'removed'}")
     unknown = sum(d.reason == UNKNOWN for d in decisions)
     if unknown:
-        click.echo(f"kept {unknown} snapshot(s) of unknown commits (received, never fetched here); "
+        click.echo(f"kept {unknown} snapshot(s) of unknown commits (no known clone has them); "
                    "`snapver gc --forget-unknown AGE` lets those older than AGE go")
 
 

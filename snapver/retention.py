@@ -124,7 +124,7 @@ class Policy:
         )
 
 
-UNKNOWN = "unknown commit (received, never fetched here)"
+UNKNOWN = "unknown commit (no known clone has it: received, or its clone is gone)"
 
 
 @dataclass(frozen=True)
