@@ -455,11 +455,6 @@ class Workspace:
                                      "run `snapver reindex` once the space is freed")
         return in_use
 
-    def reachable_commits(self) -> set[str]:
-        """Commits the known clones and worktrees of this project reach (see clones.reachability,
-        which also says whether that set can be trusted to be complete)."""
-        return clones.reachability(self).commits
-
     def status(self) -> list[VolumeStatus]:
         from . import links
 
