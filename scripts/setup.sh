@@ -11,8 +11,9 @@ for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); d
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq || echo "setup: apt-get update had errors; trying to install anyway" >&2
-  apt-get install -y -qq "${missing[@]}" >/dev/null
+  # flock: .ci/run installs the VM's tools at the same time, and apt takes one at a time.
+  flock /run/snapver-apt.lock apt-get update -qq || echo "setup: apt-get update had errors; trying to install anyway" >&2
+  flock /run/snapver-apt.lock apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # The system Python, not a user's pyenv: the venv must be usable by every user (tests run
