@@ -57,6 +57,7 @@ def parents_of(ws, keys) -> dict[str, list[str]]:
 
 
 def _known(ws, shas: set[str]) -> set[str]:
+    from . import clones
     from .received import unknown
 
-    return shas - unknown([ws.git.toplevel], shas)
+    return shas - unknown([clones.this_clone(ws)], shas)

@@ -47,13 +47,13 @@ class Reach(NamedTuple):
     doubts: list[str]  # one line per clone that could not be read completely
 
 
-def _me(ws) -> Clone:
+def this_clone(ws) -> Clone:
     return Clone(ws.git.toplevel, ws.git.git_dir, ws.id)
 
 
 def note(ws) -> None:
     """Remember this working tree (the hooks pay one indexed lookup; a write only when new)."""
-    me = _me(ws)
+    me = this_clone(ws)
     key = (ws.project, str(me.worktree), str(me.git_dir), me.workspace)
     try:
         conn = ws.catalog.conn
@@ -75,7 +75,7 @@ def known(ws) -> list[Clone]:
                           "AND worktree IS NOT NULL", (ws.project,)):
         if (Path(r["worktree"]), r["workspace"]) not in ids:
             found.add(Clone(Path(r["worktree"]), None, r["workspace"]))
-    me = _me(ws)
+    me = this_clone(ws)
     if not any(c.worktree == me.worktree and c.workspace == me.workspace for c in found):
         found.add(me)
     return sorted(found, key=lambda c: (str(c.worktree), str(c.git_dir), c.workspace))
@@ -86,7 +86,7 @@ def inspect(clone: Clone, walk: bool = False) -> Seen:
     tree = clone.worktree
     if not tree.is_dir() or (clone.git_dir is not None and not clone.git_dir.exists()):
         return Seen(clone, "missing", f"{tree} is missing (moved or deleted?)")
-    done = _git(clone, ["rev-parse", "--path-format=absolute", "--git-dir", "--is-shallow-repository"])
+    done = git_in(clone, ["rev-parse", "--path-format=absolute", "--git-dir", "--is-shallow-repository"])
     if done.returncode != 0:
         return Seen(clone, "unreadable", f"{tree} cannot be read by git ({_last(done.stderr)})")
     git_dir, shallow = (done.stdout.splitlines() + ["", ""])[:2]
@@ -100,7 +100,7 @@ def inspect(clone: Clone, walk: bool = False) -> Seen:
         return Seen(clone, "shallow", f"{tree} is a shallow clone (history beyond its depth is unknown)")
     if not walk:
         return Seen(clone, PRESENT, "")
-    done = _git(clone, ["rev-list", "--branches", "--tags", "--remotes", "--reflog",
+    done = git_in(clone, ["rev-list", "--branches", "--tags", "--remotes", "--reflog",
                         "--ignore-missing", "HEAD", "--"])
     if done.returncode != 0:
         return Seen(clone, "unreadable", f"{tree}: git rev-list failed ({_last(done.stderr)})")
@@ -158,7 +158,7 @@ def _workspace_of(git_dir: Path) -> str | None:
         return None
 
 
-def _git(clone: Clone, args: list[str]) -> subprocess.CompletedProcess:
+def git_in(clone: Clone, args: list[str], input: str | None = None) -> subprocess.CompletedProcess:
     """git in that clone; as root, as the clone's owner (Git refuses a repository of another
     user, and the owner's own config is all that may run on its behalf)."""
     argv = ["git", *args]
@@ -178,7 +178,7 @@ def _git(clone: Clone, args: list[str]) -> subprocess.CompletedProcess:
             kwargs = {"user": st.st_uid, "group": st.st_gid, "extra_groups": [],
                       "env": {**os.environ, "HOME": home}}
     try:
-        return subprocess.run(argv, cwd=clone.worktree, capture_output=True, text=True, **kwargs)
+        return subprocess.run(argv, cwd=clone.worktree, input=input, capture_output=True, text=True, **kwargs)
     except OSError as e:
         return subprocess.CompletedProcess(argv, 1, "", str(e))
 

@@ -398,8 +398,8 @@ class Workspace:
             reach = clones.reachability(self)
             self.gc_doubts = reach.doubts
             snaps = self.backend.snapshots(self.project)
-            trees = [c.worktree for c in clones.known(self) if c.worktree.is_dir()]
-            unknown = received.unknown(trees, {
+            present = [c for c in clones.known(self) if c.worktree.is_dir()]
+            unknown = received.unknown(present, {
                 s.commit for s in snaps if s.kind == "commit" and s.commit not in reach.commits})
             decisions = retention.plan(
                 snaps, reach.commits,

@@ -14,8 +14,7 @@ when the release itself is never copied into this lake's registry.
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
+from . import clones
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS received_pins (
@@ -27,16 +26,16 @@ CREATE TABLE IF NOT EXISTS received_pins (
 );
 """
 
-def unknown(trees: list[Path], shas: set[str]) -> set[str]:
-    """Of shas, the commits no tree's object database has: one `git cat-file --batch-check`
-    per tree, fed only these shas. A tree Git cannot read knows nothing (so: keep)."""
+def unknown(where: list[clones.Clone], shas: set[str]) -> set[str]:
+    """Of shas, the commits no clone's object database has: one `git cat-file --batch-check`
+    per clone (as its owner, as gc reads its refs), fed only these shas. A clone Git cannot
+    read knows nothing (so: keep)."""
     left = set(shas)
-    for tree in trees:
+    for clone in where:
         if not left:
             break
         ask = "".join(f"{sha}\n" for sha in sorted(left))
-        done = subprocess.run(["git", "cat-file", "--batch-check=%(objectname) %(objecttype)"], cwd=tree,
-                              input=ask, capture_output=True, text=True)
+        done = clones.git_in(clone, ["cat-file", "--batch-check=%(objectname) %(objecttype)"], input=ask)
         if done.returncode != 0:
             continue
         for line in done.stdout.splitlines():

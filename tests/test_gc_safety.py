@@ -290,3 +290,26 @@ def test_root_reads_another_users_clone_as_that_user(lake_repo, lake):
         assert plan(a)[("data", feat)]["reason"] == "reachable commit"
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_root_asks_another_users_clone_which_commits_it_has_as_that_user(lake_repo, lake):
+    """A commit another user's clone dropped (branch deleted, reflog expired) is unreachable there,
+    not unknown: root's gc asks that clone's object database as its owner (Git refuses a
+    repository of another user to root), so the snapshot can go after its grace."""
+    a = lake_repo
+    retention(a, 'unreachable = "1s"')
+    home = Path(tempfile.mkdtemp(prefix="snapver-user-"))
+    try:
+        home.chmod(0o755)
+        b = clone_of(a, home / "B", lake)
+        dropped = feature_only_in(b, "dropped")
+        git(b, "checkout", "-q", "main")
+        git(b, "branch", "-D", "dropped")
+        forget_reflogs(b)
+        subprocess.run(["chown", "-R", "nobody:nogroup", str(b)], check=True)
+        time.sleep(1.5)
+        assert plan(a)[("data", dropped)]["reason"].startswith("unreachable commit"), plan(a)[("data", dropped)]
+        snapver(a, "gc")
+        assert ("data", dropped) not in on_disk(a)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
