@@ -113,7 +113,7 @@ def reachability(ws) -> Reach:
     doubts = []
     for clone in known(ws):
         seen = inspect(clone, walk=True)
-        if seen.state == PRESENT:
+        if seen.state == PRESENT and seen.commits is not None:
             commits |= seen.commits
         else:
             doubts.append(seen.detail)

@@ -119,6 +119,7 @@ class GitRepo:
             ["git", "rev-list", "--first-parent", sha, "--"],
             cwd=self.toplevel, stdout=subprocess.PIPE, text=True,
         )
+        assert proc.stdout is not None  # stdout=PIPE
         try:
             for line in proc.stdout:
                 yield line.strip()
@@ -142,7 +143,7 @@ class GitRepo:
                 author=c.author.name or "",
                 email=c.author.email or "",
                 time=c.authored_datetime.isoformat(),
-                subject=c.message.split("\n", 1)[0],
+                subject=str(c.message).split("\n", 1)[0],
                 parents=tuple(p.hexsha for p in c.parents),
             )
         return found

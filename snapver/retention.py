@@ -31,8 +31,10 @@ Every snapshot is kept unless a rule below proves it may go; in doubt, keep.
 from __future__ import annotations
 
 import re
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from .errors import SnapverError
 from .names import parse_snapshot_name
@@ -134,9 +136,9 @@ class Decision:
     reason: str
 
 
-def plan(snapshots, reachable: set[str], protected: set[tuple[str, str]], policy: Policy, now: datetime,
-         rows: dict | None = None, doubt: str | None = None,
-         unknown: set[str] = frozenset(), forget_unknown: timedelta | None = None) -> list[Decision]:
+def plan(snapshots, reachable: set[str], protected: set[tuple[str, str]] | dict[tuple[str, str], str],
+         policy: Policy, now: datetime, rows: dict | None = None, doubt: str | None = None,
+         unknown: AbstractSet[str] = frozenset(), forget_unknown: timedelta | None = None) -> list[Decision]:
     """Keep or drop, with a reason, for every snapshot given (one project).
 
     rows: the catalog's rows by (volume, name), which say which wips are safety wips
@@ -171,8 +173,8 @@ def plan(snapshots, reachable: set[str], protected: set[tuple[str, str]], policy
             decisions.append(Decision(s, False, f"unreachable commit, older than {policy.unreachable}"))
     for group in wips.values():
         # A wip's time is the one in its name: names are the truth, and survive renames.
-        times = {s.name: parse_snapshot_name(s.name)[2] for s in group}
-        newest: dict[tuple, object] = {}
+        times = {s.name: _wip_time(s.name) for s in group}
+        newest: dict[tuple, Any] = {}
         for s in group:
             line = (s.commit, (rows.get((s.volume, s.name)) or {}).get("workspace"))
             if line not in newest or times[s.name] > times[newest[line].name]:
@@ -199,3 +201,10 @@ def plan(snapshots, reachable: set[str], protected: set[tuple[str, str]], policy
             else:
                 decisions.append(Decision(s, False, "thinned by the wip schedule"))
     return decisions
+
+
+def _wip_time(name: str) -> datetime:
+    parsed = parse_snapshot_name(name)
+    if parsed is None or parsed[2] is None:  # backends list a wip only for a wip name
+        raise ValueError(f"{name} is not a wip snapshot name")
+    return parsed[2]
