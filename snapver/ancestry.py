@@ -8,6 +8,7 @@ from collections import deque
 
 from . import names
 from .errors import SnapverError
+from .received import unknown
 
 
 def parent_map(git, shas) -> dict[str, list[str]]:
@@ -57,6 +58,4 @@ def parents_of(ws, keys) -> dict[str, list[str]]:
 
 
 def _known(ws, shas: set[str]) -> set[str]:
-    from .received import unknown
-
     return shas - unknown([ws.git.toplevel], shas)

@@ -17,13 +17,16 @@ Nothing but `snapver clones forget PATH` drops a remembered clone.
 
 from __future__ import annotations
 
+import json
 import os
+import pwd
 import sqlite3
 import subprocess
 import time
 from pathlib import Path
 from typing import NamedTuple
 
+from .config import LocalState
 from .errors import SnapverError
 
 PRESENT = "present"
@@ -148,10 +151,6 @@ def forget(ws, path: str) -> list[Clone]:
 
 
 def _workspace_of(git_dir: Path) -> str | None:
-    import json
-
-    from .config import LocalState
-
     try:
         return json.loads((LocalState.dir(git_dir) / LocalState.FILE).read_text()).get("workspace")
     except (OSError, ValueError, AttributeError):
@@ -169,8 +168,6 @@ def _git(clone: Clone, args: list[str]) -> subprocess.CompletedProcess:
         except OSError as e:
             return subprocess.CompletedProcess(argv, 1, "", str(e))
         if st.st_uid != 0:
-            import pwd
-
             try:
                 home = pwd.getpwuid(st.st_uid).pw_dir
             except KeyError:

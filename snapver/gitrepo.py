@@ -39,6 +39,19 @@ class GitRepo:
         self.git_dir = git_dir  # this working tree's own .git (differs per worktree)
         self.common_dir = common_dir  # shared by every worktree of the repo
 
+    def keep_out(self, volumes: list[str]) -> None:
+        """The volumes are symlinks into the lake: Git must never commit them (info/exclude,
+        shared by every worktree of the repo). Idempotent."""
+        exclude = self.common_dir / "info" / "exclude"
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        present = exclude.read_text().splitlines() if exclude.exists() else []
+        wanted = [f"/{v}" for v in volumes if f"/{v}" not in present]
+        if wanted:
+            with open(exclude, "a") as f:
+                if present and present[-1].strip():
+                    f.write("\n")
+                f.write("# snapver volumes (symlinks into the lake)\n" + "\n".join(wanted) + "\n")
+
     @classmethod
     def find(cls, path: Path | str = ".") -> GitRepo:
         try:

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 import time
 from pathlib import Path
 from typing import NamedTuple
 
 from .errors import SnapverError
+from .proc import run
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FIX = "`snapver doctor --repair` or `snapver checkout HEAD` puts it back"
@@ -122,7 +124,7 @@ def _mend_one(ws, p: LinkProblem) -> str:
                      f"({'; '.join(clashes[:3])}{'; ...' if len(clashes) > 3 else ''})")
         said += "; the link is back (commit, or `snapver snapshot --wip`, to version them)"
     try:
-        ws._link(p.volume)
+        ws.link(p.volume)
     except FileExistsError:
         pass
     if problem(ws, p.volume) is not None:
@@ -203,15 +205,11 @@ def _move(src: int, name: str, dst: int, new: str) -> None:
     except OSError as e:
         if e.errno != errno.EXDEV:  # another filesystem (a volume is a subvolume or a dataset)
             raise
-    from .proc import run
-
     tmp = f".{new}.snapver-move-{os.urandom(4).hex()}"
     me = f"/proc/{os.getpid()}/fd"
     run(["cp", "-a", "--reflink=auto", "--no-target-directory", "--", f"{me}/{src}/{name}", f"{me}/{dst}/{tmp}"])
     os.rename(tmp, new, src_dir_fd=dst, dst_dir_fd=dst)
     if stat.S_ISDIR(os.lstat(name, dir_fd=src).st_mode):
-        import shutil
-
         shutil.rmtree(name, dir_fd=src)
     else:
         os.unlink(name, dir_fd=src)

@@ -10,12 +10,18 @@ ZFS property snapver:received).
 A release (or any pin) on the lake a snapshot came from travels with it: the
 receiving lake records it here, in its catalog, and gc keeps what it pins, also
 when the release itself is never copied into this lake's registry.
+
+Receives are locked and journaled at the lake (Receiving), and an interrupted one is
+finished here (finish_receive): in the core, so that doctor repairs it without
+importing transfer, which receives through it.
 """
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+
+from . import journal, lock
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS received_pins (
@@ -87,3 +93,30 @@ def pinned(catalog, project: str) -> dict[tuple[str, str], str]:
             "SELECT volume, name, pin FROM received_pins WHERE project = ? ORDER BY pin", [project]):
         keep.setdefault((v, n), f"{p} on a lake it came from")
     return keep
+
+
+class Receiving:
+    """Where the receives into one project of a lake are locked and journaled: at the lake,
+    not in a workspace, because the far end of a push has none. One receive at a time per
+    project; doctor, run in any workspace of the project on that lake, takes the same lock."""
+
+    def __init__(self, backend, catalog, project: str):
+        self.backend, self.catalog, self.project = backend, catalog, project
+        self.id = journal.receiving_id(project)
+
+    def lock(self):
+        return lock.held(self.backend.root / f".receive-{self.project}.lock",
+                         what=f"receiving into project {self.project}")
+
+
+def finish_receive(end: Receiving, op) -> str:
+    """The repair of an interrupted receive: finished if its snapshot arrived whole, else
+    over (what the stream left is the backend's half_received, or the next receive's)."""
+    volume, name = op.intent["volume"], op.intent["name"]
+    snap = end.backend.find(end.project, volume, name)
+    if snap is None:
+        return f"the interrupted receive of {volume}@{name} is over; push or pull it again"
+    end.backend.seal_received(end.project, volume, name)
+    with end.catalog.batch():
+        end.catalog.record_received(snap, op.intent.get("rows") or {})
+    return f"the interrupted receive of {volume}@{name} is finished: the snapshot had arrived"
