@@ -1,6 +1,7 @@
 """The layering of pyproject.toml's [tool.importlinter] holds: entry points > operations >
 features > core > store and backends > leaves, no module importing upward (inside a
-function too), and no import circle. `lint-imports` checks it; its report is the failure."""
+function too), no backend module imported outside backends/, and no import circle.
+`lint-imports` checks it; its report is the failure."""
 
 import os
 import shutil
@@ -30,6 +31,9 @@ def test_the_package_keeps_its_layers():
 @pytest.mark.parametrize("module, added, broken", [
     # The core reaching up to a feature, as lake.py once did for `release:`.
     ("lake.py", "\n\ndef _upward():\n    from . import registry\n", "entry points > operations > features > core > store and backends > leaves"),
+    # A backend module imported outside backends/, as transfer.open_lake once did.
+    ("transfer.py", "\n\ndef _backend():\n    from .backends.zfs import dataset_mounted_at\n",
+     "only the factory in backends/__init__.py imports a backend module"),
     # A leaf reaching into the core: a circle (journal imports lock) as well as upward.
     ("lock.py", "\n\ndef _circle():\n    from . import journal\n", "no import circles"),
 ])
