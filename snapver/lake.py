@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -752,6 +751,8 @@ def _inside(root: Path, inner: PurePosixPath, what: str, must_exist: bool = True
 def _copy_into_place(source: Path, dest: Path, tmp: Path, old: Path) -> None:
     """Reflink-copy source next to dest (as tmp), then rename it over dest: never half a file.
     A folder is swapped with two renames, the old one going to `old` and then away."""
+    import shutil  # stdlib, but ~2 ms of every hook's start-up for a rare path
+
     dest.parent.mkdir(parents=True, exist_ok=True)
     run(["cp", "-a", "--reflink=auto", "--no-target-directory", "--", str(source), str(tmp)])
     faults.point("restore-copied")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 import time
 from pathlib import Path
@@ -210,6 +209,8 @@ def _move(src: int, name: str, dst: int, new: str) -> None:
     run(["cp", "-a", "--reflink=auto", "--no-target-directory", "--", f"{me}/{src}/{name}", f"{me}/{dst}/{tmp}"])
     os.rename(tmp, new, src_dir_fd=dst, dst_dir_fd=dst)
     if stat.S_ISDIR(os.lstat(name, dir_fd=src).st_mode):
+        import shutil  # stdlib, but ~2 ms of every hook's start-up for a rare path
+
         shutil.rmtree(name, dir_fd=src)
     else:
         os.unlink(name, dir_fd=src)
