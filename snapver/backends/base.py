@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from ..errors import SnapverError
+from ..errors import CommandFailed, SnapverError
 from ..names import parse_snapshot_name
 from ..proc import failure, run
 from ..safeio import open_regular
