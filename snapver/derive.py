@@ -47,9 +47,14 @@ def edges(ws) -> list[Edge]:
 
 
 def sources(ws) -> dict[tuple[str, str], str]:
-    """(volume, snapshot) gc must keep because a derived volume was made from it."""
-    return {(sv, ss): f"source of derived volume {volume}" for volume, sv, ss in db(ws).execute(
-        "SELECT volume, source_volume, source_snapshot FROM lineage WHERE project = ?", [ws.project])}
+    """(volume, snapshot) gc must keep because a derived volume was made from it (the first
+    volume derived from it names the reason)."""
+    keep: dict[tuple[str, str], str] = {}
+    for volume, sv, ss in db(ws).execute(
+        "SELECT volume, source_volume, source_snapshot FROM lineage WHERE project = ?", [ws.project]
+    ):
+        keep.setdefault((sv, ss), f"source of derived volume {volume}")
+    return keep
 
 
 def split_source(text: str) -> tuple[str, str]:
