@@ -33,6 +33,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from snapver import ops  # noqa: F401  (plugs the registry into the core, as every entry point does)
 from snapver.lake import Workspace, parse_size
 
 from common import (DEFAULT_WORKDIR, SMALL_FILE, MiB, SNAPVER, btrfs_image, fill_lake, human,

@@ -8,6 +8,7 @@ from collections import deque
 
 from . import names
 from .errors import SnapverError
+from .received import unknown
 
 
 def parent_map(git, shas) -> dict[str, list[str]]:
@@ -57,7 +58,4 @@ def parents_of(ws, keys) -> dict[str, list[str]]:
 
 
 def _known(ws, shas: set[str]) -> set[str]:
-    from . import clones
-    from .received import unknown
-
-    return shas - unknown([clones.this_clone(ws)], shas)
+    return shas - unknown([ws.git.toplevel], shas)

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import registry  # also plugs the registry into the core (release:, metrics files)
+from .errors import NotFound
+from .lake import Workspace
+
 
 def snapshot(message: str | None = None, metrics: dict | None = None, params: dict | None = None,
              wip: bool = True, cwd: Path | str = ".") -> dict[str, str]:
@@ -17,9 +21,6 @@ def snapshot(message: str | None = None, metrics: dict | None = None, params: di
 
     Returns {volume: snapshot name}. Nested keys are flattened with dots.
     """
-    from . import registry
-    from .lake import Workspace
-
     ws = Workspace.open(cwd)
     snaps = ws.snapshot(wip=wip, message=message)
     if snaps and (metrics or params):
@@ -30,15 +31,11 @@ def snapshot(message: str | None = None, metrics: dict | None = None, params: di
 def path(volume: str, rev: str | None = "HEAD", cwd: Path | str = ".") -> Path:
     """Where the read-only files of volume at rev are (rev: a commit-ish, a snapshot name or
     release:NAME); rev=None gives the live, writable volume."""
-    from .lake import Workspace
-
     ws = Workspace.open(cwd)
     vol = ws._volumes([volume])[0]
     if rev is None:
         return ws.live_path(vol)
-    snap = ws._resolve(rev, [vol])[0].get(vol)
+    snap = ws.resolve(rev, [vol])[0].get(vol)
     if snap is None:
-        from .errors import NotFound
-
         raise NotFound(f"{vol} did not exist at {rev}")
     return Path(snap.path)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import SnapverError
+from .errors import FULL, CatalogFull, CatalogUnwritable, FilesystemFull, SnapverError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshots (
@@ -89,10 +89,9 @@ def explain(e: sqlite3.Error, path: Path | None = None) -> SnapverError:
     where = path or _opened or "the lake's catalog.db"
     text = str(e)
     if "disk is full" in text or _full(where) or (_read_copy and "readonly" in text):
-        return SnapverError(f"the catalog {where} cannot be written: the filesystem is full; "
-                            "free space (or grow it) and try again")
+        return CatalogFull(f"the catalog {where} cannot be written: {FULL}")
     if "readonly" in text or "read-only" in text or "unable to open" in text:
-        return SnapverError(
+        return CatalogUnwritable(
             f"the catalog {where} cannot be written ({text}): make it writable again "
             "(chmod u+w, chattr -i, or remount the lake read-write); the snapshots are safe"
         )
@@ -170,14 +169,13 @@ class Catalog:
         self.path = _opened = path
         self.set_aside: Path | None = None  # where rebuild() put a damaged catalog
         self.read_only: Path | None = None  # the copy read when the filesystem is full
+        self._schemas: set[str] = set()  # features' schemas made in this process (ensure)
         try:
             try:
                 self._connect()
             except sqlite3.Error as e:
                 raise explain(e) from None
-        except SnapverError as e:
-            if "filesystem is full" not in str(e):
-                raise
+        except FilesystemFull:
             self._connect_copy()
 
     def _connect_copy(self) -> None:
@@ -200,12 +198,10 @@ class Catalog:
             self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the WAL in
             self.conn.execute("PRAGMA query_only = ON")
         except (OSError, sqlite3.Error):
-            raise SnapverError(f"the catalog {self.path} cannot be read: the filesystem is full; "
-                               "free space (or grow it) and try again") from None
+            raise CatalogFull(f"the catalog {self.path} cannot be read: {FULL}") from None
         self.read_only = copy
         global _read_copy
         _read_copy = True
-        self._registry_schema = True  # as it is: creating the registry's tables is a write
 
     def _connect(self) -> None:
         _prepare_shm(self.path)
@@ -226,6 +222,18 @@ class Catalog:
             self.conn.close()
             raise explain(e, self.path) from None
 
+    def ensure(self, schema: str) -> sqlite3.Connection:
+        """The connection, with a feature's tables made on its first use in this process
+        (schema: CREATE ... IF NOT EXISTS statements, the feature's own). Statement by
+        statement, so it may run inside a batch (executescript would commit it); not on the
+        read-only copy, where creating tables would be a write."""
+        if schema not in self._schemas and self.read_only is None:
+            for statement in schema.split(";"):
+                if statement.strip():
+                    self.conn.execute(statement)
+            self._schemas.add(schema)
+        return self.conn
+
     @classmethod
     def rebuild(cls, path: Path) -> Catalog:
         """The catalog for `reindex`: a damaged file (one SQLite cannot read, or one that
@@ -237,9 +245,10 @@ class Catalog:
             catalog.close()
         except sqlite3.DatabaseError:
             pass
-        except SnapverError as e:
-            if "cannot be written" in str(e):
-                raise
+        except CatalogUnwritable:
+            raise
+        except SnapverError:
+            pass
         aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
         for suffix in ("", "-wal", "-shm"):
             if os.path.lexists(f"{path}{suffix}"):

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from .errors import SnapverError
-from . import catalog, ops
+from . import catalog, endpoint, ops
 from .lake import Workspace, parse_size, short
 
 
@@ -49,7 +49,7 @@ def label(name: str) -> str:
 
 def daemon_view() -> dict | None:
     """What snapverd knows of this working tree, if one is running and watches it."""
-    if not ops.SOCKET.exists():
+    if not endpoint.SOCKET.exists():
         return None
     from . import client
     from .gitrepo import GitRepo
@@ -416,7 +416,7 @@ def daemon_status(as_json):
     try:
         view = client.request({"op": "daemon-status"}, timeout=10)
     except client.Unavailable:
-        raise SnapverError(f"snapverd is not running (nothing listens on {ops.SOCKET})") from None
+        raise SnapverError(f"snapverd is not running (nothing listens on {endpoint.SOCKET})") from None
     if as_json:
         emit_json(view)
         return

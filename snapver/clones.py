@@ -17,6 +17,7 @@ Nothing but `snapver clones forget PATH` drops a remembered clone.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -24,7 +25,9 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from .config import LocalState
 from .errors import SnapverError
+from .gitrepo import git_as_owner
 
 PRESENT = "present"
 
@@ -148,10 +151,6 @@ def forget(ws, path: str) -> list[Clone]:
 
 
 def _workspace_of(git_dir: Path) -> str | None:
-    import json
-
-    from .config import LocalState
-
     try:
         return json.loads((LocalState.dir(git_dir) / LocalState.FILE).read_text()).get("workspace")
     except (OSError, ValueError, AttributeError):
@@ -159,28 +158,8 @@ def _workspace_of(git_dir: Path) -> str | None:
 
 
 def git_in(clone: Clone, args: list[str], input: str | None = None) -> subprocess.CompletedProcess:
-    """git in that clone; as root, as the clone's owner (Git refuses a repository of another
-    user, and the owner's own config is all that may run on its behalf)."""
-    argv = ["git", *args]
-    kwargs: dict = {}
-    if os.geteuid() == 0:
-        try:
-            st = (clone.git_dir or clone.worktree).stat()
-        except OSError as e:
-            return subprocess.CompletedProcess(argv, 1, "", str(e))
-        if st.st_uid != 0:
-            import pwd
-
-            try:
-                home = pwd.getpwuid(st.st_uid).pw_dir
-            except KeyError:
-                home = "/nonexistent"
-            kwargs = {"user": st.st_uid, "group": st.st_gid, "extra_groups": [],
-                      "env": {**os.environ, "HOME": home}}
-    try:
-        return subprocess.run(argv, cwd=clone.worktree, input=input, capture_output=True, text=True, **kwargs)
-    except OSError as e:
-        return subprocess.CompletedProcess(argv, 1, "", str(e))
+    """git in that clone, as its owner when run as root (gitrepo.git_as_owner)."""
+    return git_as_owner(clone.worktree, args, input, owner_of=clone.git_dir or clone.worktree)
 
 
 def _last(stderr: str) -> str:

@@ -29,10 +29,13 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from . import faults, ops
+from . import endpoint, faults, lock, ops
 from .catalog import explain
+from .config import LocalState
 from .errors import SnapverError
+from .lake import Workspace
 from .retention import Policy, parse_duration
+from .safeio import open_regular
 
 log = logging.getLogger("snapverd")
 DEFAULT_CONFIG = Path("/etc/snapver/snapverd.toml")
@@ -49,7 +52,7 @@ class WatchedWorkspace:
 
 @dataclass
 class DaemonConfig:
-    socket: Path = ops.SOCKET
+    socket: Path = endpoint.SOCKET
     debounce: float = 30.0  # quiet time after a burst of writes before a wip snapshot
     max_delay: float = 600.0  # a job that never pauses is still captured this often
     poll_interval: float = 5.0  # refs, swapped volumes, and volumes watched by polling
@@ -90,7 +93,7 @@ class DaemonConfig:
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
             raise SnapverError(f"inotify_budget = {budget!r}: give a whole number of directories, 0 or more "
                                "(or leave it out: a quarter of fs.inotify.max_user_watches)")
-        sock = doc.get("socket", str(ops.SOCKET))
+        sock = doc.get("socket", str(endpoint.SOCKET))
         if not isinstance(sock, str) or not sock.startswith("/"):
             raise SnapverError(f"socket = {sock!r}: give an absolute path, e.g. \"/run/snapver/snapverd.sock\"")
         retention = doc.get("retention", {})
@@ -203,7 +206,7 @@ class Daemon:
 
     # -- lifecycle
     def run(self, listen_fd: int | None = None) -> None:
-        from watchdog.observers import Observer
+        from watchdog.observers import Observer  # third-party: `snapver gc` imports this module too
 
         self.observer = Observer()
         self.observer.start()
@@ -346,8 +349,6 @@ class Daemon:
                 self.busy.pop(tree, None)
 
     def _wait_for_jobs(self) -> None:
-        from . import lock
-
         with self.lock:
             jobs = list(self.busy.values()) + ([self.gc_thread] if self.gc_thread else [])
         deadline = time.monotonic() + lock.WAIT_SECONDS + 30
@@ -439,8 +440,6 @@ class Daemon:
         return decisions
 
     def _open(self, tree: Path):
-        from .lake import Workspace
-
         ws = Workspace.open(tree)
         _check_own(ws)
         return ws
@@ -497,22 +496,13 @@ def _check_own(ws) -> None:
     root may change and reached through no symlink, and volumes that belong to the owner of
     the working tree. Otherwise a user could name another user's workspace or project, or a
     lake of their own whose symlinks lead root's checkout and gc elsewhere."""
-    from .config import LocalState
-
     tree = ws.git.toplevel
     owner = tree.stat().st_uid
     folder = LocalState.dir(ws.git.git_dir)
     st = os.lstat(folder)
     if stat.S_ISLNK(st.st_mode) or st.st_uid != owner:
         raise SnapverError(f"{folder} is not {_user(owner)}'s own folder: snapverd will not act on {tree}")
-    if ws.backend.name == "btrfs":
-        lake = Path(ws.state.lake)
-        lst = lake.lstat()
-        if os.path.realpath(lake) != str(lake) or lst.st_uid != 0 or lst.st_mode & 0o022:
-            raise SnapverError(
-                f"the lake {lake} of {tree} is reached through a symlink or may be changed by others "
-                "than root: snapverd serves only lakes only root may change"
-            )
+    ws.backend.check_served(tree)
     volumes = [ws.live_path(v) for v in ws.volumes if ws.backend.volume_exists(ws.project, ws.id, v)]
     strangers = [p for p in volumes if p.stat().st_uid != owner]
     if not volumes or strangers:
@@ -525,8 +515,6 @@ def _check_own(ws) -> None:
 
 def policy_for(ws, default: Policy) -> Policy:
     """A project's own [retention] in snapver.toml wins over the daemon's default."""
-    from .safeio import open_regular
-
     try:
         f = open_regular(ws.git.toplevel / "snapver.toml")  # never a FIFO a user planted
         doc = None
@@ -592,7 +580,7 @@ def notify(*states: str) -> None:
     """Tell systemd (Type=notify) how we are; a no-op when not run by systemd."""
     if "NOTIFY_SOCKET" not in os.environ:
         return
-    import sdnotify
+    import sdnotify  # third-party, and only under systemd
 
     sdnotify.SystemdNotifier().notify("\n".join(states))
 

@@ -10,7 +10,7 @@ Two sources, because the catalog (and with it the journal) may be lost:
   what a cut receive left. These are repaired whether or not the journal still
   knows why they are there.
 
-Receives are journaled at the lake, not in a workspace (transfer.Receiving),
+Receives are journaled at the lake, not in a workspace (received.Receiving),
 since the far end of a push has none; doctor looks at both, and takes both locks.
 Repairs are idempotent: a repair that is itself interrupted is run again.
 A new kind of multi-step operation adds its repair to REPAIRS.
@@ -21,31 +21,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from . import journal, links
+from . import derive, journal, links, received, snapset
+from .lock import NoRoom
 
 
 def _finish_checkout(ws, op) -> str:
     return ws.finish_checkout(op)
 
 
-def _finish_snapshot(ws, op) -> str:
-    from . import snapset
-
-    return snapset.finish_snapshot(ws, op)
-
-
-def _finish_restore(ws, op) -> str:
-    from . import snapset
-
-    return snapset.finish_restore(ws, op)
-
-
-def _finish_derive(ws, op) -> str:
-    from . import registry
-
-    return registry.finish_derive(ws, op)
 
 
 def _end_gc(ws, op) -> str:
@@ -61,34 +45,31 @@ def _end_gc(ws, op) -> str:
     return f"gc ended: {len(gone)} snapshot(s) it had destroyed forgotten, {len(left)} it had not reached kept"
 
 
-def _finish_receive(end, op) -> str:
-    from .transfer import finish_receive
-
-    return finish_receive(end, op)
-
-
 # kind -> repair(place, op) -> one line saying what was done; run with the place's lock held
 # (the workspace's; for a receive, the lake's receive lock).
 REPAIRS: dict[str, Callable] = {
     "checkout": _finish_checkout,
-    "snapshot": _finish_snapshot,
-    "restore": _finish_restore,
-    "derive": _finish_derive,
+    "snapshot": snapset.finish_snapshot,
+    "restore": snapset.finish_restore,
+    "derive": derive.finish_derive,
     "gc": _end_gc,
-    "receive": _finish_receive,
+    "receive": received.finish_receive,
 }
 
 
-@dataclass
 class Report:
-    interrupted: list[journal.Operation] = field(default_factory=list)
-    leftovers: list[str] = field(default_factory=list)  # found on the filesystem
-    repaired: list[str] = field(default_factory=list)
-    # Commits on HEAD's first-parent line (the last snapset.MISSING_LOOKBACK, since the first
-    # snapshotted one) without a snapshot: a hook that lost a race or did not run. Reported,
-    # not "unclean": nothing can bring back the data they were made with.
-    unsnapshotted: list[str] = field(default_factory=list)
-    links: list[str] = field(default_factory=list)  # volume links missing, a folder, or elsewhere
+    # A plain class, not a dataclass: ops imports this module on the hook path (see config.py).
+    def __init__(self, interrupted: list[journal.Operation] | None = None, leftovers: list[str] | None = None,
+                 repaired: list[str] | None = None, unsnapshotted: list[str] | None = None,
+                 links: list[str] | None = None):
+        self.interrupted = interrupted or []
+        self.leftovers = leftovers or []  # found on the filesystem
+        self.repaired = repaired or []
+        # Commits on HEAD's first-parent line (the last snapset.MISSING_LOOKBACK, since the first
+        # snapshotted one) without a snapshot: a hook that lost a race or did not run. Reported,
+        # not "unclean": nothing can bring back the data they were made with.
+        self.unsnapshotted = unsnapshotted or []
+        self.links = links or []  # volume links missing, a folder, or elsewhere
 
     @property
     def clean(self) -> bool:
@@ -104,15 +85,11 @@ class Report:
 def _locked(ws):
     """The workspace's lock, and the lake's receive lock, yielding the place receives are
     journaled (None for a user who is not root: receiving, and so its repair, needs root)."""
-    from .transfer import Receiving
-
     with ws.lock(finish=False):
         if os.geteuid() != 0:
             yield None
             return
-        from .lock import NoRoom
-
-        end = Receiving(ws.backend, ws.catalog, ws.project)
+        end = received.Receiving(ws.backend, ws.catalog, ws.project)
         try:
             held = end.lock()
             held.__enter__()
@@ -136,8 +113,6 @@ def diagnose(ws) -> Report:
     """What is unfinished in this workspace; changes nothing. Takes the locks, so an
     operation still running is waited for, not mistaken for an interrupted one."""
     with _locked(ws) as end:
-        from . import snapset
-
         ops = journal.interrupted(ws, locked=True) + (journal.interrupted(end, locked=True) if end else [])
         return Report(ops, _leftovers(ws, end, repair=False), unsnapshotted=snapset.missing_commits(ws),
                       links=[p.line for p in links.check(ws)])

@@ -26,6 +26,26 @@ class CommandFailed(SnapverError):
     """An external tool (btrfs, zfs, git, mount) refused; its own words included."""
 
 
+# Decisions are made on these types, never on a message's words (which may be reworded).
+FULL = "the filesystem is full; free space (or grow it) and try again"
+
+
+class FilesystemFull(SnapverError):
+    """No space left: a snapshot the catalog cannot record is undone, gc runs unjournaled."""
+
+
+class FullCommandFailed(CommandFailed, FilesystemFull):
+    """An external tool refused because its filesystem is full."""
+
+
+class CatalogUnwritable(SnapverError):
+    """The catalog cannot be written (read-only, or no space); the snapshots are safe."""
+
+
+class CatalogFull(CatalogUnwritable, FilesystemFull):
+    """The catalog cannot be written because its filesystem is full."""
+
+
 def one_line(text: str) -> str:
     """text with every control or line-breaking character escaped (a name a user typed may
     hold a CR or a U+2028), so that an error is always exactly one line."""

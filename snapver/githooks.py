@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
-from .errors import SnapverError
+from . import faults, journal, ops, registry
+from .config import LocalState
+from .errors import SnapverError, one_line
+from .gitrepo import GitRepo
 
 HOOKS = (
     "post-commit",  # snapshot the new commit
@@ -85,18 +89,15 @@ def main(argv: list[str]) -> int:
     hook, args = argv[0], argv[1:]
     os.umask(os.umask(0o022) | 0o022)  # as linux.restrict_umask, without importing it here
     try:
-        from . import journal, ops
-
         journal.announce = lambda message: (say(f"warning: {message}"), log(f"{hook}: warning: {message}"))
         if hook == "post-checkout" and not _has_state():
-            from .lake import Workspace
+            from .lake import Workspace  # as in ops.call: a hook through snapverd never opens the lake
 
             ws = Workspace.init(".")  # a new worktree: its own lake, in the project's history
             say(f"new worktree: its own lake at {_at(ws)}")
             return 0
         if hook == "tag-release":  # from reference-transaction: tags just created
-            from . import registry
-            from .lake import Workspace
+            from .lake import Workspace  # as above
 
             for message in registry.releases_from_tags(Workspace.open("."), sys.stdin.read().splitlines()):
                 say(message)
@@ -110,8 +111,6 @@ def main(argv: list[str]) -> int:
         if os.environ.get("SNAPVER_FETCH") == "1" and hook != "post-rewrite":
             fetch_with_git()  # before the lake follows HEAD
         if hook == "post-commit":
-            from . import faults
-
             faults.point("post-commit-start")
             # The commit this hook fired for, read by the shim before anything else ran.
             commit = os.environ.get("SNAPVER_COMMIT") or None
@@ -125,8 +124,6 @@ def main(argv: list[str]) -> int:
                         say(f"warning: {v} is not the link to its volume: what is written there is not "
                             "versioned; `snapver status` says more")
         elif hook == "post-rewrite":
-            from .gitrepo import GitRepo
-
             git_dir = GitRepo.find(".").git_dir
             rebasing = any((git_dir / d).exists() for d in ("rebase-merge", "rebase-apply"))
             if rebasing and args[:1] == ["amend"] and not (git_dir / "rebase-merge" / "amend").exists():
@@ -146,7 +143,7 @@ def main(argv: list[str]) -> int:
     except Exception as e:
         known = _user_error(e)
         if known is None:
-            import traceback
+            import traceback  # only for a bug: it would cost every hook's start-up
 
             say(f"{hook} hook failed unexpectedly (Git carried on); details in .git/snapver/hook.log")
             log(f"{hook} {' '.join(args)}:\n{traceback.format_exc()}")
@@ -160,9 +157,6 @@ def rebase_edit(done_line: list[str]) -> None:
     """At an `edit` stop HEAD is the commit being edited, or its copy on a new base: the copy
     gets the original's snapshots (as post-rewrite would give them at the end), then the lake
     follows HEAD, unsnapshotted changes kept first, so the data can be edited and amended."""
-    from . import ops
-    from .gitrepo import GitRepo
-
     git = GitRepo.find(".")
     if len(done_line) < 2:
         return
@@ -174,6 +168,8 @@ def rebase_edit(done_line: list[str]) -> None:
 
 def push_with_git(args: list[str], updates: list[str]) -> None:
     """pre-push: send the snapshots of the commits Git is pushing ([remote] push = true)."""
+    # Here, not at the top: only a push or fetch needs them (transfer imports dataclasses,
+    # which the hook path does without: tests/test_hook_imports.py).
     from . import transfer
     from .lake import Workspace
 
@@ -192,7 +188,7 @@ def fetch_with_git() -> None:
     """Before the lake follows HEAD (`git pull`, checkout), fetch HEAD's snapshots if this lake
     lacks them ([remote] fetch = true). A failure is said, and the lake follows anyway, to
     the nearest snapshot it has."""
-    from . import transfer
+    from . import transfer  # as in push_with_git
     from .lake import Workspace
 
     ws = Workspace.open(".")
@@ -218,21 +214,17 @@ def _user_error(e: Exception) -> SnapverError | None:
         return e
     sqlite3 = sys.modules.get("sqlite3")
     if sqlite3 is not None and isinstance(e, sqlite3.Error):
-        from .catalog import explain
+        from .catalog import explain  # sqlite3 is loaded: the catalog is (an unprivileged hook has neither)
 
         return explain(e)
     return None
 
 
 def _has_state() -> bool:
-    from .config import LocalState
-
     # As in the shim: Git runs us at the top of the working tree, where a .git folder is the
     # Git directory unless GIT_DIR says otherwise; asking Git would start one more process.
     if "GIT_DIR" not in os.environ and os.path.isdir(".git"):
         return LocalState.exists(Path(".git"))
-    from .gitrepo import GitRepo
-
     return LocalState.exists(GitRepo.find(".").git_dir)
 
 
@@ -258,17 +250,11 @@ def report(result: dict | None) -> None:
 
 
 def say(message: str) -> None:
-    from .errors import one_line
-
     print(f"snapver: {one_line(message)}", file=sys.stderr)
 
 
 def log(message: str) -> None:
-    import time
-
     try:
-        from .gitrepo import GitRepo
-
         path = GitRepo.find(".").git_dir / "snapver" / "hook.log"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:

@@ -8,6 +8,8 @@ walking many commits through one object database pays off (reindex).
 
 from __future__ import annotations
 
+import os
+import pwd
 import subprocess
 from pathlib import Path
 from typing import NamedTuple
@@ -38,6 +40,19 @@ class GitRepo:
         self.toplevel = toplevel  # the working tree's root
         self.git_dir = git_dir  # this working tree's own .git (differs per worktree)
         self.common_dir = common_dir  # shared by every worktree of the repo
+
+    def keep_out(self, volumes: list[str]) -> None:
+        """The volumes are symlinks into the lake: Git must never commit them (info/exclude,
+        shared by every worktree of the repo). Idempotent."""
+        exclude = self.common_dir / "info" / "exclude"
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        present = exclude.read_text().splitlines() if exclude.exists() else []
+        wanted = [f"/{v}" for v in volumes if f"/{v}" not in present]
+        if wanted:
+            with open(exclude, "a") as f:
+                if present and present[-1].strip():
+                    f.write("\n")
+                f.write("# snapver volumes (symlinks into the lake)\n" + "\n".join(wanted) + "\n")
 
     @classmethod
     def find(cls, path: Path | str = ".") -> GitRepo:
@@ -147,3 +162,28 @@ class GitRepo:
                 parents=tuple(p.hexsha for p in c.parents),
             )
         return found
+
+
+def git_as_owner(cwd: Path, args: list[str], input: str | None = None,
+                 owner_of: Path | None = None) -> subprocess.CompletedProcess:
+    """git in cwd; as root, as the owner of owner_of (default cwd): Git refuses a repository
+    of another user, and the owner's own config is all that may run on its behalf. Never
+    raises: a failure to start is a failed CompletedProcess."""
+    argv = ["git", *args]
+    kwargs: dict = {}
+    if os.geteuid() == 0:
+        try:
+            st = (owner_of or cwd).stat()
+        except OSError as e:
+            return subprocess.CompletedProcess(argv, 1, "", str(e))
+        if st.st_uid != 0:
+            try:
+                home = pwd.getpwuid(st.st_uid).pw_dir
+            except KeyError:
+                home = "/nonexistent"
+            kwargs = {"user": st.st_uid, "group": st.st_gid, "extra_groups": [],
+                      "env": {**os.environ, "HOME": home}}
+    try:
+        return subprocess.run(argv, cwd=cwd, input=input, capture_output=True, text=True, **kwargs)
+    except OSError as e:
+        return subprocess.CompletedProcess(argv, 1, "", str(e))

@@ -128,7 +128,7 @@ def interrupted(ws, locked: bool = False, also: tuple[str, ...] = ()) -> list[Op
 
 
 def receiving_id(project: str) -> str:
-    """The workspace column of receives: they are journaled at the lake (transfer.Receiving)."""
+    """The workspace column of receives: they are journaled at the lake (received.Receiving)."""
     return f"receive:{project}"
 
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from . import clones, faults, journal, lock, names, vanished
-from .backends.base import Backend, Change, Snapshot, open_backend
+from . import (clones, derive, faults, journal, links, linux, lock, names, received, rewrite, seams, snapset,
+               vanished)
+from .backends import backend_class, open_backend
+from .backends.base import Backend, Change, Snapshot
 from .catalog import Catalog, explain
 from .config import CONFIG_NAME, Config, LocalState, VolumeState, write_as_owner
-from .errors import InUse, NotFound, SnapverError
+from .errors import FilesystemFull, InUse, NotFound, SnapverError
 from .gitrepo import GitRepo
 from .proc import run
 
@@ -98,8 +101,6 @@ class Workspace:
             yield
 
     def _finish_cut_snapshots(self) -> None:
-        from . import snapset
-
         try:
             snapset.finish_interrupted(self)
         except (SnapverError, sqlite3.Error) as e:
@@ -196,7 +197,7 @@ class Workspace:
         ws._create_volumes()
         state.save()
         ws._record_at(git.head())
-        _keep_out_of_git(git, config.volumes)
+        git.keep_out(config.volumes)
         clones.note(ws)
         return ws
 
@@ -206,7 +207,7 @@ class Workspace:
         start: dict[str, Snapshot] = {}
         if head:
             try:
-                start = self._resolve(head, self.volumes, nearest=True)[0]
+                start = self.resolve(head, self.volumes, nearest=True)[0]
             except NotFound:
                 start = {}  # nothing snapshotted yet: start empty
         owner = self.git.toplevel.stat()
@@ -220,14 +221,14 @@ class Workspace:
                     os.chown(path, owner.st_uid, owner.st_gid)  # `sudo snapver init` for a user
                 # After the chown, which is itself a change of the volume.
                 self.state.volume(v).mark = self.backend.mark(self.project, self.id, v)
-            self._link(v)
+            self.link(v)
 
-    def _link(self, volume: str) -> None:
+    def link(self, volume: str) -> None:
         """<worktree>/<volume> -> the live volume, kept out of Git, known to the catalog."""
         link = self.git.toplevel / volume
         if not os.path.lexists(link):
             link.symlink_to(self.live_path(volume), target_is_directory=True)
-            _keep_out_of_git(self.git, [volume])
+            self.git.keep_out([volume])
             self._note_linked(volume)
         self.catalog.record_volume(self.project, self.id, volume, self.live_path(volume), self.git.toplevel)
 
@@ -247,8 +248,6 @@ class Workspace:
         """Put back broken volume links before a checkout looks at the volumes (lock held): files
         written to a plain folder in a link's place go into the volume, and so into the safety
         wip. The hooks only put back missing links (an lstat each) and say what else is wrong."""
-        from . import links
-
         result.links, left = links.mend(self, volumes, only_missing=hook)
         result.broken = {p.volume: p.line for p in left}
 
@@ -269,8 +268,6 @@ class Workspace:
             if head is None:
                 raise SnapverError("HEAD has no commit yet: commit first, or take a --wip snapshot")
             if commit is not None:
-                from . import snapset
-
                 snapset.check_parent(self, info)
                 if not snapset.fired_for(self, commit):
                     return []
@@ -311,7 +308,7 @@ class Workspace:
             return journal.begin(self, kind, intent)
         except (sqlite3.Error, SnapverError) as e:
             err = e if isinstance(e, SnapverError) else explain(e, self.backend.catalog_path)
-            if "filesystem is full" in str(err):
+            if isinstance(err, FilesystemFull):
                 raise err from None
             return None
 
@@ -328,7 +325,7 @@ class Workspace:
                     journal.close(self, op)
         except (sqlite3.Error, SnapverError) as e:
             err = e if isinstance(e, SnapverError) else explain(e, self.backend.catalog_path)
-            if "filesystem is full" in str(err):
+            if isinstance(err, FilesystemFull):
                 # A full filesystem lets Btrfs take a snapshot but not SQLite write its row: the
                 # snapshot is undone, so that a failed snapshot leaves nothing behind.
                 for s in snaps:
@@ -342,9 +339,8 @@ class Workspace:
                 self._record_taken(snaps)
             raise err from None
         self._record_taken(snaps)
-        from . import registry  # lazily: metrics files, provenance, model scan
-
-        registry.after_snapshot(self, snaps)
+        for listener in seams.snapshot_taken:  # the registry: metrics files, provenance, model scan
+            listener(self, snaps)
         return snaps
 
     def _record_taken(self, snaps: list[Snapshot]) -> None:
@@ -387,23 +383,19 @@ class Workspace:
         Commit snapshots go only when every known clone was read (clones.reachability):
         a doubt keeps them all, and each decision's reason says which clone.
         forget_unknown (a timedelta): let snapshots of unknown commits older than that go."""
-        from datetime import datetime, timezone
-
-        from . import received, retention
+        from . import retention  # here: it is made of dataclasses, which the hook path does without
 
         now = now or datetime.now(timezone.utc)
         with self.lock():
-            from . import registry
-
             reach = clones.reachability(self)
             self.gc_doubts = reach.doubts
             snaps = self.backend.snapshots(self.project)
-            present = [c for c in clones.known(self) if c.worktree.is_dir()]
+            present = [c.worktree for c in clones.known(self) if c.worktree.is_dir()]
             unknown = received.unknown(present, {
                 s.commit for s in snaps if s.kind == "commit" and s.commit not in reach.commits})
             decisions = retention.plan(
                 snaps, reach.commits,
-                {**received.pinned(self.catalog, self.project), **registry.protected(self)}, policy, now,
+                {**received.pinned(self.catalog, self.project), **self.protected()}, policy, now,
                 rows=self.catalog.snapshot_rows(self.project), doubt="; ".join(reach.doubts) or None,
                 unknown=unknown, forget_unknown=forget_unknown,
             )
@@ -413,6 +405,20 @@ class Workspace:
                 decisions = [retention.Decision(d.snapshot, True, f"in use: {in_use[d.snapshot]}")
                              if d.snapshot in in_use else d for d in decisions]
         return decisions
+
+    def protected(self) -> dict[tuple[str, str], str]:
+        """(volume, snapshot) that must stay, with why: what the features plugged in protect
+        (releases), and the sources of derived volumes. Refused when no feature is plugged
+        in: a gc that cannot see the releases must not run."""
+        if not seams.gc_protectors:
+            raise SnapverError("no feature protects snapshots in this process (snapver.registry is not "
+                               "loaded): refused, so that no release is destroyed; use snapver's CLI or ops")
+        keep: dict[tuple[str, str], str] = {}
+        for protector in seams.gc_protectors:
+            keep.update(protector(self))
+        for key, why in derive.sources(self).items():
+            keep.setdefault(key, why)
+        return keep
 
     def _destroy(self, doomed: list[Snapshot]) -> dict[Snapshot, str]:
         """Destroy doomed; return those the filesystem refused as still in use, with why."""
@@ -435,7 +441,7 @@ class Workspace:
                     faults.point("gc-forgotten")
         except sqlite3.Error as e:
             err = explain(e, self.backend.catalog_path)
-            if started or "filesystem is full" not in str(err):
+            if started or not isinstance(err, FilesystemFull):
                 raise err from None
             # A full filesystem cannot take the journal's row, and gc is what frees space:
             # it destroys first, unjournaled (a kill leaves only catalog rows of destroyed
@@ -456,8 +462,6 @@ class Workspace:
         return in_use
 
     def status(self) -> list[VolumeStatus]:
-        from . import links
-
         broken = {p.volume: p.line for p in links.check(self)}
         return [
             VolumeStatus(v, self.live_path(v), self.state.volume(v).base, self._changed(v), broken.get(v))
@@ -481,7 +485,7 @@ class Workspace:
         return entries
 
     # ---------------------------------------------------------------- resolving revisions
-    def _resolve(self, rev: str, volumes: list[str], nearest: bool = False):
+    def resolve(self, rev: str, volumes: list[str], nearest: bool = False):
         """The snapshot of each volume at rev: (by volume, commit, warnings).
 
         rev is release:NAME, a snapshot name or anything `git rev-parse` takes. A commit
@@ -489,11 +493,10 @@ class Workspace:
         snapshotted first-parent ancestor, or with nearest=True (the hooks)
         that ancestor is used with a warning.
         """
-        if rev.startswith("release:"):
-            from . import registry
-
-            found, commit = registry.resolve_release(self, rev[len("release:"):], volumes)
-            return found, commit, []
+        for prefix, resolve in seams.rev_prefixes.items():  # release:NAME (the registry)
+            if rev.startswith(prefix):
+                found, commit = resolve(self, rev[len(prefix):], volumes)
+                return found, commit, []
         parsed = names.parse_snapshot_name(rev)
         if parsed and parsed[1] == "wip":
             found = {v: self.backend.find(self.project, v, rev) for v in volumes}
@@ -551,7 +554,7 @@ class Workspace:
         broken volume link is put back first (hook: only a missing one), so "already at"
         is said only of a volume the working tree really reaches."""
         vols = self._volumes(volumes)
-        target, _, warnings = self._resolve(rev, vols, nearest)
+        target, _, warnings = self.resolve(rev, vols, nearest)
         with self.lock():
             result = CheckoutResult(target, warnings=warnings)
             self._mend_links(vols, result, hook)
@@ -578,7 +581,7 @@ class Workspace:
             mark = self.backend.clone_into_place(snap, self.id)
             self.state.volumes[v] = _vs(snap.name, mark)
             self.state.save()  # after each volume, so a crash leaves the truth recorded
-            self._link(v)  # a volume derived in another clone is new here
+            self.link(v)  # a volume derived in another clone is new here
             result.switched.append(v)
             if op:
                 op.step("switched", volume=v)
@@ -644,13 +647,11 @@ class Workspace:
     def rewrite(self, pairs: list[tuple[str, str]]) -> list[Snapshot]:
         """`commit --amend`, `rebase`, `snapver remap` replaced commits: each new commit gets
         snapshots of its own, made from the old ones, which stay (see rewrite.py)."""
-        from . import rewrite
-
         return rewrite.apply(self, pairs)
 
     # ---------------------------------------------------------------- looking at snapshots
     def show(self, rev: str) -> tuple[str, dict[str, Snapshot], dict | None]:
-        target, commit, _ = self._resolve(rev, self.volumes)
+        target, commit, _ = self.resolve(rev, self.volumes)
         info = self.catalog.commit(self.project, commit)
         if info is None and commit != names.NO_COMMIT:
             c = self.git.commit(commit)
@@ -661,8 +662,8 @@ class Workspace:
     def diff(self, rev: str, rev2: str | None = None, volumes: list[str] | None = None) -> dict[str, list[Change]]:
         """Files added, changed, deleted from rev to rev2 (or to the live volumes)."""
         vols = self._volumes(volumes)
-        old = self._resolve(rev, vols)[0]
-        new = self._resolve(rev2, vols)[0] if rev2 else None
+        old = self.resolve(rev, vols)[0]
+        new = self.resolve(rev2, vols)[0] if rev2 else None
         return {
             v: self.backend.diff(old[v].path, new[v].path if new else self.live_path(v))
             for v in vols if v in old and (new is None or v in new)
@@ -672,7 +673,7 @@ class Workspace:
     def restore(self, rev: str, path: str, to: str | None = None, cwd: Path | None = None) -> tuple[Path, Snapshot]:
         """Copy one file or folder back from rev's snapshot, leaving the rest as it is."""
         volume, inner = self._split_volume_path(path, cwd or Path.cwd())
-        snap = self._resolve(rev, [volume])[0].get(volume)
+        snap = self.resolve(rev, [volume])[0].get(volume)
         if snap is None:
             raise NotFound(f"{volume} did not exist at {rev}")
         source = _inside(snap.path, inner, f"{path} is not in the snapshot of {volume} at {rev}")
@@ -750,7 +751,7 @@ def _inside(root: Path, inner: PurePosixPath, what: str, must_exist: bool = True
 def _copy_into_place(source: Path, dest: Path, tmp: Path, old: Path) -> None:
     """Reflink-copy source next to dest (as tmp), then rename it over dest: never half a file.
     A folder is swapped with two renames, the old one going to `old` and then away."""
-    import shutil
+    import shutil  # stdlib, but ~2 ms of every hook's start-up for a rare path
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     run(["cp", "-a", "--reflink=auto", "--no-target-directory", "--", str(source), str(tmp)])
@@ -771,19 +772,12 @@ def _copy_into_place(source: Path, dest: Path, tmp: Path, old: Path) -> None:
 
 def _provision_lake(git: GitRepo, config: Config, lake: str | None, image: Path | None, size: int | None):
     """Where this working tree's lake is: (backend spec, image file or None)."""
-    from . import linux
-
+    kind = backend_class(config.backend)
     if image is not None:
         image = Path(image).absolute()
-        if config.backend == "btrfs":
-            from .backends.btrfs import provision_image
-
-            return str(provision_image(image, size, image_mountpoint(image))), image
-        from .backends.zfs import provision_pool
-
-        return provision_pool(image, size, pool_name(image)), image
+        return kind.provision_image(image, size), image
     if lake:
-        return (str(Path(lake).absolute()) if config.backend == "btrfs" else lake), None
+        return kind.lake_spec(lake), None
     if git.common_dir != git.git_dir and LocalState.exists(git.common_dir):
         main = LocalState.load(git.common_dir)  # a worktree shares its main worktree's lake
         return main.lake, (Path(main.image) if main.image else None)
@@ -791,60 +785,20 @@ def _provision_lake(git: GitRepo, config: Config, lake: str | None, image: Path 
         return _provision_lake(git, config, None, Path(config.image), None)
     if config.lake:
         return config.lake, None
-    mount = linux.mount_of(git.toplevel)
-    if config.backend == "btrfs" and mount.fstype == "btrfs":
-        lake_dir = mount.mountpoint / ".snapver"
-        lake_dir.mkdir(exist_ok=True)
-        return str(lake_dir), None
+    default = kind.default_lake(git.toplevel)
+    if default is not None:
+        return default, None
     raise SnapverError(
-        f"{git.toplevel} is on {mount.fstype}, which has no snapshots: pass --image FILE --size SIZE "
-        "to make a Btrfs image (as root), or --lake DIR on a Btrfs filesystem"
+        f"{git.toplevel} is on {linux.mount_of(git.toplevel).fstype}, which has no snapshots: pass --image FILE "
+        "--size SIZE to make a Btrfs image (as root), or --lake DIR on a Btrfs filesystem"
     )
-
-
-def pool_name(image: Path) -> str:
-    """lake.img holds the ZFS pool `lake`."""
-    return "".join(c if c.isalnum() or c in "_-" else "_" for c in image.stem) or "snapver"
-
-
-def image_mountpoint(image: Path) -> Path:
-    """lake.img mounts at lake/, beside it."""
-    return image.with_suffix("") if image.suffix else image.with_name(image.name + ".d")
 
 
 def _ensure_mounted(state: LocalState) -> None:
     """An image-backed lake is mounted (or its pool imported) again after a reboot,
     by the first snapver run as root."""
-    if not state.image:
-        return
-    image = Path(state.image)
-    if state.backend == "btrfs":
-        from .backends.btrfs import is_mountpoint, mount_image
-
-        if is_mountpoint(Path(state.lake)):
-            return
-        if os.geteuid() != 0:
-            raise SnapverError(
-                f"the lake image {image} is not mounted: run any snapver command once as root to mount it"
-            )
-        mount_image(image, Path(state.lake))
-    elif state.backend == "zfs":
-        from .backends.zfs import provision_pool
-
-        provision_pool(image, None, pool_name(image))  # imports the pool if it is not
-
-
-def _keep_out_of_git(git: GitRepo, volumes: list[str]) -> None:
-    """The volumes are symlinks into the lake: Git must never commit them."""
-    exclude = git.common_dir / "info" / "exclude"
-    exclude.parent.mkdir(parents=True, exist_ok=True)
-    present = exclude.read_text().splitlines() if exclude.exists() else []
-    wanted = [f"/{v}" for v in volumes if f"/{v}" not in present]
-    if wanted:
-        with open(exclude, "a") as f:
-            if present and present[-1].strip():
-                f.write("\n")
-            f.write("# snapver volumes (symlinks into the lake)\n" + "\n".join(wanted) + "\n")
+    if state.image:
+        backend_class(state.backend).ensure_mounted(state.lake, Path(state.image))
 
 
 def parse_size(text: str) -> int:

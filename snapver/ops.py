@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# The features plug themselves into the core's seams when imported (seams.py): every
+# entry point routes through here, so they are in place before a workspace is opened.
+from . import client, doctor, endpoint, registry, rewrite  # noqa: F401  (registry: plugged in)
 from .errors import SnapverError
-
-SOCKET = Path(os.environ.get("SNAPVER_SOCKET", "/run/snapver/snapverd.sock"))
+from .gitrepo import GitRepo
 
 
 def snapshot_dict(s) -> dict:
@@ -68,8 +70,6 @@ def _log(ws, a):
 
 
 def _doctor(ws, a):
-    from . import doctor
-
     return (doctor.repair(ws) if a.get("repair") else doctor.diagnose(ws)).as_dict()
 
 
@@ -90,8 +90,6 @@ def perform(ws, op: str, args: dict, served: bool = False):
     if op not in OPS:
         raise SnapverError(f"unknown operation {op!r}")
     if served and op == "rewrite":
-        from . import rewrite
-
         rewrite.check_served(ws, _pairs(args))
     return OPS[op](ws, args)
 
@@ -100,15 +98,14 @@ def call(op: str, args: dict | None = None, path: Path | str = "."):
     """Run op on the working tree at path: through the daemon when the caller is not root
     and a daemon is listening, directly otherwise."""
     args = args or {}
-    if os.geteuid() != 0 and os.environ.get("SNAPVER_DIRECT") != "1" and SOCKET.exists():
-        from . import client
-        from .gitrepo import GitRepo
-
+    if os.geteuid() != 0 and os.environ.get("SNAPVER_DIRECT") != "1" and endpoint.SOCKET.exists():
         toplevel = GitRepo.find(path).toplevel
         try:
             return client.request({"op": op, "workspace": str(toplevel), **args})
         except client.Unavailable:
             pass  # no daemon after all: try it ourselves, and fail with our own words
+    # Here, not at the top: an unprivileged user's hook goes through snapverd above and never
+    # opens the lake, so it does not pay for importing the core (sqlite3, the backends).
     from .lake import Workspace
 
     return perform(Workspace.open(path), op, args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Sequence
 
-from .errors import CommandFailed
+from .errors import FULL, CommandFailed, FullCommandFailed
 
 
 def run(argv: Sequence[str], *, input: bytes | None = None, cwd=None, env=None) -> str:
@@ -17,14 +17,28 @@ def run(argv: Sequence[str], *, input: bytes | None = None, cwd=None, env=None) 
     except FileNotFoundError:
         raise CommandFailed(f"{argv[0]} is not installed (needed for this lake)") from None
     if done.returncode != 0:
-        raise CommandFailed(describe_failure(argv, done.stderr))
+        raise failure(argv, done.stderr)
     return done.stdout.decode("utf-8", "surrogateescape")
 
 
+def failure(argv: Sequence[str], stderr: bytes) -> CommandFailed:
+    """The error for a tool that failed, typed FilesystemFull when it ran out of space."""
+    return (FullCommandFailed if _full(stderr) else CommandFailed)(describe_failure(argv, stderr))
+
+
+def _words(stderr: bytes) -> list[str]:
+    return [line.strip() for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+
+
+def _full(stderr: bytes) -> bool:
+    """The tool's own words (no errno reaches us from a process) say its filesystem is full."""
+    return any("No space left" in w or "out of space" in w for w in _words(stderr))
+
+
 def describe_failure(argv: Sequence[str], stderr: bytes) -> str:
-    words = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+    words = _words(stderr)
     why = words[-1] if words else "no message"
-    if any("No space left" in w or "out of space" in w for w in words):
-        why = "the filesystem is full; free space (or grow it) and try again"
+    if _full(stderr):
+        why = FULL
     what = " ".join(argv[:3]) if argv[0] in ("btrfs", "zfs", "zpool", "git") else argv[0]
     return f"{what} failed: {why}"

@@ -10,11 +10,19 @@ ZFS property snapver:received).
 A release (or any pin) on the lake a snapshot came from travels with it: the
 receiving lake records it here, in its catalog, and gc keeps what it pins, also
 when the release itself is never copied into this lake's registry.
+
+Receives are locked and journaled at the lake (Receiving), and an interrupted one is
+finished here (finish_receive): in the core, so that doctor repairs it without
+importing transfer, which receives through it.
 """
 
 from __future__ import annotations
 
-from . import clones
+from pathlib import Path
+
+from .gitrepo import git_as_owner
+
+from . import journal, lock
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS received_pins (
@@ -26,16 +34,16 @@ CREATE TABLE IF NOT EXISTS received_pins (
 );
 """
 
-def unknown(where: list[clones.Clone], shas: set[str]) -> set[str]:
-    """Of shas, the commits no clone's object database has: one `git cat-file --batch-check`
-    per clone (as its owner, as gc reads its refs), fed only these shas. A clone Git cannot
-    read knows nothing (so: keep)."""
+def unknown(where: list[Path], shas: set[str]) -> set[str]:
+    """Of shas, the commits no working tree's object database has: one `git cat-file
+    --batch-check` per tree (as its owner, as gc reads its refs), fed only these shas. A
+    tree Git cannot read knows nothing (so: keep)."""
     left = set(shas)
-    for clone in where:
+    for tree in where:
         if not left:
             break
         ask = "".join(f"{sha}\n" for sha in sorted(left))
-        done = clones.git_in(clone, ["cat-file", "--batch-check=%(objectname) %(objecttype)"], input=ask)
+        done = git_as_owner(tree, ["cat-file", "--batch-check=%(objectname) %(objecttype)"], input=ask)
         if done.returncode != 0:
             continue
         for line in done.stdout.splitlines():
@@ -86,3 +94,30 @@ def pinned(catalog, project: str) -> dict[tuple[str, str], str]:
             "SELECT volume, name, pin FROM received_pins WHERE project = ? ORDER BY pin", [project]):
         keep.setdefault((v, n), f"{p} on a lake it came from")
     return keep
+
+
+class Receiving:
+    """Where the receives into one project of a lake are locked and journaled: at the lake,
+    not in a workspace, because the far end of a push has none. One receive at a time per
+    project; doctor, run in any workspace of the project on that lake, takes the same lock."""
+
+    def __init__(self, backend, catalog, project: str):
+        self.backend, self.catalog, self.project = backend, catalog, project
+        self.id = journal.receiving_id(project)
+
+    def lock(self):
+        return lock.held(self.backend.root / f".receive-{self.project}.lock",
+                         what=f"receiving into project {self.project}")
+
+
+def finish_receive(end: Receiving, op) -> str:
+    """The repair of an interrupted receive: finished if its snapshot arrived whole, else
+    over (what the stream left is the backend's half_received, or the next receive's)."""
+    volume, name = op.intent["volume"], op.intent["name"]
+    snap = end.backend.find(end.project, volume, name)
+    if snap is None:
+        return f"the interrupted receive of {volume}@{name} is over; push or pull it again"
+    end.backend.seal_received(end.project, volume, name)
+    with end.catalog.batch():
+        end.catalog.record_received(snap, op.intent.get("rows") or {})
+    return f"the interrupted receive of {volume}@{name} is finished: the snapshot had arrived"

@@ -10,13 +10,13 @@ everything else: in the lake's catalog, keyed by snapshot names.
 - Releases: a name pinned to one snapshot of every volume. ZFS holds them
   (`zfs hold snapver-release:NAME`); on both filesystems gc's `protected`
   set comes from the releases table. `release:NAME` is a REV everywhere.
-- Lineage: `derive` makes a new volume as a CoW clone of a snapshot of
-  another one and records the edge; derive sources are protected like
-  releases, because the edge is only worth something while its source exists.
+- Lineage: read from the edges `derive` (derive.py, in the core) records:
+  upstream, the lineage tree, du.
 - Provenance ([volumes.NAME] license / source) is kept with each snapshot.
 
-This module is imported lazily (lake._take, the CLI, the API): the Git-hook
-path pays for it only when it has something to do.
+A feature: the core never imports it. It plugs into the core's seams
+(seams.py) when imported, which ops.py and api.py do: after a snapshot,
+when a rewrite copies one, gc's protectors, and the `release:` prefix.
 """
 
 from __future__ import annotations
@@ -32,9 +32,12 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from . import names
-from .config import CONFIG_NAME, VolumeState, write_as_owner
+from . import derive as lineage
+from . import scan, seams
+from .config import CONFIG_NAME
+from .derive import Edge, derive, edges, split_source  # noqa: F401  (derive: the CLI's, as before)
 from .errors import NotFound, SnapverError
+from .safeio import open_regular, read_regular
 
 
 def warn(message: str, *args) -> None:
@@ -57,11 +60,6 @@ CREATE TABLE IF NOT EXISTS releases (
     project TEXT NOT NULL, name TEXT NOT NULL, snapshot TEXT NOT NULL, commit_sha TEXT NOT NULL,
     volumes TEXT NOT NULL, created TEXT NOT NULL, message TEXT, forced INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (project, name)
-);
-CREATE TABLE IF NOT EXISTS lineage (
-    project TEXT NOT NULL, volume TEXT NOT NULL, source_volume TEXT NOT NULL,
-    source_snapshot TEXT NOT NULL, message TEXT, created TEXT NOT NULL,
-    PRIMARY KEY (project, volume)
 );
 CREATE TABLE IF NOT EXISTS provenance (
     project TEXT NOT NULL, volume TEXT NOT NULL, snapshot TEXT NOT NULL, license TEXT, source TEXT,
@@ -86,12 +84,10 @@ _RELEASE_NAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,62}")
 
 
 def db(ws):
-    """The catalog connection with the registry's tables (created on first use)."""
-    conn = ws.catalog.conn
-    if not getattr(ws.catalog, "_registry_schema", False):
-        conn.executescript(SCHEMA)
-        ws.catalog._registry_schema = True
-    return conn
+    """The catalog connection with the registry's tables, and lineage (derive.py), which
+    it reads (created on first use)."""
+    lineage.db(ws)
+    return ws.catalog.ensure(SCHEMA)
 
 
 def short(sha: str) -> str:
@@ -112,8 +108,6 @@ class Settings(NamedTuple):
 def settings(ws) -> Settings:
     """The registry's part of snapver.toml: [registry], [releases], [scan], [volumes.NAME]."""
     path = ws.git.toplevel / CONFIG_NAME
-    from .safeio import open_regular
-
     try:
         f = open_regular(path)
         if f is None:
@@ -170,7 +164,7 @@ def settings(ws) -> Settings:
 def scan_volumes(ws, s: Settings) -> list[str]:
     if s.scan_volumes is not None:
         return [v for v in s.scan_volumes if v in ws.volumes]
-    derived = {r[0] for r in db(ws).execute("SELECT volume FROM lineage WHERE project = ?", [ws.project])}
+    derived = {e.volume for e in lineage.edges(ws)}
     return [v for v in ws.volumes if v == "models" or v in derived]
 
 
@@ -210,8 +204,6 @@ def after_snapshot(ws, snaps) -> None:
 
 
 def _scan_one(ws, snap):
-    from . import scan
-
     verdicts = scan.scan_snapshot(db(ws), snap)
     for v in verdicts:
         if v.flagged:
@@ -258,8 +250,6 @@ def _read_file(ws, rel: str, snapshot: str, by_volume: dict) -> dict | None:
 def _regular(target: Path, rel: str) -> bytes | None:
     """The bytes of a regular file; a FIFO, device or socket is not read (open would block
     the hook holding the workspace lock, or the daemon), and not a symlink put there since."""
-    from .safeio import read_regular
-
     data = read_regular(target)
     if data is None and not os.path.isdir(target):
         warn("snapver: warning: %s is not a regular file; it was not read", rel)
@@ -464,8 +454,8 @@ def find(ws, queries: list[str], include_wip: bool = False) -> list[dict]:
 
 def snapshots_at(ws, rev: str) -> tuple[dict, str]:
     """The snapshots at rev of the volumes that have one (derived volumes are younger than
-    older commits, and _resolve leaves them out); an error only if none has."""
-    found, commit, _ = ws._resolve(rev, ws.volumes)
+    older commits, and resolve leaves them out); an error only if none has."""
+    found, commit, _ = ws.resolve(rev, ws.volumes)
     return found, commit
 
 
@@ -530,7 +520,7 @@ def list_releases(ws) -> list[Release]:
 
 
 def resolve_release(ws, name: str, volumes: list[str]) -> tuple[dict, str]:
-    """{volume: snapshot} and commit of release NAME (for Workspace._resolve)."""
+    """{volume: snapshot} and commit of release NAME (release:NAME, for Workspace.resolve)."""
     rel = get_release(ws, name)
     missing = [v for v in volumes if v not in rel.volumes]
     if missing:
@@ -545,8 +535,6 @@ def resolve_release(ws, name: str, volumes: list[str]) -> tuple[dict, str]:
 def flagged(ws, snaps: dict) -> list[str]:
     """'volume/path (findings)' for every flagged model file in these snapshots; scans those
     configured for scanning that were never scanned (scan off, or older than the scanner)."""
-    from . import scan
-
     wanted = set(scan_volumes(ws, settings(ws)))
     bad = []
     for v, snap in snaps.items():
@@ -600,18 +588,13 @@ def remove_release(ws, name: str) -> Release:
 
 
 def protected(ws) -> dict[tuple[str, str], str]:
-    """(volume, snapshot) gc must keep, with why: releases, and the sources of derived volumes."""
+    """(volume, snapshot) gc must keep, with why: releases (the core adds derive sources)."""
     keep: dict[tuple[str, str], str] = {}
-    conn = db(ws)
-    for name, snapshot, vols in conn.execute(
+    for name, snapshot, vols in db(ws).execute(
         "SELECT name, snapshot, volumes FROM releases WHERE project = ?", [ws.project]
     ):
         for v in vols.split():
             keep[(v, snapshot)] = f"release {name}"
-    for volume, sv, ss in conn.execute(
-        "SELECT volume, source_volume, source_snapshot FROM lineage WHERE project = ?", [ws.project]
-    ):
-        keep.setdefault((sv, ss), f"source of derived volume {volume}")
     return keep
 
 
@@ -646,8 +629,6 @@ def releases_from_tags(ws, lines: list[str]) -> list[str]:
 def scan_report(ws, rev: str = "HEAD") -> dict[str, list[dict]]:
     """{volume: [{path, flagged, findings}]} for the scanned volumes' snapshots at rev;
     a snapshot never scanned (scan off, or taken before) is scanned now."""
-    from . import scan
-
     snaps, _ = snapshots_at(ws, rev)
     report = {}
     for v in scan_volumes(ws, settings(ws)):
@@ -659,122 +640,7 @@ def scan_report(ws, rev: str = "HEAD") -> dict[str, list[dict]]:
     return report
 
 
-# ------------------------------------------------------------------ lineage
-
-class Edge(NamedTuple):
-    volume: str
-    source_volume: str
-    source_snapshot: str
-    message: str | None
-    created: str
-
-
-def edges(ws) -> list[Edge]:
-    return [Edge(*r) for r in db(ws).execute(
-        "SELECT volume, source_volume, source_snapshot, message, created FROM lineage "
-        "WHERE project = ? ORDER BY created", [ws.project])]
-
-
-def split_source(text: str) -> tuple[str, str]:
-    """'models@HEAD~1' -> ('models', 'HEAD~1'); the first '@' splits (volume names have none)."""
-    volume, at, rev = text.partition("@")
-    if not at or not volume or not rev:
-        raise SnapverError(f"{text!r}: give VOLUME@REV, e.g. models@HEAD or models@release:prod")
-    return names.check_volume(volume), rev
-
-
-def derive(ws, source: str, volume: str, message: str | None = None) -> Edge:
-    """A new volume as a CoW clone of a snapshot of another volume, added to the project."""
-    src_volume, rev = split_source(source)
-    names.check_volume(volume)
-    link = ws.git.toplevel / volume
-    if volume in ws.volumes:
-        raise SnapverError(f"volume {volume} exists already: derive makes a new volume, choose another name")
-    if os.path.lexists(link):
-        raise SnapverError(f"{link} already exists: move it away or choose another name")
-    if ws.backend.volume_exists(ws.project, ws.id, volume):
-        raise SnapverError(f"the lake already has a volume {volume} in this workspace: choose another name")
-    if db(ws).execute("SELECT 1 FROM lineage WHERE project = ? AND volume = ?", (ws.project, volume)).fetchone():
-        raise SnapverError(f"volume {volume} was derived already in another clone: pull its snapver.toml instead")
-    if src_volume not in ws.volumes:
-        raise NotFound(f"no volume {src_volume!r} here: the volumes are {', '.join(ws.volumes)}")
-    snap = ws._resolve(rev, [src_volume])[0][src_volume]
-    toml_path = ws.git.toplevel / CONFIG_NAME
-    new_toml = add_volume_to_toml(toml_path.read_text(), volume, ws.volumes)
-
-    # Input is checked; from here on things change on disk.
-    from . import journal
-
-    with ws.lock():
-        intent = {"volume": volume, "source_volume": src_volume, "source": snap.name, "message": message}
-        with journal.operation(ws, "derive", intent) as op:
-            ws.backend.clone_volume(snap, ws.id, volume)
-            op.step("cloned")
-            write_as_owner(toml_path, new_toml)
-            ws.config.volumes.append(volume)
-            op.step("configured")
-            _settle_derived(ws, volume)
-            op.step("recorded")
-            return _record_lineage(ws, volume, src_volume, snap.name, message)
-
-
-def _settle_derived(ws, volume: str) -> None:
-    """The parts of a derived volume outside the lake: state, link, catalog (idempotent)."""
-    from .lake import _keep_out_of_git
-
-    if ws.state.volume(volume).mark is None:
-        ws.state.volumes[volume] = VolumeState(base=None, mark=ws.backend.mark(ws.project, ws.id, volume))
-        ws.state.save()
-    live = ws.live_path(volume)
-    link = ws.git.toplevel / volume
-    if not os.path.lexists(link):
-        link.symlink_to(live, target_is_directory=True)
-    _keep_out_of_git(ws.git, [volume])
-    ws.catalog.record_volume(ws.project, ws.id, volume, live, ws.git.toplevel)
-
-
-def _record_lineage(ws, volume: str, src_volume: str, source: str, message: str | None) -> Edge:
-    created = datetime.now(timezone.utc).isoformat()
-    db(ws).execute("INSERT OR IGNORE INTO lineage VALUES (?, ?, ?, ?, ?, ?)",
-                   (ws.project, volume, src_volume, source, message, created))
-    return Edge(volume, src_volume, source, message, created)
-
-
-def finish_derive(ws, op) -> str:
-    """doctor --repair of an interrupted derive: finish it once its volume exists (every later
-    step is idempotent), and there is nothing to undo before (it is the first change)."""
-    i = op.intent
-    volume = i["volume"]
-    if not ws.backend.volume_exists(ws.project, ws.id, volume):
-        return f"derive of {volume} had changed nothing yet: dropped"
-    toml_path = ws.git.toplevel / CONFIG_NAME
-    if volume not in ws.config.volumes:
-        write_as_owner(toml_path, add_volume_to_toml(toml_path.read_text(), volume, ws.config.volumes))
-        ws.config.volumes.append(volume)
-    _settle_derived(ws, volume)
-    _record_lineage(ws, volume, i["source_volume"], i["source"], i.get("message"))
-    return f"derive of {volume} from {i['source_volume']}@{i['source'][:10]} finished: commit snapver.toml"
-
-
-def add_volume_to_toml(text: str, volume: str, current: list[str]) -> str:
-    """snapver.toml with volume appended to [project] volumes, everything else as it was."""
-    pattern = re.compile(r"^(volumes\s*=\s*\[)(.*?)(\])", re.M | re.S)
-    m = pattern.search(text)
-    new = None
-    if m:
-        inner = m.group(2).rstrip()
-        sep = "" if not inner.strip() else (", " if not inner.endswith(",") else " ")
-        new = text[:m.start(2)] + inner + sep + json.dumps(volume) + text[m.end(2):]
-        try:
-            if tomllib.loads(new).get("project", {}).get("volumes") != [*current, volume]:
-                new = None
-        except tomllib.TOMLDecodeError:
-            new = None
-    if new is None:
-        raise SnapverError(f"cannot add {volume} to [project] volumes in {CONFIG_NAME}: "
-                           f"add it there by hand, then derive again")
-    return new
-
+# ------------------------------------------------------------------ lineage (made by derive.py)
 
 def upstream(ws, source: str) -> list[dict]:
     """Where VOLUME@REV comes from: its snapshot, the snapshot it was derived from, and so on
@@ -783,7 +649,7 @@ def upstream(ws, source: str) -> list[dict]:
     volume, rev = split_source(source)
     if volume not in ws.volumes:
         raise NotFound(f"no volume {volume!r} here: the volumes are {', '.join(ws.volumes)}")
-    snap = ws._resolve(rev, [volume])[0][volume]
+    snap = ws.resolve(rev, [volume])[0][volume]
     by_volume = {e.volume: e for e in edges(ws)}
     chain, current, seen = [], (volume, snap.name), set()
     relation, message = "this", None
@@ -880,3 +746,21 @@ def provenance(ws, snapshot: str) -> dict[str, dict[str, str]]:
             for v, lic, src in db(ws).execute(
                 "SELECT volume, license, source FROM provenance WHERE project = ? AND snapshot = ?",
                 (ws.project, snapshot))}
+
+
+def copy_rows(ws, source, copy) -> None:
+    """A rewrite's copy of a snapshot gets the per-snapshot rows its source had (metrics and
+    params, provenance, model scans), as a rename would have carried them; inside the
+    rewrite's catalog transaction."""
+    conn = db(ws)
+    args = (copy.name, ws.project, source.name)
+    conn.execute("INSERT OR IGNORE INTO registry_values SELECT project, ?, kind, key, num, text, source "
+                 "FROM registry_values WHERE project = ? AND snapshot = ?", args)
+    for table, cols in (("provenance", "license, source"), ("scans", "scanned, files, flagged"),
+                        ("scan_files", "path, size, mtime_ns, ctime_ns, flagged, findings")):
+        conn.execute(f"INSERT OR IGNORE INTO {table} SELECT project, volume, ?, {cols} FROM {table} "
+                     "WHERE project = ? AND snapshot = ? AND volume = ?", (*args, source.volume))
+
+
+seams.plug(taken=after_snapshot, copied=copy_rows, protector=protected,
+           prefixes={RELEASE_PREFIX: resolve_release})

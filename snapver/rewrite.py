@@ -21,7 +21,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from . import names
+from . import names, seams
 from .errors import NotFound, SnapverError
 
 # More new commits than this: their catalog rows come from one GitPython walk, not a git each.
@@ -118,21 +118,13 @@ def apply(ws, pairs) -> list:
 
 
 def _record(ws, source, copy) -> None:
-    """The copy's catalog rows: its snapshot row, and the per-snapshot rows of the registry
-    (metrics and params, provenance, model scans) its source had, as a rename carried them."""
-    from . import registry
-
+    """The copy's catalog rows: its snapshot row, and the per-snapshot rows features keep
+    (the registry's metrics and params, provenance, model scans), as a rename carried them."""
     row = ws.catalog.rows_for(ws.project, source.volume, source.name)["snapshot"] or {}
-    conn = registry.db(ws)
     with ws.catalog.batch():
         ws.catalog.record_snapshots([copy], row.get("workspace"), row.get("message"))
-        args = (copy.name, ws.project, source.name)
-        conn.execute("INSERT OR IGNORE INTO registry_values SELECT project, ?, kind, key, num, text, source "
-                     "FROM registry_values WHERE project = ? AND snapshot = ?", args)
-        for table, cols in (("provenance", "license, source"), ("scans", "scanned, files, flagged"),
-                            ("scan_files", "path, size, mtime_ns, ctime_ns, flagged, findings")):
-            conn.execute(f"INSERT OR IGNORE INTO {table} SELECT project, volume, ?, {cols} FROM {table} "
-                         "WHERE project = ? AND snapshot = ? AND volume = ?", (*args, source.volume))
+        for copied in seams.snapshot_copied:  # the registry's rows of it
+            copied(ws, source, copy)
 
 
 def _follow_state(ws, by_new: dict[str, list[str]], given: dict[tuple[str, str], str]) -> None:

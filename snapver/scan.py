@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .errors import SnapverError
+from .safeio import open_regular
 
 MODEL_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".joblib", ".ckpt")
 
@@ -40,7 +41,7 @@ def is_model_file(name: str) -> bool:
 def scan_file(path: Path) -> tuple[bool, list[str]] | None:
     """(flagged, findings) for one file, without unpickling it; None if it is not a regular
     file when opened (a FIFO, a device, a socket or a symlink put in its place: never read)."""
-    import logging
+    import logging  # with picklescan: the hook path does without both (tests/test_hook_imports.py)
 
     try:
         from picklescan.scanner import SafetyLevel, scan_bytes
@@ -49,8 +50,6 @@ def scan_file(path: Path) -> tuple[bool, list[str]] | None:
     # picklescan logs every finding as a warning; with no handler configured, Python
     # would print them on stderr in the middle of a Git hook. We report them ourselves.
     logging.getLogger("picklescan").setLevel(logging.CRITICAL)
-    from .safeio import open_regular
-
     f = open_regular(path)
     if f is None:
         return None

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import struct
 import subprocess
 import sys
@@ -33,10 +34,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from . import faults, names, received
+from . import doctor, faults, journal, names, received
 from .ancestry import ancestors, parents_of
-from .backends.base import Backend, Snapshot, open_backend
+from .backends import open_lake  # noqa: F401  (as before, for callers)
+from .backends.base import Backend, Snapshot
+from .catalog import Catalog
+from .config import Config
 from .errors import NotFound, SnapverError
+from .lake import Workspace
+from .proc import failure, run
+from .received import Receiving, finish_receive  # noqa: F401  (as before, for callers)
 
 _REMOTE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\]")
@@ -219,48 +226,8 @@ def peer(ws, name: str | None) -> Peer:
                 ws.config.remote.get("ssh"))
 
 
-def open_lake(spec: str) -> Backend:
-    """The backend of a lake named as a remote URL names it: a path or a ZFS dataset."""
-    from . import linux
-
-    path = Path(spec)
-    if path.is_dir():
-        if linux.fs_magic(path) == linux.BTRFS_MAGIC:
-            return open_backend("btrfs", str(path))
-        from .backends.zfs import dataset_mounted_at
-
-        dataset = dataset_mounted_at(path)
-        if dataset:
-            return open_backend("zfs", dataset)
-        raise SnapverError(f"the folder {spec} is on {linux.mount_of(path).fstype}, neither on Btrfs nor "
-                           "a ZFS dataset's mountpoint: a lake needs one of them")
-    if path.exists() or path.is_symlink():
-        raise SnapverError(f"{spec} is {_kind_of(path)}, not a lake: give a folder on Btrfs or a ZFS dataset")
-    dataset = spec.strip("/")
-    pool = dataset.split("/")[0]
-    if _pool_exists(pool):
-        return open_backend("zfs", dataset)
-    raise NotFound(f"there is no folder {spec} on this host, and no ZFS pool {pool} for a dataset {dataset}")
-
-
-def _kind_of(path: Path) -> str:
-    import stat
-
-    mode = path.lstat().st_mode
-    return ("a symbolic link" if stat.S_ISLNK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "a file" if stat.S_ISREG(mode) else "a special file")
-
-
-def _pool_exists(pool: str) -> bool:
-    try:
-        return subprocess.run(["zfs", "list", "-H", "-o", "name", "--", pool],
-                              capture_output=True).returncode == 0
-    except FileNotFoundError:
-        return False  # no ZFS on this host
-
-
 def _what(backend: Backend) -> str:
-    return f"the folder {backend.root}" if backend.name == "btrfs" else f"the ZFS dataset {backend.spec()}"
+    return backend.describe()
 
 
 def lake_state(backend: Backend) -> str:
@@ -275,8 +242,6 @@ def lake_state(backend: Backend) -> str:
 
 
 def _catalog(backend: Backend):
-    from .catalog import Catalog
-
     return Catalog(backend.catalog_path)
 
 
@@ -361,24 +326,6 @@ def receive_frames(src, dst, tick=None, crash_point: str | None = None) -> tuple
             faults.point(crash_point)
 
 
-class Receiving:
-    """Where the receives into one project of a lake are locked and journaled: at the lake,
-    not in a workspace, because the far end of a push has none. One receive at a time per
-    project; doctor, run in any workspace of the project on that lake, takes the same lock."""
-
-    def __init__(self, backend: Backend, catalog, project: str):
-        self.backend, self.catalog, self.project = backend, catalog, project
-        from .journal import receiving_id
-
-        self.id = receiving_id(project)
-
-    def lock(self):
-        from . import lock
-
-        return lock.held(self.backend.root / f".receive-{self.project}.lock",
-                         what=f"receiving into project {self.project}")
-
-
 def receive_into(backend: Backend, catalog, project: str, volume: str, name: str, base: str | None,
                  clone: bool, rows: dict, src, tick=None, crash_point: str | None = None,
                  resuming: bool = False) -> tuple[Snapshot, int]:
@@ -388,8 +335,6 @@ def receive_into(backend: Backend, catalog, project: str, volume: str, name: str
     receive into the project (or doctor), from the rows the journal kept; a crash before
     the end left no snapshot, and what it did leave is resumed or replaced by the next
     receive of that snapshot, or removed by `doctor --repair`."""
-    from . import doctor, journal
-
     end = Receiving(backend, catalog, project)
     reading = False
     try:
@@ -419,19 +364,6 @@ def receive_into(backend: Backend, catalog, project: str, volume: str, name: str
         raise
 
 
-def finish_receive(end: Receiving, op) -> str:
-    """The repair of an interrupted receive: finished if its snapshot arrived whole, else
-    over (what the stream left is the backend's half_received, or the next receive's)."""
-    volume, name = op.intent["volume"], op.intent["name"]
-    snap = end.backend.find(end.project, volume, name)
-    if snap is None:
-        return f"the interrupted receive of {volume}@{name} is over; push or pull it again"
-    end.backend.seal_received(end.project, volume, name)
-    with end.catalog.batch():
-        end.catalog.record_received(snap, op.intent.get("rows") or {})
-    return f"the interrupted receive of {volume}@{name} is finished: the snapshot had arrived"
-
-
 def _drain(src) -> None:
     """Read the rest of a framed stream nobody wants, so the session stays in step."""
     receive_frames(src, _Discard())
@@ -457,9 +389,7 @@ def send_stream(argv: list[str], dst, tick=None, crash_point: str | None = None)
         dst.flush()
         if code:
             errors.seek(0)
-            from .proc import describe_failure
-
-            raise SnapverError(describe_failure(argv, errors.read()))
+            raise failure(argv, errors.read())
         return total
 
 
@@ -737,10 +667,6 @@ def pull(ws, remote: str | None = None, revs: list[str] | None = None, progress=
 def clone(git_url: str, directory: Path, lake_url: str | None, lake: str | None, image: Path | None,
           size: int | None, progress=None, command: str | None = None):
     """`git clone`, then this host's lake for it (init), its snapshots (pull) and HEAD's data."""
-    from .config import Config
-    from .lake import Workspace
-    from .proc import run
-
     directory = Path(directory)
     if lake_url:
         parse_url(lake_url)  # before anything is on disk
@@ -766,8 +692,6 @@ def clone(git_url: str, directory: Path, lake_url: str | None, lake: str | None,
     except BaseException as e:
         if ws is None:
             # Nothing but the Git clone was made: it goes, so that the same command can run again.
-            import shutil
-
             shutil.rmtree(directory, ignore_errors=True)
             if existed:
                 directory.mkdir()

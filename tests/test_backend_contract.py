@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from snapver.backends.base import Change, open_backend
+from snapver.backends import open_backend
+from snapver.backends.base import Change
 from snapver.backends.zfs import _rename
 from snapver.errors import SnapverError
 from snapver.names import wip_snapshot_name

@@ -303,7 +303,7 @@ def test_hostile_snapver_toml(tmp_path_factory, project, volume, backend, lake):
     else:
         assert SAFE.fullmatch(config.project) and all(SAFE.fullmatch(v) for v in config.volumes)
         if backend not in ("btrfs", "zfs"):
-            from snapver.backends.base import open_backend
+            from snapver.backends import open_backend
 
             with pytest.raises(SnapverError):
                 open_backend(config.backend, "/nonexistent")

@@ -48,7 +48,7 @@ def on_disk(repo: Path) -> dict[tuple[str, str], dict]:
 
 def by_filesystem(lake, name: str) -> set[str]:
     """The volumes that have a snapshot `name`, asked of the filesystem, not of snapver."""
-    from snapver.backends.base import open_backend
+    from snapver.backends import open_backend
 
     return {s.volume for s in open_backend(lake.backend, lake.spec).snapshots() if s.name == name}
 
@@ -289,7 +289,7 @@ def test_full_filesystem_gc_and_doctor_work_and_locking_commands_say_one_line(on
 
 
 def by_filesystem_all(lake) -> set[tuple[str, str]]:
-    from snapver.backends.base import open_backend
+    from snapver.backends import open_backend
 
     return {(s.volume, s.name) for s in open_backend(lake.backend, lake.spec).snapshots()}
 

@@ -306,7 +306,7 @@ def one_line_about_space(r: Result) -> bool:
 
 def on_disk(lake: Lake) -> set[tuple[str, str]]:
     """Snapshot names straight from the filesystem (a full one cannot even take a catalog read)."""
-    from snapver.backends.base import open_backend
+    from snapver.backends import open_backend
 
     return {(s.volume, s.name) for s in open_backend(lake.backend, lake.spec).snapshots()}
 
@@ -405,7 +405,7 @@ def test_full_filesystem_during_a_receive_fails_clearly_leaves_nothing_and_recov
 
 def drop_wips(lake: Lake, keep: set) -> None:
     """Free the space the fill file holds in the wip snapshots taken since it was written."""
-    from snapver.backends.base import open_backend
+    from snapver.backends import open_backend
 
     backend = open_backend(lake.backend, lake.spec)
     for s in backend.snapshots():

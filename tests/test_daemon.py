@@ -116,10 +116,10 @@ def test_unprivileged_cli_goes_through_the_daemon(nobody_repo, daemon_dir):
     d = Snapverd(daemon_dir, [repo]).start()
     try:
         def user_session():
-            from snapver import ops
+            from snapver import endpoint, ops
 
             os.chdir(repo)
-            ops.SOCKET = d.socket
+            endpoint.SOCKET = d.socket
             (repo / "models" / "m.pt").write_text("user's model")
             head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
             taken = ops.call("snapshot")

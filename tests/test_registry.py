@@ -154,6 +154,15 @@ def test_release_protects_against_gc_and_is_a_rev(lake_repo, lake):
     git(repo, "branch", "-q", "-D", "experiment")  # both experiments are now unreachable
     git(repo, "reflog", "expire", "--expire=now", "--expire-unreachable=now", "--all")  # once the reflog expires
     time.sleep(1.5)
+    # The core alone, with no feature plugged into its seams (seams.py), cannot see releases:
+    # its gc refuses and destroys nothing, where it would have destroyed the release.
+    before = {e["name"] for e in snapver(repo, "log", "--json").json}
+    alone = subprocess.run([sys.executable, "-c", "from snapver.lake import Workspace\n"
+                            "from snapver.retention import Policy\n"
+                            "Workspace.open('.').gc(Policy.from_config({'unreachable': '1s'}))"],
+                           cwd=repo, env=env(), capture_output=True, text=True)
+    assert alone.returncode != 0 and "no feature protects snapshots" in alone.stderr, alone.stderr
+    assert {e["name"] for e in snapver(repo, "log", "--json").json} == before
     decisions = {(d["volume"], d["name"]): d for d in snapver(repo, "gc", "--json").json}
     assert all(decisions[(v, released)]["keep"] for v in ("data", "models", "logs"))
     assert decisions[("models", released)]["reason"] == "release prod"

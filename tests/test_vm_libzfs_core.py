@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from snapver.backends.base import open_backend
+from snapver.backends import open_backend
 
 from tests.fixtures.zfs import zfs_lake, zfs_pool  # noqa: F401
 

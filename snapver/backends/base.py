@@ -3,7 +3,8 @@
 A backend speaks in logical names (project, workspace, volume, snapshot
 name) and hides where those live: Btrfs subvolume paths, ZFS dataset names.
 The core (lake.py) never sees a path it did not get from here, and nothing
-but this package imports a backend module.
+but this package imports a backend module (the factory is in backends/__init__.py;
+this module imports no backend).
 
 Layout every backend keeps, in its own terms:
 
@@ -15,14 +16,18 @@ Layout every backend keeps, in its own terms:
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
 from abc import ABC, abstractmethod
 from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from ..errors import SnapverError
+from ..errors import CommandFailed, SnapverError
 from ..names import parse_snapshot_name
+from ..proc import failure, run
+from ..safeio import open_regular
 
 
 class Snapshot(NamedTuple):
@@ -71,6 +76,49 @@ class Backend(ABC):
     """One lake on one filesystem."""
 
     name: str  # "btrfs", "zfs"
+    # Whether a live volume's mark compares with any snapshot's (Btrfs: transaction IDs of
+    # one filesystem), so changed_since(snapshot.mark) says if it was written after it.
+    comparable_marks = False
+
+    # -- the lake itself: where it is made, mounted again, found, trusted (class methods:
+    # there is no lake yet to ask). The factory (backends/__init__.py) picks the class.
+    @classmethod
+    @abstractmethod
+    def provision_image(cls, image: Path, size: int | None) -> str:
+        """Make (or reuse) a lake in an image file; return its spec (needs root)."""
+
+    @classmethod
+    def lake_spec(cls, lake: str) -> str:
+        """The spec to record for a lake a user named (--lake)."""
+        return lake
+
+    @classmethod
+    def default_lake(cls, toplevel: Path) -> str | None:
+        """The lake a working tree gets when none is named, if this filesystem offers one."""
+        return None
+
+    @classmethod
+    @abstractmethod
+    def ensure_mounted(cls, spec: str, image: Path) -> None:
+        """An image-backed lake is mounted (or its pool imported) again after a reboot."""
+
+    @classmethod
+    def at_path(cls, path: Path) -> Backend | None:
+        """The lake of this kind whose root is the folder path (a remote URL's), if any."""
+        return None
+
+    @classmethod
+    def named(cls, spec: str) -> Backend | None:
+        """The lake of this kind a non-path name gives (a ZFS dataset), if any."""
+        return None
+
+    def check_served(self, tree: Path) -> None:
+        """Refuse (SnapverError) a lake the root daemon must not act on for a user: one
+        that others than root may change, or reached through a symlink."""
+
+    def describe(self) -> str:
+        """The lake for people: 'the folder ...', 'the ZFS dataset ...'."""
+        return f"the lake {self.spec()}"
 
     @property
     @abstractmethod
@@ -160,7 +208,7 @@ class Backend(ABC):
     def half_received(self, project: str, volumes: list[str], repair: bool = False) -> list[str]:
         """What receives that were cut or killed left of these volumes in the lake, one line
         each; with repair=True remove it. None of it was ever a snapshot. Call with the
-        lake's receive lock held (transfer.Receiving), so a receive under way is not touched."""
+        lake's receive lock held (received.Receiving), so a receive under way is not touched."""
 
     def seal_received(self, project: str, volume: str, name: str) -> None:
         """Finish a received snapshot a crash caught between the stream's end and the
@@ -268,8 +316,7 @@ class Receive:
     FINISH_SECONDS = 120  # for it to end after the whole stream went in
 
     def __init__(self, argv: list[str], done, undo, release=None):
-        import subprocess
-        import tempfile
+        import tempfile  # stdlib, but ~1.5 ms of every hook's start-up: only receives need it
 
         self.argv = argv
         self._errors = tempfile.TemporaryFile()
@@ -291,11 +338,6 @@ class Receive:
                 self._release()
 
     def _finish(self, complete: bool) -> Snapshot:
-        import subprocess
-
-        from ..errors import CommandFailed
-        from ..proc import describe_failure
-
         try:
             self.stdin.close()
         except BrokenPipeError:
@@ -312,7 +354,7 @@ class Receive:
         if code != 0 or not complete:
             self._undo()
             if complete:
-                raise CommandFailed(describe_failure(self.argv, errors))
+                raise failure(self.argv, errors)
             raise CommandFailed("the stream stopped half-way; nothing of it was kept: run it again")
         try:
             return self._done()
@@ -323,8 +365,7 @@ class Receive:
 
 def _die_with(parent: int) -> None:
     """In a child before exec: get SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG)."""
-    import ctypes
-    import signal
+    import ctypes  # in the child only: ctypes would cost every hook's start-up ~2 ms
 
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)
     if os.getppid() != parent:  # it died before prctl took effect
@@ -387,8 +428,6 @@ def _same_file(a: Path, b: Path, sa: os.stat_result, sb: os.stat_result) -> bool
     # apart, so there the bytes decide too.
     if sa.st_mtime_ns == sb.st_mtime_ns and sa.st_mtime_ns % 1_000_000_000:
         return True
-    from ..safeio import open_regular
-
     # Not filecmp, which opens by name: a FIFO put there since the scandir would block it.
     fa, fb = open_regular(a), open_regular(b)
     try:
@@ -409,8 +448,6 @@ def _same_file(a: Path, b: Path, sa: os.stat_result, sb: os.stat_result) -> bool
 def create_image_file(image: Path, size: int | None, minimum: int, make: list[str]) -> None:
     """A sparse file of `size` bytes formatted by the argv `make` (the image path is
     appended); removed again if formatting fails, so a failed init leaves nothing."""
-    from ..proc import run
-
     if size is None:
         raise SnapverError(f"{image} does not exist: pass --size to create it (e.g. --size 20G)")
     if size < minimum:
@@ -423,19 +460,3 @@ def create_image_file(image: Path, size: int | None, minimum: int, make: list[st
     except BaseException:
         image.unlink()
         raise
-
-
-BACKENDS = ("btrfs", "zfs")
-
-
-def open_backend(kind: str, spec: str) -> Backend:
-    """The backend for a lake recorded as (kind, spec); imports only that one."""
-    if kind == "btrfs":
-        from .btrfs import BtrfsBackend
-
-        return BtrfsBackend(Path(spec))
-    if kind == "zfs":
-        from .zfs import ZfsBackend
-
-        return ZfsBackend(spec)
-    raise SnapverError(f"unknown backend {kind!r}: use one of {', '.join(BACKENDS)}")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .. import faults, linux
-from ..errors import CommandFailed, SnapverError
+from ..errors import FULL, CommandFailed, FullCommandFailed, SnapverError
 from ..names import check_project, check_volume, is_snapshot_name
 from ..proc import run
 from .base import Backend, Footprint, Receive, Snapshot, Space, create_image_file
@@ -86,7 +86,8 @@ def snapshot_subvolume(source: Path, target: Path, readonly: bool = True) -> Non
             args = bytearray(struct.pack("<qQQ32s4040s", src, 0, flags, b"", os.fsencode(target.name)))
             fcntl.ioctl(dst, _IOC_SNAP_CREATE_V2, args)
         except OSError as e:
-            raise CommandFailed(f"snapshot of {source} as {target} failed: {_why(e)}") from None
+            error = FullCommandFailed if e.errno == errno.ENOSPC else CommandFailed
+            raise error(f"snapshot of {source} as {target} failed: {_why(e)}") from None
         finally:
             os.close(dst)
     finally:
@@ -95,7 +96,7 @@ def snapshot_subvolume(source: Path, target: Path, readonly: bool = True) -> Non
 
 def _why(e: OSError) -> str:
     if e.errno == errno.ENOSPC:
-        return "the filesystem is full; free space (or grow it) and try again"
+        return FULL
     if e.errno == errno.EEXIST:
         return "a snapshot of that name exists already"
     return e.strerror or str(e)
@@ -431,6 +432,53 @@ class BtrfsBackend(Backend):
 
         return Receive(["btrfs", "receive", "-e", str(folder)], done, undo, lambda: os.close(guard))
 
+    # -- the lake itself (Backend's class methods)
+    comparable_marks = True  # transaction IDs of one filesystem
+
+    @classmethod
+    def provision_image(cls, image: Path, size: int | None) -> str:
+        return str(provision_image(image, size, image_mountpoint(image)))
+
+    @classmethod
+    def lake_spec(cls, lake: str) -> str:
+        return str(Path(lake).absolute())
+
+    @classmethod
+    def default_lake(cls, toplevel: Path) -> str | None:
+        """<mountpoint>/.snapver, when the working tree is on Btrfs itself."""
+        mount = linux.mount_of(toplevel)
+        if mount.fstype != "btrfs":
+            return None
+        lake_dir = mount.mountpoint / ".snapver"
+        lake_dir.mkdir(exist_ok=True)
+        return str(lake_dir)
+
+    @classmethod
+    def ensure_mounted(cls, spec: str, image: Path) -> None:
+        if is_mountpoint(Path(spec)):
+            return
+        if os.geteuid() != 0:
+            raise SnapverError(
+                f"the lake image {image} is not mounted: run any snapver command once as root to mount it"
+            )
+        mount_image(image, Path(spec))
+
+    @classmethod
+    def at_path(cls, path: Path) -> BtrfsBackend | None:
+        return cls(path) if linux.fs_magic(path) == linux.BTRFS_MAGIC else None
+
+    def check_served(self, tree: Path) -> None:
+        lake = Path(self.spec())
+        lst = lake.lstat()
+        if os.path.realpath(lake) != str(lake) or lst.st_uid != 0 or lst.st_mode & 0o022:
+            raise SnapverError(
+                f"the lake {lake} of {tree} is reached through a symlink or may be changed by others "
+                "than root: snapverd serves only lakes only root may change"
+            )
+
+    def describe(self) -> str:
+        return f"the folder {self.root}"
+
 
 _SEND_END = struct.pack("<H", 21)  # BTRFS_SEND_C_END
 _SEND_UPDATE_EXTENT, _SEND_A_SIZE = 22, 4
@@ -536,3 +584,7 @@ def mount_image(image: Path, mountpoint: Path) -> None:
     # without root, so checkout works for the user who owns the clone.
     run(["mount", "-o", "loop,noatime,user_subvol_rm_allowed", str(image), str(mountpoint)])
 
+
+def image_mountpoint(image: Path) -> Path:
+    """lake.img mounts at lake/, beside it."""
+    return image.with_suffix("") if image.suffix else image.with_name(image.name + ".d")

@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import faults, linux
-from ..errors import CommandFailed, InUse, NotFound, SnapverError
+from ..errors import FULL, CommandFailed, FullCommandFailed, InUse, NotFound, SnapverError
 from ..names import check_project, check_volume, check_workspace, is_snapshot_name, parse_snapshot_name
 from ..proc import run
 from .base import Backend, Footprint, Receive, Snapshot, Space, create_image_file
@@ -260,9 +260,10 @@ class ZfsBackend(Backend):
             return fn(*args)
         except self._lzc.exceptions.ZFSError as e:
             detail = "; ".join(str(x) for x in getattr(e, "errors", []) or []) or str(e)
+            error = CommandFailed
             if getattr(e, "errno", None) == 28:  # ENOSPC
-                detail = "the filesystem is full; free space (or grow it) and try again"
-            raise CommandFailed(f"libzfs_core {fn.__name__} failed: {detail}") from None
+                detail, error = FULL, FullCommandFailed
+            raise error(f"libzfs_core {fn.__name__} failed: {detail}") from None
 
     def _project_props(self, project: str, extra: list[str] = []) -> dict[str, dict[str, str]]:
         """Every dataset and snapshot of the project with the properties _rows needs (and
@@ -851,6 +852,33 @@ class ZfsBackend(Backend):
     # diff: base.walk_diff over the two snapshots' paths. `zfs diff` would be
     # O(changes), but zfs-fuse lacks it, and diff() gets paths, not snapshots.
 
+    # -- the lake itself (Backend's class methods)
+    @classmethod
+    def provision_image(cls, image: Path, size: int | None) -> str:
+        return provision_pool(image, size, pool_name(image))
+
+    @classmethod
+    def ensure_mounted(cls, spec: str, image: Path) -> None:
+        provision_pool(image, None, pool_name(image))  # imports the pool if it is not
+
+    @classmethod
+    def at_path(cls, path: Path) -> ZfsBackend | None:
+        dataset = dataset_mounted_at(path)
+        return cls(dataset) if dataset else None
+
+    @classmethod
+    def named(cls, spec: str) -> ZfsBackend | None:
+        dataset = spec.strip("/")
+        try:
+            there = subprocess.run(["zfs", "list", "-H", "-o", "name", "--", dataset.split("/")[0]],
+                                   capture_output=True).returncode == 0
+        except FileNotFoundError:
+            return None  # no ZFS on this host
+        return cls(dataset) if there else None
+
+    def describe(self) -> str:
+        return f"the ZFS dataset {self.spec()}"
+
 
 RECEIVED = "snapver:received"  # on a received snapshot: when it arrived on this lake (Unix seconds)
 
@@ -975,3 +1003,8 @@ def provision_pool(image: Path, size: int | None, pool: str, mountpoint: Path | 
 def _pool_imported(pool: str) -> bool:
     return subprocess.run(["zpool", "list", "-H", "-o", "name", pool],
                           capture_output=True).returncode == 0
+
+
+def pool_name(image: Path) -> str:
+    """lake.img holds the ZFS pool `lake`."""
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in image.stem) or "snapver"
