@@ -27,13 +27,12 @@ import json
 import os
 import re
 import subprocess
-import tomllib
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 from . import names
-from .config import CONFIG_NAME, VolumeState, write_as_owner
+from .config import CONFIG_NAME, RegistrySettings, VolumeState, with_volume, write_as_owner
 from .errors import NotFound, SnapverError
 
 
@@ -100,71 +99,12 @@ def short(sha: str) -> str:
 
 # ------------------------------------------------------------------ settings
 
-class Settings(NamedTuple):
-    metrics: list[str]
-    params: list[str]
-    from_tags: bool
-    scan_on_snapshot: bool
-    scan_volumes: list[str] | None  # None: `models` and derived volumes
-    provenance: dict[str, dict[str, str]]
+Settings = RegistrySettings  # read and checked with the rest of snapver.toml (config.py)
 
 
 def settings(ws) -> Settings:
     """The registry's part of snapver.toml: [registry], [releases], [scan], [volumes.NAME]."""
-    path = ws.git.toplevel / CONFIG_NAME
-    from .safeio import open_regular
-
-    try:
-        f = open_regular(path)
-        if f is None:
-            raise SnapverError(f"{path} is not a regular file")
-        with f:
-            doc = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise SnapverError(f"{path} cannot be read ({e})") from None
-
-    def table(key: str) -> dict:
-        value = doc.get(key, {})
-        if not isinstance(value, dict):
-            raise SnapverError(f"{path}: [{key}] must be a table")
-        return value
-
-    def paths(key: str) -> list[str]:
-        value = table("registry").get(key, [])
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
-            raise SnapverError(f"{path}: [registry] {key} must be a list of file paths")
-        for p in value:
-            rel = PurePosixPath(p)
-            if not p or rel.is_absolute() or ".." in rel.parts:
-                raise SnapverError(f"{path}: [registry] {key}: {p!r} must be relative to the repository, without '..'")
-        return value
-
-    def flag(section: str, key: str, default: bool) -> bool:
-        value = table(section).get(key, default)
-        if not isinstance(value, bool):
-            raise SnapverError(f"{path}: [{section}] {key} must be true or false")
-        return value
-
-    scan_volumes = table("scan").get("volumes")
-    if scan_volumes is not None and (
-        not isinstance(scan_volumes, list) or not all(isinstance(v, str) for v in scan_volumes)
-    ):
-        raise SnapverError(f"{path}: [scan] volumes must be a list of volume names")
-    provenance = {}
-    for volume, fields in table("volumes").items():
-        if not isinstance(fields, dict):
-            raise SnapverError(f"{path}: [volumes.{volume}] must be a table")
-        provenance[volume] = {k: str(fields[k]) for k in ("license", "source") if k in fields}
-    return Settings(
-        metrics=paths("metrics"),
-        params=paths("params"),
-        from_tags=flag("releases", "from_tags", True),
-        scan_on_snapshot=flag("scan", "on_snapshot", True),
-        scan_volumes=scan_volumes,
-        provenance=provenance,
-    )
+    return ws.config.registry
 
 
 def scan_volumes(ws, s: Settings) -> list[str]:
@@ -180,11 +120,7 @@ def after_snapshot(ws, snaps) -> None:
     """What the registry keeps of a snapshot just taken; never makes the snapshot fail."""
     if not snaps:
         return
-    try:
-        s = settings(ws)
-    except SnapverError as e:
-        warn("snapver: warning: %s (metrics, provenance and scan skipped)", e)
-        return
+    s = settings(ws)  # checked when the workspace was opened
     conn = db(ws)
     name = snaps[0].name
     rows = [(ws.project, sn.volume, name, s.provenance[sn.volume].get("license"),
@@ -700,7 +636,7 @@ def derive(ws, source: str, volume: str, message: str | None = None) -> Edge:
         raise NotFound(f"no volume {src_volume!r} here: the volumes are {', '.join(ws.volumes)}")
     snap = ws._resolve(rev, [src_volume])[0][src_volume]
     toml_path = ws.git.toplevel / CONFIG_NAME
-    new_toml = add_volume_to_toml(toml_path.read_text(), volume, ws.volumes)
+    new_toml = with_volume(ws.git.toplevel, volume)  # checked now, written once the volume exists
 
     # Input is checked; from here on things change on disk.
     from . import journal
@@ -749,31 +685,11 @@ def finish_derive(ws, op) -> str:
         return f"derive of {volume} had changed nothing yet: dropped"
     toml_path = ws.git.toplevel / CONFIG_NAME
     if volume not in ws.config.volumes:
-        write_as_owner(toml_path, add_volume_to_toml(toml_path.read_text(), volume, ws.config.volumes))
+        write_as_owner(toml_path, with_volume(ws.git.toplevel, volume))
         ws.config.volumes.append(volume)
     _settle_derived(ws, volume)
     _record_lineage(ws, volume, i["source_volume"], i["source"], i.get("message"))
     return f"derive of {volume} from {i['source_volume']}@{i['source'][:10]} finished: commit snapver.toml"
-
-
-def add_volume_to_toml(text: str, volume: str, current: list[str]) -> str:
-    """snapver.toml with volume appended to [project] volumes, everything else as it was."""
-    pattern = re.compile(r"^(volumes\s*=\s*\[)(.*?)(\])", re.M | re.S)
-    m = pattern.search(text)
-    new = None
-    if m:
-        inner = m.group(2).rstrip()
-        sep = "" if not inner.strip() else (", " if not inner.endswith(",") else " ")
-        new = text[:m.start(2)] + inner + sep + json.dumps(volume) + text[m.end(2):]
-        try:
-            if tomllib.loads(new).get("project", {}).get("volumes") != [*current, volume]:
-                new = None
-        except tomllib.TOMLDecodeError:
-            new = None
-    if new is None:
-        raise SnapverError(f"cannot add {volume} to [project] volumes in {CONFIG_NAME}: "
-                           f"add it there by hand, then derive again")
-    return new
 
 
 def upstream(ws, source: str) -> list[dict]:
