@@ -79,7 +79,8 @@ def tables(doc: dict, names) -> None:
             what = f"table [{key}]" if isinstance(value, dict) else f"setting {key} outside any table"
             raise Invalid(f"unknown {what}; known: {', '.join(sorted(names))}", (key,))
         if not isinstance(value, dict):
-            raise Invalid(f"{key} = {short(value)}: [{key}] must be a table", (key,))
+            raise Invalid(f"{key} = {short(value)} is outside any table: settings go under their "
+                          f"[table] header, and [{key}] must be a table", (key,))
 
 
 _KINDS = {
@@ -129,6 +130,7 @@ def locate(text: str, at: tuple) -> int | None:
             parts = tuple(_unquote(p) for p in _PART.findall(header.group(2)))
             if header.group(1) == "[[":
                 counts[parts] = counts.get(parts, -1) + 1
+                where.setdefault(parts, n)  # the array as a whole is where it starts
                 table = parts + (counts[parts],)
             else:
                 table = parts
