@@ -104,8 +104,9 @@ def with_volume(toplevel: Path, volume: str) -> str:
     import tomlkit
 
     path = toplevel / CONFIG_NAME
-    text = _read(path, toplevel).decode()
-    before = tomlcheck.parse(path, text, _from_doc)
+    data = _read(path, toplevel)
+    before = tomlcheck.parse(path, data, _from_doc)  # valid, so UTF-8 text
+    text = data.decode()
     if volume in before.volumes:
         raise SnapverError(f"{path} names {volume} already under [project] volumes")
     try:

@@ -171,6 +171,9 @@ def test_with_volume_refuses_a_broken_file_and_a_volume_named_already(tmp_path):
     (tmp_path / CONFIG_NAME).write_text(GOOD + "[retension]\n")
     with pytest.raises(ConfigError, match="unknown table"):
         with_volume(tmp_path, "ft")
+    (tmp_path / CONFIG_NAME).write_bytes(b"\xff" + GOOD.encode())
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        with_volume(tmp_path, "ft")
     (tmp_path / CONFIG_NAME).write_text(GOOD)
     with pytest.raises(SnapverError, match="names models already"):
         with_volume(tmp_path, "models")
