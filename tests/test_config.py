@@ -109,6 +109,15 @@ def test_project_table_and_broken_toml(tmp_path, text, said):
     assert error(tmp_path, text).startswith(said)
 
 
+@pytest.mark.parametrize("extra, line", [
+    ('[scan]\n"on_snapshot" . "x" = 1\n', 6),  # a quoted dotted key
+    ('[ "scan" ]  # first\n\n"on_snapshot" = "yes"\n', 7),
+    ('[scan]\nvolumes = [\n  "models",\n  3,\n]\n', 6),  # a multi-line value: the key's line
+])
+def test_the_line_of_quoted_dotted_and_multi_line_keys(tmp_path, extra, line):
+    assert error(tmp_path, GOOD + extra).startswith(f" line {line}: [scan] ")
+
+
 def test_not_utf8_and_not_a_regular_file(tmp_path):
     (tmp_path / CONFIG_NAME).write_bytes(b"\xff\xfe[project]")
     with pytest.raises(ConfigError, match="not UTF-8"):
