@@ -25,17 +25,16 @@ import sqlite3
 import struct
 import threading
 import time
-import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import endpoint, faults, lock, ops
+from . import endpoint, faults, lock, ops, tomlcheck
 from .catalog import explain
-from .config import LocalState
+from .config import LocalState, retention_policy
 from .errors import SnapverError
 from .lake import Workspace
 from .retention import Policy, parse_duration
-from .safeio import open_regular
+from .tomlcheck import Invalid, known, short
 
 log = logging.getLogger("snapverd")
 DEFAULT_CONFIG = Path("/etc/snapver/snapverd.toml")
@@ -70,53 +69,41 @@ class DaemonConfig:
         config is kept), never a crash later in the main loop."""
         try:
             with open(path, "rb") as f:
-                doc = tomllib.load(f)
+                data = f.read()
         except FileNotFoundError:
             raise SnapverError(f"no daemon config at {path}: write one (see README) or pass --config") from None
-        except tomllib.TOMLDecodeError as e:
-            raise SnapverError(f"{path} is not valid TOML: {e}") from None
         except OSError as e:
             raise SnapverError(f"{path} cannot be read: {e.strerror}") from None
-        try:
-            return cls._from_doc(doc)
-        except SnapverError as e:
-            raise SnapverError(f"{path}: {e}") from None
+        return tomlcheck.parse(path, data, cls._from_doc)  # errors name the file and the line
 
     @classmethod
     def _from_doc(cls, doc: dict) -> DaemonConfig:
-        _known(doc, _TOP_KEYS, "")
+        known(doc, _TOP_KEYS)
         seconds = {k: _duration(doc, k) for k in ("debounce", "max_delay", "poll_interval") if k in doc}
         if "gc_interval" in doc:
             seconds["gc_interval"] = 0.0 if doc["gc_interval"] in ("off", 0) and \
                 not isinstance(doc["gc_interval"], bool) else _duration(doc, "gc_interval")
         budget = doc.get("inotify_budget")
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
-            raise SnapverError(f"inotify_budget = {budget!r}: give a whole number of directories, 0 or more "
-                               "(or leave it out: a quarter of fs.inotify.max_user_watches)")
+            raise Invalid(f"inotify_budget = {budget!r}: give a whole number of directories, 0 or more "
+                          "(or leave it out: a quarter of fs.inotify.max_user_watches)", ("inotify_budget",))
         sock = doc.get("socket", str(endpoint.SOCKET))
         if not isinstance(sock, str) or not sock.startswith("/"):
-            raise SnapverError(f"socket = {sock!r}: give an absolute path, e.g. \"/run/snapver/snapverd.sock\"")
-        retention = doc.get("retention", {})
-        if not isinstance(retention, dict):
-            raise SnapverError("[retention] must be a table")
-        _known(retention, tuple(f.name for f in fields(Policy)), "[retention] ")
-        try:
-            policy = Policy.from_config(retention)
-        except SnapverError as e:
-            raise SnapverError(f"[retention] {e}") from None
-        except (TypeError, ValueError, AttributeError) as e:
-            raise SnapverError(f"[retention]: bad setting ({e})") from None
+            raise Invalid(f"socket = {short(sock)}: give an absolute path, e.g. \"/run/snapver/snapverd.sock\"",
+                          ("socket",))
+        policy = retention_policy(doc["retention"]) if "retention" in doc else Policy()
         tables = doc.get("workspace", [])
         if not isinstance(tables, list) or not all(isinstance(w, dict) for w in tables):
-            raise SnapverError("workspace must be [[workspace]] tables, each with a path")
+            raise Invalid("workspace must be [[workspace]] tables, each with a path", ("workspace",))
         workspaces = []
         for i, w in enumerate(tables, 1):
-            _known(w, _WORKSPACE_KEYS, f"[[workspace]] #{i} ")
-            users, groups = _names(w, "allow_users", f"[[workspace]] #{i} "), \
-                _names(w, "allow_groups", f"[[workspace]] #{i} ")
+            at = ("workspace", i - 1)
+            known(w, _WORKSPACE_KEYS, at, f"[[workspace]] #{i} ")
+            users, groups = _names(w, "allow_users", f"[[workspace]] #{i} ", at), \
+                _names(w, "allow_groups", f"[[workspace]] #{i} ", at)
             where = w.get("path")
             if not isinstance(where, str) or not where:
-                raise SnapverError(f"[[workspace]] #{i} needs path = \"/the/working/tree\"")
+                raise Invalid(f"[[workspace]] #{i} needs path = \"/the/working/tree\"", at)
             workspaces.append(WatchedWorkspace(Path(where).resolve(), users, groups))
         return cls(
             socket=Path(sock),
@@ -129,31 +116,42 @@ class DaemonConfig:
         )
 
 
+def _check_projects(config: DaemonConfig) -> None:
+    """The snapver.toml of every workspace to watch, checked as the daemon config is: a broken
+    one refuses the start (or the reload), naming its file and line, rather than leaving that
+    workspace silently unwatched or under the default retention. A workspace without one
+    (not set up yet, gone) is only logged later, as before: "not watched"."""
+    from .config import ProjectConfig
+    from .tomlcheck import ConfigError
+
+    for w in config.workspaces:
+        try:
+            ProjectConfig.load(w.path)
+        except ConfigError:
+            raise
+        except SnapverError:
+            pass
+
+
 _TOP_KEYS = ("socket", "debounce", "max_delay", "poll_interval", "gc_interval", "inotify_budget",
              "allow_users", "allow_groups", "retention", "workspace")
 _WORKSPACE_KEYS = ("path", "allow_users", "allow_groups")
 
 
-def _known(doc: dict, keys: tuple[str, ...], where: str) -> None:
-    unknown = sorted(set(doc) - set(keys))
-    if unknown:
-        raise SnapverError(f"{where}unknown setting(s) {', '.join(unknown)}: the settings are {', '.join(keys)}")
-
-
 def _duration(doc: dict, key: str) -> float:
     value = doc[key]
     if not isinstance(value, str):
-        raise SnapverError(f"{key} = {value!r} is not a duration: write it as a string, e.g. \"30s\"")
+        raise Invalid(f"{key} = {short(value)} is not a duration: write it as a string, e.g. \"30s\"", (key,))
     try:
         return parse_duration(value).total_seconds()
     except SnapverError as e:
-        raise SnapverError(f"{key}: {e}") from None
+        raise Invalid(f"{key}: {e}", (key,)) from None
 
 
-def _names(doc: dict, key: str, where: str = "") -> frozenset[str]:
+def _names(doc: dict, key: str, where: str = "", at: tuple = ()) -> frozenset[str]:
     value = doc.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise SnapverError(f"{where}{key} = {value!r}: it must be a list of names")
+        raise Invalid(f"{where}{key} = {short(value)}: it must be a list of names", at + (key,))
     return frozenset(value)
 
 
@@ -190,6 +188,7 @@ class Daemon:
     def __init__(self, config_path: Path):
         self.config_path = config_path
         self.config = DaemonConfig.load(config_path)
+        _check_projects(self.config)
         self.watches: dict[tuple[Path, str], VolumeWatch] = {}
         self.heads: dict[Path, str | None] = {}
         self.lock = threading.Lock()  # guards watches and their times, and busy
@@ -247,6 +246,7 @@ class Daemon:
     def reload(self) -> None:
         try:
             config = DaemonConfig.load(self.config_path)
+            _check_projects(config)
         except SnapverError as e:
             log.error("config not reloaded, keeping the old one: %s", e)
             return
@@ -514,16 +514,9 @@ def _check_own(ws) -> None:
 
 
 def policy_for(ws, default: Policy) -> Policy:
-    """A project's own [retention] in snapver.toml wins over the daemon's default."""
-    try:
-        f = open_regular(ws.git.toplevel / "snapver.toml")  # never a FIFO a user planted
-        doc = None
-        if f is not None:
-            with f:
-                doc = tomllib.load(f).get("retention")
-    except (OSError, tomllib.TOMLDecodeError):
-        doc = None
-    return Policy.from_config(doc) if doc else default
+    """A project's own [retention] in snapver.toml wins over the daemon's default (checked
+    when the workspace was opened: a broken file is an error there, never the default)."""
+    return ws.config.retention or default
 
 
 # ------------------------------------------------------------------ socket server

@@ -8,15 +8,12 @@ lineage tree, du).
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import tomllib
 from datetime import datetime, timezone
 from typing import NamedTuple
 
 from . import journal, names
-from .config import CONFIG_NAME, VolumeState, write_as_owner
+from .config import CONFIG_NAME, VolumeState, with_volume, write_as_owner
 from .errors import NotFound, SnapverError
 
 SCHEMA = """
@@ -82,7 +79,7 @@ def derive(ws, source: str, volume: str, message: str | None = None) -> Edge:
         raise NotFound(f"no volume {src_volume!r} here: the volumes are {', '.join(ws.volumes)}")
     snap = ws.resolve(rev, [src_volume])[0][src_volume]
     toml_path = ws.git.toplevel / CONFIG_NAME
-    new_toml = add_volume_to_toml(toml_path.read_text(), volume, ws.volumes)
+    new_toml = with_volume(ws.git.toplevel, volume)  # checked now, written once the volume exists
 
     # Input is checked; from here on things change on disk.
     with ws.lock():
@@ -123,28 +120,8 @@ def finish_derive(ws, op) -> str:
         return f"derive of {volume} had changed nothing yet: dropped"
     toml_path = ws.git.toplevel / CONFIG_NAME
     if volume not in ws.config.volumes:
-        write_as_owner(toml_path, add_volume_to_toml(toml_path.read_text(), volume, ws.config.volumes))
+        write_as_owner(toml_path, with_volume(ws.git.toplevel, volume))
         ws.config.volumes.append(volume)
     _settle(ws, volume)
     _record_lineage(ws, volume, i["source_volume"], i["source"], i.get("message"))
     return f"derive of {volume} from {i['source_volume']}@{i['source'][:10]} finished: commit snapver.toml"
-
-
-def add_volume_to_toml(text: str, volume: str, current: list[str]) -> str:
-    """snapver.toml with volume appended to [project] volumes, everything else as it was."""
-    pattern = re.compile(r"^(volumes\s*=\s*\[)(.*?)(\])", re.M | re.S)
-    m = pattern.search(text)
-    new = None
-    if m:
-        inner = m.group(2).rstrip()
-        sep = "" if not inner.strip() else (", " if not inner.endswith(",") else " ")
-        new = text[:m.start(2)] + inner + sep + json.dumps(volume) + text[m.end(2):]
-        try:
-            if tomllib.loads(new).get("project", {}).get("volumes") != [*current, volume]:
-                new = None
-        except tomllib.TOMLDecodeError:
-            new = None
-    if new is None:
-        raise SnapverError(f"cannot add {volume} to [project] volumes in {CONFIG_NAME}: "
-                           f"add it there by hand, then derive again")
-    return new

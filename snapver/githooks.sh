@@ -38,8 +38,9 @@ else
   gitdir=$(git rev-parse --absolute-git-dir 2>/dev/null) || exit $status
 fi
 state=$gitdir/snapver
-# Git runs hooks at the top of the working tree. Whether snapver.toml opts in to the
-# remote integration ([remote] push / fetch = true) is a grep, not an interpreter start.
+# Git runs hooks at the top of the working tree. Whether snapver.toml may opt in to the
+# remote integration ([remote] push / fetch = true) is a grep, not an interpreter start;
+# it only spares the interpreter: Python reads the checked config and decides.
 opted_in() { grep -qs "^[[:space:]]*$1[[:space:]]*=[[:space:]]*true" snapver.toml; }
 run() {
   opted_in fetch && export SNAPVER_FETCH=1

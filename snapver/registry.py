@@ -27,17 +27,16 @@ import json
 import os
 import re
 import subprocess
-import tomllib
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 from . import derive as lineage
 from . import scan, seams
-from .config import CONFIG_NAME
+from .config import RegistrySettings
 from .derive import Edge, derive, edges, split_source  # noqa: F401  (derive: the CLI's, as before)
 from .errors import NotFound, SnapverError
-from .safeio import open_regular, read_regular
+from .safeio import read_regular
 
 
 def warn(message: str, *args) -> None:
@@ -96,69 +95,12 @@ def short(sha: str) -> str:
 
 # ------------------------------------------------------------------ settings
 
-class Settings(NamedTuple):
-    metrics: list[str]
-    params: list[str]
-    from_tags: bool
-    scan_on_snapshot: bool
-    scan_volumes: list[str] | None  # None: `models` and derived volumes
-    provenance: dict[str, dict[str, str]]
+Settings = RegistrySettings  # read and checked with the rest of snapver.toml (config.py)
 
 
 def settings(ws) -> Settings:
     """The registry's part of snapver.toml: [registry], [releases], [scan], [volumes.NAME]."""
-    path = ws.git.toplevel / CONFIG_NAME
-    try:
-        f = open_regular(path)
-        if f is None:
-            raise SnapverError(f"{path} is not a regular file")
-        with f:
-            doc = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise SnapverError(f"{path} cannot be read ({e})") from None
-
-    def table(key: str) -> dict:
-        value = doc.get(key, {})
-        if not isinstance(value, dict):
-            raise SnapverError(f"{path}: [{key}] must be a table")
-        return value
-
-    def paths(key: str) -> list[str]:
-        value = table("registry").get(key, [])
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
-            raise SnapverError(f"{path}: [registry] {key} must be a list of file paths")
-        for p in value:
-            rel = PurePosixPath(p)
-            if not p or rel.is_absolute() or ".." in rel.parts:
-                raise SnapverError(f"{path}: [registry] {key}: {p!r} must be relative to the repository, without '..'")
-        return value
-
-    def flag(section: str, key: str, default: bool) -> bool:
-        value = table(section).get(key, default)
-        if not isinstance(value, bool):
-            raise SnapverError(f"{path}: [{section}] {key} must be true or false")
-        return value
-
-    scan_volumes = table("scan").get("volumes")
-    if scan_volumes is not None and (
-        not isinstance(scan_volumes, list) or not all(isinstance(v, str) for v in scan_volumes)
-    ):
-        raise SnapverError(f"{path}: [scan] volumes must be a list of volume names")
-    provenance = {}
-    for volume, fields in table("volumes").items():
-        if not isinstance(fields, dict):
-            raise SnapverError(f"{path}: [volumes.{volume}] must be a table")
-        provenance[volume] = {k: str(fields[k]) for k in ("license", "source") if k in fields}
-    return Settings(
-        metrics=paths("metrics"),
-        params=paths("params"),
-        from_tags=flag("releases", "from_tags", True),
-        scan_on_snapshot=flag("scan", "on_snapshot", True),
-        scan_volumes=scan_volumes,
-        provenance=provenance,
-    )
+    return ws.config.registry
 
 
 def scan_volumes(ws, s: Settings) -> list[str]:
@@ -174,11 +116,7 @@ def after_snapshot(ws, snaps) -> None:
     """What the registry keeps of a snapshot just taken; never makes the snapshot fail."""
     if not snaps:
         return
-    try:
-        s = settings(ws)
-    except SnapverError as e:
-        warn("snapver: warning: %s (metrics, provenance and scan skipped)", e)
-        return
+    s = settings(ws)  # checked when the workspace was opened
     conn = db(ws)
     name = snaps[0].name
     rows = [(ws.project, sn.volume, name, s.provenance[sn.volume].get("license"),

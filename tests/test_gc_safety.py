@@ -145,13 +145,15 @@ def test_a_wip_the_catalog_does_not_know_is_kept_as_a_safety_wip(lake_repo):
 
 
 @pytest.mark.parametrize("setting, error", [('kept = "soon"', "not a duration"), ("kept = 30", "not understood"),
-                                            ('keep = "30d"', "not a setting")])
+                                            ('keep = "30d"', "unknown setting(s) keep")])
 def test_bad_kept_setting_is_one_line(lake_repo, setting, error):
     before = on_disk(lake_repo)
     toml = lake_repo / "snapver.toml"
-    toml.write_text(toml.read_text() + f"\n[retention]\n{setting}\n")
+    good = toml.read_text()
+    toml.write_text(good + f"\n[retention]\n{setting}\n")
     result = snapver(lake_repo, "gc", ok=False)
     assert error in result.err and len(result.err.strip().splitlines()) == 1, result.err
+    toml.write_text(good)  # every command checks the whole file: on_disk's `snapver log` too
     assert on_disk(lake_repo) == before
 
 

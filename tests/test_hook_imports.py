@@ -20,6 +20,7 @@ NOT_ON_THE_HOOK_PATH = {
     "logging": "imported by registry.warn when there is a warning",
     "yaml": "only for YAML metrics files",
     "picklescan": "only when a model file is scanned",
+    "tomlkit": "the writer of snapver.toml only (init, derive); every reader uses tomllib",
 }
 
 HOOK_MODULES = ("snapver.githooks", "snapver.ops", "snapver.client", "snapver.lake", "snapver.registry",
