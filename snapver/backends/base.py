@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import stat
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -84,6 +85,12 @@ class Backend(ABC):
     @abstractmethod
     def spec(self) -> str:
         """What to store so the lake can be opened again (a path, a dataset)."""
+
+    def steady(self) -> AbstractContextManager:
+        """A context in which the backend may reuse what it read of the lake until it changes
+        the lake itself: for a run that reads and sends (a push, the far end's listing),
+        not for one that waits while others change the lake (nothing, by default)."""
+        return nullcontext()
 
     # live volumes
     @abstractmethod
