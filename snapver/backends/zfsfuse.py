@@ -4,7 +4,8 @@ Measured there: no `written` property, no `zfs diff`, no `zfs list -p`, no .zfs 
 `zfs send -nP`, no `receive -s`, `zfs holds` broken (the userrefs property works), `zfs set`
 takes one property per call, `zfs snapshot` takes one name (but -r is atomic across
 descendants), `canmount=noauto` at clone time still mounts, rename/destroy of a mounted
-dataset (or rename of one whose snapshots have a mounted clone) fails "dataset is busy".
+dataset (or rename of one whose snapshots have a mounted clone) fails "dataset is busy",
+and a plain incremental stream is refused by a clone of its base ("invalid backup stream").
 Each function says which of these it works around; OpenZFS takes the same paths, which
 are correct there too, only not always the shortest.
 """
@@ -196,3 +197,20 @@ def snapshot_cli(node: ZfsNode, full_names: list[str], props: dict[str, str], fa
         for full in made:
             run(["zfs", "destroy", full])
         raise
+
+
+def head_of_chain(node: ZfsNode, base_full: str, target: str) -> str:
+    """Make received snapshot base_full the newest snapshot of a dataset `target`, so that a
+    plain incremental stream from it can be received (an amended commit sent from its parent
+    while the old commit followed the parent in the received chain). zfs-fuse refuses such a
+    stream in a clone of its base ("invalid backup stream"), so the clone is promoted: it
+    takes the base and every older snapshot of the chain with it, and the rest of the chain
+    becomes a clone of the base. No snapshot is renamed or destroyed; each keeps its guid."""
+    node.changed()
+    run(["zfs", "clone", "-o", "readonly=on", "-o", "atime=off", base_full, target])
+    try:
+        run(["zfs", "promote", target])
+    except BaseException:
+        destroy(node, target)
+        raise
+    return target

@@ -3,7 +3,10 @@
 Received snapshots live in history datasets of their own, L/<project>/history/_recv/<volume>.<first
 name>: a stream is received on top of its base only where the base is the newest snapshot
 of such a dataset (never into a live volume), and a clone stream (from a clone's origin)
-becomes a new clone of it.
+becomes a new clone of it. A received snapshot that is not the newest of its chain is made
+the newest of a dataset of its own first (zfsfuse.head_of_chain), so any received snapshot
+can be the base of a plain increment: an amended commit goes from its parent, as the
+incremental base rule says (ancestry.py), not whole.
 
 Sending costs one `zfs send` per snapshot: everything else is read from the node's View
 (zfsnode.py), once per push inside Backend.steady().
@@ -59,8 +62,10 @@ class ZfsStreams:
         return bases
 
     def appendable(self, project: str) -> set[tuple[str, str]]:
-        view = self._node.view(project)
-        return {(d.rpartition("/")[2].split(".")[0], n) for d, n in self._received_chains(view, project).items()}
+        # Every received snapshot: the newest of its chain as it is, any other once
+        # receive() has made it the newest of a dataset of its own.
+        top = self._received(project) + "/"
+        return {(v, s.name) for v, s in self._node.view(project).versions() if s.dataset.startswith(top)}
 
     def _received_chains(self, view: View, project: str) -> dict[str, str]:
         """Each received chain (a dataset in history/_recv) -> the name of its newest snapshot,
@@ -151,7 +156,13 @@ class ZfsStreams:
                 raise SnapverError(f"{volume}@{name} cannot be received on top of {base} here; send it whole")
             new = False
             if chains.get(target) != base:
-                raise SnapverError(f"{volume}@{name} cannot be received on top of {base} here; send it whole")
+                # The base is followed by other snapshots in its chain: give it a chain of its own.
+                head = f"{top}/{volume}.{name}"
+                left = view.dataset(head)
+                if left is not None and not left.own():
+                    zfsfuse.destroy(node, head, recursive=True)  # a half-received stream nobody resumes
+                target = zfsfuse.head_of_chain(node, found.full, head)
+                view = node.view(project)
             elif resume:
                 # A half-received stream that is not being resumed (its sender moved on)
                 # would block this one; it was never a snapshot, so it is let go.
