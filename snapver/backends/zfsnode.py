@@ -97,6 +97,7 @@ class View:
 
     def __init__(self, top: str, props: dict[str, dict[str, str]]):
         self.top = top
+        self.resume = False  # whether it read RESUME_PROPS
         self.datasets: dict[str, Dataset] = {}
         self.snaps: dict[str, ZSnap] = {}
         for name, p in props.items():
@@ -148,7 +149,7 @@ class ZfsNode:
         self.lake = lake
         self._views: dict[str, View] = {}
         self._steady = 0
-        self.can_resume: bool | None = None  # set by the backend once it knows (zfsfuse.can_resume)
+        self.can_resume: bool | None = None  # see resumes()
 
     # ------------------------------------------------------------------ reading
     def get(self, target: str, props: list[str], *, recursive: bool = False,
@@ -174,16 +175,30 @@ class ZfsNode:
         out = run(["zfs", "list", "-H", "-o", "name", "-t", "filesystem", "-r", "-d", "1", dataset])
         return [l for l in out.splitlines() if l != dataset]
 
-    def view(self, project: str) -> View:
-        """The project as it is now (or as read earlier in this steady() run)."""
+    def view(self, project: str, resume: bool = False) -> View:
+        """The project as it is now (or as read earlier in this steady() run); resume: with
+        the state of receives cut half-way, where the pool keeps it (asked only then, so
+        that a hook does not pay for asking)."""
         top = f"{self.lake}/{project}"
-        if project in self._views:
-            return self._views[project]
-        props = VIEW_PROPS + (RESUME_PROPS if self.can_resume else [])
-        view = View(top, self.get(top, props, recursive=True, missing_ok=True))
+        want = resume and self.resumes()
+        cached = self._views.get(project)
+        if cached is not None and (cached.resume or not want):
+            return cached
+        with_resume = bool(want or self.can_resume)
+        view = View(top, self.get(top, VIEW_PROPS + (RESUME_PROPS if with_resume else []),
+                                  recursive=True, missing_ok=True))
+        view.resume = with_resume
         if self._steady:
             self._views[project] = view
         return view
+
+    def resumes(self) -> bool:
+        """Whether this pool has `receive -s` (asked once: zfs-fuse has not)."""
+        if self.can_resume is None:
+            from .zfsfuse import can_resume
+
+            self.can_resume = can_resume(self.lake)
+        return self.can_resume
 
     @contextmanager
     def steady(self):

@@ -94,9 +94,7 @@ class ZfsStreams:
         return kind in (struct.pack("<I", zfsfuse.DRR_END), struct.pack(">I", zfsfuse.DRR_END))
 
     def _can_resume(self) -> bool:
-        if self._node.can_resume is None:
-            self._node.can_resume = zfsfuse.can_resume(self._lake)
-        return self._node.can_resume
+        return self._node.resumes()
 
     def resumable(self) -> dict[tuple[str, str], str] | None:
         if not self._can_resume():
@@ -112,7 +110,7 @@ class ZfsStreams:
         appended to, which says which snapshot it was (snapver:receiving)."""
         top = self._received(project)
         found = {}
-        for ds in (view or self._node.view(project)).datasets.values():
+        for ds in (view or self._node.view(project, resume=True)).datasets.values():
             token = ds.props.get("receive_resume_token", "-")
             if token != "-" and ds.name.startswith(top + "/"):
                 volume, _, name = ds.name.rpartition("/")[2].partition(".")
@@ -135,7 +133,7 @@ class ZfsStreams:
         node = self._node
         node.changed(project)
         resume = self._can_resume()
-        view = node.view(project)
+        view = node.view(project, resume=True)
         if view.find(volume, name):
             raise SnapverError(f"snapshot {name} of volume {volume} exists already")
         top = self._received(project)
@@ -162,7 +160,7 @@ class ZfsStreams:
                 if left is not None and not left.own():
                     zfsfuse.destroy(node, head, recursive=True)  # a half-received stream nobody resumes
                 target = zfsfuse.head_of_chain(node, found.full, head)
-                view = node.view(project)
+                view = node.view(project, resume=True)
             elif resume:
                 # A half-received stream that is not being resumed (its sender moved on)
                 # would block this one; it was never a snapshot, so it is let go.
@@ -228,7 +226,7 @@ class ZfsStreams:
 
     def half_received(self, project: str, volumes: list[str], repair: bool = False) -> list[str]:
         top = self._received(project)
-        view = self._node.view(project)
+        view = self._node.view(project, resume=True)
         found = []
         for ds in list(view.datasets.values()):
             volume, _, name = ds.name.rpartition("/")[2].partition(".")
