@@ -248,10 +248,11 @@ def _catalog(backend: Backend):
 def holdings(backend: Backend, project: str) -> dict:
     """What a lake holds of a project, as `serve list` tells the other end."""
     names.check_project(project)
-    snaps = sorted(backend.snapshots(project, readable=False), key=lambda s: s.age_key)
-    identities = backend.identities(project)
-    appendable = backend.appendable(project)
-    resumable = backend.resumable()
+    with backend.steady():
+        snaps = sorted(backend.snapshots(project, readable=False), key=lambda s: s.age_key)
+        identities = backend.identities(project)
+        appendable = backend.appendable(project)
+        resumable = backend.resumable()
     return {
         "backend": backend.name,
         "lake": lake_state(backend),
@@ -426,8 +427,9 @@ def serve(args: list[str]) -> None:
                 say({"pinned": received.record_pins(catalog, project, pins, set(backend.identities(project)))})
             elif ask.get("op") == "send":
                 catalog = catalog or _catalog(backend)
-                serve_send(backend, catalog, project, names.check_volume(ask.get("volume")), ask.get("name"),
-                           ask, say, out)
+                with backend.steady():
+                    serve_send(backend, catalog, project, names.check_volume(ask.get("volume")), ask.get("name"),
+                               ask, say, out)
             else:
                 raise SnapverError(f"unknown request {ask.get('op')!r}")
         except SnapverError as e:
@@ -545,6 +547,8 @@ def push(ws, remote: str | None = None, revs: list[str] | None = None, progress=
     if os.geteuid() != 0:
         raise SnapverError("push needs root: sending a stream is a privileged filesystem call")
     p, session = _open(ws, remote, sending=True, init=init)
+    steady = ws.backend.steady()  # this lake is listed once for the whole push: it only reads it
+    steady.__enter__()
     try:
         theirs = session.holdings
         held = {(v, n): i for v, n, i in theirs["snapshots"]}
@@ -601,6 +605,7 @@ def push(ws, remote: str | None = None, revs: list[str] | None = None, progress=
                  "; it is a snapver lake now")
         return done
     finally:
+        steady.__exit__(None, None, None)
         session.close()
 
 

@@ -20,6 +20,7 @@ import signal
 import stat
 import subprocess
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -132,6 +133,12 @@ class Backend(ABC):
     @abstractmethod
     def spec(self) -> str:
         """What to store so the lake can be opened again (a path, a dataset)."""
+
+    def steady(self) -> AbstractContextManager:
+        """A context in which the backend may reuse what it read of the lake until it changes
+        the lake itself: for a run that reads and sends (a push, the far end's listing),
+        not for one that waits while others change the lake (nothing, by default)."""
+        return nullcontext()
 
     # live volumes
     @abstractmethod
