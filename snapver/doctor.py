@@ -42,6 +42,10 @@ def _finish_restore(ws, op) -> str:
     return snapset.finish_restore(ws, op)
 
 
+def _finish_move(ws, op) -> str:
+    return links.finish_move(ws, op)
+
+
 def _finish_derive(ws, op) -> str:
     from . import registry
 
@@ -73,6 +77,7 @@ REPAIRS: dict[str, Callable] = {
     "checkout": _finish_checkout,
     "snapshot": _finish_snapshot,
     "restore": _finish_restore,
+    "move": _finish_move,
     "derive": _finish_derive,
     "gc": _end_gc,
     "receive": _finish_receive,

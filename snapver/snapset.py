@@ -1,5 +1,6 @@
 """A snapshot set is all or none: finishing or undoing one that a kill cut between volumes
-(and the other short operation a kill must not leave for the next snapshot: a restore).
+(and the other short operations a kill must not leave for the next snapshot: a restore, a
+plain folder's move into its volume, links.finish_move).
 
 Workspace._take journals the intent (name and volumes) before the first
 volume is snapshotted and deletes the row with the snapshots' catalog rows.
@@ -145,7 +146,13 @@ def _remove(path: Path, shutil) -> None:
         path.unlink()
 
 
-FINISH = {"snapshot": finish_snapshot, "restore": finish_restore}
+def _finish_move(ws, op) -> str:
+    from .links import finish_move
+
+    return finish_move(ws, op)
+
+
+FINISH = {"snapshot": finish_snapshot, "restore": finish_restore, "move": _finish_move}
 
 
 def finish_interrupted(ws) -> list[str]:
