@@ -696,6 +696,8 @@ def doctor(repair, as_json):
                        "it resolves to its nearest snapshotted ancestor)")
         for line in report.get("links", []):
             click.echo(f"volume link: {line}")
+        for line in report.get("half_made", []):
+            click.echo(f"half-made: {line}")
         if report["clean"]:
             click.echo("nothing interrupted: the workspace is clean")
         elif not repair:

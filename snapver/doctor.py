@@ -94,15 +94,20 @@ class Report:
     # not "unclean": nothing can bring back the data they were made with.
     unsnapshotted: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)  # volume links missing, a folder, or elsewhere
+    # Commit snapshot sets cut between volumes, found from the filesystem alone (the journal may
+    # be lost with the catalog): unclean while --repair can finish one; one it cannot (the lake
+    # moved on) is kept as it is and only reported, like an unsnapshotted commit.
+    half_made: list = field(default_factory=list)  # snapset.HalfSet
 
     @property
     def clean(self) -> bool:
-        return not self.interrupted and not self.leftovers and not self.links
+        return (not self.interrupted and not self.leftovers and not self.links
+                and not any(not h.why_not for h in self.half_made))
 
     def as_dict(self) -> dict:
         return {"clean": self.clean, "interrupted": [o.as_dict() for o in self.interrupted],
                 "leftovers": self.leftovers, "repaired": self.repaired, "unsnapshotted": self.unsnapshotted,
-                "links": self.links}
+                "links": self.links, "half_made": [h.line() for h in self.half_made]}
 
 
 @contextlib.contextmanager
@@ -145,7 +150,7 @@ def diagnose(ws) -> Report:
 
         ops = journal.interrupted(ws, locked=True) + (journal.interrupted(end, locked=True) if end else [])
         return Report(ops, _leftovers(ws, end, repair=False), unsnapshotted=snapset.missing_commits(ws),
-                      links=[p.line for p in links.check(ws)])
+                      links=[p.line for p in links.check(ws)], half_made=snapset.half_made(ws))
 
 
 def repair(ws) -> Report:
@@ -155,6 +160,11 @@ def repair(ws) -> Report:
         done = [f"tidied: {line}" for line in _leftovers(ws, end, repair=True)]
         for place in (ws, end) if end else (ws,):
             done += repair_interrupted(place)
+        from . import snapset
+
+        # After the journal's repairs (which finish the sets it still knows of): the sets only
+        # the filesystem shows, finished if the lake is provably still at their commit.
+        done += [snapset.finish_half_made(ws, h) for h in snapset.half_made(ws) if not h.why_not]
         # Last, once an interrupted checkout has put its volumes in place: files in a plain
         # folder where a link should be go into the volume, never away.
         done += list(links.mend(ws)[0].values())
