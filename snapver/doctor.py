@@ -51,6 +51,7 @@ REPAIRS: dict[str, Callable] = {
     "checkout": _finish_checkout,
     "snapshot": snapset.finish_snapshot,
     "restore": snapset.finish_restore,
+    "move": links.finish_move,
     "derive": derive.finish_derive,
     "gc": _end_gc,
     "receive": received.finish_receive,
@@ -61,7 +62,7 @@ class Report:
     # A plain class, not a dataclass: ops imports this module on the hook path (see config.py).
     def __init__(self, interrupted: list[journal.Operation] | None = None, leftovers: list[str] | None = None,
                  repaired: list[str] | None = None, unsnapshotted: list[str] | None = None,
-                 links: list[str] | None = None):
+                 links: list[str] | None = None, half_made: list | None = None):
         self.interrupted = interrupted or []
         self.leftovers = leftovers or []  # found on the filesystem
         self.repaired = repaired or []
@@ -70,15 +71,20 @@ class Report:
         # not "unclean": nothing can bring back the data they were made with.
         self.unsnapshotted = unsnapshotted or []
         self.links = links or []  # volume links missing, a folder, or elsewhere
+        # Commit snapshot sets cut between volumes, found from the filesystem alone (the journal may
+        # be lost with the catalog): unclean while --repair can finish one; one it cannot (the lake
+        # moved on) is kept as it is and only reported, like an unsnapshotted commit.
+        self.half_made = half_made or []  # snapset.HalfSet
 
     @property
     def clean(self) -> bool:
-        return not self.interrupted and not self.leftovers and not self.links
+        return (not self.interrupted and not self.leftovers and not self.links
+                and not any(not h.why_not for h in self.half_made))
 
     def as_dict(self) -> dict:
         return {"clean": self.clean, "interrupted": [o.as_dict() for o in self.interrupted],
                 "leftovers": self.leftovers, "repaired": self.repaired, "unsnapshotted": self.unsnapshotted,
-                "links": self.links}
+                "links": self.links, "half_made": [h.line() for h in self.half_made]}
 
 
 @contextlib.contextmanager
@@ -115,7 +121,7 @@ def diagnose(ws) -> Report:
     with _locked(ws) as end:
         ops = journal.interrupted(ws, locked=True) + (journal.interrupted(end, locked=True) if end else [])
         return Report(ops, _leftovers(ws, end, repair=False), unsnapshotted=snapset.missing_commits(ws),
-                      links=[p.line for p in links.check(ws)])
+                      links=[p.line for p in links.check(ws)], half_made=snapset.half_made(ws))
 
 
 def repair(ws) -> Report:
@@ -125,6 +131,11 @@ def repair(ws) -> Report:
         done = [f"tidied: {line}" for line in _leftovers(ws, end, repair=True)]
         for place in (ws, end) if end else (ws,):
             done += repair_interrupted(place)
+        from . import snapset
+
+        # After the journal's repairs (which finish the sets it still knows of): the sets only
+        # the filesystem shows, finished if the lake is provably still at their commit.
+        done += [snapset.finish_half_made(ws, h) for h in snapset.half_made(ws) if not h.why_not]
         # Last, once an interrupted checkout has put its volumes in place: files in a plain
         # folder where a link should be go into the volume, never away.
         done += list(links.mend(ws)[0].values())

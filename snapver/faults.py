@@ -15,6 +15,9 @@ The points, in the order an operation reaches them:
                                  or the whole set (ZFS in one transaction group)
     after-snapshot-before-state  a snapshot is taken, the workspace state not yet updated
     restore-copied               a restore's copy is beside its destination, not yet renamed over it
+    move-copying                 a plain folder's entry is journaled, its copy into the volume not begun
+    move-copied                  ... its copy is whole under a temporary name in the volume
+    move-placed                  ... the copy has its name in the volume, the original not yet removed
     checkout-begin               the journal has the intent, nothing is done yet
     checkout-kept                the safety wip snapshot of unsnapshotted changes is taken
     checkout-cloned              a writable clone of the target is beside the live volume

@@ -197,6 +197,14 @@ def begin(ws, kind: str, intent: dict) -> Operation:
     return Operation(cur.lastrowid, kind, ws.id, os.getpid(), lock.command(), started, intent)
 
 
+def note(ws, op: Operation, name: str, **detail) -> None:
+    """A short operation's current step, replacing the one before: an operation that repeats
+    one step per entry (a plain folder's move, entry by entry) keeps its row small."""
+    op.steps = [{"step": name, **detail}]
+    ws.catalog.conn.execute("UPDATE operations SET steps = ? WHERE id = ?", (json.dumps(op.steps), op.id))
+    faults.point(f"{op.kind}-{name}")
+
+
 def close(ws, op: Operation) -> None:
     """An interrupted operation is over (repaired)."""
     ws.catalog.conn.execute("DELETE FROM operations WHERE id = ?", (op.id,))

@@ -561,7 +561,8 @@ class Workspace:
             todo = [
                 v for v in target
                 if self.state.volume(v).base != target[v].name
-                or (self._changed(v) and v not in result.links)  # what a plain folder held stays live
+                # What a plain folder held stays live, also when its move stopped partway.
+                or (self._changed(v) and v not in result.links and v not in result.broken)
             ]
             if not todo:
                 return result  # the live volumes are those snapshots already: nothing to swap

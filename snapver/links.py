@@ -18,10 +18,21 @@ versioned, while every commit snapshots the hidden volume. So:
 The moves work through directory descriptors (openat, O_NOFOLLOW), because the
 root daemon does them for users: a symlink a user puts in the folder or in the
 volume must not lead root's moves anywhere else.
+
+The folder and the volume are on different filesystems, so each entry is
+copied (reflinked where it can be) under a temporary name in the volume,
+renamed into place, and only then removed from the folder, and only what the
+copy has unchanged (a file written meanwhile stays, for the next repair). A
+kill can stop that anywhere, so the move is journaled (kind "move"), its row
+naming the entry being copied and its temporary name: finish_move, run by the
+next command that takes the workspace lock and by `doctor --repair`, removes
+a partial copy or finishes removing an entry whose copy was whole, and the
+next mend moves the rest. Nothing is searched for and no file is lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -29,6 +40,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from . import faults
 from .errors import SnapverError
 from .proc import run
 
@@ -111,7 +123,21 @@ def _mend_one(ws, p: LinkProblem) -> str:
                 f"{p.volume}/ holds {len(tracked)} file(s) Git tracks (e.g. {tracked[0]}): left as it is; "
                 f"`git rm -r --cached {p.volume}` and commit, then `snapver checkout HEAD`"
             )
-        moved, clashes = _empty_into(link, live, stamp)
+        op = ws._journal("move", {"volume": p.volume, "stamp": stamp})
+        if op is None:
+            raise SnapverError(f"{p.volume}/ left as it is: the catalog cannot journal the move of its files "
+                               "(a kill midway would leave a copy nobody knows of); `snapver reindex` first")
+        from . import journal
+
+        try:
+            moved, clashes = _empty_into(link, live, stamp, lambda step, **d: journal.note(ws, op, step, **d))
+        except BaseException:
+            # Undo the copy of the entry this stopped at (as a kill's repair would), then end the
+            # row; if even that fails, the row stays for doctor.
+            finish_move(ws, op)
+            journal.close(ws, op)
+            raise
+        journal.close(ws, op)
         try:
             os.rmdir(link)
         except OSError as e:
@@ -143,7 +169,7 @@ def _free(folder: Path, name: str, dir_fd: int | None = None) -> str:
         candidate = f"{name}.{n}"
 
 
-def _empty_into(folder: Path, volume: Path, stamp: str) -> tuple[int, list[str]]:
+def _empty_into(folder: Path, volume: Path, stamp: str, record) -> tuple[int, list[str]]:
     """Move everything in folder into volume (merging folders, keeping both on a clash)."""
     try:
         src = os.open(folder, DIR_FLAGS)
@@ -158,14 +184,14 @@ def _empty_into(folder: Path, volume: Path, stamp: str) -> tuple[int, list[str]]
         raise
     moved, clashes = [0], []
     try:
-        _merge(src, dst, "", stamp, moved, clashes)
+        _merge(src, dst, "", stamp, moved, clashes, record)
     finally:
         os.close(src)
         os.close(dst)
     return moved[0], clashes
 
 
-def _merge(src: int, dst: int, prefix: str, stamp: str, moved: list[int], clashes: list[str]) -> None:
+def _merge(src: int, dst: int, prefix: str, stamp: str, moved: list[int], clashes: list[str], record) -> None:
     for name in sorted(os.listdir(src)):
         st = os.lstat(name, dir_fd=src)
         try:
@@ -173,7 +199,7 @@ def _merge(src: int, dst: int, prefix: str, stamp: str, moved: list[int], clashe
         except FileNotFoundError:
             there = None
         if there is None:
-            _move(src, name, dst, name)
+            _move(src, name, dst, name, prefix, record)
             moved[0] += 1
         elif stat.S_ISDIR(st.st_mode) and stat.S_ISDIR(there.st_mode):
             # Both folders (a symlink is never one here: O_NOFOLLOW): merge them.
@@ -181,23 +207,25 @@ def _merge(src: int, dst: int, prefix: str, stamp: str, moved: list[int], clashe
             try:
                 sub_dst = os.open(name, DIR_FLAGS, dir_fd=dst)
                 try:
-                    _merge(sub_src, sub_dst, f"{prefix}{name}/", stamp, moved, clashes)
+                    _merge(sub_src, sub_dst, f"{prefix}{name}/", stamp, moved, clashes, record)
                 finally:
                     os.close(sub_dst)
             finally:
                 os.close(sub_src)
-            os.rmdir(name, dir_fd=src)
+            with contextlib.suppress(OSError):  # not empty: written meanwhile, moved next time
+                os.rmdir(name, dir_fd=src)
         else:
             aside = _free(Path(), f"{name}.from-plain-folder-{stamp}", dir_fd=dst)
-            _move(src, name, dst, aside)
+            _move(src, name, dst, aside, prefix, record)
             moved[0] += 1
             clashes.append(f"{prefix}{name} kept as {prefix}{aside}")
 
 
-def _move(src: int, name: str, dst: int, new: str) -> None:
+def _move(src: int, name: str, dst: int, new: str, prefix: str, record) -> None:
     """Move one entry between directories: a rename where it can be, else a copy (reflinked
     where the filesystem can) under a temporary name, renamed into place, and only then
-    the original removed; a crash leaves the original, or both."""
+    the original removed (what the copy holds unchanged); the journal names the entry and
+    its temporary copy before the copy starts, so a kill anywhere is repaired by finish_move."""
     try:
         os.rename(name, new, src_dir_fd=src, dst_dir_fd=dst)
         return
@@ -205,12 +233,130 @@ def _move(src: int, name: str, dst: int, new: str) -> None:
         if e.errno != errno.EXDEV:  # another filesystem (a volume is a subvolume or a dataset)
             raise
     tmp = f".{new}.snapver-move-{os.urandom(4).hex()}"
+    names = {"src": prefix + name, "dst": prefix + new, "tmp": prefix + tmp}
+    record("copying", **names)
     me = f"/proc/{os.getpid()}/fd"
-    run(["cp", "-a", "--reflink=auto", "--no-target-directory", "--", f"{me}/{src}/{name}", f"{me}/{dst}/{tmp}"])
+    try:
+        run(["cp", "-a", "--reflink=auto", "--no-target-directory", "--", f"{me}/{src}/{name}", f"{me}/{dst}/{tmp}"])
+    except BaseException:
+        if _exists(dst, tmp):
+            _remove(dst, tmp)
+        raise
+    faults.point("move-copied")
     os.rename(tmp, new, src_dir_fd=dst, dst_dir_fd=dst)
-    if stat.S_ISDIR(os.lstat(name, dir_fd=src).st_mode):
+    record("placed", **names)
+    _prune_copied(src, name, dst, new)
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _remove(dir_fd: int, name: str) -> None:
+    """Remove an entry snapver made (a temporary copy), folder or not."""
+    if stat.S_ISDIR(os.lstat(name, dir_fd=dir_fd).st_mode):
         import shutil  # stdlib, but ~2 ms of every hook's start-up for a rare path
 
-        shutil.rmtree(name, dir_fd=src)
+        shutil.rmtree(name, dir_fd=dir_fd)
     else:
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    # cp -a keeps type, size and modification time: a file changed after it was copied differs.
+    # zfs-fuse keeps whole seconds only: a copy's time with no fraction matches to the second.
+    same_time = a.st_mtime_ns == b.st_mtime_ns or (
+        b.st_mtime_ns % 1_000_000_000 == 0 and a.st_mtime_ns // 1_000_000_000 == b.st_mtime_ns // 1_000_000_000)
+    return (stat.S_IFMT(a.st_mode) == stat.S_IFMT(b.st_mode) and same_time
+            and (a.st_size == b.st_size or stat.S_ISDIR(a.st_mode)))
+
+
+def _prune_copied(src: int, name: str, dst: int, new: str) -> None:
+    """Remove src/name as far as dst/new holds a copy of it: what was written to it after the
+    copy (or what the copy does not have) stays where it is, for the next move."""
+    st = os.lstat(name, dir_fd=src)
+    there = os.lstat(new, dir_fd=dst)
+    if stat.S_ISDIR(st.st_mode) and stat.S_ISDIR(there.st_mode):
+        sub_src = os.open(name, DIR_FLAGS, dir_fd=src)
+        try:
+            sub_dst = os.open(new, DIR_FLAGS, dir_fd=dst)
+            try:
+                for entry in os.listdir(sub_src):
+                    if _exists(sub_dst, entry):
+                        _prune_copied(sub_src, entry, sub_dst, entry)
+            finally:
+                os.close(sub_dst)
+        finally:
+            os.close(sub_src)
+        with contextlib.suppress(OSError):  # not empty: something the copy has not got
+            os.rmdir(name, dir_fd=src)
+    elif _same(st, there) and (not stat.S_ISLNK(st.st_mode)
+                               or os.readlink(name, dir_fd=src) == os.readlink(new, dir_fd=dst)):
         os.unlink(name, dir_fd=src)
+
+
+def _open_dir(root: Path, rel: str, follow_root: bool = False) -> int | None:
+    """root/rel as a directory descriptor, no symlink followed below root; None if not there."""
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if follow_root else os.O_NOFOLLOW))
+    except (FileNotFoundError, NotADirectoryError, OSError):
+        return None
+    for part in [x for x in rel.split("/") if x]:
+        try:
+            sub = os.open(part, DIR_FLAGS, dir_fd=fd)
+        except OSError:
+            os.close(fd)
+            return None
+        os.close(fd)
+        fd = sub
+    return fd
+
+
+def finish_move(ws, op) -> str:
+    """A plain folder's move into its volume, cut by a kill (or failed) at one entry: undo that
+    entry's partial copy, or finish removing an entry whose copy was whole and in place. The
+    rest of the folder stays where it is, for `doctor --repair` or `snapver checkout HEAD`."""
+    volume = op.intent.get("volume", "")
+    what = f"the move of {volume}/'s files into its volume"
+    rest = f"; what is left in {volume}/ is moved by `snapver doctor --repair` or `snapver checkout HEAD`"
+    if volume not in ws.volumes:
+        return f"{what} left as it is: {volume!r} is not a volume of this workspace"
+    step = op.steps[-1] if op.steps else {}
+    src, dst, tmp = (str(step.get(k, "")) for k in ("src", "dst", "tmp"))
+    if not step:
+        return f"{what} had copied nothing: nothing to finish or undo" + rest
+    parts = [x for p in (src, dst, tmp) for x in p.split("/")]
+    base, _, dst_name = dst.rpartition("/")
+    if ("" in parts or ".." in parts or "." in parts or src.rpartition("/")[0] != base
+            or tmp.rpartition("/")[0] != base or not tmp.rpartition("/")[2].startswith(f".{dst_name}.snapver-move-")):
+        return f"{what} left as it is: its journal entry names unexpected paths ({src}, {dst}, {tmp})"
+    sfd = _open_dir(ws.git.toplevel / volume, base)
+    dfd = _open_dir(ws.live_path(volume), base, follow_root=True)
+    try:
+        if dfd is None:
+            return f"{what}: the volume has no {base or 'top folder'} any more; nothing to finish or undo" + rest
+        src_name, tmp_name = src.rpartition("/")[2], tmp.rpartition("/")[2]
+        had_src = sfd is not None and _exists(sfd, src_name)
+        if step["step"] == "copying" and _exists(dfd, tmp_name):
+            _remove(dfd, tmp_name)  # snapver's own partial copy; the original is still in the folder
+            said = f"its partial copy of {src} ({tmp}) removed from the volume, {src} is still in {volume}/"
+        elif step["step"] == "placed" and had_src and _exists(dfd, dst_name):
+            _prune_copied(sfd, src_name, dfd, dst_name)
+            said = f"{src} was whole in the volume as {dst}: removed from {volume}/"
+            if _exists(sfd, src_name):
+                said += " (but for what was written to it after the copy, left there)"
+        elif had_src and _exists(dfd, dst_name):
+            said = f"{src} is in the volume as {dst} and still in {volume}/: both kept"
+        else:
+            said = f"{src} had not been copied yet or was moved whole: nothing to finish or undo"
+    except OSError as e:
+        raise SnapverError(f"{what} could not be finished ({e.strerror}): run `snapver doctor --repair`") from None
+    finally:
+        for fd in (sfd, dfd):
+            if fd is not None:
+                os.close(fd)
+    return f"{what} was interrupted at {src}: {said}" + rest

@@ -1,5 +1,6 @@
 """A snapshot set is all or none: finishing or undoing one that a kill cut between volumes
-(and the other short operation a kill must not leave for the next snapshot: a restore).
+(and the other short operations a kill must not leave for the next snapshot: a restore, a
+plain folder's move into its volume, links.finish_move).
 
 Workspace._take journals the intent (name and volumes) before the first
 volume is snapshotted and deletes the row with the snapshots' catalog rows.
@@ -19,6 +20,14 @@ takes the workspace lock (Workspace.lock) or by `snapver doctor --repair`:
   if something does, they are kept and the report says so. The live data is
   never touched.
 
+The journal lives in the catalog, which may be lost or rebuilt (reindex). So doctor also
+finds a cut set from the filesystem alone (`half_made`): a commit on HEAD's recent
+first-parent line whose snapshot some of the workspace's volumes have and others, which
+have older snapshots, have not. `doctor --repair` finishes it only if the lake is
+provably still at that commit (HEAD is it, the lake had followed its parent, each taken
+volume is unchanged since its snapshot of it and each missing one since its last
+snapshot); otherwise what exists is kept, never destroyed, and the report says so.
+
 Also the commits a race left without a snapshot (two commits finishing together):
 `missing_commits` is bounded and cheap (one `git rev-list`, one listing).
 """
@@ -29,6 +38,7 @@ import os
 import sqlite3
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
 
 from . import journal, names
 from .errors import SnapverError
@@ -145,7 +155,13 @@ def _remove(path: Path, shutil) -> None:
         path.unlink()
 
 
-FINISH = {"snapshot": finish_snapshot, "restore": finish_restore}
+def _finish_move(ws, op) -> str:
+    from .links import finish_move
+
+    return finish_move(ws, op)
+
+
+FINISH = {"snapshot": finish_snapshot, "restore": finish_restore, "move": _finish_move}
 
 
 def finish_interrupted(ws) -> list[str]:
@@ -217,3 +233,87 @@ def missing_commits(ws, limit: int = MISSING_LOOKBACK) -> list[str]:
     if not snapped:
         return []
     return [sha for sha in line[:snapped[-1]] if sha not in have and names.SHA.fullmatch(sha)]
+
+
+class HalfSet(NamedTuple):
+    name: str  # the commit
+    taken: list  # its Snapshots, of some volumes
+    missing: list[str]  # the volumes without one (which have older snapshots)
+    why_not: str  # why the live lake cannot finish it ("" if it can)
+
+    def line(self) -> str:
+        have = ", ".join(s.volume for s in self.taken)
+        said = (f"commit {_label(self.name)} has snapshots of {have} but not of {', '.join(self.missing)} "
+                "(a snapshot set cut between volumes)")
+        if self.why_not:
+            return (f"{said}: kept as it is, as the lake is no longer provably at that commit ({self.why_not}); "
+                    "it resolves to its nearest complete ancestor")
+        return said + ": `snapver doctor --repair` finishes it from the live volumes"
+
+
+def half_made(ws, limit: int = MISSING_LOOKBACK) -> list[HalfSet]:
+    """Commit snapshot sets a kill cut between volumes, from the filesystem alone (one `git
+    rev-list`, one listing): for when the catalog, and with it the journal, was lost. A set
+    the journal still has is left to finish_snapshot. A volume without a snapshot older than
+    the set (derived later) does not make a set half made."""
+    vols = [v for v in ws.volumes if ws.backend.volume_exists(ws.project, ws.id, v)]
+    if len(vols) < 2:
+        return []
+    try:
+        line = ws.git.git("rev-list", "--first-parent", f"--max-count={limit}", "HEAD", "--").split()
+    except Exception:
+        return []
+    snaps: dict[str, dict[str, object]] = {v: {} for v in vols}
+    for s in ws.backend.snapshots(ws.project):
+        if s.volume in snaps:
+            snaps[s.volume][s.name] = s
+    oldest = {v: min((s.age_key for s in snaps[v].values()), default=None) for v in vols}
+    try:
+        journaled = {o.intent.get("name") for o in journal.open_operations(ws.catalog, ws.id) if o.kind == "snapshot"}
+    except (SnapverError, sqlite3.Error):
+        journaled = set()
+    found = []
+    for sha in line:
+        taken = [snaps[v][sha] for v in vols if sha in snaps[v]]
+        if not taken or len(taken) == len(vols) or sha in journaled:
+            continue
+        first = min(s.age_key for s in taken)
+        missing = [v for v in vols if sha not in snaps[v] and oldest[v] is not None and oldest[v] < first]
+        if missing:
+            found.append(HalfSet(sha, taken, missing, _not_at(ws, sha, taken, missing)))
+    return found
+
+
+def _not_at(ws, sha: str, taken, missing: list[str]) -> str:
+    """Why the live volumes are not provably the data of commit sha ("" if they are)."""
+    head = ws.git.head_quick()
+    if head != sha:
+        return f"HEAD is {_label(head) if head else 'nothing'} now"
+    parents = ws.git.commit(sha).parents
+    if ws.lake_at() not in (sha, *parents):
+        return "the lake followed another commit since"
+    b = ws.backend
+    for s in taken:
+        # ZFS: a snapshot that is not an ancestor of this workspace's live volume counts as changed.
+        if b.changed_since(ws.project, ws.id, s.volume, s.mark):
+            return f"{s.volume} changed since its snapshot of that commit"
+    for v in missing:
+        if not _unchanged_since(ws, v, taken):
+            return f"{v} changed since"
+    return ""
+
+
+def finish_half_made(ws, half: HalfSet) -> str:
+    """doctor --repair, with the workspace lock held: take the missing volumes of a cut set if
+    the lake is provably still at its commit; else keep what exists (and say so)."""
+    if half.why_not:
+        return half.line()
+    made = ws.backend.snapshot(ws.project, ws.id, half.missing, half.name)
+    try:
+        ws._record(half.taken + made, None)
+    except SnapverError as e:  # the snapshots stand; reindex brings their rows back
+        return (f"snapshot {_label(half.name)} finished: {', '.join(half.missing)} taken now from the live "
+                f"volumes, unchanged since the cut; not recorded in the catalog ({e})")
+    ws._record_at(half.name)
+    return (f"snapshot {_label(half.name)} finished: {', '.join(half.missing)} taken now from the live volumes, "
+            "which are provably still at that commit")

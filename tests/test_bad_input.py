@@ -12,6 +12,7 @@ sample goes through the CLI as a subprocess. HYPOTHESIS_EXAMPLES scales every pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -32,6 +33,19 @@ SCALE = float(os.environ.get("HYPOTHESIS_EXAMPLES", "1"))
 SAFE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9._:-]*")  # everything snapver itself names things with
 TRIED: dict[str, int] = {}  # property -> examples run, for the report
 INPUTS: dict[str, int] = {}  # property -> hostile values tried
+
+
+@pytest.fixture(scope="module", autouse=True)
+def examples_report(request):
+    """After the module's last test, whichever it is and whatever was selected: how many examples
+    each property ran (the README quotes the total). A report, not a test: it cannot fail."""
+    yield
+    if TRIED:
+        line = ("hypothesis examples: " + ", ".join(f"{k} {v}" for k, v in TRIED.items())
+                + f"; total {sum(TRIED.values())} examples, {sum(INPUTS.values())} hostile values")
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            print("\n" + line)  # to the terminal (from an xdist worker: shown with -s)
 
 
 def tried(prop: str, *values) -> None:
@@ -380,10 +394,3 @@ def test_hostile_arguments_through_the_cli(world, which, a, b):
     if argv[0] == "release" and done.returncode == 0:
         snapver(world["repo"], "release", "remove", a)
     watch.check()
-
-
-def test_report_examples_tried():
-    """Last in the file: how many examples each property ran (the README quotes the total)."""
-    if TRIED:
-        print("\nhypothesis examples: " + ", ".join(f"{k} {v}" for k, v in TRIED.items())
-              + f"; total {sum(TRIED.values())} examples, {sum(INPUTS.values())} hostile values")

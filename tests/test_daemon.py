@@ -46,10 +46,10 @@ def test_writes_produce_a_wip_snapshot_of_the_changed_volume(lake_repo, snapverd
     d = snapverd()
     assert d.status()[0]["volumes"]["data"]["mode"] == "events"
     (lake_repo / "data" / "batch.csv").write_text("1,2,3\n")
-    written = time.monotonic()
-    found = wait_for(lambda: wips(lake_repo), DEBOUNCE + 2 + 1)
-    assert found, "no wip snapshot within debounce + 2 s"
-    assert time.monotonic() - written <= DEBOUNCE + 2 + 0.5
+    # That it happens, not how fast: a latency asserted on a shared machine fails for the wrong
+    # reason (bench/ measures it). 30 s is far beyond any debounce.
+    found = wait_for(lambda: wips(lake_repo), DEBOUNCE + 30)
+    assert found, "no wip snapshot of a write"
     assert {e["volume"] for e in found} == {"data"}, "only the volume that changed"
     assert (Path(found[0]["path"]) / "batch.csv").read_text() == "1,2,3\n"
     assert d.status()[0]["volumes"]["data"]["last_snapshot"] == found[0]["name"]
@@ -68,7 +68,9 @@ def test_no_writes_no_snapshot(lake_repo, snapverd):
 def test_polling_when_inotify_watches_would_run_out(lake_repo, snapverd):
     d = snapverd(inotify_budget=0)
     assert {v["mode"] for v in d.status()[0]["volumes"].values()} == {"polling"}
-    assert "snapverd: polling" in snapver(lake_repo, "status").out or True  # root works directly
+    # `snapver status` does not ask the daemon (root works directly): its log says it instead.
+    assert re.search(r"more directories than the inotify budget \(0\): polling", d.log.read_text()), \
+        d.log.read_text()
     (lake_repo / "logs" / "train.log").write_text("epoch 1\n")
     found = wait_for(lambda: wips(lake_repo), DEBOUNCE + POLL + 1 + 3)
     assert {e["volume"] for e in found} == {"logs"}

@@ -18,25 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.git import env, git, snapver
+from tests.fixtures.git import commit, env, git, snapver, write
 
 VOLUMES = ("data", "models", "logs")
-
-
-def write(path: Path, content: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(content)
 
 
 def git_err(cwd: Path, *args: str) -> str:
     done = subprocess.run(["git", *args], cwd=cwd, env=env(), capture_output=True, text=True)
     assert done.returncode == 0, f"git {' '.join(args)}: {done.stderr}"
     return done.stderr
-
-
-def commit(repo: Path, message: str) -> str:
-    git_err(repo, "commit", "-q", "--allow-empty", "-m", message)
-    return git(repo, "rev-parse", "HEAD")
 
 
 def retention(repo: Path, text: str) -> None:

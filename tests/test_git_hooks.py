@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.git import env, git, snapver, tree_digest
+from tests.fixtures.git import commit, env, git, snapver, tree_digest, write
 
 VOLUMES = ("data", "models", "logs")
 
@@ -19,21 +19,11 @@ def lake_of(repo: Path) -> dict:
     return {v: tree_digest(repo / v / ".") for v in VOLUMES}
 
 
-def write(path: Path, content: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(content)
-
-
 def git_err(cwd: Path, *args: str, **extra_env) -> str:
     """Run git, assert it succeeded, return what the hooks said on stderr."""
     done = subprocess.run(["git", *args], cwd=cwd, env={**env(), **extra_env}, capture_output=True, text=True)
     assert done.returncode == 0, f"git {' '.join(args)}: {done.stderr}"
     return done.stderr
-
-
-def commit(repo: Path, message: str, **extra_env) -> str:
-    git_err(repo, "commit", "-q", "--allow-empty", "-m", message, **extra_env)
-    return git(repo, "rev-parse", "HEAD")
 
 
 def snapshot_names(repo: Path, all_: bool = False) -> set[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -13,23 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.btrfs import btrfs_image, unmount
-from tests.fixtures.git import disk_state, env, git, snapver, tree_digest
+from tests.fixtures.btrfs import unmount
+from tests.fixtures.git import commit as git_commit, disk_state, env, git, snapver, tree_digest, write
 
-
-def commit(repo: Path, message: str) -> str:
-    git(repo, "commit", "-q", "--allow-empty", "-m", message)
-    snapver(repo, "snapshot")
-    return git(repo, "rev-parse", "HEAD")
+# Every commit here is settled: most tests prove a failing command changed nothing on disk.
+commit = functools.partial(git_commit, settle=True)
 
 
 def lake_digest(repo: Path) -> dict[str, str]:
     return {v: tree_digest(repo / v / ".") for v in ("data", "models", "logs")}
-
-
-def write(path: Path, content: bytes | str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content if isinstance(content, bytes) else content.encode())
 
 
 def test_init_creates_linked_volumes_kept_out_of_git(lake_repo, lake):
@@ -381,18 +374,6 @@ def test_image_too_small(repo, tmp_path):
     line = one_line_error(snapver(repo, "init", "--image", str(tmp_path / "x.img"), "--size", "10M", ok=False))
     assert "at least" in line
     assert not (tmp_path / "x.img").exists() and disk_state(repo) == before
-
-
-def test_filesystem_fixture_is_really_btrfs(btrfs_fs):
-    with open("/proc/self/mounts") as f:
-        assert any(line.split()[1] == str(btrfs_fs) and line.split()[2] == "btrfs" for line in f)
-
-
-def test_fresh_image_fixture_cleans_up(tmp_path):
-    with btrfs_image("300M") as mnt:
-        assert mnt.is_dir()
-    with open("/proc/self/mounts") as f:
-        assert str(mnt) not in f.read()
 
 
 def test_init_with_pool_image_makes_and_reuses_a_zfs_pool(zfs_pool, tmp_path, repo):

@@ -15,28 +15,13 @@ import pytest
 
 from snapver import registry, scan
 from snapver.errors import SnapverError
-from tests.fixtures.git import disk_state, env, git, snapver
+from tests.fixtures.git import commit, committed, disk_state, env, git, snapver, write
 
 REGISTRY_TOML = """
 [registry]
 metrics = ["models/metrics.json"]
 params = ["params.yaml"]
 """
-
-
-def write(path: Path, content: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content if isinstance(content, bytes) else content.encode())
-
-
-def commit(repo: Path, message: str, *paths: str) -> tuple[str, str]:
-    """git commit (the post-commit hook snapshots); returns (sha, what the hooks said)."""
-    if paths:
-        git(repo, "add", *paths)
-    done = subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", message],
-                          cwd=repo, env=env(), capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return git(repo, "rev-parse", "HEAD"), done.stderr
 
 
 @pytest.fixture
@@ -70,11 +55,11 @@ def test_metrics_and_params_per_commit_found_and_compared(lake_repo):
     configure(repo, REGISTRY_TOML)
     write(repo / "params.yaml", "train:\n  lr: 0.01\n  epochs: 3\noptimizer: adam\n")
     write(repo / "models" / "metrics.json", json.dumps({"accuracy": 0.81, "loss": {"val": 0.5}}))
-    v1, _ = commit(repo, "v1", "snapver.toml", "params.yaml")
+    v1 = commit(repo, "v1", "snapver.toml", "params.yaml")
     write(repo / "params.yaml", "train:\n  lr: 0.001\n  epochs: 3\noptimizer: adam\n")
     write(repo / "models" / "metrics.json", json.dumps({"accuracy": 0.93, "loss": {"val": 0.2}}))
     write(repo / "models" / "model.pt", b"new weights")
-    v2, _ = commit(repo, "v2", "params.yaml")
+    v2 = commit(repo, "v2", "params.yaml")
 
     rows = {e["name"]: e["metrics"] for e in snapver(repo, "log", "--metric", "accuracy", "--metric",
                                                        "train.lr", "--json").json}
@@ -102,7 +87,7 @@ def test_invalid_metrics_file_warns_and_snapshot_is_taken(btrfs_repo):
     write(repo / "models" / "metrics.json", '{"accuracy": 0.9,')
     write(repo / "models" / "m.csv", "epoch,acc\n1,0.5\n2,0.7\n")
     write(repo / "params.yaml", "lr: [0.1\n")
-    sha, said = commit(repo, "broken metrics", "snapver.toml", "params.yaml")
+    sha, said = committed(repo, "broken metrics", "snapver.toml", "params.yaml")
     assert "models/metrics.json is not valid JSON" in said
     assert "params.yaml is not valid YAML" in said
     assert sha in {e["name"] for e in snapver(repo, "log", "--json").json}, "the snapshot was taken"
@@ -135,9 +120,9 @@ def test_release_protects_against_gc_and_is_a_rev(lake_repo, lake):
     commit(repo, "keep retention", "snapver.toml")
     git(repo, "checkout", "-q", "-b", "experiment")
     write(repo / "models" / "model.pt", b"released weights")
-    released, _ = commit(repo, "released experiment")
+    released = commit(repo, "released experiment")
     write(repo / "models" / "model.pt", b"other weights")
-    dropped, _ = commit(repo, "unreleased experiment")
+    dropped = commit(repo, "unreleased experiment")
     out = snapver(repo, "release", "prod", released, "-m", "serving").out
     assert "release prod pins" in out
     err = snapver(repo, "release", "prod", "HEAD", ok=False).err
@@ -188,7 +173,7 @@ def test_release_protects_against_gc_and_is_a_rev(lake_repo, lake):
 def test_git_tag_becomes_a_release(btrfs_repo):
     repo = btrfs_repo
     write(repo / "models" / "model.pt", b"v1")
-    v1, _ = commit(repo, "v1")
+    v1 = commit(repo, "v1")
     done = subprocess.run(["git", "tag", "-a", "-m", "first", "v1.0"], cwd=repo, env=env(),
                           capture_output=True, text=True)
     assert "release v1.0 pins" in done.stderr
@@ -207,7 +192,7 @@ def test_derive_shares_blocks_and_lineage_of_three_generations(lake_repo, lake):
     weights = os.urandom(4 * 1024 * 1024)
     write(repo / "models" / "base.pt", weights)
     write(repo / "data" / "train.csv", "x,y\n1,2\n")
-    base, _ = commit(repo, "base model")
+    base = commit(repo, "base model")
 
     out = snapver(repo, "derive", f"models@{base[:10]}", "finetune", "-m", "fine-tune on set B").out
     assert "derived from models@" in out
@@ -219,9 +204,9 @@ def test_derive_shares_blocks_and_lineage_of_three_generations(lake_repo, lake):
     assert live["exclusive"] < len(weights) // 20, "a clone right after derive holds almost nothing of its own"
 
     write(repo / "finetune" / "head.pt", b"new head")
-    gen2, _ = commit(repo, "fine-tuned", "snapver.toml")
+    gen2 = commit(repo, "fine-tuned", "snapver.toml")
     snapver(repo, "derive", "finetune@HEAD", "distilled")
-    gen3, _ = commit(repo, "distilled", "snapver.toml")
+    gen3 = commit(repo, "distilled", "snapver.toml")
 
     tree = snapver(repo, "lineage").out.splitlines()
     assert "models" in tree
@@ -274,7 +259,7 @@ def test_flagged_model_is_reported_and_not_released_without_force(btrfs_repo, tm
     write(repo / "models" / "clean.pkl", pickle.dumps({"weights": [0.5, 0.25]}))
     write(repo / "models" / "evil.pt", pickle.dumps(Payload(marker)))
     write(repo / "data" / "not-scanned.pkl", pickle.dumps(Payload(marker)))
-    sha, said = commit(repo, "trained")
+    sha, said = committed(repo, "trained")
     assert "models/evil.pt runs code when unpickled" in said
 
     done = snapver(repo, "scan", "--json", ok=False)
@@ -296,7 +281,7 @@ def test_flagged_model_is_reported_and_not_released_without_force(btrfs_repo, tm
 def test_scan_can_be_turned_off(btrfs_repo):
     configure(btrfs_repo, "[scan]\non_snapshot = false\n")
     write(btrfs_repo / "models" / "evil.pkl", pickle.dumps(Payload(Path("/nonexistent/x"))))
-    _, said = commit(btrfs_repo, "unscanned", "snapver.toml")
+    _, said = committed(btrfs_repo, "unscanned", "snapver.toml")
     assert "runs code" not in said
     # `snapver scan` and `release` scan what was never scanned.
     assert snapver(btrfs_repo, "scan", ok=False).code == 1
@@ -307,7 +292,7 @@ def test_scan_can_be_turned_off(btrfs_repo):
 def test_provenance_and_python_api(btrfs_repo):
     repo = btrfs_repo
     configure(repo, '[volumes.models]\nlicense = "Apache-2.0"\nsource = "https://example.com/base"\n')
-    sha, _ = commit(repo, "provenance", "snapver.toml")
+    sha = commit(repo, "provenance", "snapver.toml")
     shown = snapver(repo, "show", "HEAD", "--json").json
     assert shown["provenance"] == {"models": {"license": "Apache-2.0", "source": "https://example.com/base"}}
     assert "license Apache-2.0" in snapver(repo, "show", "HEAD").out
@@ -332,7 +317,7 @@ def test_provenance_and_python_api(btrfs_repo):
 def test_a_derived_volume_reaches_other_clones_and_old_commits_leave_it_alone(lake_repo, lake, tmp_path):
     repo = lake_repo
     write(repo / "models" / "base.pt", "base weights")
-    before_derive, _ = commit(repo, "base model")
+    before_derive = commit(repo, "base model")
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(repo), str(clone))
     snapver(clone, "init", *lake.init_args)

@@ -20,7 +20,7 @@ import pytest
 
 from snapver.transfer import open_lake
 from tests.fixtures.btrfs import btrfs_image, need_root_and
-from tests.fixtures.git import git, snapver, tree_digest
+from tests.fixtures.git import commit, git, snapver, tree_digest, write
 from tests.fixtures.zfs import destroy_dataset, zfs_file_pool
 
 
@@ -87,16 +87,6 @@ def far(lake, far_filesystems):
 def third(lake, far_filesystems):
     """An empty lake on a third filesystem, for a second clone."""
     yield from _empty_lake(lake, far_filesystems, 1, "third")
-
-
-def write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
-def commit(repo: Path, message: str) -> str:
-    git(repo, "commit", "-q", "--allow-empty", "-m", message)
-    return git(repo, "rev-parse", "HEAD")
 
 
 def held(far: FarLake, project: str) -> dict[tuple[str, str], str]:

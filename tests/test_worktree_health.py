@@ -13,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ import pytest
 from tests.fixtures.git import env, git, snapver
 
 VOLUMES = ("data", "models", "logs")
+SNAPVER = [sys.executable, "-m", "snapver"]
 
 
 def git_err(cwd: Path, *args: str, timeout: float = 120) -> str:
@@ -217,3 +221,88 @@ def test_fifos_with_a_models_or_a_metrics_files_name_block_nothing(lake_repo, tm
     except subprocess.TimeoutExpired:
         pytest.fail("snapver diff hung on a FIFO in a volume")
     assert "ok.pt" in result.out
+
+
+# ---------------------------------------------------------------- item 9: a killed plain-folder move
+
+def plain_folder_with_files(repo: Path) -> dict[str, str]:
+    """data/ replaced by a plain folder holding files the volume has not got: (every file, as
+    the repaired volume must hold them)."""
+    (repo / "data" / "kept.csv").write_text("in the volume\n")
+    git_err(repo, "commit", "-q", "--allow-empty", "-m", "data")
+    (repo / "data").unlink()
+    (repo / "data" / "sub").mkdir(parents=True)
+    (repo / "data" / "a.csv").write_text("plain a\n")
+    (repo / "data" / "b.csv").write_text("plain b\n")
+    for i in range(20):
+        (repo / "data" / "sub" / f"part{i}.csv").write_text(f"plain part {i}\n")
+    return {"kept.csv": "in the volume\n", **files(repo / "data")}
+
+
+def everything_somewhere(repo: Path, volume: Path, want: dict[str, str]) -> None:
+    """Every file is whole in the plain folder or in the volume (temporary copies aside)."""
+    plain, vol = files(repo / "data"), files(volume)
+    for rel, text in want.items():
+        assert plain.get(rel) == text or vol.get(rel) == text, f"{rel} lost: {plain} {vol}"
+
+
+@pytest.mark.parametrize("point, then", [("move-copying#3", "doctor"), ("move-copied#3", "doctor"),
+                                          ("move-placed#3", "doctor"), ("move-copied#1", "commit")])
+def test_a_plain_folder_move_killed_anywhere_loses_nothing_and_doctor_finishes_it(lake_repo, point, then):
+    want = plain_folder_with_files(lake_repo)
+    volume = live(lake_repo, "data")
+    crashed = subprocess.run([*SNAPVER, "checkout", "HEAD"], cwd=lake_repo, capture_output=True, text=True,
+                             env={**env(), "SNAPVER_FAULT": point}, timeout=120)
+    assert crashed.returncode == -9, crashed.stderr  # a, b moved; killed at sub (#3) or at a (#1)
+    everything_somewhere(lake_repo, volume, want)
+    temps = [k for k in files(volume) if ".snapver-move-" in k]
+    assert bool(temps) == point.startswith("move-copied"), temps  # the kill left its partial copy
+
+    report = snapver(lake_repo, "doctor", "--json", ok=False).json
+    (op,) = report["interrupted"]
+    assert op["kind"] == "move" and op["intent"]["volume"] == "data", op
+    assert any("plain folder" in line for line in report["links"])
+
+    if then == "commit":
+        # The next command that takes the lock (here the post-commit hook) finishes the move's
+        # entry first, so no temporary copy goes into history; the folder is still reported.
+        git_err(lake_repo, "commit", "-q", "--allow-empty", "-m", "after the kill")
+        snap = Path(snapver(lake_repo, "show", "HEAD", "--json").json["volumes"]["data"]["path"])
+        assert not [k for k in files(snap) if ".snapver-" in k], files(snap)
+        everything_somewhere(lake_repo, volume, want)
+        assert snapver(lake_repo, "doctor", "--json", ok=False).json["interrupted"] == []
+    fixed = snapver(lake_repo, "doctor", "--repair")
+    assert "move of data/" in fixed.out or then == "commit", fixed.out
+    assert is_linked(lake_repo, "data"), fixed.out
+    assert files(lake_repo / "data") == want, "every file in the volume once, no temporary copy"
+    assert snapver(lake_repo, "doctor", "--json").json["clean"]
+
+
+def test_a_file_written_during_the_move_stays_and_is_moved_next_time(lake_repo):
+    want = plain_folder_with_files(lake_repo)
+    proc = subprocess.Popen([*SNAPVER, "checkout", "HEAD"], cwd=lake_repo, text=True,
+                            env={**env(), "SNAPVER_PAUSE": "move-copied#3"},  # sub copied, not yet in place
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not stopped(proc.pid):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        # A training script still writing to the plain folder, after the copy was made.
+        (lake_repo / "data" / "sub" / "part0.csv").write_text("rewritten during the move\n")
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "something is writing there" in out, out + err
+    assert (lake_repo / "data" / "sub" / "part0.csv").read_text() == "rewritten during the move\n"
+    assert os.listdir(lake_repo / "data") == ["sub"] and os.listdir(lake_repo / "data" / "sub") == ["part0.csv"]
+    snapver(lake_repo, "doctor", "--repair")
+    got = files(lake_repo / "data")
+    aside = [k for k in got if k.startswith("sub/part0.csv.from-plain-folder-")]
+    assert len(aside) == 1 and got.pop(aside[0]) == "rewritten during the move\n", got
+    assert got == want and is_linked(lake_repo, "data"), "the copy taken before, the new write beside it"
+
+
+def stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0] == "T"

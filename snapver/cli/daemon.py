@@ -1,0 +1,62 @@
+"""`snapver daemon`: run snapverd, its status, its gc."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import SnapverError
+from .. import endpoint
+from . import cli, emit_json, label
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Daemon config (default /etc/snapver/snapverd.toml).")
+@click.pass_context
+def daemon(ctx, config_path):
+    """Run snapverd in the foreground (as systemd does), or ask a running one.
+
+    It takes wip snapshots when writes to a watched workspace go quiet,
+    snapshots commits made without the hooks, applies retention, and serves
+    users who may not touch the lake themselves over a Unix socket.
+    """
+    from ..daemon import DEFAULT_CONFIG
+
+    ctx.obj = config_path or DEFAULT_CONFIG
+    if ctx.invoked_subcommand is None:
+        from .. import daemon as snapverd
+
+        snapverd.main(ctx.obj)
+
+
+@daemon.command("status")
+@click.option("--json", "as_json", is_flag=True)
+def daemon_status(as_json):
+    """What the running daemon watches, how, and what is pending."""
+    from .. import client
+
+    try:
+        view = client.request({"op": "daemon-status"}, timeout=10)
+    except client.Unavailable:
+        raise SnapverError(f"snapverd is not running (nothing listens on {endpoint.SOCKET})") from None
+    if as_json:
+        emit_json(view)
+        return
+    for w in view:
+        click.echo(w["workspace"])
+        for v, d in w["volumes"].items():
+            pending = f"changes pending for {d['pending_for']}s" if d["pending_for"] is not None else "no pending changes"
+            last = label(d["last_snapshot"]) if d["last_snapshot"] else "none yet"
+            click.echo(f"  {v:<12} {d['mode']:<8} {pending}; last wip snapshot {last}")
+
+
+@daemon.command("gc")
+@click.pass_obj
+def daemon_gc(config_path):
+    """Apply retention once to every workspace in the daemon config (for snapver-gc.timer)."""
+    from ..daemon import Daemon
+
+    decisions = Daemon(config_path).gc_all()
+    click.echo(f"{sum(not d.keep for d in decisions)} of {len(decisions)} snapshots removed")

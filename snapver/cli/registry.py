@@ -1,0 +1,200 @@
+"""`snapver` commands of the registry: find, compare, release, derive, lineage, scan."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import SnapverError
+from ..lake import Workspace
+from . import cli, emit_json, when, cell, label
+
+
+@cli.command()
+@click.argument("queries", nargs=-1, required=True)
+@click.option("--all", "include_wip", is_flag=True, help="Include wip snapshots.")
+@click.option("--json", "as_json", is_flag=True)
+def find(queries, include_wip, as_json):
+    """Versions whose metrics and params meet every QUERY, e.g. 'accuracy>0.9' 'lr<0.01'.
+
+    Operators: > >= < <= = == != (words compare with = and != only).
+    """
+    from .. import registry
+
+    rows = registry.find(Workspace.open(), list(queries), include_wip)
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        vals = "  ".join(f"{k}={cell(v)}" for k, v in r["values"].items())
+        click.echo(f"{label(r['name']):<34} {when(r['created'])}  {vals}  {r['subject'] or ''}".rstrip())
+
+
+@cli.command()
+@click.argument("rev1")
+@click.argument("rev2")
+@click.option("--json", "as_json", is_flag=True)
+def compare(rev1, rev2, as_json):
+    """Params and metrics of REV1 and REV2 side by side, and the files changed in each volume.
+
+    Walks both snapshots to find changed files: O(files).
+    """
+    from .. import registry
+
+    result = registry.compare(Workspace.open(), rev1, rev2)
+    if as_json:
+        emit_json(result)
+        return
+    a, b = (label(n) for n in result["snapshots"])
+    click.echo(f"{'':<28} {a:>20} {b:>20}")
+    for kind in ("params", "metrics"):
+        for k, (x, y) in result[kind].items():
+            mark = " " if x == y else "*"
+            click.echo(f"{mark} {kind[:-1]:<6} {k:<19} {cell(x):>20} {cell(y):>20}")
+    sign = {"added": "+", "changed": "M", "deleted": "-"}
+    for v, changes in result["changes"].items():
+        click.echo(f"{v}: {len(changes)} file(s) changed" if changes else f"{v}: unchanged")
+        for c in changes:
+            click.echo(f"  {sign[c['change']]} {c['path']}")
+
+
+class _ReleaseGroup(click.Group):
+    """`snapver release NAME [REV]` creates; `release list|remove` are subcommands."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["create", *args]
+        return super().parse_args(ctx, args)
+
+
+def release_dict(r) -> dict:
+    return {"name": r.name, "snapshot": r.snapshot, "commit": r.commit, "volumes": r.volumes,
+            "created": r.created, "message": r.message, "forced": r.forced}
+
+
+@cli.group(cls=_ReleaseGroup)
+def release():
+    """Releases: names pinned to a commit's snapshots, protected from gc.
+
+    `snapver release NAME [REV]` pins NAME to REV (default HEAD); then
+    `checkout release:NAME` and `path release:NAME VOLUME` find it. Git tags
+    become releases by themselves ([releases] from_tags in snapver.toml).
+    """
+
+
+@release.command("create", hidden=True)
+@click.argument("name")
+@click.argument("rev", default="HEAD")
+@click.option("-m", "--message", help="A note kept with the release.")
+@click.option("--force", is_flag=True, help="Release even if the model scan flagged a file.")
+def release_create(name, rev, message, force):
+    from .. import registry
+
+    r = registry.create_release(Workspace.open(), name, rev, message, force)
+    click.echo(f"release {r.name} pins {label(r.snapshot)} ({', '.join(r.volumes)})"
+               + ("  [flagged by the model scan: released with --force]" if r.forced else ""))
+
+
+@release.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def release_list(as_json):
+    """Every release, newest first."""
+    from .. import registry
+
+    rels = registry.list_releases(Workspace.open())
+    if as_json:
+        emit_json([release_dict(r) for r in rels])
+        return
+    for r in rels:
+        flag = "  [forced]" if r.forced else ""
+        click.echo(f"{r.name:<20} {label(r.snapshot):<34} {when(r.created)}  {r.message or ''}{flag}".rstrip())
+
+
+@release.command("remove")
+@click.argument("name")
+def release_remove(name):
+    """Unpin a release (its snapshots are then subject to gc again)."""
+    from .. import registry
+
+    r = registry.remove_release(Workspace.open(), name)
+    click.echo(f"release {r.name} removed (was {label(r.snapshot)})")
+
+
+@cli.command()
+@click.argument("source", metavar="SOURCE_VOLUME@REV")
+@click.argument("volume", metavar="NEW_VOLUME")
+@click.option("-m", "--message", help="Why: kept with the lineage edge.")
+def derive(source, volume, message):
+    """A new volume as a copy-on-write clone of a snapshot (a fine-tune from its base model).
+
+    Nothing is copied; NEW_VOLUME is added to snapver.toml (commit it) and
+    snapshotted with every commit from now on.
+    """
+    from .. import registry
+
+    e = registry.derive(Workspace.open(), source, volume, message)
+    click.echo(f"{e.volume}/ derived from {e.source_volume}@{label(e.source_snapshot)} (copy-on-write: nothing copied)")
+    click.echo(f"{volume} was added to snapver.toml: commit it")
+
+
+@cli.command()
+@click.argument("volume", required=False)
+@click.option("--dot", is_flag=True, help="Graphviz DOT instead of a text tree.")
+@click.option("--upstream", metavar="VOLUME@REV", help="Where this snapshot comes from.")
+@click.option("--json", "as_json", is_flag=True)
+def lineage(volume, dot, upstream, as_json):
+    """The graph of derived volumes (all of it, or VOLUME's family)."""
+    from .. import registry
+
+    ws = Workspace.open()
+    if upstream:
+        if volume:
+            raise SnapverError("give either VOLUME or --upstream VOLUME@REV, not both")
+        chain = registry.upstream(ws, upstream)
+        if as_json:
+            emit_json(chain)
+            return
+        for step in chain:
+            head = "" if step["relation"] == "this" else f"{step['relation']} "
+            note = f'  "{step["message"]}"' if step["message"] else ""
+            click.echo(f"{head}{step['volume']}@{label(step['snapshot'])}{note}")
+            if step["same_moment"]:
+                click.echo(f"    with {', '.join(v + '@' + label(step['snapshot']) for v in step['same_moment'])}")
+        return
+    if dot:
+        click.echo(registry.lineage_dot(ws, volume), nl=False)
+        return
+    tree = registry.lineage_tree(ws, volume)
+    if as_json:
+        emit_json([{"depth": d, "volume": v, "from": e and f"{e.source_volume}@{e.source_snapshot}",
+                    "message": e and e.message} for d, v, e in tree])
+        return
+    for depth, v, e in tree:
+        indent = "    " * (depth - 1) + "└── " if depth else ""
+        note = f"  from {e.source_volume}@{label(e.source_snapshot)}" + (f'  "{e.message}"' if e.message else "") if e else ""
+        click.echo(f"{indent}{v}{note}")
+
+
+@cli.command()
+@click.argument("rev", default="HEAD")
+@click.option("--json", "as_json", is_flag=True)
+def scan(rev, as_json):
+    """The model scan of REV's snapshots (scanning now those never scanned).
+
+    Pickle-based model files (.pkl .pickle .pt .pth .bin .joblib .ckpt) are
+    disassembled by picklescan, never loaded. Exits 1 if a file is flagged.
+    """
+    from .. import registry
+
+    report = registry.scan_report(Workspace.open(), rev)
+    if as_json:
+        emit_json(report)
+    else:
+        for v, files in report.items():
+            click.echo(f"{v}: {len(files)} model file(s), {sum(f['flagged'] for f in files)} flagged")
+            for f in files:
+                click.echo(f"  {'FLAGGED' if f['flagged'] else 'clean':<8} {f['path']}"
+                           + (f"  {', '.join(f['findings'])}" if f["findings"] else ""))
+    if any(f["flagged"] for files in report.values() for f in files):
+        sys.exit(1)

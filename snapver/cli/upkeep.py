@@ -1,0 +1,176 @@
+"""`snapver` commands that keep a lake healthy: gc, clones, du, doctor, reindex."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .. import ops
+from ..lake import Workspace, short
+from . import cli, emit_json, label
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="List what would be removed, remove nothing.")
+@click.option("--forget-unknown", "forget_unknown", metavar="OLDER_THAN",
+              help="Also remove snapshots of unknown commits (no known clone has them) "
+                   "that arrived longer ago than this, e.g. 90d.")
+@click.option("--json", "as_json", is_flag=True)
+def gc(dry_run, forget_unknown, as_json):
+    """Remove snapshots the retention policy no longer keeps (releases never go).
+
+    The policy is [retention] in snapver.toml: `unreachable` (how long snapshots
+    of commits no branch, tag, reflog or HEAD of any known clone reaches are
+    kept, default 30d), `kept` (how long a wip kept before a checkout, restore
+    or rebase lives, default 30d; no schedule thins these) and `wip` (a
+    thinning schedule for the daemon's and manual wips, default 1m1h,1h1d,1d1w:
+    one per minute for an hour, one per hour for a day, one per day for a
+    week). The newest wip of every line of work always stays. If a known clone
+    is missing, shallow or unreadable, no commit snapshot goes (`snapver clones`).
+    """
+    from ..daemon import policy_for
+    from ..retention import UNKNOWN, Policy, parse_duration
+
+    forget = parse_duration(forget_unknown) if forget_unknown else None
+    ws = Workspace.open()
+    decisions = ws.gc(policy_for(ws, Policy()), dry_run=dry_run, forget_unknown=forget)
+    if as_json:
+        emit_json([{**ops.snapshot_dict(d.snapshot), "keep": d.keep, "reason": d.reason} for d in decisions])
+        return
+    if ws.gc_doubts:
+        more = f" (and {len(ws.gc_doubts) - 1} more)" if len(ws.gc_doubts) > 1 else ""
+        click.echo(f"kept every unreachable commit snapshot: {ws.gc_doubts[0]}{more}; "
+                   "see `snapver clones`")
+    dropped = [d for d in decisions if not d.keep]
+    for d in dropped:
+        click.echo(f"{'would remove' if dry_run else 'removed'} {d.snapshot.volume}@{label(d.snapshot.name)}  ({d.reason})")
+    click.echo(f"{len(dropped)} of {len(decisions)} snapshots {'would go' if dry_run else 'removed'}")
+    unknown = sum(d.reason == UNKNOWN for d in decisions)
+    if unknown:
+        click.echo(f"kept {unknown} snapshot(s) of unknown commits (no known clone has them); "
+                   "`snapver gc --forget-unknown AGE` lets those older than AGE go")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def clones(ctx, as_json):
+    """The clones and worktrees of this project that gc asks what they reach.
+
+    Every clone that opened the lake is remembered. gc removes a commit snapshot
+    only when every one of them is present, readable and not shallow, and none
+    reaches the commit. `snapver clones forget PATH` drops one that is gone.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from .. import clones as clones_
+
+    ws = Workspace.open()
+    seen = clones_.listing(ws)
+    if as_json:
+        emit_json([{"path": str(s.clone.worktree), "git_dir": str(s.clone.git_dir) if s.clone.git_dir else None,
+                    "workspace": s.clone.workspace, "state": s.state, "detail": s.detail} for s in seen])
+        return
+    for s in seen:
+        here = "  (this one)" if s.clone.worktree == ws.git.toplevel and s.clone.workspace == ws.id else ""
+        click.echo(f"{s.state:<10}  {s.clone.worktree}  {s.clone.workspace}{here}")
+        if s.detail and s.state != "missing":
+            click.echo(f"            {s.detail}")
+
+
+@clones.command("forget")
+@click.argument("path")
+def clones_forget(path):
+    """Stop counting a clone that was deleted or moved away (the only way to drop one).
+
+    Refused while PATH is still that clone: gc must count what its branches
+    reach; delete it first. A clone moved elsewhere is remembered anew at its new
+    path the first time snapver runs there.
+    """
+    from .. import clones as clones_
+
+    ws = Workspace.open()
+    for c in clones_.forget(ws, path):
+        click.echo(f"forgot {c.worktree} (workspace {c.workspace}); gc no longer waits for it")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def du(as_json):
+    """Bytes per volume and snapshot: shared with others, exclusive, and the saving against
+    full copies. Walks the snapshots on Btrfs: O(files)."""
+    from .. import registry
+
+    report = registry.du(Workspace.open())
+    if as_json:
+        emit_json(report)
+        return
+    for vol in report["volumes"]:
+        origin = f"  (derived from {vol['derived_from'][:vol['derived_from'].index('@') + 11]})" if vol["derived_from"] else ""
+        click.echo(f"{vol['volume']}{origin}")
+        for r in vol["rows"]:
+            name = label(r["snapshot"]) if r["snapshot"] else "live"
+            click.echo(f"  {name:<34} {r['referenced']:>14,} B  {r['shared']:>14,} shared  {r['exclusive']:>14,} exclusive")
+    pct = 100 * report["saving"] / report["full_copies"] if report["full_copies"] else 0
+    click.echo(f"full copies {report['full_copies']:,} B, on disk {report['on_disk']:,} B: "
+               f"saved {report['saving']:,} B ({pct:.0f}%)")
+
+
+@cli.command()
+@click.option("--repair", is_flag=True, help="Finish or undo what was interrupted.")
+@click.option("--json", "as_json", is_flag=True)
+def doctor(repair, as_json):
+    """Find operations a crash interrupted (checkout, gc, derive, receive, snapshot, restore) and what they left.
+
+    Exits 1 while something is unfinished. With --repair, each interrupted
+    operation is finished (checkout, derive, a receive whose snapshot arrived, a
+    snapshot set whose missing volumes are unchanged since) or ended (gc: nothing it
+    had not destroyed yet goes; a receive that was cut; a snapshot set that can no
+    longer be one point in time; a restore: its partial copy goes, your data stays),
+    half-made swaps are completed or dropped, and what cut receives left is removed
+    (also a half-received ZFS stream kept for resuming).
+    """
+    from .. import journal
+
+    journal.announce = None  # the report says it, once
+    report = ops.call("doctor", {"repair": repair})
+    if as_json:
+        emit_json(report)
+    else:
+        for line in report["repaired"]:
+            click.echo(f"repaired: {line}")
+        for o in report["interrupted"]:
+            last = o["steps"][-1]["step"] if o["steps"] else "none"
+            how = f"failed: {o['error']}" if o["state"] == "failed" else f"interrupted, PID {o['pid']} gone"
+            click.echo(f"{o['kind']} #{o['id']} ({how}), started {o['started']} by `{o['command']}`, "
+                       f"last step done: {last}")
+            intent = {k: v for k, v in o["intent"].items() if k != "rows"}  # a receive's catalog rows: bulky
+            click.echo(f"  intent: {json.dumps(intent, sort_keys=True)}")
+        for line in report["leftovers"]:
+            click.echo(f"left behind: {line}")
+        for sha in report.get("unsnapshotted", []):
+            click.echo(f"no snapshot: commit {short(sha)} (its hook lost a race or did not run; "
+                       "it resolves to its nearest snapshotted ancestor)")
+        for line in report.get("links", []):
+            click.echo(f"volume link: {line}")
+        for line in report.get("half_made", []):
+            click.echo(f"half-made: {line}")
+        if report["clean"]:
+            click.echo("nothing interrupted: the workspace is clean")
+        elif not repair:
+            click.echo("run `snapver doctor --repair` to finish or undo it")
+    if not report["clean"]:
+        sys.exit(1)
+
+
+@cli.command()
+def reindex():
+    """Rebuild the catalog from the snapshots on the filesystem (and commits from Git)."""
+    ws = Workspace.open()
+    count = ws.reindex()
+    click.echo(f"catalog rebuilt: {count} snapshots")
+    if ws.catalog.set_aside:
+        click.echo(f"snapver: warning: the damaged catalog is kept as {ws.catalog.set_aside}: releases, "
+                   "metrics and lineage were only in it (see SECURITY.md, catalog loss)", err=True)
