@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from . import clones, faults, journal, lock, names, vanished
 from .backends.base import Backend, Change, Snapshot, open_backend
-from .catalog import Catalog, explain
+from .catalog import Catalog, SchemaTooNew, explain
 from .config import CONFIG_NAME, Config, LocalState, VolumeState, write_as_owner
 from .errors import InUse, NotFound, SnapverError
 from .gitrepo import GitRepo
@@ -306,12 +306,13 @@ class Workspace:
     def _journal(self, kind: str, intent: dict):
         """A journal row for a short operation, or None when the catalog cannot take one: a
         damaged or read-only catalog does not stop a snapshot (the filesystem is the truth and
-        reindex brings the rows back), a full filesystem does (nothing could be recorded)."""
+        reindex brings the rows back), a full filesystem does (nothing could be recorded), and
+        so does a newer snapver's catalog (this one must not change that lake at all)."""
         try:
             return journal.begin(self, kind, intent)
         except (sqlite3.Error, SnapverError) as e:
             err = e if isinstance(e, SnapverError) else explain(e, self.backend.catalog_path)
-            if "filesystem is full" in str(err):
+            if "filesystem is full" in str(err) or isinstance(err, SchemaTooNew):
                 raise err from None
             return None
 

@@ -120,19 +120,10 @@ def apply(ws, pairs) -> list:
 def _record(ws, source, copy) -> None:
     """The copy's catalog rows: its snapshot row, and the per-snapshot rows of the registry
     (metrics and params, provenance, model scans) its source had, as a rename carried them."""
-    from . import registry
-
     row = ws.catalog.rows_for(ws.project, source.volume, source.name)["snapshot"] or {}
-    conn = registry.db(ws)
     with ws.catalog.batch():
         ws.catalog.record_snapshots([copy], row.get("workspace"), row.get("message"))
-        args = (copy.name, ws.project, source.name)
-        conn.execute("INSERT OR IGNORE INTO registry_values SELECT project, ?, kind, key, num, text, source "
-                     "FROM registry_values WHERE project = ? AND snapshot = ?", args)
-        for table, cols in (("provenance", "license, source"), ("scans", "scanned, files, flagged"),
-                            ("scan_files", "path, size, mtime_ns, ctime_ns, flagged, findings")):
-            conn.execute(f"INSERT OR IGNORE INTO {table} SELECT project, volume, ?, {cols} FROM {table} "
-                         "WHERE project = ? AND snapshot = ? AND volume = ?", (*args, source.volume))
+        ws.catalog.copy_snapshot_rows(ws.project, source.volume, source.name, copy.name)
 
 
 def _follow_state(ws, by_new: dict[str, list[str]], given: dict[tuple[str, str], str]) -> None:
