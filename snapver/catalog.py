@@ -352,7 +352,9 @@ class Catalog:
             "VALUES (?, ?, ?, ?, ?, ?, ?, '[]', 'running')",
             (kind, project, workspace, pid, command, started, intent),
         )
-        return cur.lastrowid
+        op_id = cur.lastrowid
+        assert op_id is not None  # always, after an INSERT
+        return op_id
 
     def set_steps(self, op_id: int, steps: str) -> None:
         self.conn.execute("UPDATE operations SET steps = ? WHERE id = ?", (steps, op_id))
