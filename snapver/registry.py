@@ -550,7 +550,7 @@ def remove_release(ws, name: str) -> Release:
 def protected(ws) -> dict[tuple[str, str], str]:
     """(volume, snapshot) gc must keep, with why: releases, and the sources of derived volumes."""
     keep: dict[tuple[str, str], str] = {}
-    for r in ws.catalog.releases(ws.project):
+    for r in reversed(ws.catalog.releases(ws.project)):  # oldest first: the newest release names it
         for v in r["volumes"].split():
             keep[(v, r["snapshot"])] = f"release {r['name']}"
     for volume, sv, ss, *_ in ws.catalog.lineage(ws.project):
