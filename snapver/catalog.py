@@ -1,9 +1,19 @@
-"""The catalog: an SQLite index of snapshots, commits and volumes, one per lake.
+"""The catalog: an SQLite index of snapshots, commits and volumes, one per lake, and the
+one module that reads and writes it.
 
 It is an index, not the truth: every snapshot row can be rebuilt from the
-filesystem (`snapver reindex`), every commit row from Git. Writes happen in
-the Git hooks, so they use the standard library's sqlite3 directly (importing
-sqlite-utils costs about 125 ms); reads, reports and reindex go through
+filesystem (`snapver reindex`), every commit row from Git. Every table and every
+SQL statement is here (the tables, their version and migrations in
+catalog_schema.py); features call methods named for what they keep (the journal's
+operations, clones, the registry's values, releases and lineage, model scans, pins
+that came with received snapshots) and write no SQL. Transactions are `batch()`,
+the one BEGIN IMMEDIATE / COMMIT / ROLLBACK (`transaction`), which nests by joining.
+
+Writes happen in the Git hooks, so they use the standard library's sqlite3
+directly: importing sqlite-utils costs 55-80 ms against 4-6 ms (`python -X
+importtime -c 'import sqlite_utils'`), and tests/test_hook_imports.py keeps it off
+the hook path; and sqlite-utils 3.x, which pyproject allows, commits its writers on
+their own, which would break a batch. Reads for reports and reindex go through
 sqlite-utils on the same connection.
 
 One table is not an index: `operations`, the journal of multi-step operations
@@ -19,63 +29,9 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from . import catalog_schema
+from .catalog_schema import SchemaTooNew
 from .errors import FULL, CatalogFull, CatalogUnwritable, FilesystemFull, SnapverError
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS snapshots (
-    project TEXT NOT NULL,
-    volume TEXT NOT NULL,
-    name TEXT NOT NULL,
-    commit_sha TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    created TEXT NOT NULL,
-    workspace TEXT,
-    message TEXT,
-    kept INTEGER,
-    PRIMARY KEY (project, volume, name)
-);
-CREATE TABLE IF NOT EXISTS commits (
-    project TEXT NOT NULL,
-    sha TEXT NOT NULL,
-    author TEXT,
-    email TEXT,
-    time TEXT,
-    subject TEXT,
-    parents TEXT,
-    branch TEXT,
-    PRIMARY KEY (project, sha)
-);
-CREATE TABLE IF NOT EXISTS volumes (
-    project TEXT NOT NULL,
-    workspace TEXT NOT NULL,
-    name TEXT NOT NULL,
-    path TEXT NOT NULL,
-    worktree TEXT,
-    PRIMARY KEY (project, workspace, name)
-);
-CREATE TABLE IF NOT EXISTS operations (
-    id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    project TEXT NOT NULL,
-    workspace TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    command TEXT NOT NULL,
-    started TEXT NOT NULL,
-    intent TEXT NOT NULL,
-    steps TEXT NOT NULL,
-    state TEXT NOT NULL,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS operations_workspace ON operations (workspace);
-CREATE TABLE IF NOT EXISTS clones (
-    project TEXT NOT NULL,
-    worktree TEXT NOT NULL,
-    git_dir TEXT NOT NULL,
-    workspace TEXT NOT NULL,
-    seen TEXT NOT NULL,
-    PRIMARY KEY (project, worktree, git_dir, workspace)
-);
-"""
 
 
 # The catalog most recently opened in this process: SQLite's errors do not name their file,
@@ -140,27 +96,26 @@ def _prepare_shm(db: Path) -> None:
         os.close(fd)
 
 
-def _add_kept_column(conn) -> None:
-    """A catalog made before safety wips were marked gets the column. Its rows are marked
-    from what they say: "kept before ..." is a safety wip; a row reindex made (no workspace)
-    is not known (NULL: gc keeps it as a safety wip); any other row is a daemon or manual one."""
-    if any(r[1] == "kept" for r in conn.execute("PRAGMA table_info(snapshots)")):
+@contextlib.contextmanager
+def transaction(conn):
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception: the one place the catalog's
+    transactions are written. IMMEDIATE takes the write lock at once, so that what is read
+    inside (a journal's open rows, the schema's version) is still so at COMMIT. Inside a
+    transaction already open it joins that one (SQLite has no nested BEGIN): the outer one
+    commits or rolls back the lot."""
+    if conn.in_transaction:
+        yield
         return
+    conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if not any(r[1] == "kept" for r in conn.execute("PRAGMA table_info(snapshots)")):
-                conn.execute("ALTER TABLE snapshots ADD COLUMN kept INTEGER")
-                conn.execute("UPDATE snapshots SET kept = CASE WHEN message LIKE 'kept before %' THEN 1 "
-                             "WHEN workspace IS NULL THEN NULL ELSE 0 END")
-            conn.execute("COMMIT")
-        except BaseException:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        # SQLite may have rolled back already (a full disk): then there is nothing to undo,
+        # and a transaction left open would be joined, unseen, by the next one.
+        if conn.in_transaction:
             conn.execute("ROLLBACK")
-            raise
-    except sqlite3.OperationalError as e:
-        if "readonly" not in str(e) and "read-only" not in str(e):
-            raise
-        # Opened by one who may not write it: its rows read as "not known" (kept) until then.
+        raise
 
 
 class Catalog:
@@ -169,7 +124,6 @@ class Catalog:
         self.path = _opened = path
         self.set_aside: Path | None = None  # where rebuild() put a damaged catalog
         self.read_only: Path | None = None  # the copy read when the filesystem is full
-        self._schemas: set[str] = set()  # features' schemas made in this process (ensure)
         try:
             try:
                 self._connect()
@@ -195,7 +149,11 @@ class Catalog:
                     shutil.copyfile(f"{self.path}{suffix}", copy / f"catalog.db{suffix}")
             self.conn = sqlite3.connect(copy / "catalog.db", timeout=30, isolation_level=None)
             self.conn.row_factory = sqlite3.Row
-            self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the WAL in
+            if catalog_schema.version(self.conn, self.path) < catalog_schema.VERSION:
+                # An older catalog is read as this version reads it: the copy is migrated
+                # (in memory; the catalog itself is migrated once there is space).
+                with transaction(self.conn):
+                    catalog_schema.migrate(self.conn, self.path)
             self.conn.execute("PRAGMA query_only = ON")
         except (OSError, sqlite3.Error):
             raise CatalogFull(f"the catalog {self.path} cannot be read: {FULL}") from None
@@ -208,6 +166,11 @@ class Catalog:
         self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.conn.row_factory = sqlite3.Row
         try:
+            found = catalog_schema.version(self.conn, self.path)  # before anything is written
+        except SchemaTooNew:
+            self.conn.close()
+            raise
+        try:
             self.conn.execute("PRAGMA journal_mode=WAL")
             # In WAL mode NORMAL never corrupts, it can only lose the last transactions
             # in a power cut; the catalog is rebuilt from the filesystem anyway, and a
@@ -215,24 +178,26 @@ class Catalog:
             self.conn.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.OperationalError:
             pass  # filesystems without shared mmap (FUSE) keep the rollback journal
-        try:
-            self.conn.executescript(SCHEMA)
-            _add_kept_column(self.conn)
-        except sqlite3.OperationalError as e:
-            self.conn.close()
-            raise explain(e, self.path) from None
+        if found < catalog_schema.VERSION:
+            self._migrate()
 
-    def ensure(self, schema: str) -> sqlite3.Connection:
-        """The connection, with a feature's tables made on its first use in this process
-        (schema: CREATE ... IF NOT EXISTS statements, the feature's own). Statement by
-        statement, so it may run inside a batch (executescript would commit it); not on the
-        read-only copy, where creating tables would be a write."""
-        if schema not in self._schemas and self.read_only is None:
-            for statement in schema.split(";"):
-                if statement.strip():
-                    self.conn.execute(statement)
-            self._schemas.add(schema)
-        return self.conn
+    def _migrate(self) -> None:
+        try:
+            with transaction(self.conn):
+                catalog_schema.migrate(self.conn, self.path)
+        except sqlite3.OperationalError as e:
+            readonly = "readonly" in str(e) or "read-only" in str(e)
+            if not readonly or "snapshots" not in self._tables():
+                self.conn.close()
+                raise explain(e, self.path) from None
+            # Opened by one who may not write it: read as it is until one who may opens it
+            # (a row without `kept` reads as not known, which gc keeps).
+        except SchemaTooNew:
+            self.conn.close()
+            raise
+
+    def _tables(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
     @classmethod
     def rebuild(cls, path: Path) -> Catalog:
@@ -245,8 +210,8 @@ class Catalog:
             catalog.close()
         except sqlite3.DatabaseError:
             pass
-        except CatalogUnwritable:
-            raise
+        except (CatalogUnwritable, SchemaTooNew):
+            raise  # not damaged (and a newer snapver's catalog): never set aside
         except SnapverError:
             pass
         aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
@@ -257,16 +222,9 @@ class Catalog:
         catalog.set_aside = aside
         return catalog
 
-    @contextlib.contextmanager
     def batch(self):
-        """Several writes in one transaction."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        """Several writes in one transaction (joined to the one open, if any)."""
+        return transaction(self.conn)
 
     def close(self) -> None:
         self.conn.close()
@@ -365,8 +323,7 @@ class Catalog:
             (r["project"], r["volume"], r["name"]): r
             for r in self.conn.execute("SELECT * FROM snapshots")
         }
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self.batch():
             self.conn.execute("DELETE FROM snapshots")
             for s in snapshots:
                 before = old.get((s.project, s.volume, s.name))
@@ -376,7 +333,165 @@ class Catalog:
                 )
             for project, info in commits:
                 self.record_commit(project, info, None)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
+
+    # ------------------------------------------------------------------ the journal (journal.py)
+
+    def operations(self, workspaces) -> list:
+        """The open operations of these workspaces, oldest first (one indexed lookup)."""
+        marks = ", ".join("?" * len(workspaces))
+        return self.conn.execute(f"SELECT * FROM operations WHERE workspace IN ({marks}) ORDER BY id",
+                                 tuple(workspaces)).fetchall()
+
+    def add_operation(self, kind: str, project: str, workspace: str, pid: int, command: str,
+                      started: str, intent: str) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO operations (kind, project, workspace, pid, command, started, intent, steps, state) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, '[]', 'running')",
+            (kind, project, workspace, pid, command, started, intent),
+        )
+        op_id = cur.lastrowid
+        assert op_id is not None  # always, after an INSERT
+        return op_id
+
+    def set_steps(self, op_id: int, steps: str) -> None:
+        self.conn.execute("UPDATE operations SET steps = ? WHERE id = ?", (steps, op_id))
+
+    def fail_operation(self, op_id: int, error: str) -> None:
+        self.conn.execute("UPDATE operations SET state = 'failed', error = ? WHERE id = ?", (error, op_id))
+
+    def end_operation(self, op_id: int) -> None:
+        self.conn.execute("DELETE FROM operations WHERE id = ?", (op_id,))
+
+    # ------------------------------------------------------------------ clones and workspaces
+
+    def remember_clone(self, project: str, worktree: str, git_dir: str, workspace: str, seen: str) -> None:
+        """One indexed lookup; a write only for a clone not remembered yet (the hooks call it)."""
+        key = (project, worktree, git_dir, workspace)
+        if self.conn.execute("SELECT 1 FROM clones WHERE project = ? AND worktree = ? AND git_dir = ? "
+                             "AND workspace = ?", key).fetchone() is None:
+            self.conn.execute("INSERT OR REPLACE INTO clones VALUES (?, ?, ?, ?, ?)", (*key, seen))
+
+    def clones(self, project: str) -> list:
+        return self.conn.execute("SELECT * FROM clones WHERE project = ?", (project,)).fetchall()
+
+    def volume_worktrees(self, project: str) -> list:
+        """(worktree, workspace) of every workspace with a volume, and a worktree, recorded."""
+        return self.conn.execute("SELECT DISTINCT worktree, workspace FROM volumes WHERE project = ? "
+                                 "AND worktree IS NOT NULL", (project,)).fetchall()
+
+    def forget_clone(self, project: str, worktree: str, workspace: str) -> None:
+        """A clone's row and its workspace's volume rows (call in a batch)."""
+        for table in ("clones", "volumes"):
+            self.conn.execute(f"DELETE FROM {table} WHERE project = ? AND worktree = ? AND workspace = ?",
+                              (project, worktree, workspace))
+
+    def workspaces(self, project: str) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT workspace FROM volumes WHERE project = ?",
+                                                (project,))]
+
+    # ------------------------------------------------------------------ the registry (registry.py)
+
+    def record_values(self, project: str, snapshot: str, rows, source: str) -> None:
+        """rows: (kind, key, num, text) of one snapshot's metrics and params."""
+        self.conn.executemany("INSERT OR REPLACE INTO registry_values VALUES (?, ?, ?, ?, ?, ?, ?)",
+                              [(project, snapshot, *r, source) for r in rows])
+
+    def value_rows(self, project: str) -> list:
+        """(snapshot, kind, key, num, text) of every value of the project, by key."""
+        return self.conn.execute("SELECT snapshot, kind, key, num, text FROM registry_values "
+                                 "WHERE project = ? ORDER BY key", (project,)).fetchall()
+
+    def record_provenance(self, project: str, snapshot: str, rows) -> None:
+        """rows: (volume, license, source)."""
+        self.conn.executemany("INSERT OR REPLACE INTO provenance VALUES (?, ?, ?, ?, ?)",
+                              [(project, v, snapshot, lic, src) for v, lic, src in rows])
+
+    def provenance(self, project: str, snapshot: str) -> list:
+        """(volume, license, source) of one snapshot."""
+        return self.conn.execute("SELECT volume, license, source FROM provenance WHERE project = ? "
+                                 "AND snapshot = ?", (project, snapshot)).fetchall()
+
+    def release(self, project: str, name: str):
+        """The release's row, or None."""
+        return self.conn.execute("SELECT * FROM releases WHERE project = ? AND name = ?",
+                                 (project, name)).fetchone()
+
+    def releases(self, project: str) -> list:
+        """Every release of the project, newest first."""
+        return self.conn.execute("SELECT * FROM releases WHERE project = ? ORDER BY created DESC",
+                                 (project,)).fetchall()
+
+    def add_release(self, project: str, name: str, snapshot: str, commit: str, volumes: list[str],
+                    created: str, message: str | None, forced: bool) -> None:
+        self.conn.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          (project, name, snapshot, commit, " ".join(volumes), created, message, int(forced)))
+
+    def remove_release(self, project: str, name: str) -> None:
+        self.conn.execute("DELETE FROM releases WHERE project = ? AND name = ?", (project, name))
+
+    def lineage(self, project: str) -> list:
+        """(volume, source_volume, source_snapshot, message, created) of every derived volume, oldest first."""
+        return self.conn.execute("SELECT volume, source_volume, source_snapshot, message, created FROM lineage "
+                                 "WHERE project = ? ORDER BY created", (project,)).fetchall()
+
+    def derived(self, project: str, volume: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM lineage WHERE project = ? AND volume = ?",
+                                 (project, volume)).fetchone() is not None
+
+    def add_lineage(self, project: str, volume: str, source_volume: str, source_snapshot: str,
+                    message: str | None, created: str) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO lineage VALUES (?, ?, ?, ?, ?, ?)",
+                          (project, volume, source_volume, source_snapshot, message, created))
+
+    def copy_snapshot_rows(self, project: str, volume: str, source: str, new: str) -> None:
+        """The registry's per-snapshot rows of source (values, provenance, scans) for its copy new."""
+        args = (new, project, source)
+        self.conn.execute("INSERT OR IGNORE INTO registry_values SELECT project, ?, kind, key, num, text, source "
+                          "FROM registry_values WHERE project = ? AND snapshot = ?", args)
+        for table, cols in (("provenance", "license, source"), ("scans", "scanned, files, flagged"),
+                            ("scan_files", "path, size, mtime_ns, ctime_ns, flagged, findings")):
+            self.conn.execute(f"INSERT OR IGNORE INTO {table} SELECT project, volume, ?, {cols} FROM {table} "
+                              "WHERE project = ? AND snapshot = ? AND volume = ?", (*args, volume))
+
+    # ------------------------------------------------------------------ model scans (scan.py)
+
+    def scanned_file(self, project: str, volume: str, path: str, size: int, mtime_ns: int, ctime_ns: int):
+        """(flagged, findings) stored for a file of this volume with this stat, or None."""
+        return self.conn.execute(
+            "SELECT flagged, findings FROM scan_files WHERE project = ? AND volume = ? AND path = ? "
+            "AND size = ? AND mtime_ns = ? AND ctime_ns = ? LIMIT 1",
+            (project, volume, path, size, mtime_ns, ctime_ns),
+        ).fetchone()
+
+    def record_scan(self, project: str, volume: str, snapshot: str, rows, scanned: str) -> None:
+        """A snapshot's scan, replacing any earlier one. rows: (path, size, mtime_ns, ctime_ns,
+        flagged, findings)."""
+        rows = list(rows)
+        with self.batch():
+            self.conn.execute("DELETE FROM scan_files WHERE project = ? AND volume = ? AND snapshot = ?",
+                              (project, volume, snapshot))
+            self.conn.executemany("INSERT INTO scan_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                  [(project, volume, snapshot, *r) for r in rows])
+            self.conn.execute("INSERT OR REPLACE INTO scans VALUES (?, ?, ?, ?, ?, ?)",
+                              (project, volume, snapshot, scanned, len(rows), sum(bool(r[4]) for r in rows)))
+
+    def scan_rows(self, project: str, volume: str, snapshot: str) -> list | None:
+        """(path, flagged, findings) of a snapshot's scan by path; None if it was never scanned."""
+        if self.conn.execute("SELECT 1 FROM scans WHERE project = ? AND volume = ? AND snapshot = ?",
+                             (project, volume, snapshot)).fetchone() is None:
+            return None
+        return self.conn.execute("SELECT path, flagged, findings FROM scan_files WHERE project = ? "
+                                 "AND volume = ? AND snapshot = ? ORDER BY path",
+                                 (project, volume, snapshot)).fetchall()
+
+    # ------------------------------------------------------------------ pins that came with snapshots (received.py)
+
+    def received_pins(self, project: str) -> list:
+        """(volume, name, pin) by pin."""
+        return self.conn.execute("SELECT volume, name, pin FROM received_pins WHERE project = ? ORDER BY pin",
+                                 (project,)).fetchall()
+
+    def add_received_pins(self, rows) -> None:
+        """rows: (project, volume, name, pin)."""
+        with self.batch():
+            self.conn.executemany("INSERT OR IGNORE INTO received_pins VALUES (?, ?, ?, ?)", rows)

@@ -57,25 +57,19 @@ def this_clone(ws) -> Clone:
 def note(ws) -> None:
     """Remember this working tree (the hooks pay one indexed lookup; a write only when new)."""
     me = this_clone(ws)
-    key = (ws.project, str(me.worktree), str(me.git_dir), me.workspace)
     try:
-        conn = ws.catalog.conn
-        if conn.execute("SELECT 1 FROM clones WHERE project = ? AND worktree = ? AND git_dir = ? "
-                        "AND workspace = ?", key).fetchone() is None:
-            conn.execute("INSERT OR REPLACE INTO clones VALUES (?, ?, ?, ?, ?)",
-                         (*key, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+        ws.catalog.remember_clone(ws.project, str(me.worktree), str(me.git_dir), me.workspace,
+                                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     except (sqlite3.Error, SnapverError):
         pass  # a catalog this user cannot write: the next command that can will remember it
 
 
 def known(ws) -> list[Clone]:
     """Every remembered clone of ws's project, this one included."""
-    conn = ws.catalog.conn
     found = {Clone(Path(r["worktree"]), Path(r["git_dir"]), r["workspace"])
-             for r in conn.execute("SELECT * FROM clones WHERE project = ?", (ws.project,))}
+             for r in ws.catalog.clones(ws.project)}
     ids = {(c.worktree, c.workspace) for c in found}
-    for r in conn.execute("SELECT DISTINCT worktree, workspace FROM volumes WHERE project = ? "
-                          "AND worktree IS NOT NULL", (ws.project,)):
+    for r in ws.catalog.volume_worktrees(ws.project):
         if (Path(r["worktree"]), r["workspace"]) not in ids:
             found.add(Clone(Path(r["worktree"]), None, r["workspace"]))
     me = this_clone(ws)
@@ -140,13 +134,9 @@ def forget(ws, path: str) -> list[Clone]:
             f"{at[0].worktree} is a clone of this project and is still there: gc counts what its "
             "branches reach; delete it first (its unsnapshotted work with it), then forget it"
         )
-    conn = ws.catalog.conn
     with ws.catalog.batch():
         for c in gone:
-            conn.execute("DELETE FROM clones WHERE project = ? AND worktree = ? AND workspace = ?",
-                         (ws.project, str(c.worktree), c.workspace))
-            conn.execute("DELETE FROM volumes WHERE project = ? AND worktree = ? AND workspace = ?",
-                         (ws.project, str(c.worktree), c.workspace))
+            ws.catalog.forget_clone(ws.project, str(c.worktree), c.workspace)
     return gone
 
 

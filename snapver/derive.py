@@ -16,19 +16,6 @@ from . import journal, names
 from .config import CONFIG_NAME, VolumeState, with_volume, write_as_owner
 from .errors import NotFound, SnapverError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS lineage (
-    project TEXT NOT NULL, volume TEXT NOT NULL, source_volume TEXT NOT NULL,
-    source_snapshot TEXT NOT NULL, message TEXT, created TEXT NOT NULL,
-    PRIMARY KEY (project, volume)
-);
-"""
-
-
-def db(ws):
-    return ws.catalog.ensure(SCHEMA)
-
-
 class Edge(NamedTuple):
     volume: str
     source_volume: str
@@ -38,18 +25,14 @@ class Edge(NamedTuple):
 
 
 def edges(ws) -> list[Edge]:
-    return [Edge(*r) for r in db(ws).execute(
-        "SELECT volume, source_volume, source_snapshot, message, created FROM lineage "
-        "WHERE project = ? ORDER BY created", [ws.project])]
+    return [Edge(*r) for r in ws.catalog.lineage(ws.project)]
 
 
 def sources(ws) -> dict[tuple[str, str], str]:
     """(volume, snapshot) gc must keep because a derived volume was made from it (the first
     volume derived from it names the reason)."""
     keep: dict[tuple[str, str], str] = {}
-    for volume, sv, ss in db(ws).execute(
-        "SELECT volume, source_volume, source_snapshot FROM lineage WHERE project = ?", [ws.project]
-    ):
+    for volume, sv, ss, *_ in ws.catalog.lineage(ws.project):  # oldest first
         keep.setdefault((sv, ss), f"source of derived volume {volume}")
     return keep
 
@@ -73,7 +56,7 @@ def derive(ws, source: str, volume: str, message: str | None = None) -> Edge:
         raise SnapverError(f"{link} already exists: move it away or choose another name")
     if ws.backend.volume_exists(ws.project, ws.id, volume):
         raise SnapverError(f"the lake already has a volume {volume} in this workspace: choose another name")
-    if db(ws).execute("SELECT 1 FROM lineage WHERE project = ? AND volume = ?", (ws.project, volume)).fetchone():
+    if ws.catalog.derived(ws.project, volume):
         raise SnapverError(f"volume {volume} was derived already in another clone: pull its snapver.toml instead")
     if src_volume not in ws.volumes:
         raise NotFound(f"no volume {src_volume!r} here: the volumes are {', '.join(ws.volumes)}")
@@ -106,8 +89,7 @@ def _settle(ws, volume: str) -> None:
 
 def _record_lineage(ws, volume: str, src_volume: str, source: str, message: str | None) -> Edge:
     created = datetime.now(timezone.utc).isoformat()
-    db(ws).execute("INSERT OR IGNORE INTO lineage VALUES (?, ?, ?, ?, ?, ?)",
-                   (ws.project, volume, src_volume, source, message, created))
+    ws.catalog.add_lineage(ws.project, volume, src_volume, source, message, created)
     return Edge(volume, src_volume, source, message, created)
 
 

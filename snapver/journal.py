@@ -78,8 +78,8 @@ def _step_text(step: dict) -> str:
 class _Running:
     """The handle an operation's body records its steps through."""
 
-    def __init__(self, conn, op: Operation):
-        self._conn = conn
+    def __init__(self, catalog, op: Operation):
+        self._catalog = catalog
         self.op = op
 
     def step(self, name: str, /, changed: bool = True, **detail) -> None:
@@ -87,8 +87,7 @@ class _Running:
         (a safety snapshot), which alone does not make a failed operation unfinished."""
         self.op.steps.append({"step": name, **detail})
         self.op._changed |= changed
-        self._conn.execute("UPDATE operations SET steps = ? WHERE id = ?",
-                           (json.dumps(self.op.steps), self.op.id))
+        self._catalog.set_steps(self.op.id, json.dumps(self.op.steps))
         faults.point(f"{self.op.kind}-{name}")
 
 
@@ -110,9 +109,7 @@ def _row(r) -> Operation:
 
 def open_operations(catalog, *workspaces: str) -> list[Operation]:
     """Every operation of these workspaces that has not ended (the index makes it one lookup)."""
-    marks = ", ".join("?" * len(workspaces))
-    rows = catalog.conn.execute(f"SELECT * FROM operations WHERE workspace IN ({marks}) ORDER BY id", workspaces)
-    return [_row(r) for r in rows]
+    return [_row(r) for r in catalog.operations(workspaces)]
 
 
 def interrupted(ws, locked: bool = False, also: tuple[str, ...] = ()) -> list[Operation]:
@@ -152,36 +149,27 @@ def operation(ws, kind: str, intent: dict):
 
     Call with the workspace lock held. Refuses if an earlier operation was interrupted.
     """
-    conn = ws.catalog.conn
+    catalog = ws.catalog
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        earlier = open_operations(ws.catalog, ws.id)
+    with catalog.batch():
+        earlier = open_operations(catalog, ws.id)
         if earlier:
             raise SnapverError(f"{earlier[0].describe()}: run `snapver doctor --repair` first")
-        cur = conn.execute(
-            "INSERT INTO operations (kind, project, workspace, pid, command, started, intent, steps, state) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, '[]', 'running')",
-            (kind, ws.project, ws.id, os.getpid(), lock.command(), started, json.dumps(intent)),
-        )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    op = Operation(cur.lastrowid, kind, ws.id, os.getpid(), lock.command(), started, intent)
+        op_id = catalog.add_operation(kind, ws.project, ws.id, os.getpid(), lock.command(), started,
+                                      json.dumps(intent))
+    op = Operation(op_id, kind, ws.id, os.getpid(), lock.command(), started, intent)
     faults.point(f"{kind}-begin")
     try:
-        yield _Running(conn, op)
+        yield _Running(catalog, op)
     except BaseException as e:
         if op._changed:
             # Half done: it stays in the journal for doctor, with what went wrong.
-            conn.execute("UPDATE operations SET state = 'failed', error = ? WHERE id = ?",
-                         (str(e).splitlines()[0][:300] if str(e) else type(e).__name__, op.id))
+            catalog.fail_operation(op.id, str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
         else:
-            conn.execute("DELETE FROM operations WHERE id = ?", (op.id,))
+            catalog.end_operation(op.id)
         raise
     faults.point(f"{kind}-end")
-    conn.execute("DELETE FROM operations WHERE id = ?", (op.id,))
+    catalog.end_operation(op.id)
 
 
 def begin(ws, kind: str, intent: dict) -> Operation:
@@ -189,22 +177,19 @@ def begin(ws, kind: str, intent: dict) -> Operation:
     checkout keeps first): one INSERT, no refusal, no steps. The caller deletes it with
     close(), ideally in the same transaction as its own last write."""
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    cur = ws.catalog.conn.execute(
-        "INSERT INTO operations (kind, project, workspace, pid, command, started, intent, steps, state) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, '[]', 'running')",
-        (kind, ws.project, ws.id, os.getpid(), lock.command(), started, json.dumps(intent)),
-    )
-    return Operation(cur.lastrowid, kind, ws.id, os.getpid(), lock.command(), started, intent)
+    op_id = ws.catalog.add_operation(kind, ws.project, ws.id, os.getpid(), lock.command(), started,
+                                     json.dumps(intent))
+    return Operation(op_id, kind, ws.id, os.getpid(), lock.command(), started, intent)
 
 
 def note(ws, op: Operation, name: str, **detail) -> None:
     """A short operation's current step, replacing the one before: an operation that repeats
     one step per entry (a plain folder's move, entry by entry) keeps its row small."""
     op.steps = [{"step": name, **detail}]
-    ws.catalog.conn.execute("UPDATE operations SET steps = ? WHERE id = ?", (json.dumps(op.steps), op.id))
+    ws.catalog.set_steps(op.id, json.dumps(op.steps))
     faults.point(f"{op.kind}-{name}")
 
 
 def close(ws, op: Operation) -> None:
     """An interrupted operation is over (repaired)."""
-    ws.catalog.conn.execute("DELETE FROM operations WHERE id = ?", (op.id,))
+    ws.catalog.end_operation(op.id)

@@ -19,7 +19,7 @@ from . import (clones, derive, faults, journal, links, linux, lock, names, recei
                vanished)
 from .backends import backend_class, open_backend
 from .backends.base import Backend, Change, Snapshot
-from .catalog import Catalog, explain
+from .catalog import Catalog, SchemaTooNew, explain
 from .config import CONFIG_NAME, Config, LocalState, VolumeState, write_as_owner
 from .errors import FilesystemFull, InUse, NotFound, SnapverError
 from .gitrepo import GitRepo
@@ -303,12 +303,13 @@ class Workspace:
     def _journal(self, kind: str, intent: dict):
         """A journal row for a short operation, or None when the catalog cannot take one: a
         damaged or read-only catalog does not stop a snapshot (the filesystem is the truth and
-        reindex brings the rows back), a full filesystem does (nothing could be recorded)."""
+        reindex brings the rows back), a full filesystem does (nothing could be recorded), and
+        so does a newer snapver's catalog (this one must not change that lake at all)."""
         try:
             return journal.begin(self, kind, intent)
         except (sqlite3.Error, SnapverError) as e:
             err = e if isinstance(e, SnapverError) else explain(e, self.backend.catalog_path)
-            if isinstance(err, FilesystemFull):
+            if isinstance(err, (FilesystemFull, SchemaTooNew)):
                 raise err from None
             return None
 

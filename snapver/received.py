@@ -24,16 +24,6 @@ from .gitrepo import git_as_owner
 
 from . import journal, lock
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS received_pins (
-    project TEXT NOT NULL,
-    volume TEXT NOT NULL,
-    name TEXT NOT NULL,
-    pin TEXT NOT NULL,
-    PRIMARY KEY (project, volume, name, pin)
-);
-"""
-
 def unknown(where: list[Path], shas: set[str]) -> set[str]:
     """Of shas, the commits no working tree's object database has: one `git cat-file
     --batch-check` per tree (as its owner, as gc reads its refs), fed only these shas. A
@@ -55,24 +45,12 @@ def unknown(where: list[Path], shas: set[str]) -> set[str]:
 
 # ------------------------------------------------------------------ pins that travel
 
-def _conn(catalog):
-    conn = catalog.conn
-    if not getattr(catalog, "_received_schema", False):
-        conn.executescript(SCHEMA)
-        catalog._received_schema = True
-    return conn
-
-
 def pins(catalog, project: str) -> list[list[str]]:
     """[volume, snapshot, pin] of every pin this lake knows: its own releases, and the
     pins that came with what it received (so they travel on from here too)."""
-    conn = _conn(catalog)
-    found = {(v, n, p) for v, n, p in conn.execute(
-        "SELECT volume, name, pin FROM received_pins WHERE project = ?", [project])}
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'releases'").fetchone():
-        for name, snapshot, volumes in conn.execute(
-                "SELECT name, snapshot, volumes FROM releases WHERE project = ?", [project]):
-            found.update((v, snapshot, f"release {name}") for v in volumes.split())
+    found = {(v, n, p) for v, n, p in catalog.received_pins(project)}
+    for r in catalog.releases(project):
+        found.update((v, r["snapshot"], f"release {r['name']}") for v in r["volumes"].split())
     return sorted([v, n, p] for v, n, p in found)
 
 
@@ -81,17 +59,14 @@ def record_pins(catalog, project: str, given: list, present: set[tuple[str, str]
     rows = [(project, v, n, p) for v, n, p in given
             if (v, n) in present and isinstance(p, str) and 0 < len(p) <= 200 and p.isprintable()]
     if rows:
-        conn = _conn(catalog)
-        with conn:
-            conn.executemany("INSERT OR IGNORE INTO received_pins VALUES (?, ?, ?, ?)", rows)
+        catalog.add_received_pins(rows)
     return len(rows)
 
 
 def pinned(catalog, project: str) -> dict[tuple[str, str], str]:
     """(volume, snapshot) -> why gc keeps it: a pin it arrived with."""
     keep: dict[tuple[str, str], str] = {}
-    for v, n, p in _conn(catalog).execute(
-            "SELECT volume, name, pin FROM received_pins WHERE project = ? ORDER BY pin", [project]):
+    for v, n, p in catalog.received_pins(project):
         keep.setdefault((v, n), f"{p} on a lake it came from")
     return keep
 

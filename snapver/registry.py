@@ -49,44 +49,9 @@ def warn(message: str, *args) -> None:
     logging.getLogger("snapver.registry").warning(message, *args)
 
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS registry_values (
-    project TEXT NOT NULL, snapshot TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL,
-    num REAL, text TEXT, source TEXT,
-    PRIMARY KEY (project, snapshot, kind, key)
-);
-CREATE TABLE IF NOT EXISTS releases (
-    project TEXT NOT NULL, name TEXT NOT NULL, snapshot TEXT NOT NULL, commit_sha TEXT NOT NULL,
-    volumes TEXT NOT NULL, created TEXT NOT NULL, message TEXT, forced INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (project, name)
-);
-CREATE TABLE IF NOT EXISTS provenance (
-    project TEXT NOT NULL, volume TEXT NOT NULL, snapshot TEXT NOT NULL, license TEXT, source TEXT,
-    PRIMARY KEY (project, volume, snapshot)
-);
-CREATE TABLE IF NOT EXISTS scans (
-    project TEXT NOT NULL, volume TEXT NOT NULL, snapshot TEXT NOT NULL, scanned TEXT NOT NULL,
-    files INTEGER NOT NULL, flagged INTEGER NOT NULL,
-    PRIMARY KEY (project, volume, snapshot)
-);
-CREATE TABLE IF NOT EXISTS scan_files (
-    project TEXT NOT NULL, volume TEXT NOT NULL, snapshot TEXT NOT NULL, path TEXT NOT NULL,
-    size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, flagged INTEGER NOT NULL, findings TEXT NOT NULL,
-    PRIMARY KEY (project, volume, snapshot, path)
-);
-CREATE INDEX IF NOT EXISTS scan_files_by_stat ON scan_files (project, volume, path, size, mtime_ns);
-"""
-
 RELEASE_PREFIX = "release:"
 HOLD_TAG = "snapver-release:"
 _RELEASE_NAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,62}")
-
-
-def db(ws):
-    """The catalog connection with the registry's tables, and lineage (derive.py), which
-    it reads (created on first use)."""
-    lineage.db(ws)
-    return ws.catalog.ensure(SCHEMA)
 
 
 def short(sha: str) -> str:
@@ -117,13 +82,11 @@ def after_snapshot(ws, snaps) -> None:
     if not snaps:
         return
     s = settings(ws)  # checked when the workspace was opened
-    conn = db(ws)
     name = snaps[0].name
-    rows = [(ws.project, sn.volume, name, s.provenance[sn.volume].get("license"),
-             s.provenance[sn.volume].get("source"))
+    rows = [(sn.volume, s.provenance[sn.volume].get("license"), s.provenance[sn.volume].get("source"))
             for sn in snaps if s.provenance.get(sn.volume)]
     if rows:
-        conn.executemany("INSERT OR REPLACE INTO provenance VALUES (?, ?, ?, ?, ?)", rows)
+        ws.catalog.record_provenance(ws.project, name, rows)
     if snaps[0].kind == "commit" and (s.metrics or s.params):
         by_volume = {sn.volume: sn for sn in snaps}
         for kind, files in (("metric", s.metrics), ("param", s.params)):
@@ -142,7 +105,7 @@ def after_snapshot(ws, snaps) -> None:
 
 
 def _scan_one(ws, snap):
-    verdicts = scan.scan_snapshot(db(ws), snap)
+    verdicts = scan.scan_snapshot(ws.catalog, snap)
     for v in verdicts:
         if v.flagged:
             warn("snapver: warning: %s/%s runs code when unpickled (%s): "
@@ -283,8 +246,8 @@ def record_values(ws, snapshot: str, values: dict[str, dict], source: str) -> No
                 raise SnapverError(f"{kind} {key!r}: {value!r} is not a number or text")
             num = _number(value)
             text = None if value is None else (str(value).lower() if isinstance(value, bool) else str(value))
-            rows.append((ws.project, snapshot, kind, key, num, text, source))
-    db(ws).executemany("INSERT OR REPLACE INTO registry_values VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            rows.append((kind, key, num, text))
+    ws.catalog.record_values(ws.project, snapshot, rows, source)
 
 
 def _number(value) -> float | None:
@@ -301,10 +264,7 @@ def _number(value) -> float | None:
 def values(ws, snapshots: list[str] | None = None) -> dict[str, dict[str, dict]]:
     """{snapshot: {"metric": {key: value}, "param": {...}}} from the catalog."""
     out: dict[str, dict[str, dict]] = {}
-    for snap, kind, key, num, text in db(ws).execute(
-        "SELECT snapshot, kind, key, num, text FROM registry_values WHERE project = ? ORDER BY key",
-        [ws.project],
-    ):
+    for snap, kind, key, num, text in ws.catalog.value_rows(ws.project):
         if snapshots is None or snap in snapshots:
             out.setdefault(snap, {"metric": {}, "param": {}})[kind][key] = num if num is not None else text
     return out
@@ -445,7 +405,7 @@ def _release(row) -> Release:
 
 def get_release(ws, name: str) -> Release:
     check_release_name(name)
-    row = db(ws).execute("SELECT * FROM releases WHERE project = ? AND name = ?", (ws.project, name)).fetchone()
+    row = ws.catalog.release(ws.project, name)
     if row is None:
         known = [r.name for r in list_releases(ws)]
         raise NotFound(f"there is no release {name!r}" + (f": the releases are {', '.join(known)}" if known else ""))
@@ -453,8 +413,7 @@ def get_release(ws, name: str) -> Release:
 
 
 def list_releases(ws) -> list[Release]:
-    return [_release(r) for r in db(ws).execute(
-        "SELECT * FROM releases WHERE project = ? ORDER BY created DESC", [ws.project])]
+    return [_release(r) for r in ws.catalog.releases(ws.project)]
 
 
 def resolve_release(ws, name: str, volumes: list[str]) -> tuple[dict, str]:
@@ -476,7 +435,7 @@ def flagged(ws, snaps: dict) -> list[str]:
     wanted = set(scan_volumes(ws, settings(ws)))
     bad = []
     for v, snap in snaps.items():
-        verdicts = scan.stored(db(ws), snap)
+        verdicts = scan.stored(ws.catalog, snap)
         if verdicts is None and v in wanted:
             verdicts = _scan_one(ws, snap)
         bad += [f"{v}/{f.path} ({', '.join(f.findings)})" for f in verdicts or [] if f.flagged]
@@ -485,10 +444,9 @@ def flagged(ws, snaps: dict) -> list[str]:
 
 def create_release(ws, name: str, rev: str = "HEAD", message: str | None = None, force: bool = False) -> Release:
     check_release_name(name)
-    existing = db(ws).execute("SELECT snapshot FROM releases WHERE project = ? AND name = ?",
-                              (ws.project, name)).fetchone()
+    existing = ws.catalog.release(ws.project, name)
     if existing:
-        raise SnapverError(f"release {name} exists already (at {short(existing[0])}): "
+        raise SnapverError(f"release {name} exists already (at {short(existing['snapshot'])}): "
                            f"choose another name, or `snapver release remove {name}` first")
     snaps, commit = snapshots_at(ws, rev)
     bad = flagged(ws, snaps)
@@ -502,11 +460,8 @@ def create_release(ws, name: str, rev: str = "HEAD", message: str | None = None,
             for snap in snaps.values():
                 ws.backend.hold(snap, HOLD_TAG + name)
                 held.append(snap)
-            db(ws).execute(
-                "INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (ws.project, name, snapshot, commit, " ".join(snaps), datetime.now(timezone.utc).isoformat(),
-                 message, int(bool(bad))),
-            )
+            ws.catalog.add_release(ws.project, name, snapshot, commit, list(snaps),
+                                   datetime.now(timezone.utc).isoformat(), message, bool(bad))
         except BaseException:
             for snap in held:
                 ws.backend.unhold(snap, HOLD_TAG + name)
@@ -521,18 +476,16 @@ def remove_release(ws, name: str) -> Release:
             snap = ws.backend.find(ws.project, v, rel.snapshot)
             if snap is not None:
                 ws.backend.unhold(snap, HOLD_TAG + name)
-        db(ws).execute("DELETE FROM releases WHERE project = ? AND name = ?", (ws.project, name))
+        ws.catalog.remove_release(ws.project, name)
     return rel
 
 
 def protected(ws) -> dict[tuple[str, str], str]:
     """(volume, snapshot) gc must keep, with why: releases (the core adds derive sources)."""
     keep: dict[tuple[str, str], str] = {}
-    for name, snapshot, vols in db(ws).execute(
-        "SELECT name, snapshot, volumes FROM releases WHERE project = ?", [ws.project]
-    ):
-        for v in vols.split():
-            keep[(v, snapshot)] = f"release {name}"
+    for r in reversed(ws.catalog.releases(ws.project)):  # oldest first: the newest release names it
+        for v in r["volumes"].split():
+            keep[(v, r["snapshot"])] = f"release {r['name']}"
     return keep
 
 
@@ -553,9 +506,8 @@ def releases_from_tags(ws, lines: list[str]) -> list[str]:
             sha = ws.git.resolve(parts[1])
             if not all(ws.backend.find(ws.project, v, sha) for v in ws.volumes):
                 continue  # a tag on a commit the lake never saw: nothing to pin
-            existing = db(ws).execute("SELECT snapshot FROM releases WHERE project = ? AND name = ?",
-                                      (ws.project, tag)).fetchone()
-            if existing and existing[0] == sha:
+            existing = ws.catalog.release(ws.project, tag)
+            if existing and existing["snapshot"] == sha:
                 continue  # another clone of the project released it already
             create_release(ws, tag, sha, message=f"git tag {tag}")
             said.append(f"release {tag} pins {short(sha)}")
@@ -571,9 +523,9 @@ def scan_report(ws, rev: str = "HEAD") -> dict[str, list[dict]]:
     report = {}
     for v in scan_volumes(ws, settings(ws)):
         if v in snaps:
-            verdicts = scan.stored(db(ws), snaps[v])
+            verdicts = scan.stored(ws.catalog, snaps[v])
             if verdicts is None:
-                verdicts = scan.scan_snapshot(db(ws), snaps[v])
+                verdicts = scan.scan_snapshot(ws.catalog, snaps[v])
             report[v] = [{"path": f.path, "flagged": f.flagged, "findings": f.findings} for f in verdicts]
     return report
 
@@ -681,24 +633,7 @@ def du(ws) -> dict:
 
 def provenance(ws, snapshot: str) -> dict[str, dict[str, str]]:
     return {v: {k: val for k, val in (("license", lic), ("source", src)) if val}
-            for v, lic, src in db(ws).execute(
-                "SELECT volume, license, source FROM provenance WHERE project = ? AND snapshot = ?",
-                (ws.project, snapshot))}
+            for v, lic, src in ws.catalog.provenance(ws.project, snapshot)}
 
 
-def copy_rows(ws, source, copy) -> None:
-    """A rewrite's copy of a snapshot gets the per-snapshot rows its source had (metrics and
-    params, provenance, model scans), as a rename would have carried them; inside the
-    rewrite's catalog transaction."""
-    conn = db(ws)
-    args = (copy.name, ws.project, source.name)
-    conn.execute("INSERT OR IGNORE INTO registry_values SELECT project, ?, kind, key, num, text, source "
-                 "FROM registry_values WHERE project = ? AND snapshot = ?", args)
-    for table, cols in (("provenance", "license, source"), ("scans", "scanned, files, flagged"),
-                        ("scan_files", "path, size, mtime_ns, ctime_ns, flagged, findings")):
-        conn.execute(f"INSERT OR IGNORE INTO {table} SELECT project, volume, ?, {cols} FROM {table} "
-                     "WHERE project = ? AND snapshot = ? AND volume = ?", (*args, source.volume))
-
-
-seams.plug(taken=after_snapshot, copied=copy_rows, protector=protected,
-           prefixes={RELEASE_PREFIX: resolve_release})
+seams.plug(taken=after_snapshot, protector=protected, prefixes={RELEASE_PREFIX: resolve_release})

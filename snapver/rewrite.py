@@ -21,7 +21,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from . import names, seams
+from . import names
 from .errors import NotFound, SnapverError
 
 # More new commits than this: their catalog rows come from one GitPython walk, not a git each.
@@ -118,13 +118,12 @@ def apply(ws, pairs) -> list:
 
 
 def _record(ws, source, copy) -> None:
-    """The copy's catalog rows: its snapshot row, and the per-snapshot rows features keep
-    (the registry's metrics and params, provenance, model scans), as a rename carried them."""
+    """The copy's catalog rows: its snapshot row, and the per-snapshot rows of the registry
+    (metrics and params, provenance, model scans) its source had, as a rename carried them."""
     row = ws.catalog.rows_for(ws.project, source.volume, source.name)["snapshot"] or {}
     with ws.catalog.batch():
         ws.catalog.record_snapshots([copy], row.get("workspace"), row.get("message"))
-        for copied in seams.snapshot_copied:  # the registry's rows of it
-            copied(ws, source, copy)
+        ws.catalog.copy_snapshot_rows(ws.project, source.volume, source.name, copy.name)
 
 
 def _follow_state(ws, by_new: dict[str, list[str]], given: dict[tuple[str, str], str]) -> None:

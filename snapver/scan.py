@@ -76,15 +76,11 @@ def model_files(root: Path):
                     yield os.path.relpath(full, root), st
 
 
-def scan_snapshot(conn, snap) -> list[FileVerdict]:
+def scan_snapshot(catalog, snap) -> list[FileVerdict]:
     """Scan a snapshot's model files (reusing verdicts of unchanged files) and store the result."""
     verdicts, rows = [], []
     for rel, st in model_files(Path(snap.path)):
-        key = (snap.project, snap.volume, rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        prev = conn.execute(
-            "SELECT flagged, findings FROM scan_files WHERE project = ? AND volume = ? AND path = ? "
-            "AND size = ? AND mtime_ns = ? AND ctime_ns = ? LIMIT 1", key,
-        ).fetchone()
+        prev = catalog.scanned_file(snap.project, snap.volume, rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if prev is not None:
             flagged, findings = bool(prev[0]), json.loads(prev[1])
         else:
@@ -93,32 +89,14 @@ def scan_snapshot(conn, snap) -> list[FileVerdict]:
                 continue  # no longer a regular file (a live volume changes under a walk)
             flagged, findings = scanned
         verdicts.append(FileVerdict(rel, flagged, findings))
-        rows.append((snap.project, snap.volume, snap.name, rel, st.st_size, st.st_mtime_ns,
-                     st.st_ctime_ns, int(flagged), json.dumps(findings)))
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute("DELETE FROM scan_files WHERE project = ? AND volume = ? AND snapshot = ?",
-                     (snap.project, snap.volume, snap.name))
-        conn.executemany("INSERT INTO scan_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        conn.execute(
-            "INSERT OR REPLACE INTO scans VALUES (?, ?, ?, ?, ?, ?)",
-            (snap.project, snap.volume, snap.name, datetime.now(timezone.utc).isoformat(),
-             len(verdicts), sum(v.flagged for v in verdicts)),
-        )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+        rows.append((rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, int(flagged), json.dumps(findings)))
+    catalog.record_scan(snap.project, snap.volume, snap.name, rows, datetime.now(timezone.utc).isoformat())
     return verdicts
 
 
-def stored(conn, snap) -> list[FileVerdict] | None:
+def stored(catalog, snap) -> list[FileVerdict] | None:
     """The stored verdicts of a snapshot, None if it was never scanned."""
-    if conn.execute("SELECT 1 FROM scans WHERE project = ? AND volume = ? AND snapshot = ?",
-                    (snap.project, snap.volume, snap.name)).fetchone() is None:
+    rows = catalog.scan_rows(snap.project, snap.volume, snap.name)
+    if rows is None:
         return None
-    rows = conn.execute(
-        "SELECT path, flagged, findings FROM scan_files WHERE project = ? AND volume = ? AND snapshot = ? "
-        "ORDER BY path", (snap.project, snap.volume, snap.name),
-    )
     return [FileVerdict(r[0], bool(r[1]), json.loads(r[2])) for r in rows]

@@ -8,8 +8,6 @@ protector is plugged in (Workspace.protected), rather than miss a release.
 
 - snapshot_taken: fn(ws, snaps) after a snapshot set is recorded (metrics, provenance,
   model scan); it must not raise: the snapshot is taken.
-- snapshot_copied: fn(ws, source, copy) inside the catalog transaction that records a
-  rewrite's copy of a snapshot, to copy the feature's rows of it.
 - gc_protectors: fn(ws) -> {(volume, snapshot name): why}: what gc must keep and a cut
   snapshot set must not be undone over (releases).
 - rev_prefixes: {"release:": fn(ws, rest, volumes) -> ({volume: Snapshot}, commit)}, a
@@ -21,15 +19,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 snapshot_taken: list[Callable] = []
-snapshot_copied: list[Callable] = []
 gc_protectors: list[Callable] = []
 rev_prefixes: dict[str, Callable] = {}
 
 
-def plug(*, taken: Callable | None = None, copied: Callable | None = None,
-         protector: Callable | None = None, prefixes: dict[str, Callable] | None = None) -> None:
+def plug(*, taken: Callable | None = None, protector: Callable | None = None,
+         prefixes: dict[str, Callable] | None = None) -> None:
     """Add a feature's callbacks; plugging the same one twice (a re-import) adds it once."""
-    for seam, fn in ((snapshot_taken, taken), (snapshot_copied, copied), (gc_protectors, protector)):
+    for seam, fn in ((snapshot_taken, taken), (gc_protectors, protector)):
         if fn is not None and fn not in seam:
             seam.append(fn)
     rev_prefixes.update(prefixes or {})

@@ -105,9 +105,7 @@ def _reached(ws, taken) -> str:
             return f"{s.volume}@{_label(s.name)} is the {kept[(s.volume, s.name)]}"
         if ws.state.volume(s.volume).base == s.name:
             return f"{s.volume}@{_label(s.name)} is this workspace's base"
-    others = ws.catalog.conn.execute(
-        "SELECT DISTINCT workspace FROM volumes WHERE project = ?", (ws.project,)).fetchall()
-    for (other,) in others:
+    for other in ws.catalog.workspaces(ws.project):
         for s in taken:
             if not ws.backend.volume_exists(ws.project, other, s.volume):
                 continue

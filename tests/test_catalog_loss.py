@@ -106,3 +106,49 @@ def test_every_command_survives_a_damaged_catalog(lake_repo, lake, how):
     # Commands work normally again.
     snapver(lake_repo, "checkout", third)
     assert (lake_repo / "models" / "m.pt").read_text() == "v3"
+
+
+def settled(catalog: Path) -> str:
+    """The catalog's bytes once its WAL is checkpointed in (what any later reader sees)."""
+    import hashlib
+
+    with contextlib.closing(sqlite3.connect(catalog)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return hashlib.sha256(catalog.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("lake", ["btrfs", "zfs"], indirect=True)
+def test_a_newer_snapvers_catalog_is_refused_and_left_alone(lake_repo, lake):
+    """A clone on an older snapver meets a catalog a newer one wrote (schema 99): every command
+    refuses in one line, the commit hook too, and neither the catalog nor the lake changes."""
+    (lake_repo / "models" / "m.pt").write_text("v1")
+    git(lake_repo, "commit", "-q", "--allow-empty", "-m", "v1")
+    first = git(lake_repo, "rev-parse", "HEAD")
+    (lake_repo / "models" / "m.pt").write_text("v2")
+    git(lake_repo, "commit", "-q", "--allow-empty", "-m", "v2")
+    catalog = lake.root / "catalog.db"
+    before = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").json}
+    with contextlib.closing(sqlite3.connect(catalog)) as db:
+        db.execute("PRAGMA user_version = 99")
+    bytes_before = settled(catalog)
+    try:
+        # (`status` reads only the filesystem and Git, and works.)
+        for args in (["log"], ["snapshot", "--wip"], ["gc", "--dry-run"], ["reindex"], ["checkout", first],
+                     ["release", "list"]):
+            done = snapver(lake_repo, *args, ok=None)
+            assert done.code != 0, args
+            answered(done, why="was written by a newer snapver (schema 99")
+            assert "upgrade snapver" in done.err
+        (lake_repo / "models" / "m.pt").write_text("v3")
+        commit = subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "v3"], cwd=lake_repo,
+                                env=env(), capture_output=True, text=True)
+        assert commit.returncode == 0 and "Traceback" not in commit.stderr, commit.stderr
+        assert "newer snapver (schema 99" in commit.stderr, commit.stderr
+        assert settled(catalog) == bytes_before, "the catalog was written"
+        assert not list(catalog.parent.glob("catalog.db.damaged-*")), "a newer catalog is not damaged"
+    finally:
+        with contextlib.closing(sqlite3.connect(catalog)) as db:
+            db.execute("PRAGMA user_version = 1")
+    after = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").json}
+    assert after == before, "no snapshot was taken or destroyed"
+    assert (lake_repo / "models" / "m.pt").read_text() == "v3", "the lake was not checked out"

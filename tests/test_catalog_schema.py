@@ -1,0 +1,177 @@
+"""The catalog's schema version (PRAGMA user_version) and its migrations, in-process on a
+temporary file: an older catalog is brought up to date in one transaction, once; a newer
+one is refused with one line and left exactly as it was."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from snapver import catalog_schema
+from snapver.catalog import Catalog
+from snapver.catalog_schema import VERSION, SchemaTooNew
+from snapver.errors import SnapverError
+
+# The core tables as the first snapver made them (before `kept`, before the registry): the
+# oldest catalog a newer snapver may meet, at user_version 0.
+OLDEST = """
+CREATE TABLE snapshots (project TEXT NOT NULL, volume TEXT NOT NULL, name TEXT NOT NULL,
+    commit_sha TEXT NOT NULL, kind TEXT NOT NULL, created TEXT NOT NULL, workspace TEXT, message TEXT,
+    PRIMARY KEY (project, volume, name));
+CREATE TABLE commits (project TEXT NOT NULL, sha TEXT NOT NULL, author TEXT, email TEXT, time TEXT,
+    subject TEXT, parents TEXT, branch TEXT, PRIMARY KEY (project, sha));
+CREATE TABLE volumes (project TEXT NOT NULL, workspace TEXT NOT NULL, name TEXT NOT NULL,
+    path TEXT NOT NULL, worktree TEXT, PRIMARY KEY (project, workspace, name));
+INSERT INTO snapshots VALUES ('p', 'data', 'a', 'a', 'wip', 't', 'w1', 'kept before checkout of b');
+INSERT INTO snapshots VALUES ('p', 'data', 'b', 'b', 'wip', 't', 'w1', 'by hand');
+INSERT INTO snapshots VALUES ('p', 'data', 'c', 'c', 'commit', 't', NULL, NULL);
+"""
+
+V1_TABLES = {"snapshots", "commits", "volumes", "operations", "clones", "registry_values", "releases",
+             "lineage", "provenance", "scans", "scan_files", "received_pins"}
+
+
+def raw(path: Path, script: str = "") -> None:
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.executescript(script)
+
+
+def user_version(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+def tables(path: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def files(path: Path) -> dict[str, str]:
+    """Every file of the catalog (database, WAL, index) by name, with a hash of its bytes."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.parent.iterdir())}
+
+
+def test_a_new_catalog_is_made_at_the_current_version(tmp_path):
+    db = tmp_path / "catalog.db"
+    Catalog(db).close()
+    assert user_version(db) == VERSION == 1
+    assert tables(db) == V1_TABLES
+
+
+def test_the_oldest_catalog_is_migrated_to_1_with_its_rows_kept_and_marked(tmp_path):
+    db = tmp_path / "catalog.db"
+    raw(db, OLDEST)
+    assert user_version(db) == 0
+    c = Catalog(db)
+    assert user_version(db) == 1
+    assert tables(db) == V1_TABLES
+    kept = {r["name"]: r["kept"] for r in c.conn.execute("SELECT name, kept FROM snapshots")}
+    assert kept == {"a": 1, "b": 0, "c": None}  # a safety wip, a manual one, a reindexed row (not known)
+    c.close()
+
+
+def test_a_catalog_of_today_without_a_version_is_migrated_and_keeps_every_row(tmp_path):
+    """Version 0 as the last snapver before user_version left it: every table there already."""
+    db = tmp_path / "catalog.db"
+    raw(db, catalog_schema._V1 + "INSERT INTO releases VALUES ('p', 'prod', 's', 'c', 'data', 't', NULL, 0);")
+    assert user_version(db) == 0
+    c = Catalog(db)
+    assert user_version(db) == 1
+    assert [r["name"] for r in c.releases("p")] == ["prod"]
+    c.close()
+
+
+def test_migrating_is_idempotent(tmp_path):
+    db = tmp_path / "catalog.db"
+    raw(db, OLDEST)
+    Catalog(db).close()
+    before = files(db)
+    Catalog(db).close()  # at the current version: nothing to do, nothing written
+    assert files(db) == before
+    # A step that runs again (its version not recorded, say) changes nothing either.
+    raw(db, "PRAGMA user_version = 0")
+    c = Catalog(db)
+    assert user_version(db) == 1
+    assert c.conn.execute("SELECT count(*) FROM snapshots").fetchone()[0] == 3
+    assert {r["name"]: r["kept"] for r in c.conn.execute("SELECT name, kept FROM snapshots")} == \
+        {"a": 1, "b": 0, "c": None}
+    c.close()
+
+
+def test_a_migration_that_fails_changes_nothing(tmp_path):
+    """A catalog whose snapshots table the step cannot mark (no `message` column): the step
+    fails halfway, after creating the other tables, and all of it is rolled back."""
+    db = tmp_path / "catalog.db"
+    raw(db, "CREATE TABLE snapshots (project TEXT, volume TEXT, name TEXT, workspace TEXT);"
+            "INSERT INTO snapshots VALUES ('p', 'data', 'a', 'w');")
+    with pytest.raises(SnapverError, match="damaged"):
+        Catalog(db)
+    assert user_version(db) == 0
+    assert tables(db) == {"snapshots"}
+
+
+def test_a_newer_catalog_is_refused_with_one_line_and_left_as_it_was(tmp_path):
+    db = tmp_path / "catalog.db"
+    Catalog(db).close()
+    raw(db, f"PRAGMA user_version = {VERSION + 1}; DROP TABLE releases;")  # a newer snapver's layout
+    before = files(db)
+    for open_it in (Catalog, Catalog.rebuild):  # reindex too: a newer catalog is not a damaged one
+        with pytest.raises(SchemaTooNew) as e:
+            open_it(db)
+        line = str(e.value)
+        assert len(line.splitlines()) == 1
+        assert f"was written by a newer snapver (schema {VERSION + 1}" in line and "upgrade snapver" in line
+        assert str(db) in line
+        assert files(db) == before
+    assert user_version(db) == VERSION + 1
+
+
+READ_AS_NOBODY = """
+import sys
+from pathlib import Path
+from snapver.catalog import Catalog
+c = Catalog(Path(sys.argv[1]))
+print(len(c.releases("p")), c.conn.execute("SELECT count(*) FROM snapshots").fetchone()[0])
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_one_who_may_not_write_reads_an_old_catalog_as_it_is():
+    """Someone who may not write the catalog cannot migrate it: they read it as it is, and
+    the first one who may write it migrates it."""
+    home = Path(tempfile.mkdtemp(prefix="snapver-catalog-"))  # not pytest's: nobody must get in
+    try:
+        home.chmod(0o755)
+        db = home / "catalog.db"
+        raw(db, catalog_schema._V1 + "INSERT INTO releases VALUES ('p', 'prod', 's', 'c', 'data', 't', NULL, 0);")
+        done = subprocess.run([sys.executable, "-c", READ_AS_NOBODY, str(db)], user="nobody",
+                              cwd="/", env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["1", "0"]
+        assert user_version(db) == 0
+        Catalog(db).close()
+        assert user_version(db) == VERSION
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_transactions_nest_by_joining_and_roll_back_whole(tmp_path):
+    c = Catalog(tmp_path / "catalog.db")
+    with pytest.raises(RuntimeError), c.batch():
+        c.add_lineage("p", "ft", "models", "s", None, "t")
+        with c.batch():  # joined: rolled back with the outer one
+            c.add_lineage("p", "ft2", "models", "s", None, "t")
+        raise RuntimeError
+    assert c.lineage("p") == []
+    assert not c.conn.in_transaction
+    c.close()
