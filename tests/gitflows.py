@@ -180,7 +180,8 @@ class World:
             self.must(self.run("A", ["git", "clone", "-q", str(a), str(self.paths["R"])], quiet=True))
             self.must(self.snapver("R", "init", *self.far_args, quiet=True))
             for who in ("A", "B"):  # W shares A's .git/config
-                self.must(self.snapver(who, "remote", "add", "two", self.far_url, quiet=True))
+                # What `snapver remote add two URL` writes, without an interpreter start per clone.
+                self.must(self.run(who, ["git", "config", "snapver-remote.two.url", self.far_url], quiet=True))
             self.log(f"set-up: R a clone of A on the second lake ({self.far_url}, remote `two` of A, B, W); "
                      "R never fetches")
         return first
