@@ -2,10 +2,14 @@
 
 Runs the test on Btrfs (and, with --zfs, on zfs-fuse) with N sequences, then prints and
 keeps its figures: sequences, steps, snapshots and wips checked, failures per invariant,
-seconds. The README's Safety table quotes the 5,000-sequence run:
+seconds. The README's Safety table quotes the 5,000-sequence run. As root (the tests make
+Btrfs images and zfs-fuse pools; these machines have no sudo, root runs it directly), after
+`bash scripts/test.sh tests/test_suite_rules.py -q` made .venv. zfs-fuse deadlocks when two
+test sessions use it at once, so the --zfs run goes under the lock file that every zfs-fuse
+user of the machine takes (here /work/scratch/zfs.lock):
 
-    sudo .venv/bin/python bench/git_flows_model.py --examples 5000
-    sudo .venv/bin/python bench/git_flows_model.py --examples 100 --steps 12 --zfs
+    .venv/bin/python bench/git_flows_model.py --examples 5000
+    flock /work/scratch/zfs.lock .venv/bin/python bench/git_flows_model.py --examples 100 --steps 12 --zfs
 
 Results: bench/results/git_flows_model.json (one entry per run, appended).
 """

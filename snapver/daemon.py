@@ -283,7 +283,7 @@ class Daemon:
                     # Work left unsnapshotted while the daemon was down counts as a change.
                     if ws.backend.changed_since(ws.project, ws.id, v, ws.state.volume(v).mark):
                         self.note_change((w.path, v))
-            except SnapverError as e:
+            except (SnapverError, OSError) as e:  # one workspace that vanishes never stops the daemon
                 log.error("%s: not watched: %s", w.path, e)
 
     def _start_watch(self, tree: Path, watch: VolumeWatch) -> None:
@@ -441,7 +441,14 @@ class Daemon:
 
     def _open(self, tree: Path):
         ws = Workspace.open(tree)
-        _check_own(ws)
+        faults.point("daemon-opened")
+        try:
+            _check_own(ws)
+        except OSError as e:
+            # Moved or deleted since Git found it (a clone moved as snapverd starts or reloads):
+            # that workspace is not served, and the daemon goes on with the others.
+            raise SnapverError(f"{tree} changed while snapverd checked it ({e.strerror}): "
+                               "not served until it is back, or the config names where it went") from None
         return ws
 
     # -- the socket API

@@ -41,6 +41,7 @@ The points, in the order an operation reaches them:
     pull-mid-stream              from the far end) / the receiver, two chunks in
     receive-received             the stream is in and the snapshot whole, its catalog rows not yet written
     receive-end                  the catalog rows are written, the journal entry not yet closed
+    daemon-opened                snapverd found a workspace with Git, not yet checked it is its owner's
 """
 
 import os

@@ -54,11 +54,21 @@ run() {
 # and the last command done is the edit: then the lake goes to the commit being edited,
 # and a commit made during the stop (`amend` is there) is snapshotted as any other.
 # Leaving a stop other than by --continue deletes REBASE_HEAD: the lake follows HEAD.
+# A rebase whose todo list picks nothing (every commit already upstream) runs no post-rewrite:
+# the checkout of the new base is its end, and the lake follows HEAD there.
+picks_nothing() {  # the todo list has no command but noop and drop: a `read` loop, no process
+  while read -r cmd rest; do
+    case $cmd in ''|'#'*|noop|drop|d) ;; *) return 1 ;; esac
+  done < "$gitdir/rebase-merge/git-rebase-todo"
+  return 0
+}
 if [ "$hook" != post-rewrite ] && { [ -d "$gitdir/rebase-merge" ] || [ -d "$gitdir/rebase-apply" ]; }; then
   [ -d "$state" ] || exit $status
   case $hook in
     post-commit)
       [ -f "$gitdir/rebase-merge/amend" ] && run "$@" ;;
+    post-checkout)
+      [ "$3" = 1 ] && [ -f "$gitdir/rebase-merge/git-rebase-todo" ] && picks_nothing && run "$@" ;;
     reference-transaction)
       if [ "$1" = committed ] && [ -f "$gitdir/rebase-merge/stopped-sha" ]; then
         z=0000000000000000000000000000000000000000

@@ -486,12 +486,13 @@ class Transfer:
 
 
 def _wanted(ws, revs: list[str], available: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """(volume, name) of those available that revs ask for: a snapshot name asks for itself,
-    anything else for the commit snapshots of every commit it reaches (Git's history)."""
+    """(volume, name) of those available that revs ask for: a wip's name asks for itself,
+    anything else (a commit's full ID too, though it names the commit's snapshot) for the
+    commit snapshots of every commit it reaches (Git's history)."""
     commits: set[str] = set()
     exact: set[str] = set()
     for rev in revs or ["HEAD"]:
-        if names.is_snapshot_name(rev) and any(n == rev for _, n in available):
+        if (names.parse_snapshot_name(rev) or ("", ""))[1] == "wip" and any(n == rev for _, n in available):
             exact.add(rev)
             continue
         sha = ws.git.resolve(rev)

@@ -2,9 +2,12 @@
 
 A World is one project on one lake: clone A (where `snapver init` ran first), clone B
 (`git clone` of A that joined with `snapver init`) and a linked worktree W of A, hooks
-installed everywhere. Commands run as real processes (git with the hooks, the snapver CLI);
-every command and what the hooks said is logged, so a failing sequence reads as a shell
-session. Nothing here knows what snapver should do: that is the oracle in the test.
+installed everywhere, and snapverd running as a real process that watches all three. A
+second lake (issue 22) on the same filesystem holds clone R, which never fetches: what A, B
+and W push there is of commits R does not know. Commands run as real processes (git with the
+hooks, the snapver CLI); every command and what the hooks said is logged, so a failing
+sequence reads as a shell session. Nothing here knows what snapver should do: that is the
+oracle in the test.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -75,11 +79,14 @@ def read_tree(root: Path) -> dict[str, str]:
 class World:
     """One project on one lake: clones A and B and worktree W, with a log of every command."""
 
-    def __init__(self, lake_spec: list[str], log):
+    def __init__(self, lake_spec: list[str], log, far_spec: list[str] | None = None, far_url: str | None = None):
         self.lake_args = lake_spec
+        self.far_args, self.far_url = far_spec, far_url  # the second lake: R's `snapver init`, a file:// URL
         self.log = log  # called with each line of the session transcript
         self.home = Path(tempfile.mkdtemp(prefix="snapver-model-"))
-        self.paths = {"A": self.home / "A", "B": self.home / "B", "W": self.home / "W"}
+        self.paths = {"A": self.home / "A", "B": self.home / "B", "W": self.home / "W", "R": self.home / "R"}
+        self.daemon: subprocess.Popen | None = None
+        self.daemon_log = self.home / "snapverd.log"
         self.editor = self.home / "sequence_editor.py"
         self.editor.write_text(SEQUENCE_EDITOR)
         self.rewrites = self.home / "rewrites"
@@ -126,12 +133,18 @@ class World:
         self.rewrites.unlink()
         return pairs
 
-    def snapshots(self) -> dict[tuple[str, str], Path]:
-        """Every snapshot of the project on the filesystem, (volume, name) -> its path: what
+    def known(self, who: str, shas: list[str]) -> list[str]:
+        """Of shas, the commits who's object database has (reachable or not)."""
+        done = subprocess.run(["git", "cat-file", "--batch-check=%(objectname) %(objecttype)"], cwd=self.paths[who],
+                              input="".join(f"{s}\n" for s in shas), capture_output=True, text=True)
+        return [line.split()[0] for line in done.stdout.splitlines() if line.endswith(" commit")]
+
+    def snapshots(self, who: str = "A") -> dict[tuple[str, str], Path]:
+        """Every snapshot of the project on who's lake, (volume, name) -> its path: what
         `snapver log --all` lists, read in this process (a CLI process per step costs 0.25 s)."""
         from snapver.lake import Workspace
 
-        ws = Workspace.open(self.paths["A"])
+        ws = Workspace.open(self.paths[who])
         return {(s.volume, s.name): s.path for s in ws.backend.snapshots(ws.project)}
 
     def live(self, who: str) -> dict[str, dict[str, str]]:
@@ -163,6 +176,14 @@ class World:
         self.must(self.run("A", ["git", "remote", "add", "b", str(self.paths["B"])], quiet=True))
         self.must(self.run("A", ["git", "worktree", "add", "-q", "-b", "w", str(self.paths["W"])], quiet=True))
         self.log(f"set-up: A at {first[:10]} (main), B a clone of A, W a worktree of A (branch w)")
+        if self.far_args:
+            self.must(self.run("A", ["git", "clone", "-q", str(a), str(self.paths["R"])], quiet=True))
+            self.must(self.snapver("R", "init", *self.far_args, quiet=True))
+            for who in ("A", "B"):  # W shares A's .git/config
+                # What `snapver remote add two URL` writes, without an interpreter start per clone.
+                self.must(self.run(who, ["git", "config", "snapver-remote.two.url", self.far_url], quiet=True))
+            self.log(f"set-up: R a clone of A on the second lake ({self.far_url}, remote `two` of A, B, W); "
+                     "R never fetches")
         return first
 
     def recorder(self, who: str) -> None:
@@ -171,15 +192,80 @@ class World:
         hook.write_text(RECORDER)
         hook.chmod(0o755)
 
-    def daemon_config(self) -> Path:
+    def daemon_config(self, gone: tuple[str, ...] = ()) -> Path:
         config = self.home / "snapverd.toml"
-        lines = [f'socket = "{self.home / "snapverd.sock"}"', 'gc_interval = "off"']
+        # Short times, so that it takes wips and follows HEADs while the sequence runs.
+        lines = [f'socket = "{self.home / "snapverd.sock"}"', 'gc_interval = "off"', 'debounce = "1s"',
+                 'max_delay = "2s"', 'poll_interval = "1s"']
         for who in ("A", "B", "W"):
-            lines += ["[[workspace]]", f'path = "{self.paths[who]}"']
+            if who not in gone:
+                lines += ["[[workspace]]", f'path = "{self.paths[who]}"']
         config.write_text("\n".join(lines) + "\n")
         return config
 
+    def reload_daemon(self, gone: tuple[str, ...] = ()) -> None:
+        """A clone moved or deleted: its new path (or none) in the config, and SIGHUP, as an admin would."""
+        self.daemon_config(gone)
+        if self.daemon is not None and self.daemon.poll() is None:
+            # Not before it is up: until it has its handler a SIGHUP ends it (systemd, too,
+            # reloads a Type=notify service only once it said READY).
+            self.wait_for_daemon()
+            self.daemon.send_signal(signal.SIGHUP)
+            self.log("kill -HUP snapverd  (config: " + ", ".join(
+                f"{w} at {self.paths[w].name}" for w in ("A", "B", "W") if w not in gone) + ")")
+
+    def start_daemon(self) -> None:
+        """snapverd for A, B and W, as a real process. Not waited for: it comes up during the
+        first step (a sequence is short, and waiting would cost every sequence a second);
+        daemon_trouble() says if it died, whenever that was."""
+        config = self.daemon_config()
+        with open(self.daemon_log, "ab") as log:
+            self.daemon = subprocess.Popen([sys.executable, "-m", "snapver", "daemon", "--config", str(config)],
+                                           cwd=self.home, env={**env(), "SNAPVER_SOCKET": str(self.home / "snapverd.sock")},
+                                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        self.log(f"set-up: snapverd watching A, B, W (debounce 1s, max_delay 2s, poll 1s), pid {self.daemon.pid}")
+
+    def wait_for_daemon(self, timeout: float = 30) -> None:
+        """Until snapverd answers on its socket (or has died: daemon_trouble says so)."""
+        from snapver import client
+
+        deadline = time.monotonic() + timeout
+        while self.daemon.poll() is None and time.monotonic() < deadline:
+            try:
+                client.request({"op": "daemon-status"}, path=self.home / "snapverd.sock", timeout=2)
+                return
+            except (client.Unavailable, OSError):
+                time.sleep(0.05)
+
+    def daemon_trouble(self) -> str | None:
+        """None while snapverd runs; else its exit code and the end of what it wrote."""
+        if self.daemon is None or self.daemon.poll() is None:
+            return None
+        text = self.daemon_log.read_text(errors="replace") if self.daemon_log.exists() else ""
+        return f"snapverd exited with {self.daemon.returncode}; its log ends:\n{text[-3000:]}"
+
+    def daemon_said(self, what: str) -> int:
+        """How many lines of snapverd's log say `what` (to count the wips it took)."""
+        try:
+            return sum(what in line for line in self.daemon_log.read_text(errors="replace").splitlines())
+        except OSError:
+            return 0
+
+    def stop_daemon(self) -> None:
+        """SIGTERM (it finishes the jobs in flight), then SIGKILL if it hangs; always waited for,
+        so that nothing of it still writes to a lake that is about to be removed."""
+        if self.daemon is None:
+            return
+        if self.daemon.poll() is None:
+            self.daemon.send_signal(signal.SIGTERM)
+            try:
+                self.daemon.wait(60)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+
     def tear_down(self) -> None:
+        self.stop_daemon()
         shutil.rmtree(self.home, ignore_errors=True)
 
 

@@ -112,6 +112,37 @@ def test_a_workspace_the_daemon_does_not_watch_is_refused(lake_repo, snapverd, t
             client.request({"op": "snapshot", "workspace": path, "wip": True}, path=d.socket)
 
 
+def _stopped(pid: int) -> bool:
+    """The process is stopped (SIGSTOP: state T in /proc/PID/stat)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, IndexError):
+        return False
+
+
+def test_a_workspace_moved_while_snapverd_starts_does_not_kill_it(lake_repo, daemon_dir):
+    """The clone is moved after Git found it and before snapverd checked it is its owner's:
+    that workspace is not watched, said in one line, and the daemon runs on. Found by the
+    model-based test (snapverd died with a FileNotFoundError traceback)."""
+    d = Snapverd(daemon_dir, [lake_repo])
+    moved = lake_repo.with_name(lake_repo.name + "-moved")
+    d.proc = subprocess.Popen([sys.executable, "-m", "snapver", "daemon", "--config", str(d.config)],
+                              env={**env(), "SNAPVER_SOCKET": str(d.socket), "SNAPVER_PAUSE": "daemon-opened"},
+                              stdout=open(d.log, "ab"), stderr=subprocess.STDOUT)
+    try:
+        assert wait_for(lambda: _stopped(d.proc.pid), 20), f"snapverd did not pause: {d.log.read_text()}"
+        lake_repo.rename(moved)
+        os.kill(d.proc.pid, signal.SIGCONT)
+        assert wait_for(d.answers, 20), f"snapverd died: {d.log.read_text()}"
+        log = d.log.read_text()
+        assert f"{lake_repo}: not watched: {lake_repo} changed while snapverd checked it" in log, log
+        assert "Traceback" not in log
+    finally:
+        d.stop()
+        if moved.exists():
+            moved.rename(lake_repo)  # where the fixtures clean up
+
+
 def test_unprivileged_cli_goes_through_the_daemon(nobody_repo, daemon_dir):
     """A user who cannot write the lake snapshots and checks out through snapverd."""
     repo = nobody_repo

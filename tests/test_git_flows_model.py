@@ -1,21 +1,33 @@
-"""The promise, tested as a model: nothing is lost in everyday Git (issue 14).
+"""The promise, tested as a model: nothing is lost in everyday Git (issues 14 and 22).
 
 Random sequences of everyday Git in two clones and a worktree of one project on one lake
-(hooks installed): write data, commit, amend, branch, checkout/switch, merge, rebase (pick,
-squash, edit + amend + abort), cherry-pick, reset --hard, stash/pop, tag, release, gc,
-daemon gc, a clone moved or deleted, kill -9 of a hook. The oracle remembers the data every
-commit was made with (the live volumes when it was made, or the data of the commit it
-rewrote; the newest of a squash) and every wip a command announced as kept. After every step:
+(hooks installed, snapverd running and watching all three): write data, commit, amend, branch,
+checkout/switch, merge, rebase (pick, squash, edit + amend + abort), cherry-pick, reset --hard,
+stash/pop, tag, release, gc, daemon gc, a clone moved or deleted, kill -9 of a hook; and
+between two lakes (issue 22): push to a second lake on the same filesystem (whose own clone R
+never fetches), pull back from it, gc there. The oracle remembers the data every commit was
+made with (the live volumes when it was made, or the data of the commit it rewrote; the newest
+of a squash), every wip a command announced as kept, and every commit a push said it sent.
+The wips snapverd takes as it races the hooks are not announced as kept, so they are not
+required; what it does must break none of the rest. After every step, with the workspace
+locks held (so that no snapshot snapverd is taking is seen halfway):
 
 - every commit that a ref (branch, tag, remote, HEAD) of a present clone or worktree reaches,
   or that a release pins, has a snapshot of every volume holding exactly its data;
 - every announced kept wip still exists, holding exactly what the lake held;
 - no commit snapshot is half made (all volumes or none);
 - a command that moved HEAD brought the lake to HEAD's data (checkout, switch, reset --hard,
-  fast-forward merge, the end of a rebase or its abort, and the stop of a `rebase -i` edit).
+  fast-forward merge, the end of a rebase or its abort, and the stop of a `rebase -i` edit);
+- snapverd is still running;
+- every commit a successful push covered (the history of what it pushed) has, on the second
+  lake, a snapshot of every volume holding exactly its data, whatever gc ran there: R knows
+  none of them, so they are "unknown" and kept;
+and right after a pull that succeeded, the first lake holds exactly the data of every commit
+of the pulled history that the second lake held.
 
 SNAPVER_MODEL_EXAMPLES=N sets the number of sequences (default 100, HYPOTHESIS_PROFILE=long:
-5000), SNAPVER_MODEL_STEPS the steps per sequence, SNAPVER_MODEL_SEED a seed to replay. The
+5000), SNAPVER_MODEL_STEPS the steps per sequence, SNAPVER_MODEL_SEED a seed to replay,
+SNAPVER_MODEL_DAEMON=0 runs without snapverd (to tell its part in a failure). The
 figures (sequences, steps, snapshots checked, failures) go to SNAPVER_MODEL_SUMMARY (default
 <tmp>/snapver-model-summary.json) and are printed (`pytest -s`); bench/git_flows_model.py
 runs it for the README's figure.
@@ -24,6 +36,7 @@ runs it for the README's figure.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -40,6 +53,7 @@ from hypothesis import seed as hseed
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
+from snapver import lock
 from tests.gitflows import VOLUMES, World, delete_btrfs_tree, read_tree
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
@@ -54,11 +68,15 @@ KILLS = [("commit", "after-snapshot-before-state"), ("checkout", "checkout-kept"
 BROKEN: dict[str, type] = {}
 FIRST: dict[str, list | None] = collections.defaultdict(lambda: None)  # shortest failing transcript
 STATS = {"sequences": 0, "steps": 0, "checks": 0, "snapshots_checked": 0, "wips_checked": 0,
+         "far_snapshots_checked": 0, "pushes": 0, "pulls": 0, "daemon_wips": 0,
          "failing_sequences": 0, "failures": {}}
+WORLDS: list[World] = []  # whose snapverd run_model stops whatever happened
 
 
 class GitFlows(RuleBasedStateMachine):
     lake_args: list[str] = []  # set by the test: what `snapver init` takes
+    far_args: list[str] = []  # ... and for the second lake, with its file:// URL
+    far_url = ""
     drop_lake = staticmethod(lambda: None)
 
     def __init__(self):
@@ -66,23 +84,33 @@ class GitFlows(RuleBasedStateMachine):
         STATS["sequences"] += 1
         self.failed = False
         self.transcript: list[str] = []
-        self.world = World(self.lake_args, self.say)
+        self.world = World(self.lake_args, self.say, self.far_args, self.far_url)
+        WORLDS.append(self.world)
         self.expected: dict[str, dict] = {}  # commit -> {volume: {file: text}}
         self.kept: dict[str, dict] = {}  # announced wip -> the lake it kept
+        self.far: set[str] = set()  # commits a push said the second lake now holds
+        self.pushed_at = 0.0  # time.monotonic() of the last push
         self.released: set[str] = set()
         self.present = {"A": True, "B": True, "W": True}
         self.interrupted: set[str] = set()  # worktrees whose last operation was killed
         self.n = 0
         first = self.world.set_up()
         self.expected[first] = self.world.live("A")
+        if os.environ.get("SNAPVER_MODEL_DAEMON") != "0":
+            self.world.start_daemon()
 
     def say(self, line: str) -> None:
         self.transcript.append(line)
         note(line)
 
     def teardown(self):
-        self.world.tear_down()
-        type(self).drop_lake()
+        try:
+            self.world.stop_daemon()
+            STATS["daemon_wips"] += self.world.daemon_said(": wip snapshot ")
+        finally:
+            self.world.tear_down()
+            WORLDS.remove(self.world)
+            type(self).drop_lake()
 
     # ------------------------------------------------------------ helpers
     def who(self, who: str) -> str:
@@ -317,6 +345,7 @@ class GitFlows(RuleBasedStateMachine):
         shutil.move(self.world.paths["B"], moved)
         self.say(f"mv {self.world.paths['B']} {moved}")
         self.world.paths["B"] = moved
+        self.world.reload_daemon()
 
     @precondition(lambda self: self.present["B"])
     @rule()
@@ -325,6 +354,7 @@ class GitFlows(RuleBasedStateMachine):
         self.say(f"rm -rf {self.world.paths['B']}  (its refs stop counting)")
         self.present["B"] = False
         self.interrupted.discard("B")
+        self.world.reload_daemon(gone=("B",))
         if self.world.snapver("A", "clones", "--help", quiet=True).ok:  # issue 14: the only way to drop one
             self.world.snapver("A", "clones", "forget", str(self.world.paths["B"]))
 
@@ -352,9 +382,96 @@ class GitFlows(RuleBasedStateMachine):
         if done.ok:
             self.interrupted.discard(who)
 
+    # ------------------------------------------------------------ two lakes (issue 22)
+    @rule(op=st.sampled_from(["push", "pull", "gc_far"]), who=WHO, i=PICK)
+    def other_lake(self, op, who, i):
+        """One rule for the three, so that they cost CI one step in ~23 (each is two
+        interpreter starts and a send/receive); pull and gc on the second lake come after
+        something was pushed there (before, it holds only R's own snapshot)."""
+        if op == "gc_far" and self.far:
+            self.gc_far()
+        elif op == "pull" and self.far:
+            self.pull(who, i)
+        else:
+            self.push(who, i)
+
+    def push(self, who, i):
+        who = self.who(who)
+        target = self.pick(who, i)
+        if target is None:
+            return
+        STATS["pushes"] += 1
+        if self.world.snapver(who, "push", "two", "-q", target).ok:
+            self.far |= set(self.world.lines(who, "rev-list", target, "--")) & set(self.expected)
+            self.pushed_at = time.monotonic()
+
+    def pull(self, who, i):
+        """Pull a commit the second lake holds and who's Git knows (often one gc removed here,
+        such as a commit an amend left behind), or one of who's refs."""
+        who = self.who(who)
+        options = self.world.known(who, sorted(self.far)) + self.targets(who)
+        target = options[i % len(options)]
+        STATS["pulls"] += 1
+        if not self.world.snapver(who, "pull", "two", "-q", target).ok:
+            return
+        sha = self.world.rev(who, target)
+        history = set(self.world.lines(who, "rev-list", target, "--"))
+        snaps = self.world.snapshots()
+        for c in sorted((history & self.far) | ({sha} & set(self.expected))):
+            for v in VOLUMES:
+                path = snaps.get((v, c))
+                self.fail_if(path is None, "pulled-snapshot-missing",
+                             f"pull two {target} said it succeeded, but this lake has no {v}@{c[:10]}")
+                got = read_tree(path)
+                self.fail_if(got != self.expected[c][v], "pulled-snapshot-wrong-data",
+                             f"after pull two {target}, {v}@{c[:10]} holds {got}, the commit was made "
+                             f"with {self.expected[c][v]}")
+
+    def gc_far(self):
+        # What arrived is past R's grace period (unreachable = "1s"): kept because unknown to R.
+        time.sleep(max(0.0, self.pushed_at + 1.05 - time.monotonic()))
+        self.world.snapver("R", "gc")
+
     # ------------------------------------------------------------ the promise
+    @contextlib.contextmanager
+    def quiet_lake(self):
+        """Every present workspace's lock, as the hooks and the CLI take it: snapverd (the only
+        thing running between steps) is not halfway through a snapshot while we look."""
+        with contextlib.ExitStack() as stack:
+            for who, there in self.present.items():
+                if there:
+                    git_dir = self.world.run(who, ["git", "rev-parse", "--absolute-git-dir"], quiet=True).out.strip()
+                    stack.enter_context(lock.held(Path(git_dir) / "snapver" / "lock", wait=60,
+                                                  what=f"{who}'s workspace (held by snapverd?)"))
+            yield
+
+    @invariant()
+    def daemon_runs(self):
+        trouble = self.world.daemon_trouble()
+        self.fail_if(trouble is not None, "daemon-died", str(trouble))
+
+    @invariant()
+    def far_lake_keeps_what_it_was_sent(self):
+        if not self.far:
+            return
+        snaps = self.world.snapshots("R")  # nothing runs on the second lake between steps
+        for sha in sorted(self.far):
+            for v in VOLUMES:
+                STATS["far_snapshots_checked"] += 1
+                path = snaps.get((v, sha))
+                self.fail_if(path is None, "far-snapshot-missing",
+                             f"commit {sha[:10]} was pushed to the second lake, which has no {v}@{sha[:10]}")
+                got = read_tree(path)
+                self.fail_if(got != self.expected[sha][v], "far-snapshot-wrong-data",
+                             f"on the second lake {v}@{sha[:10]} holds {got}, the commit was made with "
+                             f"{self.expected[sha][v]}")
+
     @invariant()
     def nothing_is_lost(self):
+        with self.quiet_lake():
+            self.check_first_lake()
+
+    def check_first_lake(self):
         STATS["steps"] += 1
         reachable: dict[str, str] = {}
         for who, there in self.present.items():
@@ -417,6 +534,8 @@ def run_model(lake_args: list[str], drop_lake, examples: int, summary_name: str)
         raise AssertionError(f"the promise broke (replays differ: {e.__class__.__name__}); shortest "
                              f"failing sequences:\n{shortest}") from None
     finally:
+        for world in WORLDS:  # a sequence that failed before its teardown could run
+            world.tear_down()  # its snapverd stopped first
         figures = {**STATS, "examples_asked": examples, "steps_per_sequence": STEPS,
                    "seconds": round(time.monotonic() - started, 1),
                    "shortest_failing": {k: t for k, t in FIRST.items() if t}}
@@ -427,16 +546,21 @@ def run_model(lake_args: list[str], drop_lake, examples: int, summary_name: str)
 
 
 def test_git_flows_on_btrfs(btrfs_fs):
-    lake = btrfs_fs / "model-lake"
+    lake, far = btrfs_fs / "model-lake", btrfs_fs / "model-far"  # two lakes on one filesystem
 
     def fresh():
-        if lake.exists():
-            delete_btrfs_tree(lake)
-        lake.mkdir()
+        for path in (lake, far):
+            if path.exists():
+                delete_btrfs_tree(path)
+            path.mkdir()
 
     fresh()
-    run_model(["--lake", str(lake)], fresh, EXAMPLES, "snapver-model-summary.json")
-    delete_btrfs_tree(lake)
+    GitFlows.far_args, GitFlows.far_url = ["--lake", str(far)], f"file://{far}"
+    try:
+        run_model(["--lake", str(lake)], fresh, EXAMPLES, "snapver-model-summary.json")
+    finally:
+        delete_btrfs_tree(lake)
+        delete_btrfs_tree(far)
 
 
 def test_git_flows_on_zfs(zfs_pool):
@@ -445,18 +569,21 @@ def test_git_flows_on_zfs(zfs_pool):
     lakes = []
 
     def fresh():
-        """A dataset of its own for each sequence: zfs-fuse lets go of a destroyed one late."""
+        """Datasets of their own for each sequence (the lake, and the second lake in the same
+        pool): zfs-fuse lets go of a destroyed one late."""
         for old in lakes:
             destroy_dataset(old)
-        lakes[:] = [f"{zfs_pool}/model{os.urandom(4).hex()}"]
-        done = subprocess.run(["zfs", "create", "-o", "atime=off", lakes[0]], capture_output=True, text=True)
-        if done.returncode and "successfully created" in done.stderr:  # zfs-fuse, busy: mount it again
-            where = subprocess.run(["zfs", "get", "-H", "-o", "value", "mountpoint", lakes[0]],
-                                   capture_output=True, text=True).stdout.strip()
-            os.makedirs(where, exist_ok=True)
-            done = subprocess.run(["zfs", "mount", lakes[0]], capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
+        lakes[:] = [f"{zfs_pool}/model{os.urandom(4).hex()}", f"{zfs_pool}/modelfar{os.urandom(4).hex()}"]
+        for dataset in lakes:
+            done = subprocess.run(["zfs", "create", "-o", "atime=off", dataset], capture_output=True, text=True)
+            if done.returncode and "successfully created" in done.stderr:  # zfs-fuse, busy: mount it again
+                where = subprocess.run(["zfs", "get", "-H", "-o", "value", "mountpoint", dataset],
+                                       capture_output=True, text=True).stdout.strip()
+                os.makedirs(where, exist_ok=True)
+                done = subprocess.run(["zfs", "mount", dataset], capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr
         GitFlows.lake_args = ["--lake", lakes[0], "--backend", "zfs"]
+        GitFlows.far_args, GitFlows.far_url = ["--lake", lakes[1], "--backend", "zfs"], f"file:///{lakes[1]}"
 
     fresh()
     examples = int(os.environ.get("SNAPVER_MODEL_ZFS_EXAMPLES") or max(1, EXAMPLES // 20))

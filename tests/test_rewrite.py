@@ -7,6 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from snapver import client
 from tests.fixtures.daemon import NOBODY, Snapverd, as_user
 from tests.fixtures.git import env, git, snapver
@@ -282,3 +284,36 @@ def test_gc_after_an_amend_keeps_the_new_commits_data(lake_repo):
     assert decided[("data", new)]["keep"]
     assert decided[("data", old)]["keep"] == (old in snapshot_names(repo))  # ZFS: "in use" by the copy
     assert data_of(repo, new) == {"data/f.csv": "one", "models/m.pt": "model of one"}
+
+
+@pytest.mark.parametrize("how", ["upstream", "upstream-detached", "became-empty"])
+def test_a_rebase_that_drops_every_commit_brings_the_lake_to_its_new_head(lake_repo, how):
+    """Every commit to replay is already upstream (an amend that changed only data, rebased
+    onto the commit it amended), or becomes empty when picked: no post-rewrite runs, and the
+    lake must follow HEAD all the same. Found by the model-based test (lake-not-at-head after
+    `git rebase`)."""
+    repo = lake_repo
+    if how == "became-empty":
+        base = git(repo, "rev-parse", "HEAD")
+        git(repo, "checkout", "-q", "-b", "keep")
+        write(repo / "extra.txt", "more code")
+        git(repo, "add", "extra.txt")
+        target = make(repo, "upstream", "upstream data")  # code.txt as c1 makes it, and more
+        git_err(repo, "checkout", "-q", "main")
+        assert git(repo, "rev-parse", "HEAD") == base
+        write(repo / "code.txt", "code of upstream\n")
+        git(repo, "add", "code.txt")
+        write(repo / "data" / "f.csv", "c1 data")
+        commit(repo, "c1")
+        expected = "upstream data"
+    else:
+        target = make(repo, "c1", "c1 data")
+        git(repo, "branch", "keep")
+        write(repo / "data" / "f.csv", "amended data")
+        git_err(repo, "commit", "-q", "--amend", "--allow-empty", "-m", "c1, amended")
+        if how == "upstream-detached":
+            git_err(repo, "checkout", "-q", "--detach")
+        expected = "c1 data"
+    git_err(repo, "rebase", "-q", "keep")
+    assert git(repo, "rev-parse", "HEAD") == target, "every commit was dropped"
+    assert (repo / "data" / "f.csv").read_text() == expected, "the lake is at HEAD's data"

@@ -142,6 +142,28 @@ def test_push_and_pull_of_a_revision_without_snapshots_is_an_error_naming_it(lak
     assert set(held(far, project_of(a))) == before
 
 
+def test_push_and_pull_of_a_full_commit_id_carry_its_history(lake_repo, far, third, tmp_path):
+    """A commit's full ID is also the name of its snapshot: it asks, as a branch or a short ID
+    does, for the snapshots of its whole history, not only its own. Found by the model-based
+    test (a push of a commit ID said it succeeded, and the far lake lacked its parent)."""
+    a = lake_repo
+    write(a / "data" / "d", b"1")
+    c1 = commit(a, "one")
+    write(a / "data" / "d", b"2")
+    c2 = commit(a, "two")
+    snapver(a, "remote", "add", "far", far.url)
+    sent = snapver(a, "push", "far", c2, "--json").json
+    assert {(t["volume"], t["name"]) for t in sent} >= {(v, c) for c in (c1, c2) for v in ("data", "models", "logs")}
+    assert {("data", c1), ("data", c2)} <= set(held(far, project_of(a)))
+
+    c = _receiver(tmp_path, a, third, 'unreachable = "30d"', name="c")
+    git(c, "fetch", "-q", str(a), "main")
+    snapver(c, "remote", "add", "far", far.url)
+    got = snapver(c, "pull", "far", c2, "--json").json
+    assert {("data", c1), ("data", c2)} <= {(t["volume"], t["name"]) for t in got}, got
+    assert {("data", c1), ("data", c2)} <= set(held(third, project_of(a)))
+
+
 # ------------------------------------------------------------------ 8. the increment starts from the parent
 
 def _stream_size(argv: list[str]) -> int:
