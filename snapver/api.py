@@ -24,7 +24,7 @@ def snapshot(message: str | None = None, metrics: dict | None = None, params: di
     ws = Workspace.open(cwd)
     snaps = ws.snapshot(wip=wip, message=message)
     if snaps and (metrics or params):
-        registry.record_values(ws, snaps[0].name, {"metric": metrics, "param": params}, source="api")
+        registry.record_values(ws, snaps[0].name, {"metric": metrics or {}, "param": params or {}}, source="api")
     return {s.volume: s.name for s in snaps}
 
 

@@ -27,6 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import endpoint, faults, lock, ops, tomlcheck
 from .catalog import explain
@@ -198,8 +199,8 @@ class Daemon:
         self.stopping = threading.Event()
         self.reload_requested = threading.Event()
         self.last_gc = time.monotonic()
-        self.observer = None
-        self.server = None
+        self.observer: Any = None  # watchdog's Observer, once started (watchdog has no types)
+        self.server: Any = None  # the socket's _Server, once started
         self.watch_budget = 0
         self._trust_workspaces()
 
@@ -325,7 +326,8 @@ class Daemon:
             for (tree, volume), w in self.watches.items():
                 if w.first_change is None or tree in self.busy:
                     continue
-                if now - w.last_change >= self.config.debounce or now - w.first_change >= self.config.max_delay:
+                if (w.last_change is not None and now - w.last_change >= self.config.debounce) \
+                        or now - w.first_change >= self.config.max_delay:
                     due.setdefault(tree, []).append(volume)
                     w.first_change = w.last_change = None  # writes from now on are a new burst
             trees = [w.path for w in self.config.workspaces if w.path not in self.busy and (poll or w.path in due)]
@@ -470,6 +472,8 @@ class Daemon:
     def handle(self, request: dict, creds: tuple[int, int, int]) -> object:
         pid, uid, gid = creds
         op = request.get("op")
+        if not isinstance(op, str):
+            raise SnapverError(f"unknown operation {op!r}")
         if op == "daemon-status":
             return self.status(lambda w: self.may(uid, gid, w))
         tree = Path(os.path.realpath(str(request.get("workspace", ""))))
@@ -536,7 +540,7 @@ class _Handler(socketserver.StreamRequestHandler):
                 request = json.loads(line)
                 if not isinstance(request, dict):
                     raise ValueError("a request is a JSON object")
-                answer = {"ok": True, "result": self.server.daemon.handle(request, creds)}
+                answer = {"ok": True, "result": self.server.daemon.handle(request, creds)}  # type: ignore[attr-defined]
             except SnapverError as e:
                 answer = {"ok": False, "error": str(e)}
             except sqlite3.Error as e:
@@ -551,6 +555,7 @@ class _Handler(socketserver.StreamRequestHandler):
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    daemon: Daemon  # the snapverd it answers for
 
 
 def _make_server(daemon: Daemon, path: Path, listen_fd: int | None) -> _Server:

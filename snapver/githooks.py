@@ -89,7 +89,11 @@ def main(argv: list[str]) -> int:
     hook, args = argv[0], argv[1:]
     os.umask(os.umask(0o022) | 0o022)  # as linux.restrict_umask, without importing it here
     try:
-        journal.announce = lambda message: (say(f"warning: {message}"), log(f"{hook}: warning: {message}"))
+        def announce(message: str) -> None:
+            say(f"warning: {message}")
+            log(f"{hook}: warning: {message}")
+
+        journal.announce = announce
         if hook == "post-checkout" and not _has_state():
             from .lake import Workspace  # as in ops.call: a hook through snapverd never opens the lake
 

@@ -357,7 +357,7 @@ class Workspace:
             return True
         # Unchanged since its snapshot, but is that snapshot still there (gc may have
         # thinned a wip away)? If not, the live volume is the only copy: changed.
-        return bool(state.base) and self.backend.find(self.project, volume, state.base) is None
+        return state.base is not None and self.backend.find(self.project, volume, state.base) is None
 
     def _keep_changes(self, volumes: list[str], why: str) -> list[Snapshot]:
         """The safety net before anything replaces live data: a wip snapshot of what changed."""

@@ -182,7 +182,8 @@ def _empty_into(folder: Path, volume: Path, stamp: str, record) -> tuple[int, li
     except BaseException:
         os.close(src)
         raise
-    moved, clashes = [0], []
+    moved: list[int] = [0]
+    clashes: list[str] = []
     try:
         _merge(src, dst, "", stamp, moved, clashes, record)
     finally:
@@ -344,7 +345,7 @@ def finish_move(ws, op) -> str:
         if step["step"] == "copying" and _exists(dfd, tmp_name):
             _remove(dfd, tmp_name)  # snapver's own partial copy; the original is still in the folder
             said = f"its partial copy of {src} ({tmp}) removed from the volume, {src} is still in {volume}/"
-        elif step["step"] == "placed" and had_src and _exists(dfd, dst_name):
+        elif step["step"] == "placed" and had_src and sfd is not None and _exists(dfd, dst_name):
             _prune_copied(sfd, src_name, dfd, dst_name)
             said = f"{src} was whole in the volume as {dst}: removed from {volume}/"
             if _exists(sfd, src_name):

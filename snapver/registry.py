@@ -29,7 +29,7 @@ import re
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 from . import derive as lineage
 from . import scan, seams
@@ -304,7 +304,7 @@ class Condition(NamedTuple):
 
 def parse_condition(text: str) -> Condition:
     """'accuracy>0.9' -> Condition; a SnapverError that points at where it went wrong."""
-    def fail(pos: int, what: str):
+    def fail(pos: int, what: str) -> NoReturn:
         raise SnapverError(f"query {text!r} does not parse at character {pos + 1} "
                            f"({text[pos:pos + 12]!r}): expected {what}")
 

@@ -131,7 +131,7 @@ UNKNOWN = "unknown commit (no known clone has it: received, or its clone is gone
 
 @dataclass(frozen=True)
 class Decision:
-    snapshot: object  # backends.base.Snapshot
+    snapshot: Any  # backends.base.Snapshot (retention is a leaf: no backends import)
     keep: bool
     reason: str
 

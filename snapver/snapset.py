@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from typing import Any
 import subprocess
 from pathlib import Path
 from typing import NamedTuple
@@ -261,7 +262,7 @@ def half_made(ws, limit: int = MISSING_LOOKBACK) -> list[HalfSet]:
         line = ws.git.git("rev-list", "--first-parent", f"--max-count={limit}", "HEAD", "--").split()
     except Exception:
         return []
-    snaps: dict[str, dict[str, object]] = {v: {} for v in vols}
+    snaps: dict[str, dict[str, Any]] = {v: {} for v in vols}
     for s in ws.backend.snapshots(ws.project):
         if s.volume in snaps:
             snaps[s.volume][s.name] = s

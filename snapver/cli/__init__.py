@@ -55,7 +55,8 @@ def daemon_view() -> dict | None:
 
     try:
         toplevel = str(GitRepo.find(".").toplevel)
-        return next((w for w in client.request({"op": "daemon-status"}, timeout=5) if w["workspace"] == toplevel), None)
+        listing = client.request({"op": "daemon-status"}, timeout=5)
+        return next((w for w in listing if w["workspace"] == toplevel), None) if isinstance(listing, list) else None
     except (client.Unavailable, SnapverError, OSError):
         return None
 
