@@ -22,11 +22,11 @@ WIP_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 NO_COMMIT = "0" * 40
 
 
-def _show(name: str) -> str:
+def _show(name: object) -> str:
     return repr(name) if name else "an empty name"
 
 
-def check_volume(name: str) -> str:
+def check_volume(name: object) -> str:
     if not isinstance(name, str) or not _VOLUME.fullmatch(name):
         raise SnapverError(
             f"{_show(name)} is not a valid volume name: use 1-63 letters, digits, '-' or '_', "
@@ -72,5 +72,12 @@ def parse_snapshot_name(name: str) -> tuple[str, str, datetime | None] | None:
     return None
 
 
-def is_snapshot_name(name: str) -> bool:
-    return parse_snapshot_name(name) is not None
+def is_snapshot_name(name: object) -> bool:
+    return isinstance(name, str) and parse_snapshot_name(name) is not None
+
+
+def check_snapshot_name(name: object) -> str:
+    """A snapshot name snapver made (a commit ID, or one with a wip time), as a peer sends it."""
+    if not isinstance(name, str) or not is_snapshot_name(name):
+        raise SnapverError(f"{_show(str(name))} is not a snapshot name snapver makes")
+    return name

@@ -110,8 +110,10 @@ def remotes(git) -> dict[str, dict[str, str]]:
     found: dict[str, dict[str, str]] = {}
     for line in out.splitlines():
         key, _, value = line.partition(" ")
-        _, name, option = key.split(".", 2) if key.count(".") >= 2 else (None, None, None)
-        if name and _REMOTE.fullmatch(name):
+        if key.count(".") < 2:
+            continue
+        _, name, option = key.split(".", 2)
+        if _REMOTE.fullmatch(name):
             found.setdefault(name, {})[option.lower()] = value
     return {n: r for n, r in found.items() if "url" in r}
 
@@ -148,7 +150,8 @@ class Peer:
         if self.url.scheme == "file":
             # This host: the same interpreter, straight into this module (no CLI to import).
             return [sys.executable, "-m", "snapver.transfer", "serve", *args]
-        dest = f"{self.url.user}@{self.url.host}" if self.url.user else self.url.host
+        host = self.url.host or ""  # an ssh URL always has one (parse_url)
+        dest = f"{self.url.user}@{host}" if self.url.user else host
         port = ["-p", str(self.url.port)] if self.url.port else []
         # ssh hands the remote command to a shell there: every word quoted, and every
         # word was checked before (names, URL parts), so nothing can be read as syntax.
@@ -168,18 +171,21 @@ class Session:
     """One conversation with `snapver serve session` at the far end."""
 
     def __init__(self, name: str, proc: subprocess.Popen, errors):
+        if proc.stdin is None or proc.stdout is None:
+            raise ValueError("a session talks through the far end's stdin and stdout pipes")
         self.name, self.proc, self._errors = name, proc, errors
+        self.stdin, self.stdout = proc.stdin, proc.stdout
         self.holdings = self.answer()
 
     def request(self, message: dict) -> None:
         try:
-            self.proc.stdin.write(json.dumps(message).encode() + b"\n")
-            self.proc.stdin.flush()
+            self.stdin.write(json.dumps(message).encode() + b"\n")
+            self.stdin.flush()
         except BrokenPipeError:
             raise self.failure() from None
 
     def answer(self) -> dict:
-        line = self.proc.stdout.readline(1 << 24)
+        line = self.stdout.readline(1 << 24)
         if not line:
             raise self.failure()
         try:
@@ -194,7 +200,7 @@ class Session:
     def failure(self) -> SnapverError:
         """What the far end said before it went away (its last line on stderr)."""
         try:
-            self.proc.stdin.close()
+            self.stdin.close()
         except BrokenPipeError:
             pass
         code = self.proc.wait()
@@ -205,7 +211,7 @@ class Session:
 
     def close(self) -> None:
         try:
-            self.proc.stdin.close()
+            self.stdin.close()
         except BrokenPipeError:
             pass
         self.proc.wait()
@@ -428,8 +434,8 @@ def serve(args: list[str]) -> None:
             elif ask.get("op") == "send":
                 catalog = catalog or _catalog(backend)
                 with backend.steady():
-                    serve_send(backend, catalog, project, names.check_volume(ask.get("volume")), ask.get("name"),
-                               ask, say, out)
+                    serve_send(backend, catalog, project, names.check_volume(ask.get("volume")),
+                               names.check_snapshot_name(ask.get("name")), ask, say, out)
             else:
                 raise SnapverError(f"unknown request {ask.get('op')!r}")
         except SnapverError as e:
@@ -440,12 +446,16 @@ def serve_receive(backend, project: str, ask: dict, src) -> dict:
     """Receive one framed stream; whatever goes wrong, the stream is read to its end, so
     that the session stays in step for the next request."""
     try:
-        volume = names.check_volume(ask.get("volume"))
+        volume = names.check_volume(ask.get("volume"))  # a peer's words: checked like a user's
+        name = names.check_snapshot_name(ask.get("name"))
+        base = ask.get("base")
+        if base is not None:
+            base = names.check_snapshot_name(base)
         catalog = _catalog(backend)
     except BaseException:
         _drain(src)
         raise
-    snap, _ = receive_into(backend, catalog, project, volume, ask.get("name"), ask.get("base"),
+    snap, _ = receive_into(backend, catalog, project, volume, name, base,
                            bool(ask.get("clone")), ask.get("rows") or {}, src, resuming=bool(ask.get("resume")))
     return {"received": snap.name, "volume": volume}
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from snapver import registry, scan
-from snapver.errors import SnapverError
 from tests.fixtures.git import commit, committed, disk_state, env, git, snapver, write
 
 REGISTRY_TOML = """

@@ -51,11 +51,17 @@ class Snapshot(NamedTuple):
 
     @property
     def commit(self) -> str:
-        return parse_snapshot_name(self.name)[0]
+        return self._parsed()[0]
 
     @property
     def kind(self) -> str:
-        return parse_snapshot_name(self.name)[1]
+        return self._parsed()[1]
+
+    def _parsed(self) -> tuple[str, str, datetime | None]:
+        parsed = parse_snapshot_name(self.name)
+        if parsed is None:  # backends list only names snapver made
+            raise ValueError(f"{self.name} is not a snapshot name snapver makes")
+        return parsed
 
 
 class Space(NamedTuple):

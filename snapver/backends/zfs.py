@@ -291,7 +291,8 @@ class ZfsBackend(ZfsStreams, Backend):
         views = [c for c in clones if c.startswith(views_root)]
         others = [c for c in clones if not c.startswith(views_root)]
         history = self._is_history(snap.project, dataset)
-        own = view.dataset(dataset).own()
+        held = view.dataset(dataset)
+        own = held.own() if held is not None else []
         promote = None
         if others:
             # A clone needs its origin snapshot. The one way to free it: the
@@ -398,7 +399,7 @@ class ZfsBackend(ZfsStreams, Backend):
         ds = view.dataset(live)
         if (
             full.partition("@")[0] == live
-            and ds.own()[-1:] == [snap.name]
+            and ds is not None and ds.own()[-1:] == [snap.name]
             and not self.changed_since(project, workspace, volume, snap.name, view)
         ):
             return snap.name
@@ -433,7 +434,7 @@ class ZfsBackend(ZfsStreams, Backend):
             raise
         run(["zfs", "inherit", "mountpoint", live])
         node.mount(live)
-        if keep:
+        if keep and old:
             run(["zfs", "set", "readonly=on", old])
         elif old:
             zfsfuse.destroy(node, old, recursive=True)  # no snapshots but leftover probes

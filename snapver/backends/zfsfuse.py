@@ -129,6 +129,7 @@ def same_blocks(base: str, probe: str) -> bool:
     of a clone's block moves no counter), so changed_since reads the stream's first records."""
     proc = subprocess.Popen(["zfs", "send", "-i", base, probe],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None  # stdout=PIPE
     try:
         head = proc.stdout.read(2 * RECORD + 1)
     finally:

@@ -18,6 +18,7 @@ import re
 import struct
 import time
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from ..errors import CommandFailed, NotFound, SnapverError
 from ..names import check_project, check_volume, is_snapshot_name, parse_snapshot_name
@@ -32,6 +33,10 @@ class ZfsStreams:
 
     _node: ZfsNode
     _lake: str
+
+    if TYPE_CHECKING:  # ZfsBackend's, which this is mixed into
+        def _rows(self, project: str, volume: str | None, view: View | None = None) -> list[Snapshot]: ...
+        def _own_snapshots(self, dataset: str) -> list[str]: ...
 
     def _zsnap(self, snap: Snapshot, view: View | None = None):
         found = (view or self._node.view(snap.project)).find(snap.volume, snap.name)
@@ -52,6 +57,8 @@ class ZfsStreams:
     def send_bases(self, snap: Snapshot) -> list[tuple[Snapshot, bool]]:
         view = self._node.view(snap.project)
         dataset = view.dataset(self._zsnap(snap, view).dataset)
+        if dataset is None:  # the view found the snapshot, so its dataset is in it
+            raise NotFound(f"the dataset of {snap.volume}@{snap.name} is gone")
         rows = {s.name: s for s in self._rows(snap.project, snap.volume, view)}
         own = dataset.own()
         earlier = own[:own.index(snap.name)] if snap.name in own else []
@@ -164,7 +171,8 @@ class ZfsStreams:
             elif resume:
                 # A half-received stream that is not being resumed (its sender moved on)
                 # would block this one; it was never a snapshot, so it is let go.
-                if view.dataset(target).props.get("receive_resume_token", "-") != "-":
+                held = view.dataset(target)
+                if held is not None and held.props.get("receive_resume_token", "-") != "-":
                     run(["zfs", "receive", "-A", target])
             if resume:
                 # The partial state sits in the target: say which snapshot it is.
@@ -212,7 +220,10 @@ class ZfsStreams:
         them), and (dataset) a received dataset nobody writes to. Idempotent. Returns the
         time of its arrival here: its age on this lake counts from then, not from the
         sender's creation time (which zfs receive keeps); gc and `log` read it."""
-        commit, kind = parse_snapshot_name(full.partition("@")[2])[:2]
+        parsed = parse_snapshot_name(full.partition("@")[2])
+        if parsed is None:
+            raise SnapverError(f"{full} is not a snapshot snapver made")
+        commit, kind = parsed[:2]
         arrived = int(time.time())
         zfsfuse.set_each(self._node, full, {"snapver:commit": commit, "snapver:kind": kind, RECEIVED: str(arrived)})
         if dataset:
