@@ -371,7 +371,10 @@ class GitFlows(RuleBasedStateMachine):
                 self.record(after, live)
         else:
             done, before, after, _ = self.act(who, "checkout", "-q", self.pick(who, i), SNAPVER_FAULT=point)
-            if before != after:  # the hook ran, and died halfway: `snapver doctor --repair` finishes it
+            # The hook may have run and died halfway also when HEAD's commit stayed the same (a
+            # tag at HEAD detaches it): the journal says, as `snapver doctor` reads it. Until
+            # `doctor --repair` finishes it, the lake rightly stays where the kill left it.
+            if before != after or not self.world.snapver(who, "doctor", quiet=True).ok:
                 self.interrupted.add(who)
 
     @rule(who=WHO)
