@@ -105,6 +105,22 @@ class GitRepo:
             pass
         return self.head()
 
+    def last_head_move(self) -> tuple[str, str, str] | None:
+        """HEAD's newest reflog entry (old, new, message): what the command that just moved HEAD
+        called the move ("checkout: ...", "cherry-pick: ..."). Git writes it before the
+        reference-transaction hook runs. The file's tail only: no fork, no walk of the log.
+        None without a reflog (core.logAllRefUpdates off)."""
+        try:
+            with open(self.git_dir / "logs" / "HEAD", "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 8192))
+                last = f.read().rstrip(b"\n").rpartition(b"\n")[2].decode(errors="replace")
+        except OSError:
+            return None
+        who, _, message = last.partition("\t")
+        fields = who.split(" ", 2)
+        return (fields[0], fields[1], message) if len(fields) == 3 else None
+
     def resolve(self, rev: str) -> str:
         """The full commit ID of any commit-ish Git understands."""
         if not rev or "\0" in rev or "\n" in rev:

@@ -632,6 +632,8 @@ class Workspace:
         if self._merge_made_here(head):
             self.snapshot()  # the lake is this merge's first parent's: ours
             return None
+        if self._commit_made_here(head):
+            return None  # the live lake is this new commit's data: post-commit, run next, snapshots it
         try:
             result = self.checkout(head, nearest=True, hook=True)
         except NotFound as e:
@@ -645,6 +647,18 @@ class Workspace:
             return False
         parents = self.git.commit(head).parents
         return len(parents) > 1 and parents[0] == self.lake_at()
+
+    def _commit_made_here(self, head: str) -> bool:
+        """cherry-pick and revert rewrite the working tree, then commit on top of HEAD: that HEAD
+        move is a new commit made with the live lake, not a checkout (moving the lake back to an
+        ancestor would make post-commit snapshot the wrong data). Git's reflog names the move."""
+        move = self.git.last_head_move()
+        if (move is None or move[1] != head or not move[2].startswith(("cherry-pick: ", "revert: "))
+                or move[2].endswith("fast-forward")):  # `cherry-pick --ff`: a checkout of that commit
+            return False
+        if all(self.backend.find(self.project, v, head) for v in self.volumes):
+            return False  # the same commit again (same parent, tree and second): it has its data
+        return move[0] in self.git.commit(head).parents[:1]
 
     def rewrite(self, pairs: list[tuple[str, str]]) -> list[Snapshot]:
         """`commit --amend`, `rebase`, `snapver remap` replaced commits: each new commit gets

@@ -195,6 +195,43 @@ def test_worktree_gets_its_own_lake(history, tmp_path):
     assert lake_of(wt) == states[0][1]
 
 
+@pytest.mark.parametrize("killed", [False, True], ids=["plain", "killed-hooks"])
+def test_cherry_pick_and_revert_in_a_worktree_snapshot_its_live_lake(history, tmp_path, killed):
+    """A new commit made by the sequencer (cherry-pick, revert) is a commit, not a checkout: its
+    snapshot is the worktree's live data, and the lake stays where it is. (The model-based test
+    found the cherry-pick's hooks moving W's lake back to HEAD's ancestor and snapshotting that.)"""
+    repo, states = history
+    wt = tmp_path / "wt"
+    # W one commit behind A: the pick gets a parent of its own (on A's HEAD, in the same second,
+    # it would be the very commit picked, with A's snapshot).
+    git_err(repo, "worktree", "add", "-q", "-b", "w", str(wt), states[1][0])
+    write(wt / "models" / "f2", "W's live data")
+    live = lake_of(wt)
+    fault = {"SNAPVER_FAULT": "after-snapshot-before-state"} if killed else {}
+    write(repo / "code" / "t2.txt", "t2\n")
+    picked = commit(repo, "t2", "code/t2.txt", **fault)
+    write(repo / "code" / "t3.txt", "t3\n")
+    commit(repo, "t3", "code/t3.txt", **fault)
+    said = git_err(wt, "cherry-pick", picked)
+    new = git(wt, "rev-parse", "HEAD")
+    assert "kept unsnapshotted" not in said and "lake now at" not in said, said
+    assert lake_of(wt) == live, "the lake did not move under the new commit"
+    assert snapver(wt, "show", new, "--json").json["commit"] == new
+    assert lake_of_snapshot(wt, new) == live, "the cherry-pick's snapshot is W's live data"
+    write(wt / "models" / "f2", "W's data at the revert")
+    live = lake_of(wt)
+    said = git_err(wt, "revert", "--no-edit", new)
+    reverted = git(wt, "rev-parse", "HEAD")
+    assert "kept unsnapshotted" not in said and "lake now at" not in said, said
+    assert lake_of(wt) == live
+    assert lake_of_snapshot(wt, reverted) == live
+
+
+def lake_of_snapshot(repo: Path, rev: str) -> dict:
+    shown = snapver(repo, "show", rev, "--json").json
+    return {v: tree_digest(Path(s["path"]) / ".") for v, s in shown["volumes"].items()}
+
+
 def test_skip_turns_hooks_off_for_one_command(history):
     repo, states = history
     sha = commit(repo, "skipped", SNAPVER_SKIP="1")
