@@ -64,7 +64,7 @@ def human(n: int) -> str:
 # ------------------------------------------------------------------ set-up and clean-up
 def require_root(script: str, why: str = "mkfs.btrfs, loop mount") -> bool:
     if os.geteuid() != 0:
-        print(f"{script} needs root ({why}): run it with sudo", file=sys.stderr)
+        print(f"{script} needs root ({why}): run it as root", file=sys.stderr)
         return False
     return True
 

@@ -27,7 +27,7 @@ default), then lakes of ~1 GB and ~8 GB; results are written after each.
 Needs root (mkfs, mount, drop_caches). Images are always unmounted and
 deleted, also on Ctrl-C. Never part of the test suite.
 
-    sudo .venv/bin/python bench/compare.py [--sizes 1G,8G] [--small-files 200000] [--repeat 7]
+    .venv/bin/python bench/compare.py [--sizes 1G,8G] [--small-files 200000] [--repeat 7]
 """
 
 from __future__ import annotations

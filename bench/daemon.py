@@ -24,7 +24,7 @@ It prints a Markdown table and writes it, with the raw samples as JSON, to
 bench/results/daemon.*. Needs root (mkfs, loop mount). Daemons are stopped and
 the image unmounted and deleted, also on Ctrl-C. Never part of the test suite.
 
-    sudo /work/main/.venv/bin/python bench/daemon.py [--files 100000] [--idle 60] [--rounds 10]
+    .venv/bin/python bench/daemon.py [--files 100000] [--idle 60] [--rounds 10]
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ and writes it, with the raw samples as JSON, to bench/results/hooks.*.
 Needs root (mkfs, loop mount). Images are always unmounted and deleted, also
 on Ctrl-C. Never part of the test suite.
 
-    sudo /work/main/.venv/bin/python bench/hooks.py [--sizes 1G,8G] [--repeat 20]
+    .venv/bin/python bench/hooks.py [--sizes 1G,8G] [--repeat 20]
 """
 
 from __future__ import annotations

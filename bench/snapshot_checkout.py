@@ -20,7 +20,7 @@ with the data) and writes it, with the raw samples as JSON, to bench/results/.
 Needs root (mkfs, loop mount). The image is always unmounted and deleted,
 also on Ctrl-C. Never part of the test suite.
 
-    sudo /work/main/.venv/bin/python bench/snapshot_checkout.py [--sizes 1G,8G] [--repeat 15]
+    .venv/bin/python bench/snapshot_checkout.py [--sizes 1G,8G] [--repeat 15]
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ receive`) on the same snapshots. For each backend:
 Throughput = stream bytes / wall seconds; the ratio is snapver's over the pipe's.
 Needs root. Filesystems are always unmounted and deleted. Never part of the tests.
 
-    sudo .venv/bin/python bench/transfer.py [--size 8G] [--zfs-size 1G] [--rounds 5]
+    .venv/bin/python bench/transfer.py [--size 8G] [--zfs-size 1G] [--rounds 5]
 """
 
 from __future__ import annotations

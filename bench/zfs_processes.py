@@ -20,7 +20,7 @@ lakes). The same shim counts libzfs_core nothing: zfs-fuse has none, so every ca
 process. Needs root and a ZFS (zfs-fuse is started if need be, as the tests do); the pools
 are always destroyed. Never part of the tests.
 
-    sudo .venv/bin/python bench/zfs_processes.py [--breakdown]
+    .venv/bin/python bench/zfs_processes.py [--breakdown]
 """
 
 from __future__ import annotations
