@@ -630,7 +630,7 @@ class Workspace:
         if head is None:
             return None
         if self._merge_made_here(head):
-            self.snapshot()  # the lake is this merge's first parent's: ours
+            self.snapshot()  # a new commit, made from the live lake: it stays
             return None
         if self._commit_made_here(head):
             return None  # the live lake is this new commit's data: post-commit, run next, snapshots it
@@ -646,7 +646,9 @@ class Workspace:
         if all(self.backend.find(self.project, v, head) for v in self.volumes):
             return False
         parents = self.git.commit(head).parents
-        return len(parents) > 1 and parents[0] == self.lake_at()
+        # The lake is its first parent's, or the reflog says `git merge` just made it here: the
+        # lake need not have followed HEAD's last move (reset --soft and --mixed keep it).
+        return len(parents) > 1 and (parents[0] == self.lake_at() or self.git.merged_here(head, parents[0]))
 
     def _commit_made_here(self, head: str) -> bool:
         """cherry-pick and revert rewrite the working tree, then commit on top of HEAD: that HEAD
