@@ -35,12 +35,13 @@ def unmounted(argv: list[str], dataset: str) -> str:
 
     zfs-fuse unmounts inside `zfs rename`/`zfs destroy` but lets go of the
     dataset a moment after the FUSE unmount returns, so the operation fails
-    "dataset is busy" (measured: most of the time). Unmounting first and
-    retrying for about 6 s makes it reliable; a dataset that stays busy
-    (a shell inside it) still fails with ZFS's words.
+    "dataset is busy" (measured: most of the time), and later the busier the
+    machine (CI, with a guest beside the suite, once needed more than 6 s).
+    Unmounting first and retrying for about 13 s makes it reliable; a dataset
+    that stays busy (a shell inside it) still fails with ZFS's words.
     """
     subprocess.run(["zfs", "unmount", dataset], capture_output=True)  # not mounted: fine
-    for delay in (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, None):
+    for delay in (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, None):
         try:
             return run(argv)
         except CommandFailed as e:
