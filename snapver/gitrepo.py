@@ -92,17 +92,14 @@ class GitRepo:
 
     def merged_here(self, sha: str, first_parent: str) -> bool:
         """Whether HEAD's newest reflog entry is `git merge` or `git pull` making the merge
-        commit sha on first_parent here, not a fast-forward to it. Read from the end of this
-        working tree's logs/HEAD: no fork. False when there is no reflog."""
-        try:
-            with open(self.git_dir / "logs" / "HEAD", "rb") as f:
-                f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
-                last = f.read().decode(errors="replace").rstrip("\n").rpartition("\n")[2]
-        except OSError:
+        commit sha on first_parent here, not a fast-forward to it (last_head_move). False when
+        there is no reflog."""
+        move = self.last_head_move()
+        if move is None:
             return False
-        ids, _, message = last.partition("\t")
+        old, new, message = move
         action, _, what = message.partition(": ")
-        return (ids.split()[:2] == [first_parent, sha] and action.split(" ", 1)[0] in ("merge", "pull")
+        return ((old, new) == (first_parent, sha) and action.split(" ", 1)[0] in ("merge", "pull")
                 and what != "Fast-forward")
 
     def head_quick(self) -> str | None:
