@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import endpoint, faults, lock, ops, tomlcheck
+from . import endpoint, faults, lock, names, ops, tomlcheck
 from .catalog import explain
 from .config import LocalState, retention_policy
 from .errors import SnapverError
@@ -402,7 +402,7 @@ class Daemon:
                 if all(ws.backend.find(ws.project, v, head) for v in ws.volumes):
                     return
                 raise
-            log.info("%s: commit %s had no snapshot: took it (%d volumes)", tree, head[:10], len(snaps))
+            log.info("%s: commit %s had no snapshot: took it (%d volumes)", tree, names.short(head), len(snaps))
 
     def _capture(self, tree: Path, volumes: list[str]) -> None:
         try:

@@ -106,4 +106,4 @@ def finish_derive(ws, op) -> str:
         ws.config.volumes.append(volume)
     _settle(ws, volume)
     _record_lineage(ws, volume, i["source_volume"], i["source"], i.get("message"))
-    return f"derive of {volume} from {i['source_volume']}@{i['source'][:10]} finished: commit snapver.toml"
+    return f"derive of {volume} from {i['source_volume']}@{names.short(i['source'])} finished: commit snapver.toml"

@@ -17,6 +17,7 @@ from . import faults, journal, ops, registry
 from .config import LocalState
 from .errors import SnapverError, one_line
 from .gitrepo import GitRepo
+from .names import short
 
 HOOKS = (
     "post-commit",  # snapshot the new commit
@@ -120,7 +121,7 @@ def main(argv: list[str]) -> int:
             commit = os.environ.get("SNAPVER_COMMIT") or None
             snaps = ops.call("snapshot", {"commit": commit} if commit else None)
             if snaps:
-                say(f"snapshot {snaps[0]['name'][:10]} ({', '.join(s['volume'] for s in snaps)})")
+                say(f"snapshot {short(snaps[0]['name'])} ({', '.join(s['volume'] for s in snaps)})")
                 # An lstat each: a volume whose link is gone was snapshotted, but not what was
                 # written in its place (Git runs hooks at the top of the working tree).
                 for v in sorted({s["volume"] for s in snaps}):
@@ -234,7 +235,7 @@ def _has_state() -> bool:
 
 def _at(ws) -> str:
     bases = {ws.state.volume(v).base for v in ws.volumes}
-    return ", ".join(sorted(b[:10] if b else "empty" for b in bases))
+    return ", ".join(sorted(short(b) if b else "empty" for b in bases))
 
 
 def report(result: dict | None) -> None:
@@ -250,7 +251,7 @@ def report(result: dict | None) -> None:
         say(f"kept unsnapshotted changes as {result['kept'][0]['name']}")
     if result["switched"]:
         target = next(iter(result["target"].values()))["name"]
-        say(f"lake now at {target[:10]}{target[40:]} ({', '.join(result['switched'])})")
+        say(f"lake now at {short(target)} ({', '.join(result['switched'])})")
 
 
 def say(message: str) -> None:

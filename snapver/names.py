@@ -22,6 +22,12 @@ WIP_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 NO_COMMIT = "0" * 40
 
 
+def short(name: str) -> str:
+    """A commit ID or snapshot name as people read it: the ID's first ten digits, and a wip
+    snapshot's time (<sha>.<time>) after them, so that two wips of one commit stay apart."""
+    return name[:10] + name[40:]
+
+
 def _show(name: object) -> str:
     return repr(name) if name else "an empty name"
 

@@ -177,9 +177,9 @@ def check_served(ws, pairs) -> None:
         seen |= set(walk.stdout.split()) & olds
     for old in sorted(olds - seen):
         raise SnapverError(
-            f"refused: commit {old[:10]} was never reached from HEAD or a branch of {ws.git.toplevel} "
+            f"refused: commit {names.short(old)} was never reached from HEAD or a branch of {ws.git.toplevel} "
             "(by its reflog), so it was not rewritten there; nothing was changed"
         )
     gone = missing(ws.git, by_new)
     if gone:
-        raise SnapverError(f"refused: {gone[0][:10]} is not a commit in {ws.git.toplevel}; nothing was changed")
+        raise SnapverError(f"refused: {names.short(gone[0])} is not a commit in {ws.git.toplevel}; nothing was changed")

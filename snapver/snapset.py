@@ -42,13 +42,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import journal, names
+from .names import short as _label
 from .errors import SnapverError
 
 MISSING_LOOKBACK = 50  # first-parent commits doctor looks at for a missing snapshot
-
-
-def _label(name: str) -> str:
-    return name[:10] + name[40:]
 
 
 def finish_snapshot(ws, op) -> str:
