@@ -90,17 +90,21 @@ class GitRepo:
         prefix = "ref: refs/heads/"
         return head[len(prefix):] if head.startswith(prefix) else None
 
-    def merged_here(self, sha: str, first_parent: str) -> bool:
-        """Whether HEAD's newest reflog entry is `git merge` or `git pull` making the merge
-        commit sha on first_parent here, not a fast-forward to it (last_head_move). False when
-        there is no reflog."""
+    def made_on(self, sha: str, first_parent: str) -> str | None:
+        """How HEAD's newest reflog entry (last_head_move) made commit sha on first_parent here:
+        "merge" (`git merge` or `git pull` making a merge commit), "pick" (`git cherry-pick` or
+        `git revert` committing), or None: another move, a fast-forward to sha (`cherry-pick
+        --ff` is a checkout of that commit), or no reflog."""
         move = self.last_head_move()
-        if move is None:
-            return False
-        old, new, message = move
+        if move is None or move[:2] != (first_parent, sha):
+            return None
+        message = move[2]
         action, _, what = message.partition(": ")
-        return ((old, new) == (first_parent, sha) and action.split(" ", 1)[0] in ("merge", "pull")
-                and what != "Fast-forward")
+        if action.split(" ", 1)[0] in ("merge", "pull") and what != "Fast-forward":
+            return "merge"
+        if message.startswith(("cherry-pick: ", "revert: ")) and not message.endswith("fast-forward"):
+            return "pick"
+        return None
 
     def head_quick(self) -> str | None:
         """HEAD's commit read from the files Git just wrote (HEAD, a loose ref): no fork; asks

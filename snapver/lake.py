@@ -12,24 +12,22 @@ import contextlib
 import os
 import sqlite3
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import NamedTuple
 
-from . import (clones, derive, faults, journal, links, linux, lock, names, received, rewrite, seams, snapset,
-               vanished)
-from .backends import backend_class, open_backend
+from . import (checkout, clones, derive, faults, journal, links, lock, names, provision, received, restore, rewrite,
+               seams, snapset, vanished)
+from .backends import open_backend
 from .backends.base import Backend, Change, Snapshot
 from .catalog import Catalog, SchemaTooNew, explain
 from .config import CONFIG_NAME, Config, LocalState, VolumeState, write_as_owner
 from .errors import FilesystemFull, InUse, NotFound, SnapverError
+from .checkout import CheckoutResult
 from .gitrepo import GitRepo
-from .proc import run
+from .names import short
+from .provision import parse_size as parse_size  # where the CLI and bench/ have always found it
 
 DEFAULT_VOLUMES = ("data", "models", "logs")
-
-
-def short(sha: str) -> str:
-    return sha[:10]
 
 
 class VolumeStatus(NamedTuple):
@@ -38,16 +36,6 @@ class VolumeStatus(NamedTuple):
     base: str | None  # the snapshot it last matched
     changed: bool
     link: str | None = None  # what is wrong with <worktree>/<volume> -> the volume, if anything
-
-
-class CheckoutResult:
-    def __init__(self, target: dict[str, Snapshot], warnings: list[str] | None = None):
-        self.target = target
-        self.kept: list[Snapshot] = []  # the safety wip snapshot, if one was needed
-        self.switched: list[str] = []  # volumes that were replaced
-        self.warnings = warnings if warnings is not None else []
-        self.links: dict[str, str] = {}  # volume -> how its link was put back (links.mend)
-        self.broken: dict[str, str] = {}  # volume -> what is still wrong with its link
 
 
 class LogEntry(NamedTuple):
@@ -131,7 +119,7 @@ class Workspace:
         git = GitRepo.find(path)
         config = Config.load(git.toplevel)
         state = LocalState.load(git.git_dir)
-        _ensure_mounted(state)
+        provision.ensure_mounted(state)
         ws = cls(git, config, state, open_backend(state.backend, state.lake))
         journal.check(ws)  # one indexed lookup, and only where someone reads the warning
         clones.note(ws)  # one indexed lookup; a write only when this clone is new or moved
@@ -179,7 +167,7 @@ class Workspace:
             raise SnapverError("--size goes with --image")
 
         # Input is checked; from here on things change on disk.
-        spec, image_path = _provision_lake(git, config, lake, image, size)
+        spec, image_path = provision.provision_lake(git, config, lake, image, size)
         backend_ = open_backend(config.backend, spec)
         workspace_id = names.check_workspace(f"{config.project[:40]}-{os.urandom(4).hex()}")
         state = LocalState(
@@ -548,119 +536,16 @@ class Workspace:
                 raise NotFound(f"no volume {v!r} here: the volumes are {', '.join(self.volumes)}")
         return list(only) if only else list(self.volumes)
 
-    # ---------------------------------------------------------------- checkout
+    # ---------------------------------------------------------------- checkout (checkout.py)
     def checkout(self, rev: str, volumes: list[str] | None = None, nearest: bool = False,
                  hook: bool = False) -> CheckoutResult:
-        """Make the live volumes the snapshot of rev, keeping unsnapshotted work first; a
-        broken volume link is put back first (hook: only a missing one), so "already at"
-        is said only of a volume the working tree really reaches."""
-        vols = self._volumes(volumes)
-        target, _, warnings = self.resolve(rev, vols, nearest)
-        with self.lock():
-            result = CheckoutResult(target, warnings=warnings)
-            self._mend_links(vols, result, hook)
-            todo = [
-                v for v in target
-                if self.state.volume(v).base != target[v].name
-                # What a plain folder held stays live, also when its move stopped partway.
-                or (self._changed(v) and v not in result.links and v not in result.broken)
-            ]
-            if not todo:
-                return result  # the live volumes are those snapshots already: nothing to swap
-            intent = {"rev": rev, "volumes": vols, "target": {v: target[v].name for v in todo},
-                      "from": {v: self.state.volume(v).base for v in todo}}
-            with journal.operation(self, "checkout", intent) as op:
-                self._switch({v: target[v] for v in todo}, vols, f"kept before checkout of {rev}", result, op)
-            return result
-
-    def _switch(self, target: dict[str, Snapshot], vols: list[str], why: str,
-                result: CheckoutResult, op=None) -> None:
-        """The steps of a checkout (and of doctor finishing one): keep, then swap each volume."""
-        result.kept = self._keep_changes(vols, why)
-        if result.kept and op:
-            op.step("kept", changed=False, snapshot=result.kept[0].name)
-        for v, snap in target.items():
-            mark = self.backend.clone_into_place(snap, self.id)
-            self.state.volumes[v] = _vs(snap.name, mark)
-            self.state.save()  # after each volume, so a crash leaves the truth recorded
-            self.link(v)  # a volume derived in another clone is new here
-            result.switched.append(v)
-            if op:
-                op.step("switched", volume=v)
-        self.backend.after_checkout()
+        return checkout.checkout(self, rev, volumes, nearest, hook)
 
     def finish_checkout(self, op) -> str:
-        """doctor --repair: bring every volume an interrupted checkout was moving to its target.
-
-        Works from the filesystem: the backend first finishes or drops a half-made swap, a
-        volume whose live data is already a clone of its target only has its state
-        recorded, and the others are checked out as the checkout would have (their
-        unsnapshotted changes kept first).
-        """
-        target: dict[str, Snapshot] = {}
-        gone = []
-        for v, name in op.intent.get("target", {}).items():
-            snap = self.backend.find(self.project, v, name) if v in self.volumes else None
-            if snap is None:
-                gone.append(f"{v}@{short(name)}")
-            else:
-                target[v] = snap
-        self.backend.tidy(self.project, self.id, self.volumes, repair=True)
-        for v, snap in target.items():
-            origin = self.backend.live_origin(self.project, self.id, v)
-            if origin and origin[0] == snap.name and self.state.volume(v).base != snap.name:
-                # Swapped in before the crash, but the state was not saved.
-                self.state.volumes[v] = _vs(snap.name, origin[1])
-                self.state.save()
-        todo = {v: s for v, s in target.items()
-                if self.state.volume(v).base != s.name or self._changed(v)}
-        result = CheckoutResult(target)
-        self._switch(todo, list(target) or self.volumes, f"kept before finishing checkout of {op.intent.get('rev')}",
-                     result)
-        said = f"checkout of {op.intent.get('rev')} finished: {', '.join(target) or 'no volume'} at its target"
-        if result.kept:
-            said += f" (unsnapshotted changes kept as {result.kept[0].name})"
-        if gone:
-            said += f"; {', '.join(gone)} no longer exist(s), left as they are"
-        return said
+        return checkout.finish_checkout(self, op)
 
     def follow_head(self) -> CheckoutResult | None:
-        """After Git moved HEAD and rewrote the working tree: the lake follows (the hooks)."""
-        head = self.git.head()
-        if head is None:
-            return None
-        if self._merge_made_here(head):
-            self.snapshot()  # a new commit, made from the live lake: it stays
-            return None
-        if self._commit_made_here(head):
-            return None  # the live lake is this new commit's data: post-commit, run next, snapshots it
-        try:
-            result = self.checkout(head, nearest=True, hook=True)
-        except NotFound as e:
-            self._record_at(head)  # nothing to follow; do not ask again for this commit
-            raise SnapverError(f"{e}; the lake stays as it is") from None
-        self._record_at(head)
-        return result
-
-    def _merge_made_here(self, head: str) -> bool:
-        if all(self.backend.find(self.project, v, head) for v in self.volumes):
-            return False
-        parents = self.git.commit(head).parents
-        # The lake is its first parent's, or the reflog says `git merge` just made it here: the
-        # lake need not have followed HEAD's last move (reset --soft and --mixed keep it).
-        return len(parents) > 1 and (parents[0] == self.lake_at() or self.git.merged_here(head, parents[0]))
-
-    def _commit_made_here(self, head: str) -> bool:
-        """cherry-pick and revert rewrite the working tree, then commit on top of HEAD: that HEAD
-        move is a new commit made with the live lake, not a checkout (moving the lake back to an
-        ancestor would make post-commit snapshot the wrong data). Git's reflog names the move."""
-        move = self.git.last_head_move()
-        if (move is None or move[1] != head or not move[2].startswith(("cherry-pick: ", "revert: "))
-                or move[2].endswith("fast-forward")):  # `cherry-pick --ff`: a checkout of that commit
-            return False
-        if all(self.backend.find(self.project, v, head) for v in self.volumes):
-            return False  # the same commit again (same parent, tree and second): it has its data
-        return move[0] in self.git.commit(head).parents[:1]
+        return checkout.follow_head(self)
 
     def rewrite(self, pairs: list[tuple[str, str]]) -> list[Snapshot]:
         """`commit --amend`, `rebase`, `snapver remap` replaced commits: each new commit gets
@@ -687,56 +572,9 @@ class Workspace:
             for v in vols if v in old and (new is None or v in new)
         }
 
-    # ---------------------------------------------------------------- restore
+    # ---------------------------------------------------------------- restore (restore.py)
     def restore(self, rev: str, path: str, to: str | None = None, cwd: Path | None = None) -> tuple[Path, Snapshot]:
-        """Copy one file or folder back from rev's snapshot, leaving the rest as it is."""
-        volume, inner = self._split_volume_path(path, cwd or Path.cwd())
-        snap = self.resolve(rev, [volume])[0].get(volume)
-        if snap is None:
-            raise NotFound(f"{volume} did not exist at {rev}")
-        source = _inside(snap.path, inner, f"{path} is not in the snapshot of {volume} at {rev}")
-        if to is None:
-            dest = _inside(self.live_path(volume), inner, f"{path} leaves the volume", must_exist=False)
-        else:
-            dest = (cwd or Path.cwd()) / to
-            if os.path.lexists(dest):
-                raise SnapverError(f"{to} already exists: remove it or choose another --to")
-        with self.lock():
-            if to is None and os.path.lexists(dest):
-                self._keep_changes([volume], f"kept before restore of {path} from {rev}")
-            tag = os.urandom(4).hex()
-            tmp = dest.with_name(f".{dest.name}.snapver-restore-{tag}")
-            old = dest.with_name(f".{dest.name}.snapver-old-{tag}")
-            # Journaled, so that a kill leaves doctor the temporary names (no walk to find them)
-            # and the next snapshot does not take a half-made copy into history.
-            op = self._journal("restore", {"dest": str(dest), "tmp": str(tmp), "old": str(old)})
-            try:
-                _copy_into_place(source, dest, tmp, old)
-            except BaseException:
-                if op is None or os.path.lexists(tmp) or os.path.lexists(old):
-                    raise  # left for doctor, which knows the names from the journal
-                with contextlib.suppress(sqlite3.Error):
-                    journal.close(self, op)
-                raise
-            if op is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    journal.close(self, op)
-        return dest, snap
-
-    def _split_volume_path(self, path: str, cwd: Path) -> tuple[str, PurePosixPath]:
-        if not path or "\0" in path:
-            raise SnapverError("give the path of a file or folder inside a volume, e.g. models/model.pt")
-        if os.path.isabs(path):
-            raise SnapverError(
-                f"{path} is absolute: give it relative to the repository, e.g. models/model.pt"
-            )
-        here = os.path.relpath(os.path.abspath(cwd), self.git.toplevel)
-        rel = PurePosixPath(os.path.normpath(os.path.join(here, path)))
-        if not rel.parts or rel.parts[0] == ".." or rel.parts[0] not in self.volumes:
-            raise SnapverError(
-                f"{path!r} is not inside a volume: paths start with one of {', '.join(self.volumes)}"
-            )
-        return rel.parts[0], PurePosixPath(*rel.parts[1:])
+        return restore.restore(self, rev, path, to, cwd)
 
     # ---------------------------------------------------------------- reindex
     def reindex(self) -> int:
@@ -751,84 +589,3 @@ class Workspace:
 
 def _vs(base: str, mark: str) -> VolumeState:
     return VolumeState(base=base, mark=mark)
-
-
-def _inside(root: Path, inner: PurePosixPath, what: str, must_exist: bool = True) -> Path:
-    """root/inner, refusing anything that would leave root, through '..' or a symlink."""
-    real_root = os.path.realpath(root)
-    target = os.path.realpath(os.path.join(root, inner))
-    if target != real_root and not target.startswith(real_root + os.sep):
-        raise SnapverError(f"{what}: it leads outside the volume (through a symlink or '..')")
-    if target == real_root:
-        raise SnapverError(f"{what}: name a file or folder inside the volume, not the whole volume")
-    if must_exist and not os.path.lexists(target):
-        raise NotFound(what)
-    return Path(target)
-
-
-def _copy_into_place(source: Path, dest: Path, tmp: Path, old: Path) -> None:
-    """Reflink-copy source next to dest (as tmp), then rename it over dest: never half a file.
-    A folder is swapped with two renames, the old one going to `old` and then away."""
-    import shutil  # stdlib, but ~2 ms of every hook's start-up for a rare path
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    run(["cp", "-a", "--reflink=auto", "--no-target-directory", "--", str(source), str(tmp)])
-    faults.point("restore-copied")
-    try:
-        if dest.is_dir() and not dest.is_symlink():
-            os.rename(dest, old)
-            faults.point("restore-moved")
-            os.rename(tmp, dest)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        if os.path.lexists(tmp):
-            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
-        raise
-
-
-def _provision_lake(git: GitRepo, config: Config, lake: str | None, image: Path | None, size: int | None):
-    """Where this working tree's lake is: (backend spec, image file or None)."""
-    kind = backend_class(config.backend)
-    if image is not None:
-        image = Path(image).absolute()
-        return kind.provision_image(image, size), image
-    if lake:
-        return kind.lake_spec(lake), None
-    if git.common_dir != git.git_dir and LocalState.exists(git.common_dir):
-        main = LocalState.load(git.common_dir)  # a worktree shares its main worktree's lake
-        return main.lake, (Path(main.image) if main.image else None)
-    if config.image and Path(config.image).exists():
-        return _provision_lake(git, config, None, Path(config.image), None)
-    if config.lake:
-        return config.lake, None
-    default = kind.default_lake(git.toplevel)
-    if default is not None:
-        return default, None
-    raise SnapverError(
-        f"{git.toplevel} is on {linux.mount_of(git.toplevel).fstype}, which has no snapshots: pass --image FILE "
-        "--size SIZE to make a Btrfs image (as root), or --lake DIR on a Btrfs filesystem"
-    )
-
-
-def _ensure_mounted(state: LocalState) -> None:
-    """An image-backed lake is mounted (or its pool imported) again after a reboot,
-    by the first snapver run as root."""
-    if state.image:
-        backend_class(state.backend).ensure_mounted(state.lake, Path(state.image))
-
-
-def parse_size(text: str) -> int:
-    """'20G', '512M', '1T', '1048576' -> bytes."""
-    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
-    try:
-        value = float(num) * units[unit]
-    except ValueError:
-        raise SnapverError(f"{text!r} is not a size: use e.g. 512M, 20G or 1T") from None
-    if value <= 0:
-        raise SnapverError(f"{text!r} is not a size: it must be positive")
-    return int(value)
-

@@ -36,7 +36,8 @@ from . import scan, seams
 from .config import RegistrySettings
 from .derive import Edge, derive, edges, split_source  # noqa: F401  (derive: the CLI's, as before)
 from .errors import NotFound, SnapverError
-from .safeio import read_regular
+from .names import short
+from .safeio import inside, read_regular
 
 
 def warn(message: str, *args) -> None:
@@ -52,10 +53,6 @@ def warn(message: str, *args) -> None:
 RELEASE_PREFIX = "release:"
 HOLD_TAG = "snapver-release:"
 _RELEASE_NAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,62}")
-
-
-def short(sha: str) -> str:
-    return sha[:10] + sha[40:]
 
 
 # ------------------------------------------------------------------ settings
@@ -160,9 +157,9 @@ def _regular(target: Path, rel: str) -> bytes | None:
 def _within(root: Path, target: Path, rel: str) -> Path | None:
     """target if it stays inside root once symlinks are followed. The root daemon reads these
     files for users: a symlink there must not make it read (and record) a file of root's."""
-    real_root, real = os.path.realpath(root), os.path.realpath(target)
-    if real.startswith(real_root + os.sep):
-        return Path(real)
+    real = inside(root, target)
+    if real is not None:
+        return real
     warn("snapver: warning: %s leads outside %s through a symlink; it was not read", rel, root)
     return None
 

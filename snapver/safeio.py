@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -45,3 +46,11 @@ def read_regular(path) -> bytes | None:
         return None
     with f:
         return f.read()
+
+
+def inside(root, path) -> Path | None:
+    """path with its symlinks followed, if that is inside root (not root itself); None if it
+    leads elsewhere. A symlink in a volume must not make snapver (maybe as root, for a user)
+    read or write a file outside it."""
+    real_root, real = os.path.realpath(root), os.path.realpath(path)
+    return Path(real) if real.startswith(real_root + os.sep) else None
