@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .errors import NotFound, SnapverError
-from .proc import run
+from .proc import ask, run
 
 
 class CommitInfo(NamedTuple):
@@ -75,11 +75,8 @@ class GitRepo:
 
     def head(self) -> str | None:
         """The commit HEAD points at; None in a repository with no commit yet."""
-        done = subprocess.run(
-            ["git", "rev-parse", "--verify", "--quiet", "HEAD^{commit}"],
-            cwd=self.toplevel, capture_output=True, text=True,
-        )
-        return done.stdout.strip() if done.returncode == 0 else None
+        out = ask(["git", "rev-parse", "--verify", "--quiet", "HEAD^{commit}"], cwd=self.toplevel)
+        return out.strip() if out is not None else None
 
     def branch(self) -> str | None:
         """The branch HEAD is on; None when detached. Read from the HEAD file: no fork."""
@@ -141,27 +138,24 @@ class GitRepo:
         """The full commit ID of any commit-ish Git understands."""
         if not rev or "\0" in rev or "\n" in rev:
             raise NotFound(f"{rev!r} is not a commit")
-        done = subprocess.run(
-            ["git", "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"],
-            cwd=self.toplevel, capture_output=True, text=True,
-        )
-        if done.returncode != 0:
+        out = ask(["git", "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"],
+                  cwd=self.toplevel)
+        if out is None:
             raise NotFound(f"{rev!r} is not a commit in this repository")
-        return done.stdout.strip()
+        return out.strip()
 
     def head_commit(self) -> CommitInfo | None:
         """HEAD and its metadata in one call; None in a repository with no commit yet."""
-        done = subprocess.run(
-            ["git", "show", "-s", f"--format={_FORMAT}", "HEAD", "--"],
-            cwd=self.toplevel, capture_output=True, text=True,
-        )
-        return _parse_commit(done.stdout.rstrip("\n")) if done.returncode == 0 else None
+        out = ask(["git", "show", "-s", f"--format={_FORMAT}", "HEAD", "--"], cwd=self.toplevel)
+        return _parse_commit(out.rstrip("\n")) if out is not None else None
 
     def commit(self, sha: str) -> CommitInfo:
         return _parse_commit(self.git("show", "-s", f"--format={_FORMAT}", sha, "--").rstrip("\n"))
 
     def first_parent_ancestors(self, sha: str):
         """sha, its first parent, that one's first parent, ... lazily, newest first."""
+        # A pipe read lazily (not proc.run): the caller stops at the first snapshotted
+        # ancestor, and the rest of a long history is never listed.
         proc = subprocess.Popen(
             ["git", "rev-list", "--first-parent", sha, "--"],
             cwd=self.toplevel, stdout=subprocess.PIPE, text=True,
@@ -200,7 +194,8 @@ def git_as_owner(cwd: Path, args: list[str], input: str | None = None,
                  owner_of: Path | None = None) -> subprocess.CompletedProcess:
     """git in cwd; as root, as the owner of owner_of (default cwd): Git refuses a repository
     of another user, and the owner's own config is all that may run on its behalf. Never
-    raises: a failure to start is a failed CompletedProcess."""
+    raises: a failure to start is a failed CompletedProcess. (Not proc.run, which runs as the
+    caller and raises: callers here read the exit status and stderr of another user's git.)"""
     argv = ["git", *args]
     kwargs: dict = {}
     if os.geteuid() == 0:

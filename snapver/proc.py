@@ -21,6 +21,23 @@ def run(argv: Sequence[str], *, input: bytes | None = None, cwd=None, env=None) 
     return done.stdout.decode("utf-8", "surrogateescape")
 
 
+def ask(argv: Sequence[str], *, input: bytes | None = None, cwd=None) -> str | None:
+    """argv's stdout as text when it exits 0, None when it exits otherwise: for a question a
+    tool answers by its exit status (is this an ancestor, does this dataset exist), where no
+    is an answer, not a failure, so its stderr is not kept. Not installed: CommandFailed."""
+    out = ask_bytes(argv, input=input, cwd=cwd)
+    return None if out is None else out.decode("utf-8", "surrogateescape")
+
+
+def ask_bytes(argv: Sequence[str], *, input: bytes | None = None, cwd=None) -> bytes | None:
+    """ask, with stdout as the tool wrote it (a file's content from `git cat-file blob`)."""
+    try:
+        done = subprocess.run(list(argv), input=input, cwd=cwd, capture_output=True, check=False)
+    except FileNotFoundError:
+        raise CommandFailed(f"{argv[0]} is not installed (needed for this lake)") from None
+    return done.stdout if done.returncode == 0 else None
+
+
 def failure(argv: Sequence[str], stderr: bytes) -> CommandFailed:
     """The error for a tool that failed, typed FilesystemFull when it ran out of space."""
     return (FullCommandFailed if _full(stderr) else CommandFailed)(describe_failure(argv, stderr))

@@ -26,7 +26,6 @@ import io
 import json
 import os
 import re
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple, NoReturn
@@ -37,6 +36,7 @@ from .config import RegistrySettings
 from .derive import Edge, derive, edges, split_source  # noqa: F401  (derive: the CLI's, as before)
 from .errors import NotFound, SnapverError
 from .names import short
+from .proc import ask_bytes
 from .safeio import inside, read_regular
 
 
@@ -126,11 +126,8 @@ def _read_file(ws, rel: str, snapshot: str, by_volume: dict) -> dict | None:
         else:
             # In the Git tree: the committed content is the truth of a commit snapshot;
             # a file Git does not track is read from the working tree.
-            done = subprocess.run(["git", "cat-file", "blob", f"{snapshot[:40]}:{rel}"],
-                                  cwd=ws.git.toplevel, capture_output=True)
-            if done.returncode == 0:
-                data = done.stdout
-            elif (target := _within(ws.git.toplevel, ws.git.toplevel / rel, rel)) and os.path.lexists(target):
+            data = ask_bytes(["git", "cat-file", "blob", f"{snapshot[:40]}:{rel}"], cwd=ws.git.toplevel)
+            if data is None and (target := _within(ws.git.toplevel, ws.git.toplevel / rel, rel)) and os.path.lexists(target):
                 data = _regular(target, rel)
     except OSError as e:
         warn("snapver: warning: %s cannot be read (%s); its values were not recorded", rel, e.strerror)

@@ -18,11 +18,11 @@ commits its own working tree rewrote (check_served).
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from . import names
 from .errors import NotFound, SnapverError
+from .proc import ask
 
 # More new commits than this: their catalog rows come from one GitPython walk, not a git each.
 _MANY = 20
@@ -77,10 +77,9 @@ def missing(git, shas) -> list[str]:
     shas = list(shas)
     if not shas:
         return []
-    done = subprocess.run(["git", "cat-file", "--batch-check=%(objectname) %(objecttype)"],
-                          cwd=git.toplevel, input="".join(s + "\n" for s in shas),
-                          capture_output=True, text=True)
-    found = {f[0] for f in (line.split() for line in done.stdout.splitlines())
+    out = ask(["git", "cat-file", "--batch-check=%(objectname) %(objecttype)"],
+              cwd=git.toplevel, input="".join(s + "\n" for s in shas).encode())
+    found = {f[0] for f in (line.split() for line in (out or "").splitlines())
              if len(f) == 2 and f[1] == "commit"}
     return [s for s in shas if s not in found]
 
@@ -165,16 +164,15 @@ def check_served(ws, pairs) -> None:
     by_new = groups(pairs)
     if not by_new:
         return
-    done = subprocess.run(["git", "log", "-g", "--format=%H", "HEAD", "--branches", "--"],
-                          cwd=ws.git.toplevel, capture_output=True, text=True)
-    seen = set(done.stdout.split())
+    seen = set((ask(["git", "log", "-g", "--format=%H", "HEAD", "--branches", "--"], cwd=ws.git.toplevel)
+                or "").split())
     olds = {o for group in by_new.values() for o in group}
     if olds - seen and seen:
         # A rebase also rewrites commits that came with a pull and were never HEAD here
         # themselves: an ancestor of a reflog entry counts (one walk, only when needed).
-        walk = subprocess.run(["git", "rev-list", "--stdin"], cwd=ws.git.toplevel, capture_output=True,
-                              text=True, input="".join(s + "\n" for s in sorted(seen)))
-        seen |= set(walk.stdout.split()) & olds
+        walk = ask(["git", "rev-list", "--stdin"], cwd=ws.git.toplevel,
+                   input="".join(s + "\n" for s in sorted(seen)).encode())
+        seen |= set((walk or "").split()) & olds
     for old in sorted(olds - seen):
         raise SnapverError(
             f"refused: commit {names.short(old)} was never reached from HEAD or a branch of {ws.git.toplevel} "

@@ -37,13 +37,13 @@ from __future__ import annotations
 import os
 import sqlite3
 from typing import Any
-import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
 from . import journal, names
 from .names import short as _label
 from .errors import SnapverError
+from .proc import ask
 
 MISSING_LOOKBACK = 50  # first-parent commits doctor looks at for a missing snapshot
 
@@ -194,8 +194,7 @@ def fired_for(ws, commit: str) -> bool:
     if not all(ws.backend.find(ws.project, v, head) for v in ws.volumes):
         # Only a commit HEAD still builds on: any other (the socket takes this argument
         # from users) is not what the working tree holds.
-        if subprocess.run(["git", "merge-base", "--is-ancestor", commit, head], cwd=ws.git.toplevel,
-                          capture_output=True).returncode == 0:
+        if ask(["git", "merge-base", "--is-ancestor", commit, head], cwd=ws.git.toplevel) is not None:
             return True
     if journal.announce:
         journal.announce(f"commit {_label(commit)} has no snapshot of its own: HEAD moved on to "

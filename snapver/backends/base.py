@@ -335,7 +335,7 @@ class Receive:
         self._errors = tempfile.TemporaryFile()
         read_end, write_end = os.pipe()
         parent = os.getpid()
-        try:
+        try:  # Popen, not proc.run: the stream is written into its stdin as it arrives
             self.proc = subprocess.Popen(argv, stdin=read_end, stdout=subprocess.DEVNULL, stderr=self._errors,
                                          pass_fds=(write_end,), preexec_fn=lambda: _die_with(parent))
         finally:

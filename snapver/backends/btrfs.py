@@ -25,7 +25,7 @@ from typing import NamedTuple
 from .. import faults, linux
 from ..errors import FULL, CommandFailed, FullCommandFailed, SnapverError
 from ..names import check_project, check_volume, is_snapshot_name
-from ..proc import run
+from ..proc import ask, ask_bytes, run
 from .base import Backend, Footprint, Receive, Snapshot, Space, create_image_file
 
 # _IOR(0x94, 60, struct btrfs_ioctl_get_subvol_info_args), 504 bytes
@@ -295,7 +295,7 @@ class BtrfsBackend(Backend):
                 found.append(f"retired volume {path / retired[0]} is still waiting to be deleted")
             if repair:
                 for name in retired:  # one already being deleted refuses: fine, it goes anyway
-                    subprocess.run(["btrfs", "subvolume", "delete", str(path / name)], capture_output=True)
+                    ask(["btrfs", "subvolume", "delete", str(path / name)])
                 with contextlib.suppress(OSError):
                     os.rmdir(path)
         return found
@@ -388,8 +388,8 @@ class BtrfsBackend(Backend):
         # A --no-data stream has every command but the file data, whose extents it
         # lists instead: the size of the real stream in one metadata pass.
         argv = self.send_argv(snap, base)
-        done = subprocess.run([*argv[:3], "--no-data", *argv[3:]], capture_output=True)
-        return _stream_size(done.stdout) if done.returncode == 0 else None
+        out = ask_bytes([*argv[:3], "--no-data", *argv[3:]])
+        return _stream_size(out) if out is not None else None
 
     def stream_complete(self, tail: bytes) -> bool:
         # btrfs receive takes EOF at a command boundary for the end of the stream (and
@@ -513,6 +513,7 @@ def delete_later(*subvolumes: Path) -> None:
 
     Deleting evicts the subvolume's cached pages first (about 0.3 s per cached GiB), which
     is why no checkout waits for it."""
+    # Popen, not proc.run: started in a session of its own and never waited for.
     subprocess.Popen(
         ["btrfs", "subvolume", "delete", *map(str, subvolumes)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -37,14 +37,13 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import faults, linux
 from ..errors import FULL, CommandFailed, FullCommandFailed, InUse, NotFound, SnapverError
 from ..names import check_project, check_volume, check_workspace, is_snapshot_name, parse_snapshot_name
-from ..proc import run
+from ..proc import ask, run
 from . import zfsfuse
 from .base import Backend, Footprint, Snapshot, Space, create_image_file
 from .zfsnode import COPIES, PROBE, RECEIVED, View, ZfsNode, ZSnap
@@ -564,9 +563,8 @@ class ZfsBackend(ZfsStreams, Backend):
     def named(cls, spec: str) -> ZfsBackend | None:
         dataset = spec.strip("/")
         try:
-            there = subprocess.run(["zfs", "list", "-H", "-o", "name", "--", dataset.split("/")[0]],
-                                   capture_output=True).returncode == 0
-        except FileNotFoundError:
+            there = ask(["zfs", "list", "-H", "-o", "name", "--", dataset.split("/")[0]]) is not None
+        except CommandFailed:
             return None  # no ZFS on this host
         return cls(dataset) if there else None
 
@@ -590,8 +588,7 @@ def dataset_mounted_at(path: Path) -> str | None:
 
 
 def _exists(dataset: str) -> bool:
-    return subprocess.run(["zfs", "list", "-H", "-o", "name", dataset],
-                          capture_output=True).returncode == 0
+    return ask(["zfs", "list", "-H", "-o", "name", dataset]) is not None
 
 
 def provision_pool(image: Path, size: int | None, pool: str, mountpoint: Path | None = None) -> str:
@@ -621,8 +618,7 @@ def provision_pool(image: Path, size: int | None, pool: str, mountpoint: Path | 
 
 
 def _pool_imported(pool: str) -> bool:
-    return subprocess.run(["zpool", "list", "-H", "-o", "name", pool],
-                          capture_output=True).returncode == 0
+    return ask(["zpool", "list", "-H", "-o", "name", pool]) is not None
 
 
 def pool_name(image: Path) -> str:

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import CommandFailed
-from ..proc import run
+from ..proc import ask, run
 from .zfsnode import View, ZfsNode
 
 # zfs send stream: 312-byte records; an incremental stream between two
@@ -40,7 +40,7 @@ def unmounted(argv: list[str], dataset: str) -> str:
     Unmounting first and retrying for about 13 s makes it reliable; a dataset
     that stays busy (a shell inside it) still fails with ZFS's words.
     """
-    subprocess.run(["zfs", "unmount", dataset], capture_output=True)  # not mounted: fine
+    ask(["zfs", "unmount", dataset])  # not mounted: fine
     for delay in (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, None):
         try:
             return run(argv)
@@ -91,7 +91,7 @@ def ensure_view(node: ZfsNode, view: View, project: str, volume: str, full: str)
     if not mounted:
         # A checkout killed while its views stepped aside for a rename: an unmounted
         # view would show an empty directory where the snapshot's files are.
-        subprocess.run(["zfs", "mount", name], capture_output=True)
+        ask(["zfs", "mount", name])  # already mounted again: fine
     return Path(mountpoint)
 
 
@@ -112,7 +112,7 @@ def views_aside(views: list[str]):
         yield
     finally:
         for v in views:
-            subprocess.run(["zfs", "mount", v], capture_output=True)
+            ask(["zfs", "mount", v])  # already mounted: fine
 
 
 def unmounted_views(view: View) -> list[str]:
@@ -128,6 +128,7 @@ def same_blocks(base: str, probe: str) -> bool:
     """Whether the incremental stream base -> probe is empty (BEGIN then END): zfs-fuse has
     no `written@snap`, and space accounting cannot prove "unchanged" (a same-size overwrite
     of a clone's block moves no counter), so changed_since reads the stream's first records."""
+    # A pipe, not proc.run: only the stream's first records are read, then the send is killed.
     proc = subprocess.Popen(["zfs", "send", "-i", base, probe],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None  # stdout=PIPE
@@ -152,6 +153,7 @@ def estimate(lake: str, argv: list[str]) -> int | None:
     """`zfs send -nP` where it exists; zfs-fuse has no dry run, which is asked only once."""
     if lake in _no_dry_run:
         return None
+    # Not proc.ask: a failure's stderr tells a zfs without a dry run ("invalid option") apart.
     done = subprocess.run([*argv[:2], "-nP", *argv[2:]], capture_output=True, text=True)
     for line in done.stdout.splitlines() if done.returncode == 0 else []:
         if line.startswith("size"):

@@ -15,13 +15,12 @@ change the lake between them.
 
 from __future__ import annotations
 
-import subprocess
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from ..errors import CommandFailed
 from ..names import is_snapshot_name
-from ..proc import run
+from ..proc import ask, run
 
 RECEIVED = "snapver:received"  # on a received snapshot: when it arrived on this lake (Unix seconds)
 PROBE = "snapver-probe"  # temporary snapshots changed_since takes and drops
@@ -169,7 +168,7 @@ class ZfsNode:
         return result
 
     def exists(self, dataset: str) -> bool:
-        return subprocess.run(["zfs", "list", "-H", "-o", "name", dataset], capture_output=True).returncode == 0
+        return ask(["zfs", "list", "-H", "-o", "name", dataset]) is not None
 
     def children(self, dataset: str) -> list[str]:
         out = run(["zfs", "list", "-H", "-o", "name", "-t", "filesystem", "-r", "-d", "1", dataset])
@@ -195,8 +194,7 @@ class ZfsNode:
     def resumes(self) -> bool:
         """Whether this pool has `receive -s` (asked once: zfs-fuse has not)."""
         if self.can_resume is None:  # OpenZFS 0.7 and later; zfs-fuse does not know the property
-            self.can_resume = subprocess.run(["zfs", "get", "-H", "receive_resume_token", self.lake],
-                                             capture_output=True).returncode == 0
+            self.can_resume = ask(["zfs", "get", "-H", "receive_resume_token", self.lake]) is not None
         return self.can_resume
 
     @contextmanager

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import CommandFailed, NotFound, SnapverError
 from ..names import check_project, check_volume, is_snapshot_name, parse_snapshot_name
-from ..proc import run
+from ..proc import ask, run
 from . import zfsfuse
 from .base import Receive, Snapshot
 from .zfsnode import RECEIVED, RECV, View, ZfsNode
@@ -208,10 +208,8 @@ class ZfsStreams:
                 zfsfuse.destroy(node, target, recursive=True)
 
         def remount() -> None:
-            import subprocess
-
             for v in views:
-                subprocess.run(["zfs", "mount", v], capture_output=True)
+                ask(["zfs", "mount", v])  # already mounted: fine
 
         return Receive(["zfs", "receive", *(["-s"] if resume else []), target], done, undo, remount)
 
