@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from . import faults, journal, ops, registry
-from .config import LocalState
+from .config import LocalState, ProjectConfig
 from .errors import SnapverError, one_line
 from .gitrepo import GitRepo
 from .names import short
@@ -113,7 +113,7 @@ def main(argv: list[str]) -> int:
         if hook == "pre-push":
             push_with_git(args, sys.stdin.read().splitlines())
             return 0
-        if os.environ.get("SNAPVER_FETCH") == "1" and hook != "post-rewrite":
+        if hook != "post-rewrite" and opted_in("fetch"):
             fetch_with_git()  # before the lake follows HEAD
         if hook == "post-commit":
             faults.point("post-commit-start")
@@ -169,6 +169,16 @@ def rebase_edit(done_line: list[str]) -> None:
     if head and head != edited:
         ops.call("rewrite", {"pairs": [[edited, head]]})
     report(ops.call("follow"))
+
+
+def opted_in(key: str) -> bool:
+    """[remote] push / fetch = true in snapver.toml, read as every command reads it (it was a
+    grep in the shim, which missed a quoted, dotted or inline-table key). tomllib is on the
+    hook path already (config.py); a parse is a fraction of a millisecond."""
+    try:
+        return ProjectConfig.load(Path(".")).remote.get(key) is True
+    except SnapverError:
+        return False  # a broken snapver.toml: the command that follows says what is wrong
 
 
 def push_with_git(args: list[str], updates: list[str]) -> None:

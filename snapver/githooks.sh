@@ -38,12 +38,12 @@ else
   gitdir=$(git rev-parse --absolute-git-dir 2>/dev/null) || exit $status
 fi
 state=$gitdir/snapver
-# Git runs hooks at the top of the working tree. Whether snapver.toml may opt in to the
-# remote integration ([remote] push / fetch = true) is a grep, not an interpreter start;
-# it only spares the interpreter: Python reads the checked config and decides.
-opted_in() { grep -qs "^[[:space:]]*$1[[:space:]]*=[[:space:]]*true" snapver.toml; }
+# Git runs hooks at the top of the working tree. Whether snapver.toml opts in to the remote
+# integration ([remote] push / fetch = true) is Python's to say (it reads the file as every
+# command does). The shell only spares a push the interpreter when snapver.toml cannot opt
+# in: a TOML true is the word `true`, however the key is written (quoted, dotted, inline).
+may_opt_in() { grep -qs true snapver.toml; }
 run() {
-  opted_in fetch && export SNAPVER_FETCH=1
   printf '%s' "$input" | "$SNAPVER_PYTHON" -m snapver.githooks "$hook" "$@"
 }
 
@@ -172,6 +172,6 @@ case $hook in
   post-merge)
     { lake_is_at "$(git rev-parse -q --verify HEAD)" && links_ok; } || run "$@" ;;
   pre-push)
-    opted_in push && run "$@" ;;
+    may_opt_in && run "$@" ;;
 esac
 exit $status

@@ -414,12 +414,17 @@ def test_progress_bar_shows_bytes_and_rate(lake_repo, far):
 
 # ------------------------------------------------------------------ Git integration
 
-def test_git_push_and_pull_carry_the_snapshots(lake_repo, far, third, tmp_path):
+@pytest.mark.parametrize("opt_in", [
+    '\n[remote]\nname = "far"\npush = true\nfetch = true\n',
+    # Quoted keys are the same keys in TOML: the hook shim's grep once missed them.
+    '\n[remote]\n"name" = "far"\n"push" = true\n\'fetch\' = true\n',
+], ids=["bare keys", "quoted keys"])
+def test_git_push_and_pull_carry_the_snapshots(lake_repo, far, third, tmp_path, opt_in):
     a = lake_repo
     origin = tmp_path / "origin.git"
     git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
     with open(a / "snapver.toml", "a") as f:
-        f.write('\n[remote]\nname = "far"\npush = true\nfetch = true\n')
+        f.write(opt_in)
     git(a, "add", "snapver.toml")
     write(a / "data" / "d.bin", b"first")
     c1 = commit(a, "opt in to push and fetch")
