@@ -17,6 +17,7 @@ import pytest
 
 from tests.fixtures.btrfs import btrfs_image
 from tests.fixtures.git import Lake, Result, env, git, snapver, tree_digest
+from tests.fixtures.pause import paused, stopped
 from tests.fixtures.zfs import zfs_file_pool
 
 VOLUMES = ("data", "models", "logs")
@@ -229,14 +230,6 @@ def own_lake():
                                        str(mnt)], check=True))
 
 
-def stopped(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] == "T"
-    except (FileNotFoundError, ProcessLookupError):
-        return False  # a short-lived descendant (git's own helpers) exited meanwhile
-
-
 def test_lake_unmounted_mid_checkout_is_one_line_and_doctor_recovers(repo, own_lake):
     lake, unmount, mount = own_lake
     snapver(repo, "init", *lake.init_args)
@@ -249,18 +242,9 @@ def test_lake_unmounted_mid_checkout_is_one_line_and_doctor_recovers(repo, own_l
     write(repo, "B")
     git_commit(repo, "B")
 
-    proc = subprocess.Popen([sys.executable, "-m", "snapver", "checkout", a], cwd=repo, text=True,
-                            env={**env(), "SNAPVER_PAUSE": "checkout-cloned"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while not stopped(proc.pid):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.05)
+    with paused([sys.executable, "-m", "snapver", "checkout", a], repo, "checkout-cloned") as proc:
         unmount()
-    finally:
-        proc.send_signal(signal.SIGCONT)
-        out, err = proc.communicate(timeout=120)
+    out, err = proc.out, proc.err
     print(f"{lake.backend}: exit {proc.returncode} {err.strip()!r}")
     gone = f"the lake at {lake.root} is not there (unmounted?): mount it, then `snapver doctor --repair`"
     assert proc.returncode == 1, out + err

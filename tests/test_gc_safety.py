@@ -11,13 +11,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.daemon import give_to_nobody
 from tests.fixtures.git import commit, env, git, snapver, write
 
 VOLUMES = ("data", "models", "logs")
@@ -266,42 +266,32 @@ def test_daemon_gc_keeps_a_moved_clones_snapshots(lake_repo, lake, tmp_path):
     assert ("data", feat) not in on_disk(a)
 
 
-def test_root_reads_another_users_clone_as_that_user(lake_repo, lake):
+def test_root_reads_another_users_clone_as_that_user(lake_repo, lake, user_home):
     """gc run by root (the daemon) counts a clone owned by a user, without running Git as root there."""
     a = lake_repo
     retention(a, 'unreachable = "1s"')
-    home = Path(tempfile.mkdtemp(prefix="snapver-user-"))
-    try:
-        home.chmod(0o755)
-        b = clone_of(a, home / "B", lake)
-        feat = feature_only_in(b)
-        subprocess.run(["chown", "-R", "nobody:nogroup", str(b)], check=True)
-        time.sleep(1.5)
-        out = snapver(a, "gc").out
-        assert "kept every" not in out, out
-        assert plan(a)[("data", feat)]["reason"] == "reachable commit"
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    b = clone_of(a, user_home / "B", lake)
+    feat = feature_only_in(b)
+    give_to_nobody(b)
+    time.sleep(1.5)
+    out = snapver(a, "gc").out
+    assert "kept every" not in out, out
+    assert plan(a)[("data", feat)]["reason"] == "reachable commit"
 
 
-def test_root_asks_another_users_clone_which_commits_it_has_as_that_user(lake_repo, lake):
+def test_root_asks_another_users_clone_which_commits_it_has_as_that_user(lake_repo, lake, user_home):
     """A commit another user's clone dropped (branch deleted, reflog expired) is unreachable there,
     not unknown: root's gc asks that clone's object database as its owner (Git refuses a
     repository of another user to root), so the snapshot can go after its grace."""
     a = lake_repo
     retention(a, 'unreachable = "1s"')
-    home = Path(tempfile.mkdtemp(prefix="snapver-user-"))
-    try:
-        home.chmod(0o755)
-        b = clone_of(a, home / "B", lake)
-        dropped = feature_only_in(b, "dropped")
-        git(b, "checkout", "-q", "main")
-        git(b, "branch", "-D", "dropped")
-        forget_reflogs(b)
-        subprocess.run(["chown", "-R", "nobody:nogroup", str(b)], check=True)
-        time.sleep(1.5)
-        assert plan(a)[("data", dropped)]["reason"].startswith("unreachable commit"), plan(a)[("data", dropped)]
-        snapver(a, "gc")
-        assert ("data", dropped) not in on_disk(a)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    b = clone_of(a, user_home / "B", lake)
+    dropped = feature_only_in(b, "dropped")
+    git(b, "checkout", "-q", "main")
+    git(b, "branch", "-D", "dropped")
+    forget_reflogs(b)
+    give_to_nobody(b)
+    time.sleep(1.5)
+    assert plan(a)[("data", dropped)]["reason"].startswith("unreachable commit"), plan(a)[("data", dropped)]
+    snapver(a, "gc")
+    assert ("data", dropped) not in on_disk(a)

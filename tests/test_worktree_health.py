@@ -13,15 +13,14 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures.git import env, git, snapver
+from tests.fixtures.pause import paused
 
 VOLUMES = ("data", "models", "logs")
 SNAPVER = [sys.executable, "-m", "snapver"]
@@ -280,19 +279,10 @@ def test_a_plain_folder_move_killed_anywhere_loses_nothing_and_doctor_finishes_i
 
 def test_a_file_written_during_the_move_stays_and_is_moved_next_time(lake_repo):
     want = plain_folder_with_files(lake_repo)
-    proc = subprocess.Popen([*SNAPVER, "checkout", "HEAD"], cwd=lake_repo, text=True,
-                            env={**env(), "SNAPVER_PAUSE": "move-copied#3"},  # sub copied, not yet in place
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while not stopped(proc.pid):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.05)
+    with paused([*SNAPVER, "checkout", "HEAD"], lake_repo, "move-copied#3") as proc:  # sub copied, not in place
         # A training script still writing to the plain folder, after the copy was made.
         (lake_repo / "data" / "sub" / "part0.csv").write_text("rewritten during the move\n")
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
-        out, err = proc.communicate(timeout=120)
+    out, err = proc.out, proc.err
     assert proc.returncode == 1 and "something is writing there" in out, out + err
     assert (lake_repo / "data" / "sub" / "part0.csv").read_text() == "rewritten during the move\n"
     assert os.listdir(lake_repo / "data") == ["sub"] and os.listdir(lake_repo / "data" / "sub") == ["part0.csv"]
@@ -303,6 +293,3 @@ def test_a_file_written_during_the_move_stays_and_is_moved_next_time(lake_repo):
     assert got == want and is_linked(lake_repo, "data"), "the copy taken before, the new write beside it"
 
 
-def stopped(pid: int) -> bool:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rpartition(")")[2].split()[0] == "T"
