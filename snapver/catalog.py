@@ -265,13 +265,6 @@ class Catalog:
             (project, workspace, name, str(path), str(worktree)),
         )
 
-    def rename_snapshot(self, old, new) -> None:
-        self.conn.execute(
-            "UPDATE OR REPLACE snapshots SET name = ?, commit_sha = ?, kind = ? "
-            "WHERE project = ? AND volume = ? AND name = ?",
-            (new.name, new.commit, new.kind, old.project, old.volume, old.name),
-        )
-
     def forget_snapshot(self, project: str, volume: str, name: str) -> None:
         self.conn.execute(
             "DELETE FROM snapshots WHERE project = ? AND volume = ? AND name = ?",

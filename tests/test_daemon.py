@@ -19,7 +19,8 @@ import pytest
 from snapver import client
 from snapver.names import WIP_TIME_FORMAT
 from tests.fixtures.daemon import DEBOUNCE, NOBODY, Snapverd, as_user, wait_for
-from tests.fixtures.git import env, git, snapver
+from tests.fixtures.pause import stopped
+from tests.fixtures.git import env, git, snapver, wip_taken_as_of
 
 POLL = 0.5
 
@@ -112,14 +113,6 @@ def test_a_workspace_the_daemon_does_not_watch_is_refused(lake_repo, snapverd, t
             client.request({"op": "snapshot", "workspace": path, "wip": True}, path=d.socket)
 
 
-def _stopped(pid: int) -> bool:
-    """The process is stopped (SIGSTOP: state T in /proc/PID/stat)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
-    except (OSError, IndexError):
-        return False
-
-
 def test_a_workspace_moved_while_snapverd_starts_does_not_kill_it(lake_repo, daemon_dir):
     """The clone is moved after Git found it and before snapverd checked it is its owner's:
     that workspace is not watched, said in one line, and the daemon runs on. Found by the
@@ -130,7 +123,7 @@ def test_a_workspace_moved_while_snapverd_starts_does_not_kill_it(lake_repo, dae
                               env={**env(), "SNAPVER_SOCKET": str(d.socket), "SNAPVER_PAUSE": "daemon-opened"},
                               stdout=open(d.log, "ab"), stderr=subprocess.STDOUT)
     try:
-        assert wait_for(lambda: _stopped(d.proc.pid), 20), f"snapverd did not pause: {d.log.read_text()}"
+        assert wait_for(lambda: stopped(d.proc.pid), 20), f"snapverd did not pause: {d.log.read_text()}"
         lake_repo.rename(moved)
         os.kill(d.proc.pid, signal.SIGCONT)
         assert wait_for(d.answers, 20), f"snapverd died: {d.log.read_text()}"
@@ -238,10 +231,8 @@ def test_gc_keeps_and_drops_exactly_what_the_policy_says(lake_repo, lake):
     names = {}
     for label, when in times.items():
         (lake_repo / "logs" / "run.log").write_text(label)
-        taken = ws.snapshot(wip=True)
         names[label] = f"{kept_commit}.{when.strftime(WIP_TIME_FORMAT)}"
-        for s in taken:
-            ws.catalog.rename_snapshot(s, ws.backend.rename(s, names[label]))
+        assert {s.name for s in wip_taken_as_of(ws, when)} == {names[label]}
     time.sleep(1.5)  # past the 1 s grace of unreachable snapshots
 
     plan = snapver(lake_repo, "gc", "--dry-run", "--json").json

@@ -188,11 +188,6 @@ class Backend(ABC):
     def destroy(self, snap: Snapshot) -> None: ...
 
     @abstractmethod
-    def rename(self, snap: Snapshot, name: str) -> Snapshot:
-        """Give a snapshot another name; its data stays as it is. snapver itself never renames
-        a snapshot (they are immutable, see copy_snapshot); tests use it to age wips."""
-
-    @abstractmethod
     def copy_snapshot(self, snap: Snapshot, name: str) -> Snapshot:
         """A new read-only snapshot `name` of the same volume holding exactly snap's data, in
         O(1) (a rewritten commit gets its own snapshot); snap stays as it is. Refused if

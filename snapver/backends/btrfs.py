@@ -220,13 +220,6 @@ class BtrfsBackend(Backend):
             delete_later(*self._retired)
         self._retired.clear()
 
-    def rename(self, snap: Snapshot, name: str) -> Snapshot:
-        target = snap.path.with_name(name)
-        if os.path.lexists(target):
-            raise SnapverError(f"cannot rename {snap.volume}@{snap.name}: {name} exists already")
-        os.rename(snap.path, target)  # a read-only subvolume can still be renamed in its parent
-        return self._snapshot_at(snap.project, snap.volume, target)
-
     def copy_snapshot(self, snap: Snapshot, name: str) -> Snapshot:
         # A read-only snapshot of a read-only snapshot: one ioctl, O(1), and independent of
         # its source (either can be deleted first). The ioctl makes it whole or not at all.

@@ -313,23 +313,6 @@ class ZfsBackend(ZfsStreams, Backend):
         if history and not promote and not [n for n in own if n != snap.name]:
             zfsfuse.destroy(self._node, dataset, recursive=True)  # a history dataset kept for nothing now
 
-    def rename(self, snap: Snapshot, name: str) -> Snapshot:
-        parsed = parse_snapshot_name(name)
-        if parsed is None:
-            raise SnapverError(f"{name!r} is not a snapver snapshot name")
-        view = self._node.view(snap.project)
-        full = self._zsnap(snap, view).full
-        if view.find(snap.volume, name):
-            raise SnapverError(f"cannot rename {snap.volume}@{snap.name}: {name} exists already")
-        old_view = zfsfuse.view_name(self._lake, snap.project, snap.volume, snap.name)
-        if view.dataset(old_view):  # named after the old name; made again on demand
-            zfsfuse.destroy(self._node, old_view)
-        new = f"{full.partition('@')[0]}@{name}"
-        self._node.run(["zfs", "rename", full, new])
-        zfsfuse.set_each(self._node, new, {"snapver:commit": parsed[0], "snapver:kind": parsed[1]})
-        view = self._node.view(snap.project)
-        return self._with_path(self._row(snap.project, snap.volume, view.snaps[new]), view)
-
     def copy_snapshot(self, snap: Snapshot, name: str) -> Snapshot:
         """A ZFS snapshot cannot be duplicated in place (a new snapshot of its dataset holds
         the dataset's state now, not snap's), and send/receive copies data. What is O(1) on
