@@ -518,6 +518,35 @@ class ZfsBackend(ZfsStreams, Backend):
         self._node.mount(live)
         return self.volume_path(snap.project, workspace, volume)
 
+    def same_data(self, old: Snapshot, new: Snapshot) -> bool:
+        if (old.project, old.volume) != (new.project, new.volume):
+            return False
+        if old.name == new.name:
+            return True
+        view = self._node.view(old.project)
+        a, b = view.find(old.volume, old.name), view.find(new.volume, new.name)
+        # An empty incremental stream from the older to the newer (its origin chain must hold
+        # the older one, or the send fails: not proven, so not the same).
+        return bool(a and b and a.txg <= b.txg and zfsfuse.same_blocks(a.full, b.full))
+
+    def retire_volume(self, project: str, workspace: str, volume: str) -> None:
+        live = self._live(project, workspace, volume)
+        view = self._node.view(project)
+        ds = view.dataset(live)
+        if ds is None:
+            return
+        if not ds.own():
+            zfsfuse.destroy(self._node, live, recursive=True)  # leftover probes at most
+            return
+        # Its snapshots must stay findable (a live volume may be a clone of one): to history,
+        # read-only, where clone_into_place puts a replaced live volume that has snapshots.
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        history = f"{self._lake}/{project}/history/{workspace}/{volume}.{stamp}"
+        with zfsfuse.views_aside([] if self._snapdir else zfsfuse.views_of(view, live)):
+            zfsfuse.rename(self._node, live, history)
+        run(["zfs", "set", "readonly=on", history])
+        self._node.changed(project)
+
     def live_space(self, project: str, workspace: str, volume: str) -> Space:
         live = self._live(project, workspace, volume)
         props = self._node.get(live, ["referenced", "usedbydataset"])[live]
