@@ -88,7 +88,7 @@ def last_build(ws, volume: str) -> dict | None:
     return rows[0] if rows else None
 
 
-def resolve_input(ws, volume: str, rev: str) -> Snapshot:
+def resolve_input(ws, volume: str, rev: str, head: str | None = None) -> Snapshot:
     """The exact snapshot an input names, as `checkout` resolves it; but a built volume at
     HEAD is its newest build point of HEAD, if it was built since HEAD was committed (the
     next commit names that build)."""
@@ -96,7 +96,7 @@ def resolve_input(ws, volume: str, rev: str) -> Snapshot:
         raise SnapverError(f"input {volume}@{rev}: no volume {volume} here: the volumes are {', '.join(ws.volumes)}")
     if rev == "HEAD":
         last = last_build(ws, volume)
-        head = ws.git.head()
+        head = head or ws.git.head()
         if last and head and last["snapshot"].startswith(head + "."):
             snap = ws.backend.find(ws.project, volume, last["snapshot"])
             if snap is not None:
@@ -114,7 +114,8 @@ def unchanged(ws, volume: str, used: str, now: Snapshot) -> bool:
 
 
 def resolve_inputs(ws, recipe: recipes.Recipe) -> dict[str, Snapshot]:
-    return {v: resolve_input(ws, v, rev) for v, rev in recipe.inputs}
+    head = ws.git.head() if any(rev == "HEAD" for _, rev in recipe.inputs) else None  # one git call per node
+    return {v: resolve_input(ws, v, rev, head) for v, rev in recipe.inputs}
 
 
 # ---------------------------------------------------------------- the steps
@@ -151,8 +152,9 @@ def _busy(ws, volume: str) -> bool:
         os.close(fd)
 
 
-def prepare(ws, volume: str) -> Job:
-    """Check everything, then make the clone the command will write into."""
+def prepare(ws, volume: str, inputs: dict[str, Snapshot] | None = None) -> Job:
+    """Check everything, then make the clone the command will write into. inputs: as the
+    caller resolved them just now (cascade), else resolved here."""
     recipe = recipes.get(ws, volume)
     if volume not in ws.volumes:
         raise SnapverError(f"{volume} is not a volume of this project: derive it first "
@@ -161,7 +163,7 @@ def prepare(ws, volume: str) -> Job:
     fd = _take_lock(ws, volume)
     try:
         with ws.lock():
-            job = Job(ws, recipe, resolve_inputs(ws, recipe), fd)
+            job = Job(ws, recipe, inputs if inputs is not None else resolve_inputs(ws, recipe), fd)
             bws = build_workspace(ws)
             ws.backend.retire_volume(ws.project, bws, volume)  # a killed build's (its lock is ours now)
             state = ws.state.volume(volume)

@@ -75,14 +75,15 @@ def select(ws, every: dict[str, recipes.Recipe], target: str | None) -> list[str
     return [v for v in order(every) if v in chosen]
 
 
-def staleness(ws, recipe: recipes.Recipe) -> str | None:
-    """Why recipe's volume must be rebuilt now, or None if it is up to date."""
+def staleness(ws, recipe: recipes.Recipe, now: dict | None = None) -> str | None:
+    """Why recipe's volume must be rebuilt now, or None if it is up to date. now: its
+    inputs resolved (build.resolve_inputs), if the caller has them."""
     last = build.last_build(ws, recipe.volume)
     if last is None:
         return "never built"
     if last["command"] != recipe.run:
         return "its command changed"
-    now = build.resolve_inputs(ws, recipe)
+    now = now if now is not None else build.resolve_inputs(ws, recipe)
     used = last["inputs"]
     if set(now) != set(used):
         return "its inputs changed: " + ", ".join(sorted(set(now) ^ set(used)))
@@ -134,7 +135,8 @@ def cascade(ws, target: str | None = None, jobs: int = 1, dry_run: bool = False,
                 continue
             rebuilt = [d for d in deps[volume] if d in outcome and outcome[d].action == "rebuild"]
             try:
-                why = f"upstream {rebuilt[0]} is rebuilt first" if rebuilt else staleness(ws, every[volume])
+                now = None if rebuilt else build.resolve_inputs(ws, every[volume])
+                why = f"upstream {rebuilt[0]} is rebuilt first" if rebuilt else staleness(ws, every[volume], now)
             except SnapverError as e:
                 settle(Node(volume, "failed", str(e)))
                 continue
@@ -145,7 +147,7 @@ def cascade(ws, target: str | None = None, jobs: int = 1, dry_run: bool = False,
                 settle(Node(volume, "rebuild", why))
                 continue
             try:
-                job = build.prepare(ws, volume)
+                job = build.prepare(ws, volume, now)
                 build.start(job)
             except SnapverError as e:
                 settle(Node(volume, "failed", str(e)))
