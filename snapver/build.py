@@ -293,6 +293,13 @@ def build(ws, volume: str) -> Result:
     return finish(job)
 
 
+def history(ws, volume: str | None = None, limit: int = 20) -> list[dict]:
+    """The recorded builds, newest first: the lineage of each build point (its input snapshots)."""
+    if volume is not None:
+        names.check_volume(volume)
+    return ws.catalog.builds(ws.project, ws.id, volume, limit=limit)
+
+
 # ---------------------------------------------------------------- doctor
 
 

@@ -81,6 +81,11 @@ def _cascade(ws, a):
                                                  bool(a.get("dry_run")), a.get("progress"))]
 
 
+def _builds(ws, a):
+    volume = a.get("volume")
+    return build.history(ws, str(volume) if volume else None, int(a.get("limit", 20)))
+
+
 def _doctor(ws, a):
     return (doctor.repair(ws) if a.get("repair") else doctor.diagnose(ws)).as_dict()
 
@@ -95,6 +100,7 @@ OPS = {
     "doctor": _doctor,
     "build": _build,
     "cascade": _cascade,
+    "builds": _builds,
 }
 
 # They run the user's own command: never for a caller over the daemon's socket (as root).

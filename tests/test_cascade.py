@@ -155,7 +155,7 @@ def test_cascade_builds_the_graph_rebuilds_exactly_downstream_and_nothing_when_u
 def test_a_failing_middle_build_stops_its_subtree_and_the_sibling_goes_on(lake_repo):
     repo = lake_repo
     graph(repo)
-    cascade(repo)
+    nodes_before = cascade(repo)
     commit(repo, "built")
     write(repo / "fail-ft-a", "")
     before = {v: tree_digest(repo / v) for v in ("ft-a", "dist-a")}
@@ -170,6 +170,9 @@ def test_a_failing_middle_build_stops_its_subtree_and_the_sibling_goes_on(lake_r
     assert {v: tree_digest(repo / v) for v in ("ft-a", "dist-a")} == before, "the failed subtree is untouched"
     assert weights(repo, "dist-b") == expected(6, 30)["dist-b"]
 
+    history = snapver(repo, "builds", "ft-a", "--json").json
+    assert history[0]["snapshot"] is None and history[0]["exit_code"] == 3
+    assert history[1]["inputs"] == {"base": nodes_before["base"]["result"]["snapshot"], "tok": history[1]["inputs"]["tok"]}
     r = snapver(repo, "build", "ft-a", ok=False)
     assert r.code == 1 and "training ft-a diverged" in r.err and "exit code 3" in r.err
     assert tree_digest(repo / "ft-a") == before["ft-a"]

@@ -73,3 +73,19 @@ def cascade(target, jobs, dry_run, as_json):
         emit_json(nodes)
     if any(n["action"] == "failed" for n in nodes):
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("volume", required=False)
+@click.option("-n", "limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def builds(volume, limit, as_json):
+    """The builds recorded here, newest first: each build point with the input snapshots it was made from."""
+    rows = ops.perform(Workspace.open(), "builds", {"volume": volume, "limit": limit})
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        made = f"-> {label(r['snapshot'])}" if r["snapshot"] else f"FAILED (exit code {r['exit_code']})"
+        ins = ", ".join(f"{v}@{label(s)}" for v, s in r["inputs"].items()) or "no inputs"
+        click.echo(f"{r['started'][:19]}  {r['volume']:<12} {made}  from {ins}  {r['duration']:.1f}s  {r['log']}")
