@@ -535,16 +535,26 @@ class ZfsBackend(ZfsStreams, Backend):
         ds = view.dataset(live)
         if ds is None:
             return
-        if not ds.own():
+        views_root = f"{self._lake}/{project}/snapshots/"
+        for name in ds.own():
+            clones = [c for c in view.clones_of(f"{live}@{name}") if not c.startswith(views_root)]
+            if len(clones) == 1:
+                # A live volume was made from this snapshot (a build swapped in): it takes the
+                # snapshot over, as if it had been taken of it, and this one no longer holds it.
+                # (zfs-fuse would not rename this dataset while that clone is mounted.)
+                self._node.run(["zfs", "promote", clones[0]], project)
+                view = self._node.view(project)
+        ds = view.dataset(live)
+        if ds is not None and not ds.own():
             zfsfuse.destroy(self._node, live, recursive=True)  # leftover probes at most
-            return
-        # Its snapshots must stay findable (a live volume may be a clone of one): to history,
-        # read-only, where clone_into_place puts a replaced live volume that has snapshots.
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        history = f"{self._lake}/{project}/history/{workspace}/{volume}.{stamp}"
-        with zfsfuse.views_aside([] if self._snapdir else zfsfuse.views_of(view, live)):
-            zfsfuse.rename(self._node, live, history)
-        run(["zfs", "set", "readonly=on", history])
+        elif ds is not None:
+            # Snapshots nothing was made from yet (a build killed before its swap): kept,
+            # read-only and findable, where clone_into_place puts a replaced live volume.
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+            history = f"{self._lake}/{project}/history/{workspace}/{volume}.{stamp}"
+            with zfsfuse.views_aside([] if self._snapdir else zfsfuse.views_of(view, live)):
+                zfsfuse.rename(self._node, live, history)
+            run(["zfs", "set", "readonly=on", history])
         self._node.changed(project)
 
     def live_space(self, project: str, workspace: str, volume: str) -> Space:
