@@ -39,6 +39,11 @@ if Path(f"fail-{name}").exists():
 total, seen = 0.0, []
 for key in sorted(k for k in os.environ if k.startswith("SNAPVER_INPUT_") and not k.endswith("_SNAPSHOT")):
     root = Path(os.environ[key])
+    try:  # inputs are given read-only, at their exact snapshots
+        (root / "probe").write_text("x")
+        print(f"input {key} is writable")
+    except OSError:
+        pass
     seen.append(f"{key[14:].lower()}@{os.environ[key + '_SNAPSHOT']}")
     # A built input's output is its weights; a plain one (data, models) is all its numbers.
     files = [root / "weights.txt"] if (root / "weights.txt").exists() else sorted(root.rglob("*.txt"))
@@ -148,7 +153,7 @@ def test_cascade_builds_the_graph_rebuilds_exactly_downstream_and_nothing_when_u
     # `cascade VOLUME`: what derives from it, and only if stale
     assert actions(cascade(repo, "ft-b")) == {"ft-b": "up-to-date", "dist-b": "up-to-date"}
     log = second["base"]["result"]["log"]
-    assert "trained base: 52.000000" in Path(log).read_text()
+    assert "trained base: 52.000000" in Path(log).read_text() and "writable" not in Path(log).read_text()
     assert "/logs/snapver-builds/base/" in log and (repo / "logs" / "snapver-builds" / "base" / Path(log).name).exists()
 
 
