@@ -14,6 +14,7 @@ failed build stops its subtree (marked skipped) while siblings go on.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from typing import NamedTuple
 
@@ -95,11 +96,15 @@ def staleness(ws, recipe: recipes.Recipe, now: dict | None = None) -> str | None
 def stale(ws) -> dict[str, str]:
     """volume -> why it is stale, for every recipe volume (status, lineage); an input that does
     not resolve says so as the reason."""
-    found = {}
-    for volume, recipe in recipes.every(ws).items():
+    found: dict[str, str] = {}
+    try:
+        every = recipes.every(ws)
+    except (SnapverError, sqlite3.Error):
+        return found  # no readable catalog (status still answers; its own commands say why)
+    for volume, recipe in every.items():
         try:
             why = staleness(ws, recipe)
-        except SnapverError as e:
+        except (SnapverError, sqlite3.Error) as e:
             why = str(e)
         if why:
             found[volume] = why
