@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from snapver import config, tomlcheck
-from tests.fixtures.git import commit, env, snapver, tree_digest, write
+from tests.fixtures.git import commit, disk_state, env, snapver, tree_digest, write
 
 TRAIN = r'''
 import hashlib, os, sys, time
@@ -161,7 +161,17 @@ def test_a_failing_middle_build_stops_its_subtree_and_the_sibling_goes_on(lake_r
     repo = lake_repo
     graph(repo)
     nodes_before = cascade(repo)
-    commit(repo, "built")
+    commit(repo, "built", settle=True)
+    # User errors: one line, nothing changed on disk.
+    state = disk_state(repo)
+    for args, said in ((["derive", "data@HEAD", "x", "--run", "a 'b"], "cannot be read"),
+                       (["derive", "data@HEAD", "x", "--input", "data@HEAD"], "give its command with --run"),
+                       (["derive", "data@HEAD", "x", "--run", "t", "--input", "x@HEAD"], "cannot read x itself"),
+                       (["build", "data"], "data has no recipe"), (["build", "nope"], "nope has no recipe"),
+                       (["cascade", "nope"], "no volume 'nope'"), (["cascade", "release:none"], "no recipe reads")):
+        r = snapver(repo, *args, ok=False)
+        assert said in r.err and len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err, (args, r.err)
+    assert disk_state(repo) == state
     write(repo / "fail-ft-a", "")
     before = {v: tree_digest(repo / v) for v in ("ft-a", "dist-a")}
     write(repo / "models" / "pretrained.txt", "30\n")
@@ -251,3 +261,13 @@ def test_a_valid_build_table_is_read(tmp_path):
     c = tomlcheck.parse(tmp_path / "snapver.toml", doc, config._from_doc)
     assert c.builds == {"m": ("python3 t.py", ["data@HEAD"])}
     assert json.dumps(c.builds)
+
+
+def test_the_daemon_never_runs_a_recipe_for_a_caller():
+    """snapverd runs as root: a build over its socket would run the user's command as root."""
+    from snapver import ops
+    from snapver.errors import SnapverError
+
+    for op in ("build", "cascade"):
+        with pytest.raises(SnapverError, match="run it yourself"):
+            ops.perform(None, op, {"volume": "x"}, served=True)
