@@ -224,15 +224,23 @@ def test_kill_9_mid_build_leaves_old_or_new_and_doctor_repair_cleans_up(lake_rep
     assert repaired["clean"], repaired
     assert tree_digest(repo / "tok") == old
 
-    # Killed after the build point was taken, before it was swapped in: repair finishes it.
-    r = subprocess.run([sys.executable, "-m", "snapver", "build", "tok"], cwd=repo,
-                       env={**env(), "SNAPVER_FAULT": "build-snapshotted"}, capture_output=True)
-    assert r.returncode == -signal.SIGKILL
-    assert tree_digest(repo / "tok") == old
-    repaired = snapver(repo, "doctor", "--repair", "--json", ok=None).json
-    assert repaired["clean"], repaired
-    assert any("build of tok finished" in l for l in repaired["repaired"])
-    assert weights(repo, "tok") == 10.0
+    # Killed after the build point was taken: before the swap, halfway through it (the worst
+    # moment: on ZFS no live volume), after it. tok is old or new, and repair finishes it.
+    for i, point in enumerate(("build-snapshotted", "checkout-swapped", "build-switched")):
+        before = weights(repo, "tok")
+        write(repo / "data" / f"more-{i}.txt", "1\n")
+        commit(repo, f"more data {i}")
+        new = 6 + 4 + i + 1.0  # every number in data
+        r = subprocess.run([sys.executable, "-m", "snapver", "build", "tok"], cwd=repo,
+                           env={**env(), "SNAPVER_FAULT": point}, capture_output=True)
+        assert r.returncode == -signal.SIGKILL, (point, r.stderr)
+        if (repo / "tok" / "weights.txt").exists():
+            assert weights(repo, "tok") in (before, new), point
+        repaired = snapver(repo, "doctor", "--repair", "--json", ok=None).json
+        assert repaired["clean"], (point, repaired)
+        assert any("build of tok finished" in l for l in repaired["repaired"]), (point, repaired)
+        assert weights(repo, "tok") == new, point
+        assert snapver(repo, "builds", "tok", "--json").json[0]["snapshot"], "the build is recorded"
     assert actions(cascade(repo, "tok")) == {"tok": "up-to-date", "ft-a": "built", "dist-a": "built",
                                              "dist-b": "built"}
 
