@@ -23,6 +23,7 @@ One table is not an index: `operations`, the journal of multi-step operations
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import time
@@ -435,6 +436,45 @@ class Catalog:
                     message: str | None, created: str) -> None:
         self.conn.execute("INSERT OR IGNORE INTO lineage VALUES (?, ?, ?, ?, ?, ?)",
                           (project, volume, source_volume, source_snapshot, message, created))
+
+    # ------------------------------------------------------------------ recipes and builds (build.py)
+
+    def set_recipe(self, project: str, volume: str, run: str, inputs: list[str], created: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO recipes VALUES (?, ?, ?, ?, ?)",
+                          (project, volume, run, json.dumps(inputs), created))
+
+    def recipes(self, project: str) -> list:
+        """(volume, run, inputs as a list of VOLUME@REV) of every recipe `derive --run` recorded."""
+        return [(r[0], r[1], json.loads(r[2])) for r in self.conn.execute(
+            "SELECT volume, run, inputs FROM recipes WHERE project = ? ORDER BY volume", (project,))]
+
+    def add_build(self, project: str, workspace: str, volume: str, command: str, inputs: dict[str, str],
+                  snapshot: str | None, mark: str | None, exit_code: int, duration: float, log: str | None,
+                  started: str) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO builds (project, workspace, volume, command, inputs, snapshot, mark, exit_code, "
+            "duration, log, started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (project, workspace, volume, command, json.dumps(inputs), snapshot, mark, exit_code, duration,
+             log, started))
+        return int(cur.lastrowid or 0)
+
+    def builds(self, project: str, workspace: str, volume: str | None = None, ok: bool = False,
+               limit: int | None = None) -> list[dict]:
+        """Builds of the workspace (one volume's), newest first; ok: the successful ones only."""
+        sql = "SELECT * FROM builds WHERE project = ? AND workspace = ?"
+        args: list = [project, workspace]
+        if volume is not None:
+            sql += " AND volume = ?"
+            args.append(volume)
+        if ok:
+            sql += " AND snapshot IS NOT NULL"
+        sql += " ORDER BY id DESC" + (f" LIMIT {int(limit)}" if limit else "")
+        rows = []
+        for r in self.conn.execute(sql, args):
+            row = dict(r)
+            row["inputs"] = json.loads(row["inputs"])
+            rows.append(row)
+        return rows
 
     def copy_snapshot_rows(self, project: str, volume: str, source: str, new: str) -> None:
         """The registry's per-snapshot rows of source (values, provenance, scans) for its copy new."""

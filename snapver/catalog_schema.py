@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from .errors import SnapverError
 
-VERSION = 1
+VERSION = 2
 
 
 class SchemaTooNew(SnapverError):
@@ -146,8 +146,31 @@ def _to_v1(conn) -> None:
                      "WHEN workspace IS NULL THEN NULL ELSE 0 END")
 
 
+# Version 2: build recipes (`derive --run`) and the record of every build (cascade.py):
+# the snapshot each input was at, so that "stale" is a comparison of names, O(1) per input.
+_V2 = """
+CREATE TABLE IF NOT EXISTS recipes (
+    project TEXT NOT NULL, volume TEXT NOT NULL, run TEXT NOT NULL, inputs TEXT NOT NULL,
+    created TEXT NOT NULL,
+    PRIMARY KEY (project, volume)
+);
+CREATE TABLE IF NOT EXISTS builds (
+    id INTEGER PRIMARY KEY,
+    project TEXT NOT NULL, workspace TEXT NOT NULL, volume TEXT NOT NULL, command TEXT NOT NULL,
+    inputs TEXT NOT NULL, snapshot TEXT, mark TEXT, exit_code INTEGER, duration REAL, log TEXT,
+    started TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS builds_by_volume ON builds (project, workspace, volume, id);
+"""
+
+
+def _to_v2(conn) -> None:
+    for statement in _statements(_V2):
+        conn.execute(statement)
+
+
 # MIGRATIONS[n] takes a catalog from version n to n + 1.
-MIGRATIONS = [_to_v1]
+MIGRATIONS = [_to_v1, _to_v2]
 assert len(MIGRATIONS) == VERSION
 
 

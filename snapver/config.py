@@ -44,7 +44,8 @@ class ProjectConfig:
 
     def __init__(self, project: str, volumes: list[str], backend: str = "btrfs",
                  lake: str | None = None, image: str | None = None, remote: dict | None = None,
-                 registry: RegistrySettings | None = None, retention=None):
+                 registry: RegistrySettings | None = None, retention=None,
+                 builds: dict[str, tuple[str, list[str]]] | None = None):
         self.project = project
         self.volumes = volumes
         self.backend = backend
@@ -54,10 +55,12 @@ class ProjectConfig:
         self.remote = remote or {}
         self.registry = registry or RegistrySettings()
         self.retention = retention  # a retention.Policy, or None: the default (or the daemon's)
+        # [build.NEW] run / inputs: volume -> (command, ["VOLUME@REV", ...]), checked (recipes.py runs them)
+        self.builds = builds or {}
 
     def _values(self) -> tuple:
         return (self.project, self.volumes, self.backend, self.lake, self.image, self.remote,
-                self.registry, self.retention)
+                self.registry, self.retention, self.builds)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, ProjectConfig) and self._values() == other._values()
@@ -139,7 +142,7 @@ def _read(path: Path, toplevel: Path) -> bytes:
 
 # ------------------------------------------------------------------ what snapver.toml may say
 
-_TABLES = ("project", "lake", "remote", "retention", "registry", "releases", "scan", "volumes")
+_TABLES = ("project", "lake", "remote", "retention", "registry", "releases", "scan", "volumes", "build")
 _REMOTE_KEYS = {"name": "str", "url": "str", "ssh": "str", "push": "bool", "fetch": "bool"}
 
 
@@ -172,7 +175,45 @@ def _from_doc(doc: dict) -> ProjectConfig:
         lake=get(lake, "path", "str", ("lake",)), image=get(lake, "image", "str", ("lake",)),
         remote=dict(remote), registry=_registry(doc),
         retention=retention_policy(doc["retention"]) if "retention" in doc else None,
+        builds=_builds(doc.get("build", {})),
     )
+
+
+def _builds(table: dict) -> dict[str, tuple[str, list[str]]]:
+    """[build.NEW] run = "CMD", inputs = ["VOLUME@REV", ...]: a recipe versioned with the code."""
+    import shlex
+
+    builds = {}
+    for volume, fields in table.items():
+        at = ("build", volume)
+        if not isinstance(fields, dict):
+            raise Invalid(f"[build] {volume} = {short(fields)}: write it as a table [build.{volume}]", at)
+        _name(check_volume, volume, at)
+        known(fields, ("run", "inputs"), at, f"[build.{volume}] ")
+        run = get(fields, "run", "str", at)
+        if run is None:
+            raise Invalid(f"[build.{volume}] has no run: give the command that builds {volume}", at)
+        try:
+            argv = shlex.split(run)
+        except ValueError as e:
+            raise Invalid(f"[build.{volume}] run = {short(run)}: {e}", at + ("run",)) from None
+        if not argv:
+            raise Invalid(f"[build.{volume}] run is empty: give the command that builds {volume}", at + ("run",))
+        inputs = get(fields, "inputs", "strs", at, [])
+        seen = set()
+        for text in inputs:
+            source, _, rev = text.partition("@")
+            if not rev or not source:
+                raise Invalid(f"[build.{volume}] inputs: {short(text)}: give VOLUME@REV, e.g. data@HEAD",
+                              at + ("inputs",))
+            _name(check_volume, source, at + ("inputs",))
+            if source == volume or source in seen:
+                raise Invalid(f"[build.{volume}] inputs: {short(text)}: "
+                              f"{'a build cannot read its own output' if source == volume else 'a volume twice'}",
+                              at + ("inputs",))
+            seen.add(source)
+        builds[volume] = (run, list(inputs))
+    return builds
 
 
 def _name(check, value: str, at: tuple) -> str:

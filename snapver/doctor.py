@@ -22,7 +22,7 @@ import contextlib
 import os
 from collections.abc import Callable
 
-from . import derive, journal, links, received, snapset
+from . import derive, journal, links, received, seams, snapset
 from .lock import NoRoom
 
 
@@ -112,6 +112,8 @@ def _locked(ws):
 
 def _leftovers(ws, end, repair: bool) -> list[str]:
     found = ws.backend.tidy(ws.project, ws.id, ws.volumes, repair=repair)
+    for leftovers in seams.leftovers:  # a feature's (a killed build's clone)
+        found += leftovers(ws, repair)
     return found + (ws.backend.half_received(ws.project, ws.volumes, repair=repair) if end else [])
 
 
@@ -149,7 +151,7 @@ def repair_interrupted(place) -> list[str]:
     receives) with its lock held; one line for each."""
     done = []
     for op in journal.interrupted(place, locked=True):
-        fix = REPAIRS.get(op.kind)
+        fix = REPAIRS.get(op.kind) or seams.repairs.get(op.kind)
         if fix is None:
             continue  # an operation of a newer snapver: left for it, and still reported
         done.append(fix(place, op))

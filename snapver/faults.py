@@ -35,6 +35,10 @@ The points, in the order an operation reaches them:
     derive-configured            snapver.toml names it
     derive-recorded              the workspace state and the link in the working tree are there
     derive-end                   the lineage is in the catalog, the journal entry not yet closed
+    build-begin                  a build's result is about to be snapshotted and swapped in (journaled)
+    build-snapshotted            its build point is taken, NEW not yet swapped
+    build-switched               NEW is the build point; the clone not yet retired
+    build-end                    all done, the journal entry not yet closed
     receive-begin                the journal has the intent (and the catalog rows), nothing is done yet
     receive-started              the receiving btrfs/zfs process runs, no stream yet
     push-mid-stream              the sender, two chunks into a stream (a cut connection, seen

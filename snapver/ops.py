@@ -11,7 +11,7 @@ from pathlib import Path
 
 # The features plug themselves into the core's seams when imported (seams.py): every
 # entry point routes through here, so they are in place before a workspace is opened.
-from . import client, doctor, endpoint, registry, rewrite  # noqa: F401  (registry: plugged in)
+from . import build, cascade, client, doctor, endpoint, registry, rewrite  # noqa: F401  (registry: plugged in)
 from .errors import SnapverError
 from .gitrepo import GitRepo
 
@@ -60,13 +60,30 @@ def _rewrite(ws, a):
 
 
 def _status(ws, a):
-    return [{"volume": r.volume, "path": str(r.path), "base": r.base, "changed": r.changed, "link": r.link}
+    stale = cascade.stale(ws)  # recipe volumes whose inputs moved since their last build
+    return [{"volume": r.volume, "path": str(r.path), "base": r.base, "changed": r.changed, "link": r.link,
+             "stale": stale.get(r.volume)}
             for r in ws.status()]
 
 
 def _log(ws, a):
     return [{**snapshot_dict(e.snapshot), "subject": e.subject, "author": e.author, "message": e.message}
             for e in ws.log(bool(a.get("all")))]
+
+
+def _build(ws, a):
+    return build.build(ws, str(a["volume"])).as_dict()
+
+
+def _cascade(ws, a):
+    target = a.get("target")
+    return [n.as_dict() for n in cascade.cascade(ws, str(target) if target else None, int(a.get("jobs", 1)),
+                                                 bool(a.get("dry_run")), a.get("progress"))]
+
+
+def _builds(ws, a):
+    volume = a.get("volume")
+    return build.history(ws, str(volume) if volume else None, int(a.get("limit", 20)))
 
 
 def _doctor(ws, a):
@@ -81,7 +98,13 @@ OPS = {
     "status": _status,
     "log": _log,
     "doctor": _doctor,
+    "build": _build,
+    "cascade": _cascade,
+    "builds": _builds,
 }
+
+# They run the user's own command: never for a caller over the daemon's socket (as root).
+NOT_SERVED = ("build", "cascade")
 
 
 def perform(ws, op: str, args: dict, served: bool = False):
@@ -89,6 +112,8 @@ def perform(ws, op: str, args: dict, served: bool = False):
     working tree did (a rewrite it did not make there is refused)."""
     if op not in OPS:
         raise SnapverError(f"unknown operation {op!r}")
+    if served and op in NOT_SERVED:
+        raise SnapverError(f"`snapver {op}` runs your recipe's command: run it yourself, not through snapverd")
     if served and op == "rewrite":
         rewrite.check_served(ws, _pairs(args))
     return OPS[op](ws, args)

@@ -12,6 +12,9 @@ protector is plugged in (Workspace.protected), rather than miss a release.
   snapshot set must not be undone over (releases).
 - rev_prefixes: {"release:": fn(ws, rest, volumes) -> ({volume: Snapshot}, commit)}, a
   revision naming something a feature keeps.
+- repairs: {kind: fn(ws, op) -> line}: doctor --repair of a feature's interrupted operation.
+- leftovers: fn(ws, repair) -> [line]: what a feature's killed work left in the lake (a build's
+  clone), found from the filesystem alone; with repair=True removed.
 """
 
 from __future__ import annotations
@@ -21,12 +24,16 @@ from collections.abc import Callable
 snapshot_taken: list[Callable] = []
 gc_protectors: list[Callable] = []
 rev_prefixes: dict[str, Callable] = {}
+repairs: dict[str, Callable] = {}
+leftovers: list[Callable] = []
 
 
 def plug(*, taken: Callable | None = None, protector: Callable | None = None,
-         prefixes: dict[str, Callable] | None = None) -> None:
+         prefixes: dict[str, Callable] | None = None, repair: dict[str, Callable] | None = None,
+         leftover: Callable | None = None) -> None:
     """Add a feature's callbacks; plugging the same one twice (a re-import) adds it once."""
-    for seam, fn in ((snapshot_taken, taken), (gc_protectors, protector)):
+    for seam, fn in ((snapshot_taken, taken), (gc_protectors, protector), (leftovers, leftover)):
         if fn is not None and fn not in seam:
             seam.append(fn)
     rev_prefixes.update(prefixes or {})
+    repairs.update(repair or {})

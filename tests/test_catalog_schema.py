@@ -38,6 +38,8 @@ INSERT INTO snapshots VALUES ('p', 'data', 'c', 'c', 'commit', 't', NULL, NULL);
 
 V1_TABLES = {"snapshots", "commits", "volumes", "operations", "clones", "registry_values", "releases",
              "lineage", "provenance", "scans", "scan_files", "received_pins"}
+# Version 2 adds the build recipes and the record of builds (cascade).
+TABLES = V1_TABLES | {"recipes", "builds"}
 
 
 def raw(path: Path, script: str = "") -> None:
@@ -63,8 +65,8 @@ def files(path: Path) -> dict[str, str]:
 def test_a_new_catalog_is_made_at_the_current_version(tmp_path):
     db = tmp_path / "catalog.db"
     Catalog(db).close()
-    assert user_version(db) == VERSION == 1
-    assert tables(db) == V1_TABLES
+    assert user_version(db) == VERSION == 2
+    assert tables(db) == TABLES
 
 
 def test_the_oldest_catalog_is_migrated_to_1_with_its_rows_kept_and_marked(tmp_path):
@@ -72,8 +74,8 @@ def test_the_oldest_catalog_is_migrated_to_1_with_its_rows_kept_and_marked(tmp_p
     raw(db, OLDEST)
     assert user_version(db) == 0
     c = Catalog(db)
-    assert user_version(db) == 1
-    assert tables(db) == V1_TABLES
+    assert user_version(db) == VERSION
+    assert tables(db) == TABLES
     kept = {r["name"]: r["kept"] for r in c.conn.execute("SELECT name, kept FROM snapshots")}
     assert kept == {"a": 1, "b": 0, "c": None}  # a safety wip, a manual one, a reindexed row (not known)
     c.close()
@@ -85,7 +87,7 @@ def test_a_catalog_of_today_without_a_version_is_migrated_and_keeps_every_row(tm
     raw(db, catalog_schema._V1 + "INSERT INTO releases VALUES ('p', 'prod', 's', 'c', 'data', 't', NULL, 0);")
     assert user_version(db) == 0
     c = Catalog(db)
-    assert user_version(db) == 1
+    assert user_version(db) == VERSION
     assert [r["name"] for r in c.releases("p")] == ["prod"]
     c.close()
 
@@ -100,7 +102,7 @@ def test_migrating_is_idempotent(tmp_path):
     # A step that runs again (its version not recorded, say) changes nothing either.
     raw(db, "PRAGMA user_version = 0")
     c = Catalog(db)
-    assert user_version(db) == 1
+    assert user_version(db) == VERSION
     assert c.conn.execute("SELECT count(*) FROM snapshots").fetchone()[0] == 3
     assert {r["name"]: r["kept"] for r in c.conn.execute("SELECT name, kept FROM snapshots")} == \
         {"a": 1, "b": 0, "c": None}

@@ -244,6 +244,19 @@ class Backend(ABC):
         """Make a new live volume `volume` of workspace as a writable CoW clone of snap
         (of another volume): no data is copied. Return where it is mounted."""
 
+    def same_data(self, old: Snapshot, new: Snapshot) -> bool:
+        """Whether two snapshots of one volume provably hold the same data, read from the
+        filesystem's own change tracking in O(1) (no file is read): a commit snapshot of a
+        volume nobody wrote since its last snapshot, say. False when it cannot be proven
+        (the caller then treats them as different: a cascade rebuilds)."""
+        return (old.project, old.volume, old.name) == (new.project, new.volume, new.name)
+
+    @abstractmethod
+    def retire_volume(self, project: str, workspace: str, volume: str) -> None:
+        """Take away a writable volume that is no workspace's live data (a build's clone):
+        gone, or (ZFS, where a snapshot of it is another volume's origin) set aside read-only
+        with its snapshots, as a checkout retires a live volume. Nothing if it is not there."""
+
     @abstractmethod
     def live_space(self, project: str, workspace: str, volume: str) -> Space:
         """Space of a live volume, as space() measures a snapshot."""

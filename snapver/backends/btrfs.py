@@ -72,6 +72,18 @@ def subvol_info(path: Path) -> SubvolInfo:
     )
 
 
+def _ctransid(path: Path) -> int:
+    """The transaction that last changed the subvolume's files (kept apart from subvol_info,
+    whose fields other code reads)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        buf = bytearray(_SUBVOL_INFO_SIZE)
+        fcntl.ioctl(fd, _IOC_GET_SUBVOL_INFO, buf)
+    finally:
+        os.close(fd)
+    return struct.unpack_from("<Q", buf, 344)[0]
+
+
 def snapshot_subvolume(source: Path, target: Path, readonly: bool = True) -> None:
     """A snapshot of the subvolume source at target (read-only or writable): one ioctl, no fork."""
     try:
@@ -347,6 +359,22 @@ class BtrfsBackend(Backend):
         # A writable snapshot of the read-only one: shares every extent with it.
         snapshot_subvolume(snap.path, live, readonly=False)
         return live
+
+    def same_data(self, old: Snapshot, new: Snapshot) -> bool:
+        # ctransid, the transaction that last changed a subvolume's files, is carried over by a
+        # snapshot and by a writable clone: snapshots of a live volume nobody wrote in between,
+        # and of a clone of one of them, have the same one. (Two volumes of one name written in
+        # the same transaction in two workspaces would too: a risk of one missed rebuild that a
+        # transaction's few seconds make small; said in the cascade's docs.)
+        if (old.project, old.volume) != (new.project, new.volume):
+            return False
+        return old.name == new.name or _ctransid(old.path) == _ctransid(new.path)
+
+    def retire_volume(self, project: str, workspace: str, volume: str) -> None:
+        path = self.volume_path(project, workspace, volume)
+        if is_subvolume(path):
+            # Its snapshots are subvolumes of their own, independent of it.
+            run(["btrfs", "subvolume", "delete", str(path)])
 
     def live_space(self, project: str, workspace: str, volume: str) -> Space:
         return _du(self.volume_path(project, workspace, volume))

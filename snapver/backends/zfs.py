@@ -479,6 +479,45 @@ class ZfsBackend(ZfsStreams, Backend):
         self._node.mount(live)
         return self.volume_path(snap.project, workspace, volume)
 
+    def same_data(self, old: Snapshot, new: Snapshot) -> bool:
+        if (old.project, old.volume) != (new.project, new.volume):
+            return False
+        if old.name == new.name:
+            return True
+        view = self._node.view(old.project)
+        a, b = view.find(old.volume, old.name), view.find(new.volume, new.name)
+        # An empty incremental stream from the older to the newer (its origin chain must hold
+        # the older one, or the send fails: not proven, so not the same).
+        return bool(a and b and a.txg <= b.txg and zfsfuse.same_blocks(a.full, b.full))
+
+    def retire_volume(self, project: str, workspace: str, volume: str) -> None:
+        live = self._live(project, workspace, volume)
+        view = self._node.view(project)
+        ds = view.dataset(live)
+        if ds is None:
+            return
+        views_root = f"{self._lake}/{project}/snapshots/"
+        for name in ds.own():
+            clones = [c for c in view.clones_of(f"{live}@{name}") if not c.startswith(views_root)]
+            if len(clones) == 1:
+                # A live volume was made from this snapshot (a build swapped in): it takes the
+                # snapshot over, as if it had been taken of it, and this one no longer holds it.
+                # (zfs-fuse would not rename this dataset while that clone is mounted.)
+                self._node.run(["zfs", "promote", clones[0]], project)
+                view = self._node.view(project)
+        ds = view.dataset(live)
+        if ds is not None and not ds.own():
+            zfsfuse.destroy(self._node, live, recursive=True)  # leftover probes at most
+        elif ds is not None:
+            # Snapshots nothing was made from yet (a build killed before its swap): kept,
+            # read-only and findable, where clone_into_place puts a replaced live volume.
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+            history = f"{self._lake}/{project}/history/{workspace}/{volume}.{stamp}"
+            with zfsfuse.views_aside([] if self._snapdir else zfsfuse.views_of(view, live)):
+                zfsfuse.rename(self._node, live, history)
+            run(["zfs", "set", "readonly=on", history])
+        self._node.changed(project)
+
     def live_space(self, project: str, workspace: str, volume: str) -> Space:
         live = self._live(project, workspace, volume)
         props = self._node.get(live, ["referenced", "usedbydataset"])[live]

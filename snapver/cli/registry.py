@@ -125,16 +125,27 @@ def release_remove(name):
 @click.argument("source", metavar="SOURCE_VOLUME@REV")
 @click.argument("volume", metavar="NEW_VOLUME")
 @click.option("-m", "--message", help="Why: kept with the lineage edge.")
-def derive(source, volume, message):
+@click.option("--run", "run", metavar="CMD", help="The command that builds it (`snapver build`, `cascade`).")
+@click.option("--input", "inputs", metavar="VOLUME@REV", multiple=True,
+              help="An input of --run (repeatable; default: SOURCE_VOLUME@REV).")
+def derive(source, volume, message, run, inputs):
     """A new volume as a copy-on-write clone of a snapshot (a fine-tune from its base model).
 
     Nothing is copied; NEW_VOLUME is added to snapver.toml (commit it) and
     snapshotted with every commit from now on.
     """
-    from .. import registry
+    from .. import recipes, registry
 
-    e = registry.derive(Workspace.open(), source, volume, message)
+    if inputs and not run:
+        raise SnapverError("--input is for a recipe: give its command with --run")
+    recipe = recipes.check(volume, run, list(inputs) or [source], "derive --run") if run else None
+    ws = Workspace.open()
+    e = registry.derive(ws, source, volume, message)
     click.echo(f"{e.volume}/ derived from {e.source_volume}@{label(e.source_snapshot)} (copy-on-write: nothing copied)")
+    if recipe:
+        recipes.record(ws, recipe)
+        click.echo(f"recipe kept: `snapver build {volume}` runs {run!r} "
+                   f"with {', '.join(f'{v}@{r}' for v, r in recipe.inputs)}")
     click.echo(f"{volume} was added to snapver.toml: commit it")
 
 
@@ -166,14 +177,17 @@ def lineage(volume, dot, upstream, as_json):
         click.echo(registry.lineage_dot(ws, volume), nl=False)
         return
     tree = registry.lineage_tree(ws, volume)
+    from ..cascade import stale as stale_volumes
+
+    stale = stale_volumes(ws)  # recipe volumes whose inputs moved since their last build
     if as_json:
         emit_json([{"depth": d, "volume": v, "from": e and f"{e.source_volume}@{e.source_snapshot}",
-                    "message": e and e.message} for d, v, e in tree])
+                    "message": e and e.message, "stale": stale.get(v)} for d, v, e in tree])
         return
     for depth, v, e in tree:
         indent = "    " * (depth - 1) + "└── " if depth else ""
         note = f"  from {e.source_volume}@{label(e.source_snapshot)}" + (f'  "{e.message}"' if e.message else "") if e else ""
-        click.echo(f"{indent}{v}{note}")
+        click.echo(f"{indent}{v}{note}" + (f"  [stale: {stale[v]}]" if v in stale else ""))
 
 
 @cli.command()

@@ -102,6 +102,8 @@ def status(as_json):
             d = watched["volumes"][r["volume"]]
             pending = f", pending {d['pending_for']}s" if d["pending_for"] is not None else ""
             line += f"  [snapverd: {d['mode']}{pending}]"
+        if r.get("stale"):
+            line += f"  [stale: {r['stale']}]"
         click.echo(line)
         if r.get("link"):
             click.echo(f"{'':<12} LINK BROKEN: {r['link']}")
