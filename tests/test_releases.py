@@ -188,3 +188,41 @@ def test_concurrent_moves_from_two_clones_are_ordered_and_both_recorded(lake_rep
     if lake.backend == "zfs":
         assert held(lake) == {final["snapshot"]: 3}
 
+
+# ------------------------------------------------------------------ snapver commit
+
+def test_snapver_commit_makes_a_data_only_commit_and_commits_code_as_git_would(lake_repo, lake):
+    repo = lake_repo
+    first = git(repo, "rev-parse", "HEAD")
+    # The README's example: training changed the model, not the code.
+    write(repo / "models" / "model.pt", b"trained v2")
+    plain = subprocess.run(["git", "commit", "-am", "train v2"], cwd=repo, env=env(), capture_output=True, text=True)
+    assert plain.returncode != 0 and "nothing" in plain.stdout + plain.stderr, "why the command exists"
+    done = snapver(repo, "commit", "-am", "train v2")
+    assert "data-only commit" in done.out and "models" in done.out
+    v2 = git(repo, "rev-parse", "HEAD")
+    assert v2 != first and git(repo, "log", "-1", "--format=%s") == "train v2"
+    assert git(repo, "diff", "--name-only", first, v2) == "", "nothing for Git in it"
+    assert Path(snapver(repo, "path", v2, "models").out.strip(), "model.pt").read_bytes() == b"trained v2"
+
+    # Code and data: committed as `git commit -a` would (the tracked file, not the untracked one).
+    write(repo / "train.py", "print('train v3')\n")
+    write(repo / "notes.txt", "untracked\n")
+    write(repo / "models" / "model.pt", b"trained v3")
+    snapver(repo, "commit", "-a", "-m", "train v3")
+    v3 = git(repo, "rev-parse", "HEAD")
+    assert git(repo, "diff", "--name-only", v2, v3) == "train.py"
+    assert Path(snapver(repo, "path", v3, "models").out.strip(), "model.pt").read_bytes() == b"trained v3"
+
+    # Nothing changed: one line, exit 1, no commit. A staged file without -a is committed.
+    before = git(repo, "rev-parse", "HEAD")
+    for argv in (["commit", "-m", "again"], ["commit", "-a", "-m", "again"], ["commit", "-m", " "]):
+        failed = snapver(repo, *argv, ok=False)
+        assert failed.code == 1 and len(failed.err.strip().splitlines()) == 1, failed.err
+        assert git(repo, "rev-parse", "HEAD") == before
+    write(repo / "train.py", "print('train v4')\n")
+    assert "not staged" in snapver(repo, "commit", "-m", "x", ok=False).err
+    git(repo, "add", "train.py")
+    snapver(repo, "commit", "-m", "staged code")
+    assert git(repo, "diff", "--name-only", "HEAD~1", "HEAD") == "train.py"
+    assert snapver(repo, "log", "--json").json[0]["name"] == git(repo, "rev-parse", "HEAD")

@@ -247,3 +247,25 @@ def scan(rev, as_json):
     if any(f["flagged"] for files in report.values() for f in files):
         sys.exit(1)
 
+
+@cli.command("commit")
+@click.option("-m", "--message", required=True, help="The commit message.")
+@click.option("-a", "--all", "all_tracked", is_flag=True, help="As `git commit -a`: every modified tracked file.")
+def commit_(message, all_tracked):
+    """A commit of what changed: Git's files as `git commit` would, or, when only the data
+    or a model changed, an empty commit (`--allow-empty`). The hooks snapshot it as usual.
+    """
+    import subprocess
+
+    from .. import datacommit, ops
+    from ..gitrepo import GitRepo
+
+    git = GitRepo.find(".")
+    head = git.head()
+    changed = datacommit.volumes_changed(ops.call("status"), head)
+    argv = datacommit.argv(git.toplevel, message, all_tracked, changed)
+    done = subprocess.run(argv, cwd=git.toplevel)  # Git and its hooks speak for themselves
+    if done.returncode:
+        sys.exit(done.returncode)
+    if "--allow-empty" in argv:
+        click.echo(f"data-only commit {label(git.head() or '')}: {', '.join(changed)} changed, nothing for Git")
