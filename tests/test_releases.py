@@ -226,3 +226,52 @@ def test_snapver_commit_makes_a_data_only_commit_and_commits_code_as_git_would(l
     snapver(repo, "commit", "-m", "staged code")
     assert git(repo, "diff", "--name-only", "HEAD~1", "HEAD") == "train.py"
     assert snapver(repo, "log", "--json").json[0]["name"] == git(repo, "rev-parse", "HEAD")
+
+
+# ------------------------------------------------------------------ a clone joins its project by itself
+
+def test_a_clone_without_snapver_toml_joins_its_project_by_the_root_commit(repo, lake, tmp_path):
+    snapver(repo, "init", *lake.init_args)  # snapver.toml is never committed
+    with open(repo / "snapver.toml", "a") as f:
+        f.write('\n[registry]\nmetrics = ["models/metrics.json"]\n')
+    original = (repo / "snapver.toml").read_text()
+    project = snapver(repo, "status", "--json").json[0]["path"].split("/workspaces/")[0].rsplit("/", 1)[1]
+    write(repo / "models" / "metrics.json", '{"accuracy": 0.9}')
+    write(repo / "models" / "model.pt", b"trained")
+    (repo / "notes.txt").write_text("v1\n")
+    v1 = commit(repo, "v1", "notes.txt")
+
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
+    assert not (clone / "snapver.toml").exists()
+    out = snapver(clone, "init", *lake.init_args).out
+    assert f"joined project {project}, found in the lake by this repository's root commit" in out, out
+    assert f"copied from the clone at {repo}" in out
+    assert (clone / "snapver.toml").read_text() == original, "the registry settings came with it"
+    assert (clone / "models" / "model.pt").read_bytes() == b"trained", "at HEAD's snapshot"
+    assert snapver(clone, "find", "accuracy>0.5", "--json").json[0]["name"] == v1
+
+    # No clone of it to copy from (their files moved away): one naming the project and its volumes.
+    (repo / "snapver.toml").rename(tmp_path / "aside.toml")
+    (clone / "snapver.toml").rename(tmp_path / "aside-clone.toml")
+    try:
+        second = tmp_path / "second"
+        git(tmp_path, "clone", "-q", str(repo), str(second))
+        out = snapver(second, "init", *lake.init_args).out
+        assert f"joined project {project}" in out and "snapver.toml written for it" in out, out
+        assert (second / "models" / "model.pt").read_bytes() == b"trained"
+        assert f'id = "{project}"' in (second / "snapver.toml").read_text()
+        assert 'volumes = ["data", "models", "logs"]' in (second / "snapver.toml").read_text()
+    finally:
+        (tmp_path / "aside.toml").rename(repo / "snapver.toml")
+        (tmp_path / "aside-clone.toml").rename(clone / "snapver.toml")
+
+    # Another repository (another root commit) on the same lake is a project of its own.
+    other = tmp_path / "other"
+    other.mkdir()
+    git(other, "init", "-q", "-b", "main")
+    write(other / "a.txt", "a\n")
+    git(other, "add", "a.txt")
+    git(other, "commit", "-q", "-m", "unrelated")
+    out = snapver(other, "init", *lake.init_args).out
+    assert "joined" not in out and project not in out, out
