@@ -81,6 +81,11 @@ def test_release_moves_with_its_history_stable_path_and_hold(lake_repo, lake, un
         == b"weights two"
     if lake.backend == "zfs":
         assert held(lake) == {two: 3}, "the hold moved with the release"
+    # Checkouts (which on ZFS move the live dataset aside) leave the stable path leading to it.
+    snapver(repo, "checkout", one)
+    write(repo / "models" / "model.pt", b"edited after the checkout")
+    snapver(repo, "checkout", "main")
+    assert (served / "model.pt").read_bytes() == b"weights two"
 
     # `stage` is `set`; a release set for the first time is made.
     snapver(repo, "release", "stage", "canary", one)
