@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import registry  # also plugs the registry into the core (release:, metrics files)
+from . import registry, releases  # noqa: F401  also plugs them into the core (metrics files, release:)
 from .errors import NotFound
 from .lake import Workspace
 

@@ -416,12 +416,43 @@ class Catalog:
                                  (project,)).fetchall()
 
     def add_release(self, project: str, name: str, snapshot: str, commit: str, volumes: list[str],
-                    created: str, message: str | None, forced: bool) -> None:
-        self.conn.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                          (project, name, snapshot, commit, " ".join(volumes), created, message, int(forced)))
+                    created: str, message: str | None, forced: bool, who: str | None = None) -> None:
+        with transaction(self.conn):
+            self.conn.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                              (project, name, snapshot, commit, " ".join(volumes), created, message, int(forced)))
+            self._release_moved(project, name, created, who, None, (snapshot, commit, volumes), message)
 
-    def remove_release(self, project: str, name: str) -> None:
-        self.conn.execute("DELETE FROM releases WHERE project = ? AND name = ?", (project, name))
+    def move_release(self, project: str, name: str, snapshot: str, commit: str, volumes: list[str],
+                     when: str, message: str | None, forced: bool, who: str | None):
+        """Point release NAME at snapshot and record the move, in one transaction; the row it
+        had (None if it was new). The write lock is taken before the old row is read, so two
+        moves at once are put in an order, each recorded from where the other left it."""
+        with transaction(self.conn):
+            old = self.release(project, name)
+            self.conn.execute("INSERT OR REPLACE INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                              (project, name, snapshot, commit, " ".join(volumes), when, message, int(forced)))
+            self._release_moved(project, name, when, who, old, (snapshot, commit, volumes), message)
+        return old
+
+    def remove_release(self, project: str, name: str, when: str | None = None, who: str | None = None) -> None:
+        with transaction(self.conn):
+            old = self.release(project, name)
+            self.conn.execute("DELETE FROM releases WHERE project = ? AND name = ?", (project, name))
+            if old is not None and when is not None:
+                self._release_moved(project, name, when, who, old, None, "removed")
+
+    def _release_moved(self, project, name, when, who, old, new, message) -> None:
+        to = new or (None, None, None)
+        self.conn.execute(
+            "INSERT INTO release_moves (project, name, moved, who, from_snapshot, to_snapshot, from_commit, "
+            "to_commit, volumes, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (project, name, when, who, old and old["snapshot"], to[0], old and old["commit_sha"], to[1],
+             " ".join(to[2]) if to[2] else old and old["volumes"], message))
+
+    def release_moves(self, project: str, name: str) -> list:
+        """Every move of release NAME, oldest first."""
+        return self.conn.execute("SELECT * FROM release_moves WHERE project = ? AND name = ? ORDER BY seq",
+                                 (project, name)).fetchall()
 
     def lineage(self, project: str) -> list:
         """(volume, source_volume, source_snapshot, message, created) of every derived volume, oldest first."""

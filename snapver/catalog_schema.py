@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from .errors import SnapverError
 
-VERSION = 2
+VERSION = 3
 
 
 class SchemaTooNew(SnapverError):
@@ -164,13 +164,37 @@ CREATE INDEX IF NOT EXISTS builds_by_volume ON builds (project, workspace, volum
 """
 
 
+# Version 3: releases move (`release set`), and every move is kept. One row per move, in the
+# order the catalog's write lock let them in (seq); a creation has no `from`, a removal no `to`.
+_V3 = """
+CREATE TABLE IF NOT EXISTS release_moves (
+    seq INTEGER PRIMARY KEY,
+    project TEXT NOT NULL, name TEXT NOT NULL, moved TEXT NOT NULL, who TEXT,
+    from_snapshot TEXT, to_snapshot TEXT, from_commit TEXT, to_commit TEXT, volumes TEXT, message TEXT
+);
+CREATE INDEX IF NOT EXISTS release_moves_by_name ON release_moves (project, name, seq)
+"""
+
+
 def _to_v2(conn) -> None:
     for statement in _statements(_V2):
         conn.execute(statement)
 
 
+def _to_v3(conn) -> None:
+    """The release_moves table; each release of an older version gets its creation as its first move
+    (when it was made, its message; who is not known), so its history starts where it did."""
+    had = "release_moves" in {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    for statement in _statements(_V3):
+        conn.execute(statement)
+    if not had:
+        conn.execute("INSERT INTO release_moves (project, name, moved, who, from_snapshot, to_snapshot, "
+                     "from_commit, to_commit, volumes, message) SELECT project, name, created, NULL, NULL, "
+                     "snapshot, NULL, commit_sha, volumes, message FROM releases ORDER BY created")
+
+
 # MIGRATIONS[n] takes a catalog from version n to n + 1.
-MIGRATIONS = [_to_v1, _to_v2]
+MIGRATIONS = [_to_v1, _to_v2, _to_v3]
 assert len(MIGRATIONS) == VERSION
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import faults, journal, ops, registry
+from . import faults, journal, ops, releases
 from .config import LocalState, ProjectConfig
 from .errors import SnapverError, one_line
 from .gitrepo import GitRepo
@@ -104,7 +104,7 @@ def main(argv: list[str]) -> int:
         if hook == "tag-release":  # from reference-transaction: tags just created
             from .lake import Workspace  # as above
 
-            for message in registry.releases_from_tags(Workspace.open("."), sys.stdin.read().splitlines()):
+            for message in releases.releases_from_tags(Workspace.open("."), sys.stdin.read().splitlines()):
                 say(message)
             return 0
         if hook == "rebase-edit":  # `rebase -i` stopped at an edit: the lake goes to that commit

@@ -46,6 +46,8 @@ class LogEntry(NamedTuple):
 
 
 class Workspace:
+    joined: str | None = None  # init: which project a clone without snapver.toml joined (join.py)
+
     def __init__(self, git: GitRepo, config: Config, state: LocalState, backend: Backend):
         self.git = git
         self.config = config
@@ -169,6 +171,18 @@ class Workspace:
         # Input is checked; from here on things change on disk.
         spec, image_path = provision.provision_lake(git, config, lake, image, size)
         backend_ = open_backend(config.backend, spec)
+        from . import join  # init only: the hooks never need it
+
+        found = None if joining else join.find_project(git, backend_, config.backend)
+        if found is not None:  # the lake holds this repository's project: join it
+            if volumes and list(volumes) != found.config.volumes:
+                raise SnapverError(f"{found.said}; it has the volumes {', '.join(found.config.volumes)}: "
+                                   "pass no --volume")
+            config = found.config
+            for v in config.volumes:
+                if os.path.lexists(git.toplevel / v):
+                    raise SnapverError(f"{git.toplevel / v} already exists: move it away first "
+                                       f"(project {config.project} has a volume {v})")
         workspace_id = names.check_workspace(f"{config.project[:40]}-{os.urandom(4).hex()}")
         state = LocalState(
             path=LocalState.dir(git.git_dir) / LocalState.FILE,
@@ -177,11 +191,14 @@ class Workspace:
             workspace=workspace_id,
             image=str(image_path) if image_path else None,
         )
-        if not joining:
+        if found is not None and found.text is not None:
+            write_as_owner(git.toplevel / CONFIG_NAME, found.text)
+        elif not joining:
             config.lake = state.lake if not image_path else None
             config.image = state.image
             config.save(git.toplevel)
         ws = cls(git, config, state, backend_)
+        ws.joined = found.said if found is not None else None
         ws._create_volumes()
         state.save()
         ws._record_at(git.head())

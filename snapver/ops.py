@@ -11,7 +11,7 @@ from pathlib import Path
 
 # The features plug themselves into the core's seams when imported (seams.py): every
 # entry point routes through here, so they are in place before a workspace is opened.
-from . import build, cascade, client, doctor, endpoint, registry, rewrite  # noqa: F401  (registry: plugged in)
+from . import build, cascade, client, doctor, endpoint, registry, releases, rewrite  # noqa: F401  (registry: plugged in)
 from .errors import SnapverError
 from .gitrepo import GitRepo
 
@@ -90,6 +90,22 @@ def _doctor(ws, a):
     return (doctor.repair(ws) if a.get("repair") else doctor.diagnose(ws)).as_dict()
 
 
+def release_dict(r) -> dict:
+    return {"name": r.name, "snapshot": r.snapshot, "commit": r.commit, "volumes": r.volumes,
+            "created": r.created, "message": r.message, "forced": r.forced}
+
+
+def _release_set(ws, a):
+    rel, was = releases.set_release(ws, str(a["name"]), str(a.get("rev") or "HEAD"), a.get("message"),
+                                    bool(a.get("force")), [str(c) for c in a.get("conditions") or []])
+    return {**release_dict(rel), "from": was, "paths": {v: str(releases.stable_dir(ws, rel.name) / v)
+                                                         for v in rel.volumes}}
+
+
+def _release_history(ws, a):
+    return [m._asdict() for m in releases.history(ws, str(a["name"]))]
+
+
 OPS = {
     "snapshot": _snapshot,
     "checkout": _checkout,
@@ -101,6 +117,8 @@ OPS = {
     "build": _build,
     "cascade": _cascade,
     "builds": _builds,
+    "release-set": _release_set,
+    "release-history": _release_history,
 }
 
 # They run the user's own command: never for a caller over the daemon's socket (as root).

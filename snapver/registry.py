@@ -7,16 +7,15 @@ everything else: in the lake's catalog, keyed by snapshot names.
   params, paths from the repository root, into a volume or the Git tree;
   JSON, YAML or CSV) are read when a commit is snapshotted; nested keys are
   flattened with dots. Training code can add its own (snapver.snapshot).
-- Releases: a name pinned to one snapshot of every volume. ZFS holds them
-  (`zfs hold snapver-release:NAME`); on both filesystems gc's `protected`
-  set comes from the releases table. `release:NAME` is a REV everywhere.
+- Releases (releases.py, on top of this module): a name pinned to one snapshot of
+  every volume, that moves, with its history; `release:NAME` is a REV everywhere.
 - Lineage: read from the edges `derive` (derive.py, in the core) records:
   upstream, the lineage tree, du.
 - Provenance ([volumes.NAME] license / source) is kept with each snapshot.
 
 A feature: the core never imports it. It plugs into the core's seams
 (seams.py) when imported, which ops.py and api.py do: after a snapshot,
-when a rewrite copies one, gc's protectors, and the `release:` prefix.
+when a rewrite copies one (releases.py plugs in gc's protector and `release:`).
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import io
 import json
 import os
 import re
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple, NoReturn
 
@@ -50,9 +48,6 @@ def warn(message: str, *args) -> None:
     logging.getLogger("snapver.registry").warning(message, *args)
 
 
-RELEASE_PREFIX = "release:"
-HOLD_TAG = "snapver-release:"
-_RELEASE_NAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,62}")
 
 
 # ------------------------------------------------------------------ settings
@@ -371,57 +366,7 @@ def compare(ws, rev1: str, rev2: str) -> dict:
             "metrics": table["metric"], "changes": changes}
 
 
-# ------------------------------------------------------------------ releases
-
-def check_release_name(name: str) -> str:
-    if not isinstance(name, str) or not _RELEASE_NAME.fullmatch(name) or set(name) <= {"."}:
-        raise SnapverError(
-            f"{name!r} is not a valid release name: use 1-63 letters, digits, '.', '_' or '-', "
-            "not starting with '-'"
-        )
-    return name
-
-
-class Release(NamedTuple):
-    name: str
-    snapshot: str
-    commit: str
-    volumes: list[str]
-    created: str
-    message: str | None
-    forced: bool
-
-
-def _release(row) -> Release:
-    return Release(row["name"], row["snapshot"], row["commit_sha"], row["volumes"].split(),
-                   row["created"], row["message"], bool(row["forced"]))
-
-
-def get_release(ws, name: str) -> Release:
-    check_release_name(name)
-    row = ws.catalog.release(ws.project, name)
-    if row is None:
-        known = [r.name for r in list_releases(ws)]
-        raise NotFound(f"there is no release {name!r}" + (f": the releases are {', '.join(known)}" if known else ""))
-    return _release(row)
-
-
-def list_releases(ws) -> list[Release]:
-    return [_release(r) for r in ws.catalog.releases(ws.project)]
-
-
-def resolve_release(ws, name: str, volumes: list[str]) -> tuple[dict, str]:
-    """{volume: snapshot} and commit of release NAME (release:NAME, for Workspace.resolve)."""
-    rel = get_release(ws, name)
-    missing = [v for v in volumes if v not in rel.volumes]
-    if missing:
-        raise NotFound(f"release {name} has no snapshot of {', '.join(missing)} (it pins {', '.join(rel.volumes)})")
-    found = {v: ws.backend.find(ws.project, v, rel.snapshot) for v in volumes}
-    gone = [v for v, s in found.items() if s is None]
-    if gone:
-        raise NotFound(f"the snapshot {short(rel.snapshot)} of {', '.join(gone)} pinned by release {name} is gone")
-    return found, rel.commit
-
+# ------------------------------------------------------------------ model safety (releases.py refuses what it flags)
 
 def flagged(ws, snaps: dict) -> list[str]:
     """'volume/path (findings)' for every flagged model file in these snapshots; scans those
@@ -434,80 +379,6 @@ def flagged(ws, snaps: dict) -> list[str]:
             verdicts = _scan_one(ws, snap)
         bad += [f"{v}/{f.path} ({', '.join(f.findings)})" for f in verdicts or [] if f.flagged]
     return bad
-
-
-def create_release(ws, name: str, rev: str = "HEAD", message: str | None = None, force: bool = False) -> Release:
-    check_release_name(name)
-    existing = ws.catalog.release(ws.project, name)
-    if existing:
-        raise SnapverError(f"release {name} exists already (at {short(existing['snapshot'])}): "
-                           f"choose another name, or `snapver release remove {name}` first")
-    snaps, commit = snapshots_at(ws, rev)
-    bad = flagged(ws, snaps)
-    if bad and not force:
-        raise SnapverError(f"{rev} has model files that run code when loaded: {'; '.join(bad)}; "
-                           "release it anyway with --force")
-    snapshot = next(iter(snaps.values())).name
-    held = []
-    with ws.lock():
-        try:
-            for snap in snaps.values():
-                ws.backend.hold(snap, HOLD_TAG + name)
-                held.append(snap)
-            ws.catalog.add_release(ws.project, name, snapshot, commit, list(snaps),
-                                   datetime.now(timezone.utc).isoformat(), message, bool(bad))
-        except BaseException:
-            for snap in held:
-                ws.backend.unhold(snap, HOLD_TAG + name)
-            raise
-    return get_release(ws, name)
-
-
-def remove_release(ws, name: str) -> Release:
-    rel = get_release(ws, name)
-    with ws.lock():
-        for v in rel.volumes:
-            snap = ws.backend.find(ws.project, v, rel.snapshot)
-            if snap is not None:
-                ws.backend.unhold(snap, HOLD_TAG + name)
-        ws.catalog.remove_release(ws.project, name)
-    return rel
-
-
-def protected(ws) -> dict[tuple[str, str], str]:
-    """(volume, snapshot) gc must keep, with why: releases (the core adds derive sources)."""
-    keep: dict[tuple[str, str], str] = {}
-    for r in reversed(ws.catalog.releases(ws.project)):  # oldest first: the newest release names it
-        for v in r["volumes"].split():
-            keep[(v, r["snapshot"])] = f"release {r['name']}"
-    return keep
-
-
-def releases_from_tags(ws, lines: list[str]) -> list[str]:
-    """reference-transaction input: release every tag just created whose commit has snapshots."""
-    if not settings(ws).from_tags:
-        return []
-    said = []
-    for line in lines:
-        parts = line.split()
-        if len(parts) != 3 or not parts[2].startswith("refs/tags/") or set(parts[0]) != {"0"}:
-            continue  # only created tags: a moved or deleted tag leaves its release alone
-        tag = parts[2][len("refs/tags/"):]
-        if set(parts[1]) == {"0"}:
-            continue
-        try:
-            check_release_name(tag)
-            sha = ws.git.resolve(parts[1])
-            if not all(ws.backend.find(ws.project, v, sha) for v in ws.volumes):
-                continue  # a tag on a commit the lake never saw: nothing to pin
-            existing = ws.catalog.release(ws.project, tag)
-            if existing and existing["snapshot"] == sha:
-                continue  # another clone of the project released it already
-            create_release(ws, tag, sha, message=f"git tag {tag}")
-            said.append(f"release {tag} pins {short(sha)}")
-        except SnapverError as e:
-            said.append(f"tag {tag} was not made a release: {e}")
-    return said
 
 
 def scan_report(ws, rev: str = "HEAD") -> dict[str, list[dict]]:
@@ -630,4 +501,4 @@ def provenance(ws, snapshot: str) -> dict[str, dict[str, str]]:
             for v, lic, src in ws.catalog.provenance(ws.project, snapshot)}
 
 
-seams.plug(taken=after_snapshot, protector=protected, prefixes={RELEASE_PREFIX: resolve_release})
+seams.plug(taken=after_snapshot)

@@ -159,11 +159,11 @@ def workspace(world):
 @examples(600)
 @given(text=hostile)
 def test_name_checks_pass_only_safe_names(text):
-    from snapver import registry
+    from snapver import releases
 
     tried("names", text)
     for check in (names.check_volume, names.check_project, names.check_workspace,
-                  names.commit_snapshot_name, registry.check_release_name):
+                  names.commit_snapshot_name, releases.check_release_name):
         try:
             got = check(text)
         except SnapverError as e:
@@ -171,7 +171,7 @@ def test_name_checks_pass_only_safe_names(text):
             continue
         assert got == text and SAFE.fullmatch(got) and len(got) <= 63 and not set(got) <= {"."}, \
             f"{check.__name__} passed {text!r}"
-        if check is not registry.check_release_name:  # a release name is never a path
+        if check is not releases.check_release_name:  # a release name is never a path
             assert "." not in got, f"{check.__name__} passed {text!r}, which a path could misread"
 
 
@@ -252,7 +252,7 @@ def test_hostile_restore_paths_stay_inside_the_volume(world, path):
 @examples(120)
 @given(name=hostile)
 def test_hostile_release_and_volume_names(world, name):
-    from snapver import registry
+    from snapver import registry, releases
 
     tried("release/derive names", name)
     watch = Watch(world)
@@ -260,12 +260,12 @@ def test_hostile_release_and_volume_names(world, name):
     ws = workspace(world)
     try:
         try:
-            rel = registry.create_release(ws, name, "HEAD")
+            rel = releases.create_release(ws, name, "HEAD")
         except SnapverError:
             pass
         else:
             assert rel.name == name and SAFE.fullmatch(name)
-            registry.remove_release(ws, name)
+            releases.remove_release(ws, name)
         if not _valid_volume(name):  # a valid new volume is test_registry's business
             with pytest.raises(SnapverError):
                 registry.derive(ws, "models@HEAD", name)

@@ -38,8 +38,9 @@ INSERT INTO snapshots VALUES ('p', 'data', 'c', 'c', 'commit', 't', NULL, NULL);
 
 V1_TABLES = {"snapshots", "commits", "volumes", "operations", "clones", "registry_values", "releases",
              "lineage", "provenance", "scans", "scan_files", "received_pins"}
-# Version 2 adds the build recipes and the record of builds (cascade).
-TABLES = V1_TABLES | {"recipes", "builds"}
+# Version 2 adds the build recipes and the record of builds (cascade), version 3 the
+# history of release moves.
+TABLES = V1_TABLES | {"recipes", "builds", "release_moves"}
 
 
 def raw(path: Path, script: str = "") -> None:
@@ -65,11 +66,11 @@ def files(path: Path) -> dict[str, str]:
 def test_a_new_catalog_is_made_at_the_current_version(tmp_path):
     db = tmp_path / "catalog.db"
     Catalog(db).close()
-    assert user_version(db) == VERSION == 2
+    assert user_version(db) == VERSION == 3
     assert tables(db) == TABLES
 
 
-def test_the_oldest_catalog_is_migrated_to_1_with_its_rows_kept_and_marked(tmp_path):
+def test_the_oldest_catalog_is_migrated_with_its_rows_kept_and_marked(tmp_path):
     db = tmp_path / "catalog.db"
     raw(db, OLDEST)
     assert user_version(db) == 0
@@ -89,7 +90,33 @@ def test_a_catalog_of_today_without_a_version_is_migrated_and_keeps_every_row(tm
     c = Catalog(db)
     assert user_version(db) == VERSION
     assert [r["name"] for r in c.releases("p")] == ["prod"]
+    assert [(m["from_snapshot"], m["to_snapshot"]) for m in c.release_moves("p", "prod")] == [(None, "s")]
     c.close()
+
+
+def test_a_catalog_of_version_1_is_upgraded_and_its_releases_get_their_history(tmp_path):
+    """Version 1 as the snapver before releases moved left it: each release's creation
+    becomes the first move of its history, and the release then moves with its history."""
+    db = tmp_path / "catalog.db"
+    raw(db, catalog_schema._V1 + "PRAGMA user_version = 1;"
+            "INSERT INTO releases VALUES ('p', 'prod', 's1', 'c1', 'data models', '2026-01-01T00:00:00+00:00', "
+            "'serving', 0);"
+            "INSERT INTO releases VALUES ('p', 'v1.0', 's0', 'c0', 'data', '2025-12-01T00:00:00+00:00', NULL, 0);")
+    c = Catalog(db)
+    assert user_version(db) == VERSION == 3
+    moves = c.release_moves("p", "prod")
+    assert [(m["moved"], m["who"], m["from_snapshot"], m["to_snapshot"], m["volumes"], m["message"])
+            for m in moves] == [("2026-01-01T00:00:00+00:00", None, None, "s1", "data models", "serving")]
+    assert [m["to_snapshot"] for m in c.release_moves("p", "v1.0")] == ["s0"]
+    old = c.move_release("p", "prod", "s2", "c2", ["data", "models"], "2026-02-01T00:00:00+00:00", "promote",
+                         False, "a <a@x>")
+    assert old["snapshot"] == "s1" and c.release("p", "prod")["snapshot"] == "s2"
+    assert [(m["from_snapshot"], m["to_snapshot"], m["who"]) for m in c.release_moves("p", "prod")] == \
+        [(None, "s1", None), ("s1", "s2", "a <a@x>")]
+    c.close()
+    Catalog(db).close()  # opened again: the history is not copied twice
+    with contextlib.closing(sqlite3.connect(db)) as raw_db:
+        assert raw_db.execute("SELECT count(*) FROM release_moves").fetchone()[0] == 3
 
 
 def test_migrating_is_idempotent(tmp_path):

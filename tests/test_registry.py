@@ -178,6 +178,8 @@ def test_git_tag_becomes_a_release(btrfs_repo):
     assert "release v1.0 pins" in done.stderr
     rel = snapver(repo, "release", "list", "--json").json
     assert [(r["name"], r["commit"]) for r in rel] == [("v1.0", v1)]
+    assert [(m["to_snapshot"], m["message"]) for m in snapver(repo, "release", "history", "v1.0", "--json").json] \
+        == [(v1, "git tag v1.0")]
     subprocess.run(["git", "tag", "bad/name"], cwd=repo, env=env(), check=True, capture_output=True)
     configure(repo, "[releases]\nfrom_tags = false\n")
     git(repo, "tag", "v2.0")

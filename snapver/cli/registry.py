@@ -77,9 +77,10 @@ def release_dict(r) -> dict:
 def release():
     """Releases: names pinned to a commit's snapshots, protected from gc.
 
-    `snapver release NAME [REV]` pins NAME to REV (default HEAD); then
-    `checkout release:NAME` and `path release:NAME VOLUME` find it. Git tags
-    become releases by themselves ([releases] from_tags in snapver.toml).
+    `snapver release NAME [REV]` pins NAME to REV (default HEAD); `release set
+    NAME REV` moves it; then `checkout release:NAME` and `path release:NAME
+    VOLUME` find it, and <lake>/<project>/releases/NAME/VOLUME leads to it.
+    Git tags become releases by themselves ([releases] from_tags in snapver.toml).
     """
 
 
@@ -89,9 +90,9 @@ def release():
 @click.option("-m", "--message", help="A note kept with the release.")
 @click.option("--force", is_flag=True, help="Release even if the model scan flagged a file.")
 def release_create(name, rev, message, force):
-    from .. import registry
+    from .. import releases
 
-    r = registry.create_release(Workspace.open(), name, rev, message, force)
+    r = releases.create_release(Workspace.open(), name, rev, message, force)
     click.echo(f"release {r.name} pins {label(r.snapshot)} ({', '.join(r.volumes)})"
                + ("  [flagged by the model scan: released with --force]" if r.forced else ""))
 
@@ -100,9 +101,9 @@ def release_create(name, rev, message, force):
 @click.option("--json", "as_json", is_flag=True)
 def release_list(as_json):
     """Every release, newest first."""
-    from .. import registry
+    from .. import releases
 
-    rels = registry.list_releases(Workspace.open())
+    rels = releases.list_releases(Workspace.open())
     if as_json:
         emit_json([release_dict(r) for r in rels])
         return
@@ -115,10 +116,57 @@ def release_list(as_json):
 @click.argument("name")
 def release_remove(name):
     """Unpin a release (its snapshots are then subject to gc again)."""
-    from .. import registry
+    from .. import releases
 
-    r = registry.remove_release(Workspace.open(), name)
+    r = releases.remove_release(Workspace.open(), name)
     click.echo(f"release {r.name} removed (was {label(r.snapshot)})")
+
+
+@release.command("set")
+@click.argument("name")
+@click.argument("rev")
+@click.option("-m", "--message", help="Why: kept in the release's history.")
+@click.option("--if", "conditions", multiple=True, metavar="COND",
+              help="Move only if REV meets COND (as `snapver find`, e.g. 'accuracy>0.9'); else exit 1.")
+@click.option("--force", is_flag=True, help="Move even if the model scan flagged a file.")
+@click.option("--json", "as_json", is_flag=True)
+def release_set(name, rev, message, conditions, force, as_json):
+    """Move release NAME to REV (made if new) in one step: release:NAME always resolves.
+
+    Every move is kept (`release history NAME`); the stable path
+    <lake>/<project>/releases/NAME/VOLUME follows it; on ZFS the hold moves too.
+    """
+    from .. import ops
+
+    r = ops.call("release-set", {"name": name, "rev": rev, "message": message, "force": force,
+                                 "conditions": list(conditions)})
+    if as_json:
+        emit_json(r)
+        return
+    was = f" (was {label(r['from'])})" if r["from"] and r["from"] != r["snapshot"] else \
+        (" (already there)" if r["from"] else " (new)")
+    click.echo(f"release {r['name']} pins {label(r['snapshot'])}{was}"
+               + ("  [flagged by the model scan: released with --force]" if r["forced"] else ""))
+
+
+release.add_command(release_set, "stage")
+
+
+@release.command("history")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def release_history(name, as_json):
+    """Every move of release NAME, oldest first: when, who, from, to, message."""
+    from .. import ops
+
+    moves = ops.call("release-history", {"name": name})
+    if as_json:
+        emit_json(moves)
+        return
+    for m in moves:
+        src = label(m["from_snapshot"]) if m["from_snapshot"] else "(new)"
+        dst = label(m["to_snapshot"]) if m["to_snapshot"] else "(removed)"
+        click.echo(f"{when(m['when'])}  {m['who'] or '?':<24} {src:>12} -> {dst:<12} {m['message'] or ''}".rstrip())
 
 
 @cli.command()
@@ -212,3 +260,26 @@ def scan(rev, as_json):
                            + (f"  {', '.join(f['findings'])}" if f["findings"] else ""))
     if any(f["flagged"] for files in report.values() for f in files):
         sys.exit(1)
+
+
+@cli.command("commit")
+@click.option("-m", "--message", required=True, help="The commit message.")
+@click.option("-a", "--all", "all_tracked", is_flag=True, help="As `git commit -a`: every modified tracked file.")
+def commit_(message, all_tracked):
+    """A commit of what changed: Git's files as `git commit` would, or, when only the data
+    or a model changed, an empty commit (`--allow-empty`). The hooks snapshot it as usual.
+    """
+    import subprocess
+
+    from .. import datacommit, ops
+    from ..gitrepo import GitRepo
+
+    git = GitRepo.find(".")
+    head = git.head()
+    changed = datacommit.volumes_changed(ops.call("status"), head)
+    argv = datacommit.argv(git.toplevel, message, all_tracked, changed)
+    done = subprocess.run(argv, cwd=git.toplevel)  # Git and its hooks speak for themselves
+    if done.returncode:
+        sys.exit(done.returncode)
+    if "--allow-empty" in argv:
+        click.echo(f"data-only commit {label(git.head() or '')}: {', '.join(changed)} changed, nothing for Git")

@@ -39,6 +39,8 @@ def init(volumes, image, pool_image, size, lake, backend):
         image, backend = pool_image, "zfs"
     ws = Workspace.init(".", list(volumes), backend, lake, image, parse_size(size) if size else None)
     click.echo(f"lake {ws.backend.spec()} ({ws.backend.name}), project {ws.project}")
+    if ws.joined:
+        click.echo(ws.joined)
     for v in ws.volumes:
         base = ws.state.volume(v).base
         click.echo(f"  {v}/ -> {ws.live_path(v)}" + (f" (at {short(base)})" if base else ""))
