@@ -1,0 +1,231 @@
+"""What the pages show, read from the lake through the library (lake, registry, derive, scan):
+plain dicts and lists, no HTML. Each page reads only what it draws: the catalog and the
+snapshot listing (O(versions)), never a walk of a snapshot's files, except compare's diff
+and du's space, which are O(files) as `snapver compare` and `snapver du` are."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+
+from .. import names, registry, scan
+from ..backends.base import Snapshot
+from ..errors import NotFound, SnapverError
+
+PER_PAGE = 50
+FILES_PER_PAGE = 200
+
+
+class Refused(SnapverError):
+    """A request for something outside what the view may show (a path leaving a snapshot)."""
+
+
+def label(name: str) -> str:
+    """A snapshot name for people: the short commit ID, and the time of a wip."""
+    return name[:10] + name[40:]
+
+
+def page_of(items: list, page: int, per: int) -> tuple[list, dict]:
+    pages = max(1, -(-len(items) // per))
+    page = min(max(page, 1), pages)
+    return items[(page - 1) * per: page * per], {"page": page, "pages": pages, "total": len(items)}
+
+
+def versions(ws, queries: list[str], include_wip: bool = True) -> tuple[list[dict], list[str], list[str]]:
+    """Every version (one row per snapshot name, newest first) meeting every query, with its
+    volumes, values and releases; and the metric and param keys (one column each)."""
+    conditions = [registry.parse_condition(q) for q in queries if q.strip()]
+    all_values = registry.values(ws)
+    rels: dict[str, list[str]] = {}
+    for r in registry.list_releases(ws):
+        rels.setdefault(r.snapshot, []).append(r.name)
+    rows: dict[str, dict] = {}
+    for entry in ws.log(include_wip=include_wip):
+        s = entry.snapshot
+        if s.name in rows:
+            rows[s.name]["volumes"].append(s.volume)
+            rows[s.name]["snaps"].append(s)
+            continue
+        v = all_values.get(s.name, {})
+        if conditions and not all(c.test(registry.lookup(v, c.key)) for c in conditions):
+            continue
+        rows[s.name] = {"name": s.name, "label": label(s.name), "commit": s.commit, "kind": s.kind,
+                        "created": s.created, "subject": entry.subject or entry.message or "",
+                        "author": entry.author or "", "volumes": [s.volume], "snaps": [s],
+                        "metrics": v.get("metric", {}), "params": v.get("param", {}),
+                        "releases": sorted(rels.get(s.name, []))}
+    metric_keys = sorted({k for r in rows.values() for k in r["metrics"]})
+    param_keys = sorted({k for r in rows.values() for k in r["params"]})
+    return list(rows.values()), metric_keys, param_keys
+
+
+def scan_status(ws, row: dict) -> str:
+    """'flagged', 'clean' or '' (never scanned) from the stored verdicts: a catalog read per
+    volume, so only for the rows of one page."""
+    verdicts = [scan.stored(ws.catalog, s) for s in row["snaps"]]
+    if any(f.flagged for vs in verdicts if vs for f in vs):
+        return "flagged"
+    return "clean" if any(vs is not None for vs in verdicts) else ""
+
+
+def version(ws, rev: str) -> dict:
+    """One version: its commit, snapshots, values, releases, provenance (what `show` says)."""
+    commit, snaps, info = ws.show(rev)
+    name = next(iter(snaps.values())).name
+    v = registry.values(ws, [name]).get(name, {})
+    return {"name": name, "label": label(name), "commit": commit, "info": info or {},
+            "snaps": snaps, "metrics": v.get("metric", {}), "params": v.get("param", {}),
+            "releases": [r.name for r in registry.list_releases(ws) if r.snapshot == name],
+            "provenance": registry.provenance(ws, name)}
+
+
+def compare(ws, revs: list[str], page: int) -> dict:
+    """N versions side by side: values with deltas against the first, and the files changed
+    from each one to the next per volume (the backend's diff, as `snapver diff`), paginated."""
+    if len(revs) < 2:
+        raise SnapverError("choose two or more versions to compare")
+    at = []
+    for rev in revs:
+        snaps, _commit = registry.snapshots_at(ws, rev)
+        at.append(snaps)
+    snap_names = [next(iter(s.values())).name for s in at]
+    vals = registry.values(ws, snap_names)
+    table: dict[str, list] = {}
+    for kind in ("param", "metric"):
+        keys = sorted({k for n in snap_names for k in vals.get(n, {}).get(kind, {})})
+        rows = []
+        for k in keys:
+            cells = [vals.get(n, {}).get(kind, {}).get(k) for n in snap_names]
+            base = cells[0]
+            deltas = [(c - base) if isinstance(c, float) and isinstance(base, float) and i else None
+                      for i, c in enumerate(cells)]
+            rows.append({"key": k, "cells": cells, "deltas": deltas, "same": len(set(map(repr, cells))) == 1})
+        table[kind] = rows
+    changes = []
+    for i in range(1, len(at)):
+        old, new = at[i - 1], at[i]
+        for vol in ws.volumes:
+            if vol in old and vol in new:
+                found = [{"path": c.path, "change": c.change}
+                         for c in ws.backend.diff(old[vol].path, new[vol].path)]
+                shown, pg = page_of(found, page, FILES_PER_PAGE)
+                changes.append({"from": label(snap_names[i - 1]), "to": label(snap_names[i]),
+                                "volume": vol, "files": shown, "pager": pg})
+    pagers = [ch["pager"] for ch in changes] or [{"page": 1, "pages": 1, "total": 0}]
+    return {"names": snap_names, "labels": [label(n) for n in snap_names], "params": table["param"],
+            "metrics": table["metric"], "changes": changes, "pager": max(pagers, key=lambda p: p["pages"])}
+
+
+def chart_points(ws) -> dict[str, list[dict]]:
+    """{metric: [{version, time, order, branch, kind, value}]}, oldest first: every numeric
+    metric of every commit snapshot (one line per branch), and the wip points of a run."""
+    all_values = registry.values(ws)
+    commits = ws.catalog.commits(ws.project)
+    seen: dict[str, Snapshot] = {}
+    for entry in ws.log(include_wip=True):
+        seen.setdefault(entry.snapshot.name, entry.snapshot)
+    snaps = sorted(seen.values(), key=lambda s: s.age_key)
+    out: dict[str, list[dict]] = {}
+    for order, s in enumerate(snaps):
+        for key, value in all_values.get(s.name, {}).get("metric", {}).items():
+            if isinstance(value, float):
+                out.setdefault(key, []).append({
+                    "version": label(s.name), "name": s.name, "time": s.created.isoformat(), "order": order,
+                    "branch": (commits.get(s.commit) or {}).get("branch") or "(no branch)",
+                    "kind": s.kind, "value": value})
+    return dict(sorted(out.items()))
+
+
+def lineage_svg(ws, link) -> str:
+    """The graph of volumes and the volumes derived from them, drawn by graphviz `dot`: each
+    edge labelled with the snapshot it came from, each node a link to that version
+    (link(snapshot name) is its URL), releases as notes pinned to their version."""
+    def q(text: str) -> str:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = ["digraph lineage {", "  rankdir=LR;", '  node [shape=box, style="rounded,filled", fillcolor="#eef4fb",'
+             ' fontname="sans-serif"];', '  edge [fontname="sans-serif", fontsize=10];']
+    for _depth, vol, edge in registry.lineage_tree(ws):
+        attrs = {"id": f"vol_{vol}", "label": vol, "tooltip": vol}
+        if edge is not None:
+            attrs.update(URL=link(edge.source_snapshot), fillcolor="#fdf1d6",
+                         label=f"{vol}\\nderived", tooltip=edge.message or vol)
+        lines.append(f"  {q('vol:' + vol)} [{', '.join(f'{k}={q(v)}' for k, v in attrs.items())}];")
+        if edge is not None:
+            lines.append(f"  {q('vol:' + edge.source_volume)} -> {q('vol:' + vol)} "
+                         f"[label={q(label(edge.source_snapshot))}, URL={q(link(edge.source_snapshot))}];")
+    for r in registry.list_releases(ws):
+        lines.append(f"  {q('rel:' + r.name)} [shape=note, fillcolor=\"#e3f5e1\", label={q('release ' + r.name)},"
+                     f" URL={q(link(r.snapshot))}, id={q('rel_' + r.name)}];")
+        for vol in r.volumes:
+            lines.append(f"  {q('rel:' + r.name)} -> {q('vol:' + vol)} [style=dashed, arrowhead=none,"
+                         f" label={q(label(r.snapshot))}];")
+    dot = "\n".join(lines + ["}"]) + "\n"
+    try:
+        done = subprocess.run(["dot", "-Tsvg"], input=dot, capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        raise SnapverError("graphviz's `dot` is not installed: apt-get install graphviz") from None
+    if done.returncode != 0:
+        raise SnapverError(f"dot failed: {done.stderr.strip()}")
+    svg = done.stdout
+    return svg[svg.find("<svg"):]  # inline in the page: without the XML prologue and doctype
+
+
+def space(ws) -> dict:
+    """`snapver du`, and its rows as bars (exclusive and shared bytes per version and volume)."""
+    du = registry.du(ws)
+    bars = []
+    for vol in du["volumes"]:
+        for r in vol["rows"]:
+            who = label(r["snapshot"]) if r["snapshot"] else "live"
+            for part in ("exclusive", "shared"):
+                bars.append({"volume": vol["volume"], "version": who, "part": part, "bytes": r[part]})
+    return {"du": du, "bars": bars}
+
+
+# ------------------------------------------------------------------ files
+
+def snapshot_of(ws, name: str, volume: str):
+    if not names.is_snapshot_name(name):
+        raise NotFound(f"{name!r} is not a snapshot name")
+    if volume not in ws.volumes:
+        raise NotFound(f"no volume {volume!r} here: the volumes are {', '.join(ws.volumes)}")
+    snap = ws.backend.find(ws.project, volume, name)
+    if snap is None:
+        raise NotFound(f"there is no snapshot {label(name)} of {volume}")
+    return snap
+
+
+def inside(root: Path, rel: str) -> Path:
+    """root/rel, refused (Refused) if rel has a '..' or an absolute part, or resolves through a
+    symlink to somewhere outside root; NotFound if it is not there."""
+    parts = PurePosixPath(rel).parts if rel else ()
+    if rel.startswith("/") or "\0" in rel or any(p in ("..", ".") for p in rel.split("/")):
+        raise Refused(f"{rel!r} leaves the snapshot")
+    real_root = os.path.realpath(root)
+    target = os.path.realpath(os.path.join(real_root, *parts))
+    if target != real_root and not target.startswith(real_root + os.sep):
+        raise Refused(f"{rel!r} leads outside the snapshot (through a symlink)")
+    if not os.path.lexists(target):
+        raise NotFound(f"{rel or '/'} is not in the snapshot")
+    return Path(target)
+
+
+def listing(path: Path, page: int) -> tuple[list[dict], dict]:
+    """One folder of a snapshot, a page at a time: the folder's own entries only (sorted by
+    name, so O(entries of this folder)), never a walk below it."""
+    entries = []
+    with os.scandir(path) as it:
+        for e in it:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            kind = "dir" if stat.S_ISDIR(st.st_mode) else "link" if stat.S_ISLNK(st.st_mode) else "file"
+            entries.append({"name": e.name, "kind": kind, "size": st.st_size,
+                            "mtime": datetime.fromtimestamp(st.st_mtime).astimezone()})
+    entries.sort(key=lambda d: (d["kind"] != "dir", d["name"]))
+    return page_of(entries, page, FILES_PER_PAGE)
