@@ -37,6 +37,7 @@ def make_lake(repo: Path) -> Made:
         write(repo / "params.yaml", f"lr: {lr}\noptimizer: adam\n")
         write(repo / "models" / "metrics.json", json.dumps({"accuracy": acc}))
         write(repo / "models" / "model.txt", f"weights {i}\n")
+        write(repo / "models" / "weights.dat", os.urandom(256 * 1024))  # space for the Space page to show
         paths = ["snapver.toml", "params.yaml"]
         if i == 2:  # finetune, derived from the second, is committed with the third
             snapver(repo, "derive", f"models@{versions[1]}", "finetune", "-m", "fine-tune on set B")

@@ -13,8 +13,8 @@ SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"  # an identifier: nev
 
 
 def metric_spec(metric: str, points: list[dict]) -> dict:
-    """A metric over versions: x = snapshot time, one line per branch, a point per version
-    (wip points hollow), each point's tooltip naming its version."""
+    """A metric over versions: x = the versions in snapshot order, one line per branch, a
+    point per version, each point's tooltip naming its version and time."""
     return {
         "$schema": SCHEMA,
         "title": metric,
@@ -23,10 +23,14 @@ def metric_spec(metric: str, points: list[dict]) -> dict:
         "data": {"name": "points", "values": points},
         "mark": {"type": "line", "point": {"size": 70, "filled": True}, "tooltip": True},
         "encoding": {
-            "x": {"field": "time", "type": "temporal", "title": "snapshot time"},
+            # The versions in the order they were taken, evenly spaced: commits seconds apart
+            # and commits weeks apart read alike (the time is in the tooltip).
+            "x": {"field": "version", "type": "ordinal", "sort": {"field": "order"}, "title": "version",
+                  "axis": {"labelAngle": -30}},
             "y": {"field": "value", "type": "quantitative", "title": metric, "scale": {"zero": False}},
             "color": {"field": "branch", "type": "nominal", "title": "branch"},
-            "tooltip": [{"field": "version"}, {"field": "branch"}, {"field": "kind"},
+            "tooltip": [{"field": "version"}, {"field": "time", "type": "temporal", "format": "%Y-%m-%d %H:%M:%S"},
+                        {"field": "branch"}, {"field": "kind"},
                         {"field": "value", "type": "quantitative", "format": ".6g"}],
         },
     }
@@ -39,6 +43,7 @@ def space_spec(bars: list[dict]) -> dict:
         "data": {"name": "points", "values": bars},
         "mark": {"type": "bar", "tooltip": True},
         "width": "container",
+        "height": 90,
         "encoding": {
             "row": {"field": "volume", "type": "nominal", "title": None},
             "x": {"field": "version", "type": "nominal", "sort": None, "title": "version"},

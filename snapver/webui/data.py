@@ -83,7 +83,7 @@ def version(ws, rev: str) -> dict:
 
 
 def compare(ws, revs: list[str], page: int) -> dict:
-    """N versions side by side: values with deltas against the first, and the files changed
+    """N versions side by side, oldest first: values with deltas against the oldest, and the files changed
     from each one to the next per volume (the backend's diff, as `snapver diff`), paginated."""
     if len(revs) < 2:
         raise SnapverError("choose two or more versions to compare")
@@ -91,6 +91,8 @@ def compare(ws, revs: list[str], page: int) -> dict:
     for rev in revs:
         snaps, _commit = registry.snapshots_at(ws, rev)
         at.append(snaps)
+    # Oldest first, whatever order they were ticked or typed in: deltas read as progress.
+    at.sort(key=lambda snaps: min(s.age_key for s in snaps.values()))
     snap_names = [next(iter(s.values())).name for s in at]
     vals = registry.values(ws, snap_names)
     table: dict[str, list] = {}
@@ -141,28 +143,27 @@ def chart_points(ws) -> dict[str, list[dict]]:
 
 def lineage_svg(ws, link) -> str:
     """The graph of volumes and the volumes derived from them, drawn by graphviz `dot`: each
-    edge labelled with the snapshot it came from, each node a link to that version
+    edge labelled with the snapshot it came from, each derived node a link to that version
     (link(snapshot name) is its URL), releases as notes pinned to their version."""
-    def q(text: str) -> str:
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    def q(*lines: str) -> str:  # a DOT string; several lines joined with DOT's own \n
+        return '"' + "\\n".join(t.replace("\\", "\\\\").replace('"', '\\"') for t in lines) + '"'
 
     lines = ["digraph lineage {", "  rankdir=LR;", '  node [shape=box, style="rounded,filled", fillcolor="#eef4fb",'
              ' fontname="sans-serif"];', '  edge [fontname="sans-serif", fontsize=10];']
     for _depth, vol, edge in registry.lineage_tree(ws):
-        attrs = {"id": f"vol_{vol}", "label": vol, "tooltip": vol}
-        if edge is not None:
-            attrs.update(URL=link(edge.source_snapshot), fillcolor="#fdf1d6",
-                         label=f"{vol}\\nderived", tooltip=edge.message or vol)
-        lines.append(f"  {q('vol:' + vol)} [{', '.join(f'{k}={q(v)}' for k, v in attrs.items())}];")
-        if edge is not None:
-            lines.append(f"  {q('vol:' + edge.source_volume)} -> {q('vol:' + vol)} "
-                         f"[label={q(label(edge.source_snapshot))}, URL={q(link(edge.source_snapshot))}];")
+        if edge is None:
+            lines.append(f"  {q('vol:' + vol)} [id={q('vol_' + vol)}, label={q(vol)}];")
+            continue
+        lines.append(f"  {q('vol:' + vol)} [id={q('vol_' + vol)}, label={q(vol, 'derived')}, fillcolor=\"#fdf1d6\","
+                     f" URL={q(link(edge.source_snapshot))}, tooltip={q(edge.message or vol)}];")
+        lines.append(f"  {q('vol:' + edge.source_volume)} -> {q('vol:' + vol)} "
+                     f"[label={q(label(edge.source_snapshot))}, URL={q(link(edge.source_snapshot))}];")
     for r in registry.list_releases(ws):
-        lines.append(f"  {q('rel:' + r.name)} [shape=note, fillcolor=\"#e3f5e1\", label={q('release ' + r.name)},"
-                     f" URL={q(link(r.snapshot))}, id={q('rel_' + r.name)}];")
-        for vol in r.volumes:
-            lines.append(f"  {q('rel:' + r.name)} -> {q('vol:' + vol)} [style=dashed, arrowhead=none,"
-                         f" label={q(label(r.snapshot))}];")
+        lines.append(f"  {q('rel:' + r.name)} [shape=note, fillcolor=\"#e3f5e1\", id={q('rel_' + r.name)},"
+                     f" label={q('release ' + r.name, label(r.snapshot))}, URL={q(link(r.snapshot))}];")
+        # One edge, to the first volume it pins: the label says the version, the rest is clutter.
+        if r.volumes:
+            lines.append(f"  {q('rel:' + r.name)} -> {q('vol:' + r.volumes[0])} [style=dashed, arrowhead=none];")
     dot = "\n".join(lines + ["}"]) + "\n"
     try:
         done = subprocess.run(["dot", "-Tsvg"], input=dot, capture_output=True, text=True, timeout=30)
