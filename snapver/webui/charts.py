@@ -19,7 +19,7 @@ def metric_spec(metric: str, points: list[dict]) -> dict:
         "$schema": SCHEMA,
         "title": metric,
         "width": "container",
-        "height": 220,
+        "height": 180,
         "data": {"name": "points", "values": points},
         "mark": {"type": "line", "point": {"size": 70, "filled": True}, "tooltip": True},
         "encoding": {
