@@ -7,6 +7,8 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -38,6 +40,18 @@ def raw(port: int, method: str, path: str, host: str | None = None) -> tuple[int
     body = r.read().decode(errors="replace")
     conn.close()
     return r.status, body
+
+
+def as_user(user: str, url: str) -> tuple[int, bool]:
+    """GET url from a process of another user: (status, whether the body names a release)."""
+    code = ("import sys, urllib.request, urllib.error\n"
+            "try:\n r = urllib.request.urlopen(sys.argv[1], timeout=60); print(r.status, b'prod' in r.read())\n"
+            "except urllib.error.HTTPError as e:\n print(e.code, b'prod' in e.read())\n")
+    done = subprocess.run(["runuser", "-u", user, "--", sys.executable, "-c", code, url],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    status, named = done.stdout.split()
+    return int(status), named == "True"
 
 
 def specs(page: str) -> dict[str, dict]:
@@ -146,6 +160,8 @@ def test_every_page_on_a_real_lake(lake_repo, lake):
         assert raw(s.port, "DELETE", f"/files/{v3}/models/metrics.json")[0] == 405
         assert raw(s.port, "GET", "/", host="evil.example:80")[0] == 403
         assert raw(s.port, "GET", "/", host=f"localhost:{s.port}")[0] == 200
+        # Another local user reaches the loopback port too, but is not answered.
+        assert as_user("nobody", base + "/releases") == (403, False)
     assert lake_listing(repo) == before
 
 

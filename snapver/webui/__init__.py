@@ -13,9 +13,11 @@ graph is drawn on the server by graphviz's `dot -Tsvg`.
 
 Safety: the app only reads (GET and HEAD; anything else is 405). Bound to a loopback address
 it answers only requests whose Host is that address (a web page elsewhere cannot reach it
-through DNS rebinding); bound to any other address it asks every request for the token
-printed at start (`?token=`, the X-Snapver-Token header, or the cookie a first `?token=` sets).
-It runs as the invoking user and reads what that user may read.
+through DNS rebinding) and whose socket belongs to the user who started it, or root (peer.py:
+another local user could otherwise read through it what the filesystem refuses them); bound
+to any other address it asks every request for the token printed at start (`?token=`, the
+X-Snapver-Token header, or the cookie a first `?token=` sets). It runs as the invoking user
+and reads what that user may read.
 """
 
 from __future__ import annotations

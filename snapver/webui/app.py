@@ -11,6 +11,7 @@ from pathlib import Path
 from flask import Flask, g, request, render_template
 
 from ..errors import NotFound, SnapverError
+from . import peer
 from .data import Refused, label
 
 TOKEN_HEADER = "X-Snapver-Token"
@@ -23,8 +24,12 @@ def make(where: Path, token: str | None, allowed_hosts: set[str] | None) -> Flas
 
     @app.before_request
     def guard():
-        if allowed_hosts is not None and request.host not in allowed_hosts:
-            return page_error(403, f"this server answers only {', '.join(sorted(allowed_hosts))}")
+        if allowed_hosts is not None:
+            if request.host not in allowed_hosts:
+                return page_error(403, f"this server answers only {', '.join(sorted(allowed_hosts))}")
+            if not peer.allowed(request.environ.get("REMOTE_PORT"), request.environ.get("SERVER_PORT")):
+                return page_error(403, "on loopback this server answers only the user who started it (or root); "
+                                       "another user: start your own `snapver ui`")
         if token is not None:
             given = (request.args.get("token") or request.headers.get(TOKEN_HEADER)
                      or request.cookies.get(TOKEN_COOKIE) or "")
