@@ -132,11 +132,20 @@ def test_every_page_on_a_real_lake(lake_repo, lake):
         code, page, _ = get(base + "/releases")
         assert code == 200 and f'href="/v/{v3}"' in page.split('data-release="prod"')[1]
 
-        # Space, from du, as a chart and a table.
+        # Space, as `du`: a page of versions at a time, as a chart and a table; the lake's
+        # saving (a walk of every snapshot) when asked.
         code, page, _ = get(base + "/space")
-        assert code == 200 and 'id="saving"' in page
+        assert code == 200 and 'id="saving"' not in page and 'id="total"' in page
         bars = next(iter(specs(page).values()))["data"]["values"]
         assert {b["volume"] for b in bars} >= {"models", "finetune", "data"}
+        models = {b["version"]: b["bytes"] for b in bars if b["volume"] == "models" and b["part"] == "exclusive"}
+        assert "live" in models and v3[:10] in models
+        code, page, _ = get(base + "/space?per=1&page=3")
+        assert code == 200 and "page 3 of 4" in page
+        assert {b["version"] for b in next(iter(specs(page).values()))["data"]["values"]} == {v1[:10]}
+        code, page, _ = get(base + "/space?total=1")
+        saving = re.search(r'id="saving">([^<]+)<', page)
+        assert code == 200 and saving and saving.group(1) != "0 B"
 
         # Files: a folder, a download, a symlink within, and none out of the snapshot.
         code, page, _ = get(f"{base}/files/{v3}/models/")

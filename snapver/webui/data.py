@@ -13,9 +13,11 @@ from pathlib import Path, PurePosixPath
 
 from .. import names, registry, scan
 from ..backends.base import Snapshot
+from ..derive import edges
 from ..errors import NotFound, SnapverError
 
 PER_PAGE = 50
+SPACE_PER_PAGE = 10  # each version's space walks its snapshots on Btrfs
 FILES_PER_PAGE = 200
 
 
@@ -175,16 +177,34 @@ def lineage_svg(ws, link) -> str:
     return svg[svg.find("<svg"):]  # inline in the page: without the XML prologue and doctype
 
 
-def space(ws) -> dict:
-    """`snapver du`, and its rows as bars (exclusive and shared bytes per version and volume)."""
-    du = registry.du(ws)
-    bars = []
-    for vol in du["volumes"]:
-        for r in vol["rows"]:
-            who = label(r["snapshot"]) if r["snapshot"] else "live"
-            for part in ("exclusive", "shared"):
-                bars.append({"volume": vol["volume"], "version": who, "part": part, "bytes": r[part]})
-    return {"du": du, "bars": bars}
+def space(ws, page: int, per: int, total: bool) -> dict:
+    """`snapver du`, a page of versions at a time (newest first): referenced, exclusive and
+    shared bytes of each of their snapshots, the live volumes on the first page. Each
+    snapshot's figure walks it on Btrfs (O(its files)), so only a page's are computed; the
+    whole lake's footprint (a walk of every snapshot) only when asked (total)."""
+    by_name: dict[str, list[Snapshot]] = {}
+    for entry in ws.log(include_wip=True):
+        by_name.setdefault(entry.snapshot.name, []).append(entry.snapshot)
+    shown, pager = page_of(list(by_name.items()), page, per)
+    parents = {e.volume: e for e in edges(ws)}
+    rows = []
+    if pager["page"] == 1:
+        for vol in ws.volumes:
+            if ws.backend.volume_exists(ws.project, ws.id, vol):
+                rows.append(_space_row(vol, None, ws.backend.live_space(ws.project, ws.id, vol)))
+    for name, snaps in shown:
+        for snap in sorted(snaps, key=lambda s: ws.volumes.index(s.volume)):
+            rows.append(_space_row(snap.volume, name, ws.backend.space(snap)))
+    bars = [{"volume": r["volume"], "version": label(r["snapshot"]) if r["snapshot"] else "live",
+             "part": part, "bytes": r[part]} for r in rows for part in ("exclusive", "shared")]
+    footprint = ws.backend.footprint(ws.project) if total else None
+    return {"rows": rows, "bars": bars, "pager": pager, "footprint": footprint,
+            "derived": {v: f"{e.source_volume}@{label(e.source_snapshot)}" for v, e in parents.items()}}
+
+
+def _space_row(volume: str, snapshot: str | None, sp) -> dict:
+    return {"volume": volume, "snapshot": snapshot, "referenced": sp.referenced,
+            "exclusive": sp.exclusive, "shared": max(sp.referenced - sp.exclusive, 0)}
 
 
 # ------------------------------------------------------------------ files

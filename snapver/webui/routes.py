@@ -76,8 +76,9 @@ def register(app: Flask) -> None:
     @app.get("/space")
     def space():
         ws = workspace()
-        s = data.space(ws)
-        return render_template("space.html", project=ws.project, du=s["du"], spec=charts.space_spec(s["bars"]))
+        s = data.space(ws, _page(), _per(data.SPACE_PER_PAGE), request.args.get("total") == "1")
+        return render_template("space.html", project=ws.project, s=s, pager=s["pager"],
+                               spec=charts.space_spec(s["bars"]))
 
     @app.get("/files/<name>/<volume>/")
     @app.get("/files/<name>/<volume>/<path:rel>")
