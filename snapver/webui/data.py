@@ -73,9 +73,26 @@ def scan_status(ws, row: dict) -> str:
     return "clean" if any(vs is not None for vs in verdicts) else ""
 
 
+def snapshots_at(ws, rev: str) -> dict[str, Snapshot]:
+    """{volume: snapshot} at rev. A snapshot name (every link here) is taken as it is: the
+    volumes that have one, whether or not Git still knows the commit; any other rev as
+    `snapver compare` resolves it."""
+    if names.is_snapshot_name(rev):
+        snaps = {v: s for v in ws.volumes if (s := ws.backend.find(ws.project, v, rev)) is not None}
+        if not snaps:
+            raise NotFound(f"there is no snapshot {label(rev)}")
+        return snaps
+    return registry.snapshots_at(ws, rev)[0]
+
+
 def version(ws, rev: str) -> dict:
     """One version: its commit, snapshots, values, releases, provenance (what `show` says)."""
-    commit, snaps, info = ws.show(rev)
+    if names.is_snapshot_name(rev):
+        snaps = snapshots_at(ws, rev)
+        commit = next(iter(snaps.values())).commit
+        info = ws.catalog.commit(ws.project, commit)
+    else:
+        commit, snaps, info = ws.show(rev)
     name = next(iter(snaps.values())).name
     v = registry.values(ws, [name]).get(name, {})
     return {"name": name, "label": label(name), "commit": commit, "info": info or {},
@@ -91,8 +108,7 @@ def compare(ws, revs: list[str], page: int) -> dict:
         raise SnapverError("choose two or more versions to compare")
     at = []
     for rev in revs:
-        snaps, _commit = registry.snapshots_at(ws, rev)
-        at.append(snaps)
+        at.append(snapshots_at(ws, rev))
     # Oldest first, whatever order they were ticked or typed in: deltas read as progress.
     at.sort(key=lambda snaps: min(s.age_key for s in snaps.values()))
     snap_names = [next(iter(s.values())).name for s in at]
