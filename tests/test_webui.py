@@ -75,7 +75,7 @@ def test_every_page_on_a_real_lake(lake_repo, lake):
         names = re.findall(r'<tr class="(?:commit|wip)" data-name="([0-9a-f]{40}[^"]*)"', page)
         assert names[:3] == [v3, v2, v1] and len(names) == 4  # and the commit of snapver.toml
         assert "train v3" in page and "Ada Tester" in page
-        assert '<th class="metric">accuracy</th>' in page and '<th class="param">lr</th>' in page
+        assert re.search(r'<th class="metric"><a [^>]*>accuracy</a>', page) and re.search(r'<th class="param"><a [^>]*>lr</a>', page)
         assert re.search(rf'data-name="{v3}".*?<span class="badge release">prod</span>', page, re.S)
         assert page.count('<span class="badge release">prod</span>') == 1  # moved: only where it is now
         assert re.search(rf'data-name="{v3}".*?finetune', page, re.S)
@@ -89,6 +89,14 @@ def test_every_page_on_a_real_lake(lake_repo, lake):
         assert re.findall(r'data-name="([0-9a-f]{40})"', page) == [v3, v2]
         code, page, _ = get(base + "/?q=" + urllib.request.quote("accuracy>>1"))
         assert code == 400 and "does not parse at character 10" in page
+
+        # Sorted by a metric (versions without it last), both ways, or by time.
+        def order(url: str) -> list[str]:
+            return re.findall(r'data-name="([0-9a-f]{40})"', get(url)[1])
+
+        assert order(base + "/?sort=accuracy&desc=0")[:3] == [v1, v2, v3]
+        assert order(base + "/?sort=lr&desc=1")[:3] == [v1, v2, v3]
+        assert order(base + "/?sort=time&desc=0")[1:] == [v1, v2, v3]
 
         # Pagination.
         code, page, _ = get(base + "/?per=2&page=2")

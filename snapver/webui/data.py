@@ -64,6 +64,21 @@ def versions(ws, queries: list[str], include_wip: bool = True) -> tuple[list[dic
     return list(rows.values()), metric_keys, param_keys
 
 
+def sort_rows(rows: list[dict], key: str, descending: bool) -> list[dict]:
+    """Rows by a metric or param (numbers before words; versions without it last), or by
+    time ('' or 'time'); the newest first among equals."""
+    if key in ("", "time"):
+        return rows if descending else rows[::-1]
+
+    def value(r: dict):
+        v = r["metrics"].get(key, r["params"].get(key))
+        return (0, v, "") if isinstance(v, float) else (1, 0.0, str(v))
+
+    have = [r for r in rows if key in r["metrics"] or key in r["params"]]
+    rest = [r for r in rows if not (key in r["metrics"] or key in r["params"])]
+    return sorted(have, key=value, reverse=descending) + rest
+
+
 def scan_status(ws, row: dict) -> str:
     """'flagged', 'clean' or '' (never scanned) from the stored verdicts: a catalog read per
     volume, so only for the rows of one page."""

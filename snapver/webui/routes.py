@@ -27,6 +27,14 @@ def _per(default: int) -> int:
         return default
 
 
+def sort_url(key: str, descending: bool) -> str:
+    """This page sorted by key (the filters kept, back to page 1)."""
+    from urllib.parse import urlencode
+
+    args = [(k, v) for k, v in request.args.items(multi=True) if k not in ("sort", "desc", "page", "token")]
+    return request.path + "?" + urlencode([*args, ("sort", key), ("desc", "1" if descending else "0")])
+
+
 def register(app: Flask) -> None:
     @app.get("/")
     def versions():
@@ -38,12 +46,15 @@ def register(app: Flask) -> None:
             rows, metric_keys, param_keys = data.versions(ws, queries, include_wip)
         except registry.SnapverError as e:  # a query that does not parse: said above the table
             error, rows, metric_keys, param_keys = str(e), [], [], []
+        sort, descending = request.args.get("sort", ""), request.args.get("desc", "1") != "0"
+        rows = data.sort_rows(rows, sort, descending)
         shown, pager = data.page_of(rows, _page(), _per(data.PER_PAGE))
         for r in shown:
             r["scan"] = data.scan_status(ws, r)
         return render_template("versions.html", project=ws.project, rows=shown, pager=pager,
                                metric_keys=metric_keys, param_keys=param_keys, queries=queries,
-                               include_wip=include_wip, error=error), 400 if error else 200
+                               include_wip=include_wip, error=error, sort=sort, descending=descending,
+                               sort_url=sort_url), 400 if error else 200
 
     @app.get("/v/<name>")
     def version(name: str):
