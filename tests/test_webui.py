@@ -177,6 +177,9 @@ def test_every_page_on_a_real_lake(lake_repo, lake):
         assert raw(s.port, "DELETE", f"/files/{v3}/models/metrics.json")[0] == 405
         assert raw(s.port, "GET", "/", host="evil.example:80")[0] == 403
         assert raw(s.port, "GET", "/", host=f"localhost:{s.port}")[0] == 200
+        # A port in use: one line, no traceback.
+        err = snapver(repo, "ui", "--port", str(s.port), ok=False).err
+        assert err.startswith(f"snapver: cannot listen on 127.0.0.1:{s.port}") and len(err.strip().splitlines()) == 1
         # Another local user reaches the loopback port too, but is not answered.
         assert as_user("nobody", base + "/releases") == (403, False)
     assert lake_listing(repo) == before
