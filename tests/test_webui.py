@@ -17,7 +17,7 @@ import pytest
 
 from snapver.webui import data
 from tests.fixtures.git import snapver
-from tests.webui_lake import ACCURACY, Server, lake_listing, make_lake
+from tests.webui_lake import ACCURACY, Server, lake_listing, made  # noqa: F401 (a fixture)
 
 
 def get(url: str, headers: dict | None = None) -> tuple[int, str, dict]:
@@ -61,8 +61,7 @@ def specs(page: str) -> dict[str, dict]:
     return {target: json.loads(text) for target, text in found}
 
 
-def test_every_page_on_a_real_lake(lake_repo, lake):
-    made = make_lake(lake_repo)
+def test_every_page_on_a_real_lake(made, lake):
     repo, (v1, v2, v3) = made.repo, made.versions
     before = lake_listing(repo)
     with Server(repo) as s:
@@ -185,8 +184,7 @@ def test_every_page_on_a_real_lake(lake_repo, lake):
     assert lake_listing(repo) == before
 
 
-def test_token_required_off_loopback(lake_repo, lake):
-    made = make_lake(lake_repo)
+def test_token_required_off_loopback(made, lake):
     with Server(made.repo, "--host", "0.0.0.0") as s:
         assert s.token and len(s.token) >= 24
         base = f"http://127.0.0.1:{s.port}"
@@ -202,8 +200,7 @@ def test_token_required_off_loopback(lake_repo, lake):
         assert get(base + "/lineage", {"X-Snapver-Token": s.token})[0] == 200
 
 
-def test_plots_writes_a_static_page(lake_repo, lake, tmp_path):
-    made = make_lake(lake_repo)
+def test_plots_writes_a_static_page(made, lake, tmp_path):
     out = tmp_path / "plots"
     assert "index.html" in snapver(made.repo, "plots", "--out", str(out)).out
     page = (out / "index.html").read_text()

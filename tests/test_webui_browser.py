@@ -16,7 +16,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from tests.fixtures.git import snapver
-from tests.webui_lake import Server, make_lake, wait_for
+from tests.webui_lake import Server, made, wait_for  # noqa: F401 (a fixture)
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARTIFACTS = Path(os.environ.get("SNAPVER_ARTIFACTS") or Path(__file__).parent / "artifacts" / "ui")
@@ -60,8 +60,7 @@ def shot(driver, name: str) -> None:
     assert driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
 
-def test_what_a_person_sees(lake_repo, lake, browser, tmp_path):
-    made = make_lake(lake_repo)
+def test_what_a_person_sees(made, lake, browser, tmp_path):
     v1, v2, v3 = made.versions
     d, tag = browser, lake.backend
     with Server(made.repo) as s:

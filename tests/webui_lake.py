@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from tests.fixtures.git import commit, env, git, snapver, write
 
 ACCURACY = (0.71, 0.82, 0.93)
@@ -47,6 +49,15 @@ def make_lake(repo: Path) -> Made:
         snapver(repo, "release", "remove", "prod")
         snapver(repo, "release", "prod", v, "-m", f"serving {v[:7]}")
     return Made(repo, versions, versions[1])
+
+
+@pytest.fixture
+def made(lake_repo):
+    """make_lake on the test's lake; the release removed afterwards, since on ZFS it is a
+    `zfs hold`, which would keep the fixture from destroying the lake."""
+    m = make_lake(lake_repo)
+    yield m
+    snapver(m.repo, "release", "remove", "prod", ok=None)
 
 
 class Server:
