@@ -301,17 +301,19 @@ def inside(root: Path, rel: str) -> Path:
 
 
 def listing(path: Path, page: int) -> tuple[list[dict], dict]:
-    """One folder of a snapshot, a page at a time: the folder's own entries only (sorted by
-    name, so O(entries of this folder)), never a walk below it."""
-    entries = []
+    """One folder of a snapshot, a page at a time: the folder's own names (folders first,
+    then by name; the kind from the directory entry, no stat), and a stat of only the page's
+    entries: O(entries of this folder) cheap steps, never a walk below it."""
     with os.scandir(path) as it:
-        for e in it:
-            try:
-                st = e.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            kind = "dir" if stat.S_ISDIR(st.st_mode) else "link" if stat.S_ISLNK(st.st_mode) else "file"
-            entries.append({"name": e.name, "kind": kind, "size": st.st_size,
-                            "mtime": datetime.fromtimestamp(st.st_mtime).astimezone()})
-    entries.sort(key=lambda d: (d["kind"] != "dir", d["name"]))
-    return page_of(entries, page, FILES_PER_PAGE)
+        names = sorted((not e.is_dir(follow_symlinks=False), e.name) for e in it)
+    shown, pager = page_of(names, page, FILES_PER_PAGE)
+    entries = []
+    for _not_dir, name in shown:
+        try:
+            st = os.lstat(path / name)
+        except OSError:
+            continue
+        kind = "dir" if stat.S_ISDIR(st.st_mode) else "link" if stat.S_ISLNK(st.st_mode) else "file"
+        entries.append({"name": name, "kind": kind, "size": st.st_size,
+                        "mtime": datetime.fromtimestamp(st.st_mtime).astimezone()})
+    return entries, pager
