@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -210,6 +211,26 @@ def test_plots_writes_a_static_page(made, lake, tmp_path):
                  "vendor/LICENSE-vega", "charts.js", "style.css"):
         assert (out / name).stat().st_size > 0
     assert not re.search(r'src="https?:', page)
+
+
+def test_versions_listed_with_the_catalog_gone(made, lake, tmp_path):
+    """The listing reads the catalog; without one it asks the filesystem (the source of truth)."""
+    aside = tmp_path / "catalog-aside"
+    aside.mkdir()
+    files = sorted(lake.root.glob("catalog.db*"))
+    assert files
+    for f in files:
+        shutil.move(f, aside / f.name)
+    try:
+        with Server(made.repo) as s:
+            code, page, _ = get(s.base + "/")
+            assert code == 200
+            assert re.findall(r'data-name="([0-9a-f]{40})"', page)[:3] == made.versions[::-1]
+    finally:
+        for f in lake.root.glob("catalog.db*"):
+            f.unlink()
+        for f in files:
+            shutil.move(aside / f.name, f)
 
 
 def test_ui_refuses_what_it_cannot_do(tmp_path, repo):

@@ -66,6 +66,9 @@ def catalog_log(ws, include_wip: bool) -> list[Entry]:
                 ws.project, r["volume"], r["name"], r["commit_sha"], r["kind"], datetime.fromisoformat(r["created"]),
                 c.get("subject"), c.get("author"), r["message"])))
     found.sort(key=lambda f: (f[0], f[1]), reverse=True)
+    if not found:  # a catalog lost or rebuilt empty: the filesystem, the source of truth, says
+        return [Entry(ws.project, e.snapshot.volume, e.snapshot.name, e.snapshot.commit, e.snapshot.kind,
+                      e.snapshot.created, e.subject, e.author, e.message) for e in ws.log(include_wip)]
     return [f[2] for f in found]
 
 
