@@ -256,3 +256,11 @@ def test_paths_leaving_a_folder_are_refused(tmp_path):
     with pytest.raises(data.NotFound):
         data.inside(root, "d/nothing")
     assert Path(root).exists()
+
+
+def test_generations_put_children_after_parents():
+    """What orders two versions of the same second (ZFS times are whole seconds): pure."""
+    commits = {"c": {"parents": "b"}, "a": {"parents": ""}, "b": {"parents": "a gone"},
+               "m": {"parents": "c x"}, "x": {"parents": "a"}}
+    gen = data.generations(commits)
+    assert gen == {"a": 0, "b": 1, "x": 1, "c": 2, "m": 3}

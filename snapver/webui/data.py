@@ -50,26 +50,49 @@ class Entry(NamedTuple):
     message: str | None
 
 
+def generations(commits: dict[str, dict]) -> dict[str, int]:
+    """Each known commit's distance from the oldest known ones (1 + its parents' greatest):
+    a child sorts after its parent even when both have the same time."""
+    gen: dict[str, int] = {}
+    for start in commits:
+        stack = [start]
+        while stack:
+            sha = stack[-1]
+            if sha in gen:
+                stack.pop()
+                continue
+            parents = [p for p in (commits[sha].get("parents") or "").split() if p in commits]
+            todo = [p for p in parents if p not in gen]
+            if todo:
+                stack.extend(todo)
+            else:
+                gen[sha] = 1 + max((gen[p] for p in parents), default=-1)
+                stack.pop()
+    return gen
+
+
 def catalog_log(ws, include_wip: bool) -> list[Entry]:
     """The snapshots of this project's volumes, newest first, from the catalog: one query,
     where `Workspace.log` asks the filesystem about each snapshot (an ioctl and stats each:
-    seconds for 10,000 versions). Taken in the same second (ZFS times are whole seconds),
-    the one recorded later is the newer. The version and files pages find the snapshots
-    themselves on the filesystem."""
+    seconds for 10,000 versions). Taken in the same second (ZFS times are whole seconds), a
+    commit's snapshot sorts after its parent's, and a wip after its commit's. The version
+    and files pages find the snapshots themselves on the filesystem."""
     volumes = set(ws.volumes)
     commits = ws.catalog.commits(ws.project)
+    gen = generations(commits)
     found = []
-    for order, r in enumerate(ws.catalog.snapshot_rows(ws.project).values()):
+    for r in ws.catalog.snapshot_rows(ws.project).values():
         if r["volume"] in volumes and (include_wip or r["kind"] == "commit"):
             c = commits.get(r["commit_sha"]) or {}
-            found.append((datetime.fromisoformat(r["created"]), order, Entry(
-                ws.project, r["volume"], r["name"], r["commit_sha"], r["kind"], datetime.fromisoformat(r["created"]),
+            created = datetime.fromisoformat(r["created"])
+            found.append(((created, gen.get(r["commit_sha"], -1), r["kind"] != "commit", r["name"]), Entry(
+                ws.project, r["volume"], r["name"], r["commit_sha"], r["kind"], created,
                 c.get("subject"), c.get("author"), r["message"])))
-    found.sort(key=lambda f: (f[0], f[1]), reverse=True)
+    found.sort(key=lambda f: f[0], reverse=True)
     if not found:  # a catalog lost or rebuilt empty: the filesystem, the source of truth, says
         return [Entry(ws.project, e.snapshot.volume, e.snapshot.name, e.snapshot.commit, e.snapshot.kind,
                       e.snapshot.created, e.subject, e.author, e.message) for e in ws.log(include_wip)]
-    return [f[2] for f in found]
+    return [f[1] for f in found]
 
 
 def versions(ws, queries: list[str], include_wip: bool = True) -> tuple[list[dict], list[str], list[str]]:
