@@ -17,7 +17,7 @@ for _ in range(epochs):
     gb = sum((w * x + b - y) for x, y in rows) / len(rows)
     w, b = w - 0.05 * gw, b - 0.05 * gb
 loss = sum((w * x + b - y) ** 2 for x, y in rows) / len(rows)
-Path("models/model.json").write_text(json.dumps({"w": w, "b": b, "epochs": epochs}) + "\n")
+Path("models/model.json").write_text(json.dumps({"w": w, "b": b, "epochs": epochs, "loss": loss}) + "\n")
 with open("logs/train.log", "a") as log:
     log.write(f"epochs={epochs} loss={loss:.4f} w={w:.3f} b={b:.3f}\n")
 print(f"trained {epochs} epochs: loss {loss:.4f}, w={w:.3f}, b={b:.3f}")

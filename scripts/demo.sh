@@ -18,6 +18,8 @@ git init -q -b main repo && cd repo
 git config user.name "Demo User" && git config user.email demo@example.com
 cp "$here/examples/train.py" .
 run snapver init --image "$demo/lake.img" --size 2G
+# The model file's numbers (loss, w, b, epochs) become each commit's metrics: find, compare, ui.
+printf '\n[registry]\nmetrics = ["models/model.json"]\n' >> snapver.toml
 run git add train.py snapver.toml
 run git commit -q -m "training code"     # the post-commit hook snapshots every volume
 
@@ -51,9 +53,17 @@ run snapver restore HEAD models/model.json
 run cat models/model.json
 run snapver diff "$v1" main
 
+step "A release, and a fine-tune derived from the released model"
+run snapver release prod main -m "serving"
+run snapver derive models@release:prod finetune -m "fine-tune on new data"
+run python3 train.py 600
+run git commit -q -am "fine-tune volume, model v3: 600 epochs"
+run snapver log --metric loss
+
 cat <<TXT
 
 Done. The repository is $demo/repo; its lake is the Btrfs image $demo/lake.img,
 mounted at $demo/lake. Look around with \`cd $demo/repo && $here/.venv/bin/snapver log --all\`.
+Look at it in a browser: \`cd $demo/repo && $here/.venv/bin/snapver ui --open\`.
 Clean up with: umount $demo/lake && rm -rf $demo
 TXT
