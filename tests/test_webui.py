@@ -139,6 +139,10 @@ def test_every_page_on_a_real_lake(made, lake):
         # Releases: where prod is now.
         code, page, _ = get(base + "/releases")
         assert code == 200 and f'href="/v/{v3}"' in page.split('data-release="prod"')[1]
+        # ... and every move of it, oldest first: created at v1, then to v2 and to v3.
+        moves = page.split('data-history="prod"')[1].split("</table>")[0].split("<tr>")[2:]
+        assert len(moves) == 3 and "created" in moves[0] and "first" in moves[0]
+        assert f'href="/v/{v1}"' in moves[1] and f'href="/v/{v3}"' in moves[2] and "serving" in moves[2]
 
         # Space, as `du`: a page of versions at a time, as a chart and a table; the lake's
         # saving (a walk of every snapshot) when asked.

@@ -45,9 +45,8 @@ def make_lake(repo: Path) -> Made:
             snapver(repo, "derive", f"models@{versions[1]}", "finetune", "-m", "fine-tune on set B")
         versions.append(commit(repo, f"train v{i + 1}", *paths))
     snapver(repo, "release", "prod", versions[0], "-m", "first")
-    for v in versions[1:]:  # moved twice: a release is moved by removing and making it again
-        snapver(repo, "release", "remove", "prod")
-        snapver(repo, "release", "prod", v, "-m", f"serving {v[:7]}")
+    for v in versions[1:]:  # moved twice
+        snapver(repo, "release", "set", "prod", v, "-m", f"serving {v[:7]}")
     return Made(repo, versions, versions[1])
 
 

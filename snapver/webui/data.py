@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from .. import names, registry, scan
+from .. import names, registry, releases, scan
 from ..backends.base import Snapshot
 from ..derive import edges
 from ..errors import NotFound, SnapverError
@@ -101,7 +101,7 @@ def versions(ws, queries: list[str], include_wip: bool = True) -> tuple[list[dic
     conditions = [registry.parse_condition(q) for q in queries if q.strip()]
     all_values = registry.values(ws)
     rels: dict[str, list[str]] = {}
-    for r in registry.list_releases(ws):
+    for r in releases.list_releases(ws):
         rels.setdefault(r.snapshot, []).append(r.name)
     rows: dict[str, dict] = {}
     for s in catalog_log(ws, include_wip):
@@ -170,7 +170,7 @@ def version(ws, rev: str) -> dict:
     v = registry.values(ws, [name]).get(name, {})
     return {"name": name, "label": label(name), "commit": commit, "info": info or {},
             "snaps": snaps, "metrics": v.get("metric", {}), "params": v.get("param", {}),
-            "releases": [r.name for r in registry.list_releases(ws) if r.snapshot == name],
+            "releases": [r.name for r in releases.list_releases(ws) if r.snapshot == name],
             "provenance": registry.provenance(ws, name)}
 
 
@@ -249,7 +249,7 @@ def lineage_svg(ws, link) -> str:
                      f" URL={q(link(edge.source_snapshot))}, tooltip={q(edge.message or vol)}];")
         lines.append(f"  {q('vol:' + edge.source_volume)} -> {q('vol:' + vol)} "
                      f"[label={q(label(edge.source_snapshot))}, URL={q(link(edge.source_snapshot))}];")
-    for r in registry.list_releases(ws):
+    for r in releases.list_releases(ws):
         lines.append(f"  {q('rel:' + r.name)} [shape=note, fillcolor=\"#e3f5e1\", id={q('rel_' + r.name)},"
                      f" label={q('release ' + r.name, label(r.snapshot))}, URL={q(link(r.snapshot))}];")
         # One edge, to the first volume it pins: the label says the version, the rest is clutter.

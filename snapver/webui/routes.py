@@ -7,7 +7,7 @@ import stat
 
 from flask import Flask, render_template, request, send_file, url_for
 
-from .. import registry
+from .. import registry, releases as release_book
 from . import charts, data
 from .app import workspace
 
@@ -82,7 +82,9 @@ def register(app: Flask) -> None:
     @app.get("/releases")
     def releases():
         ws = workspace()
-        return render_template("releases.html", project=ws.project, releases=registry.list_releases(ws))
+        found = release_book.list_releases(ws)
+        return render_template("releases.html", project=ws.project, releases=found,
+                               history={r.name: release_book.history(ws, r.name) for r in found})
 
     @app.get("/space")
     def space():
