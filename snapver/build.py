@@ -271,6 +271,7 @@ def _complete(ws, intent: dict, snap: Snapshot, op=None, repair: bool = False) -
     ws.state.save()
     ws.link(volume)
     ws.backend.after_checkout()
+    ws.snapshot_paths_may_have_moved()
     if op:
         op.step("switched", volume=volume)
     if not any(b["snapshot"] == snap.name for b in ws.catalog.builds(ws.project, ws.id, volume, ok=True, limit=1)):

@@ -64,6 +64,7 @@ def switch(ws, target: dict[str, Snapshot], vols: list[str], why: str,
         if op:
             op.step("switched", volume=v)
     ws.backend.after_checkout()
+    ws.snapshot_paths_may_have_moved()
 
 
 def finish_checkout(ws, op) -> str:

@@ -410,7 +410,15 @@ class Workspace:
                 in_use = self._destroy(doomed)
                 decisions = [retention.Decision(d.snapshot, True, f"in use: {in_use[d.snapshot]}")
                              if d.snapshot in in_use else d for d in decisions]
+                self.snapshot_paths_may_have_moved()
         return decisions
+
+    def snapshot_paths_may_have_moved(self) -> None:
+        """After datasets were swapped, promoted or destroyed: where snapshot paths move
+        (OpenZFS), the features' links into snapshots are pointed again (seams.paths_moved)."""
+        if self.backend.snapshot_paths_move:
+            for listener in seams.paths_moved:
+                listener(self)
 
     def protected(self) -> dict[tuple[str, str], str]:
         """(volume, snapshot) that must stay, with why: what the features plugged in protect

@@ -23,6 +23,7 @@ from __future__ import annotations
 import getpass
 import os
 import re
+import sqlite3
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +32,8 @@ from typing import NamedTuple
 from . import registry, seams
 from .errors import CommandFailed, NotFound, SnapverError
 from .lock import held
-from .registry import short, snapshots_at
+from .names import short
+from .registry import snapshots_at
 
 RELEASE_PREFIX = "release:"
 HOLD_TAG = "snapver-release:"
@@ -331,4 +333,25 @@ def releases_from_tags(ws, lines: list[str]) -> list[str]:
     return said
 
 
-seams.plug(protector=protected, prefixes={RELEASE_PREFIX: resolve_release})
+def repoint(ws) -> None:
+    """Point every release's stable paths at where its snapshots are now (seams.paths_moved:
+    on OpenZFS a checkout or gc moves snapshots with their datasets). Never raises: the
+    checkout is done, and the next one or the next `release set` tries again."""
+    try:
+        releases = list_releases(ws)
+    except (SnapverError, sqlite3.Error) as e:
+        registry.warn("release paths not checked after the checkout: %s", e)
+        return
+    for rel in releases:
+        try:
+            with _lock(ws, rel.name):
+                snaps = {v: ws.backend.find(ws.project, v, rel.snapshot) for v in rel.volumes}
+                gone = [v for v, s in snaps.items() if s is None]
+                if gone:  # pinned, so not destroyed: leave the links as they are and say so
+                    raise SnapverError(f"{', '.join(gone)} at {short(rel.snapshot)} not found")
+                _point(ws, rel.name, snaps)
+        except (SnapverError, OSError) as e:
+            registry.warn("the stable path of release %s was not pointed again: %s", rel.name, e)
+
+
+seams.plug(protector=protected, prefixes={RELEASE_PREFIX: resolve_release}, moved=repoint)

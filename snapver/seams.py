@@ -15,6 +15,9 @@ protector is plugged in (Workspace.protected), rather than miss a release.
 - repairs: {kind: fn(ws, op) -> line}: doctor --repair of a feature's interrupted operation.
 - leftovers: fn(ws, repair) -> [line]: what a feature's killed work left in the lake (a build's
   clone), found from the filesystem alone; with repair=True removed.
+- paths_moved: fn(ws) after a checkout, build or gc on a lake whose snapshot paths move
+  (Backend.snapshot_paths_move): links a feature keeps into snapshots (releases' stable
+  paths) are pointed again; it must not raise: the checkout is done.
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ gc_protectors: list[Callable] = []
 rev_prefixes: dict[str, Callable] = {}
 repairs: dict[str, Callable] = {}
 leftovers: list[Callable] = []
+paths_moved: list[Callable] = []
 
 
 def plug(*, taken: Callable | None = None, protector: Callable | None = None,
          prefixes: dict[str, Callable] | None = None, repair: dict[str, Callable] | None = None,
-         leftover: Callable | None = None) -> None:
+         leftover: Callable | None = None, moved: Callable | None = None) -> None:
     """Add a feature's callbacks; plugging the same one twice (a re-import) adds it once."""
-    for seam, fn in ((snapshot_taken, taken), (gc_protectors, protector), (leftovers, leftover)):
+    for seam, fn in ((snapshot_taken, taken), (gc_protectors, protector), (leftovers, leftover),
+                     (paths_moved, moved)):
         if fn is not None and fn not in seam:
             seam.append(fn)
     rev_prefixes.update(prefixes or {})

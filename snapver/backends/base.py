@@ -86,6 +86,10 @@ class Backend(ABC):
     # Whether a live volume's mark compares with any snapshot's (Btrfs: transaction IDs of
     # one filesystem), so changed_since(snapshot.mark) says if it was written after it.
     comparable_marks = False
+    # Whether a snapshot's path can change while the snapshot lives (OpenZFS: it is under
+    # its dataset's .zfs/snapshot, and a checkout renames the dataset into history, a gc's
+    # promote moves snapshots to another dataset), so links into snapshots need re-pointing.
+    snapshot_paths_move = False
 
     # -- the lake itself: where it is made, mounted again, found, trusted (class methods:
     # there is no lake yet to ask). The factory (backends/__init__.py) picks the class.

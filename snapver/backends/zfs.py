@@ -85,6 +85,7 @@ class ZfsBackend(ZfsStreams, Backend):
         # when snapdir=hidden hides .zfs from readdir); zfs-fuse has no such
         # directory, so there a snapshot is read through a read-only clone (zfsfuse.ensure_view).
         self._snapdir = (self._root / ".zfs" / "snapshot").is_dir()
+        self.snapshot_paths_move = self._snapdir  # zfs-fuse's views stay where they are
 
     @property
     def root(self) -> Path:
