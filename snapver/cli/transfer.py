@@ -24,11 +24,11 @@ def remote():
 @click.option("--command", metavar="PATH", help="snapver on the remote host, if not `snapver` on its PATH.")
 def remote_add(name, url, command):
     """Add a remote: URL is ssh://[user@]host/<pool/dataset or path> or file:///<path or pool/dataset>."""
-    from .. import transfer
+    from .. import peer
 
     from ..gitrepo import GitRepo
 
-    transfer.add_remote(GitRepo.find("."), name, url, command)
+    peer.add_remote(GitRepo.find("."), name, url, command)
     click.echo(f"remote {name}: {url}")
 
 
@@ -36,10 +36,10 @@ def remote_add(name, url, command):
 @click.option("--json", "as_json", is_flag=True)
 def remote_list(as_json):
     """The remotes of this working tree."""
-    from .. import transfer
+    from .. import peer
     from ..gitrepo import GitRepo
 
-    found = transfer.remotes(GitRepo.find("."))
+    found = peer.remotes(GitRepo.find("."))
     if as_json:
         emit_json([{"name": n, **r} for n, r in sorted(found.items())])
     for n, r in sorted(found.items()) if not as_json else []:
@@ -50,10 +50,10 @@ def remote_list(as_json):
 @click.argument("name")
 def remote_remove(name):
     """Forget a remote (its lake and snapshots stay as they are)."""
-    from .. import transfer
+    from .. import peer
     from ..gitrepo import GitRepo
 
-    transfer.remove_remote(GitRepo.find("."), name)
+    peer.remove_remote(GitRepo.find("."), name)
     click.echo(f"removed remote {name}")
 
 
@@ -149,6 +149,6 @@ def clone(git_url, directory, lake_url, lake, image, size, command, quiet):
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def serve(args):
     """The far end of push and pull (run by them over ssh, or locally for file://)."""
-    from .. import transfer
+    from .. import peer
 
-    transfer.serve(list(args))
+    peer.serve(list(args))
