@@ -245,6 +245,8 @@ def _tag_releases(ws, a, by):
 
 
 # ------------------------------------------------------------------ other lakes
+# peer and transfer are imported in the functions: they import dataclasses, which the hook
+# path does without (tests/test_hook_imports.py); so are retention, clones, lake, hookfiles.
 
 def _remote_add(git, a, by):
     from . import peer
@@ -273,7 +275,6 @@ def _transfers(done) -> list[dict]:
 
 def _sync(direction):
     def run(ws, a, by):
-        # Here, not at the top: transfer imports dataclasses, which the hook path does without.
         from . import transfer
 
         revs = [str(r) for r in a.get("revs") or []]
