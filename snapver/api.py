@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import registry, releases  # noqa: F401  also plugs them into the core (metrics files, release:)
-from .errors import NotFound
-from .lake import Workspace
+from . import ops
 
 
 def snapshot(message: str | None = None, metrics: dict | None = None, params: dict | None = None,
@@ -19,23 +17,16 @@ def snapshot(message: str | None = None, metrics: dict | None = None, params: di
     """Snapshot every volume of the working tree at cwd (a wip snapshot unless wip=False, which
     takes HEAD's commit snapshot) and record metrics and params with it.
 
-    Returns {volume: snapshot name}. Nested keys are flattened with dots.
+    Routed as `snapver snapshot` is (the operations table): through snapverd for a user who
+    is not root, where one listens. Returns {volume: snapshot name}. Nested keys are
+    flattened with dots.
     """
-    ws = Workspace.open(cwd)
-    snaps = ws.snapshot(wip=wip, message=message)
-    if snaps and (metrics or params):
-        registry.record_values(ws, snaps[0].name, {"metric": metrics or {}, "param": params or {}}, source="api")
-    return {s.volume: s.name for s in snaps}
+    snaps = ops.call("snapshot", {"wip": wip, "message": message, "metrics": metrics or {},
+                                  "params": params or {}, "source": "api"}, path=cwd)
+    return {s["volume"]: s["name"] for s in snaps}
 
 
 def path(volume: str, rev: str | None = "HEAD", cwd: Path | str = ".") -> Path:
     """Where the read-only files of volume at rev are (rev: a commit-ish, a snapshot name or
     release:NAME); rev=None gives the live, writable volume."""
-    ws = Workspace.open(cwd)
-    vol = ws._volumes([volume])[0]
-    if rev is None:
-        return ws.live_path(vol)
-    snap = ws.resolve(rev, [vol])[0].get(vol)
-    if snap is None:
-        raise NotFound(f"{vol} did not exist at {rev}")
-    return Path(snap.path)
+    return Path(ops.call("path", {"volume": volume, "rev": rev}, path=cwd))

@@ -13,75 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-from . import faults, journal, ops, releases
+from . import faults, ops
 from .config import LocalState, ProjectConfig
 from .errors import SnapverError, one_line
 from .gitrepo import GitRepo
+from .hookfiles import HOOKS, hooks_dir, install, is_ours, uninstall  # noqa: F401  (as before, for callers)
 from .names import short
-
-HOOKS = (
-    "post-commit",  # snapshot the new commit
-    "post-checkout",  # branch checkouts and `git switch`: the lake follows HEAD
-    "post-merge",  # `git merge`, `git pull`
-    "post-rewrite",  # `commit --amend`, `rebase`: the new commits get snapshots too
-    "post-index-change",  # marks commands that rewrite the working tree ...
-    "reference-transaction",  # ... so the HEAD move of `reset --hard` can follow
-    "pre-push",  # `git push`: the pushed commits' snapshots go too, where snapver.toml opts in
-)
-CHAINED = ".pre-snapver"  # where a hook that was already there is kept, and run first
-MARK = "snapver git hook"  # how a shim recognises itself
-
-
-def hooks_dir(git) -> Path:
-    """Where Git looks for hooks: honours core.hooksPath."""
-    path = Path(git.git("rev-parse", "--git-path", "hooks").strip())
-    return path if path.is_absolute() else git.toplevel / path
-
-
-def is_ours(path: Path) -> bool:
-    try:
-        return MARK in path.read_text(errors="replace")[:200]
-    except (FileNotFoundError, IsADirectoryError):
-        return False
-
-
-def install(git) -> list[str]:
-    """Install the shims; a hook that is already there is kept and chained, never overwritten."""
-    shim = (Path(__file__).with_name("githooks.sh")).read_text()
-    shim = shim.replace("@PYTHON@", sys.executable.replace("'", "'\\''"))
-    directory = hooks_dir(git)
-    for name in HOOKS:  # check everything before changing anything
-        hook, chained = directory / name, directory / (name + CHAINED)
-        if os.path.lexists(hook) and not is_ours(hook) and os.path.lexists(chained):
-            raise SnapverError(
-                f"both {hook} and {chained} exist: merge them by hand, then install again"
-            )
-    directory.mkdir(parents=True, exist_ok=True)
-    installed = []
-    for name in HOOKS:
-        hook = directory / name
-        if os.path.lexists(hook) and not is_ours(hook):
-            os.rename(hook, directory / (name + CHAINED))
-        tmp = hook.with_name(f".{name}.snapver-tmp")
-        tmp.write_text(shim)
-        tmp.chmod(0o755)
-        os.replace(tmp, hook)
-        installed.append(name)
-    return installed
-
-
-def uninstall(git) -> list[str]:
-    """Remove the shims and put back, byte for byte, the hooks they chained to."""
-    directory = hooks_dir(git)
-    removed = []
-    for name in HOOKS:
-        hook, chained = directory / name, directory / (name + CHAINED)
-        if is_ours(hook):
-            hook.unlink()
-            removed.append(name)
-            if os.path.lexists(chained):
-                os.rename(chained, hook)
-    return removed
 
 
 # ------------------------------------------------------------------ the hook path
@@ -94,21 +31,17 @@ def main(argv: list[str]) -> int:
             say(f"warning: {message}")
             log(f"{hook}: warning: {message}")
 
-        journal.announce = announce
         if hook == "post-checkout" and not _has_state():
-            from .lake import Workspace  # as in ops.call: a hook through snapverd never opens the lake
-
-            ws = Workspace.init(".")  # a new worktree: its own lake, in the project's history
-            say(f"new worktree: its own lake at {_at(ws)}")
+            # A new worktree: its own lake, in the project's history (its hooks are the project's).
+            made = call("init", {"hooks": False}, announce)
+            say(f"new worktree: its own lake at {', '.join(sorted(short(b) if b else 'empty' for b in made['at']))}")
             return 0
         if hook == "tag-release":  # from reference-transaction: tags just created
-            from .lake import Workspace  # as above
-
-            for message in releases.releases_from_tags(Workspace.open("."), sys.stdin.read().splitlines()):
+            for message in call("tag-releases", {"lines": sys.stdin.read().splitlines()}, announce):
                 say(message)
             return 0
         if hook == "rebase-edit":  # `rebase -i` stopped at an edit: the lake goes to that commit
-            rebase_edit(sys.stdin.read().split())
+            rebase_edit(sys.stdin.read().split(), announce)
             return 0
         if hook == "pre-push":
             push_with_git(args, sys.stdin.read().splitlines())
@@ -119,7 +52,7 @@ def main(argv: list[str]) -> int:
             faults.point("post-commit-start")
             # The commit this hook fired for, read by the shim before anything else ran.
             commit = os.environ.get("SNAPVER_COMMIT") or None
-            snaps = ops.call("snapshot", {"commit": commit} if commit else None)
+            snaps = call("snapshot", {"commit": commit} if commit else None, announce)
             if snaps:
                 say(f"snapshot {short(snaps[0]['name'])} ({', '.join(s['volume'] for s in snaps)})")
                 # An lstat each: a volume whose link is gone was snapshotted, but not what was
@@ -136,15 +69,15 @@ def main(argv: list[str]) -> int:
                 # the rebase's own post-rewrite maps the whole group, and the newest gives the data.
                 return 0
             pairs = [line.split()[:2] for line in sys.stdin.read().splitlines() if line.strip()]
-            made = ops.call("rewrite", {"pairs": pairs})
+            made = call("rewrite", {"pairs": pairs}, announce)
             if made:
                 said = len({s["commit"] for s in made})
                 say(f"rewritten: {said} commit(s) got snapshots of their own; the old ones are kept")
             # An amend inside an unfinished rebase gives snapshots, but only the rebase's end moves the lake.
             if args[:1] == ["rebase"] or not rebasing:
-                report(ops.call("follow"))
+                report(call("follow", None, announce))
         else:
-            report(ops.call("follow"))
+            report(call("follow", None, announce))
     except Exception as e:
         known = _user_error(e)
         if known is None:
@@ -158,7 +91,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def rebase_edit(done_line: list[str]) -> None:
+def rebase_edit(done_line: list[str], tell) -> None:
     """At an `edit` stop HEAD is the commit being edited, or its copy on a new base: the copy
     gets the original's snapshots (as post-rewrite would give them at the end), then the lake
     follows HEAD, unsnapshotted changes kept first, so the data can be edited and amended."""
@@ -167,8 +100,8 @@ def rebase_edit(done_line: list[str]) -> None:
         return
     edited, head = git.resolve(done_line[1]), git.head()
     if head and head != edited:
-        ops.call("rewrite", {"pairs": [[edited, head]]})
-    report(ops.call("follow"))
+        call("rewrite", {"pairs": [[edited, head]]}, tell)
+    report(call("follow", None, tell))
 
 
 def opted_in(key: str) -> bool:
@@ -183,37 +116,22 @@ def opted_in(key: str) -> bool:
 
 def push_with_git(args: list[str], updates: list[str]) -> None:
     """pre-push: send the snapshots of the commits Git is pushing ([remote] push = true)."""
-    # Here, not at the top: only a push or fetch needs them (transfer imports dataclasses,
-    # which the hook path does without: tests/test_hook_imports.py).
-    from . import transfer
-    from .lake import Workspace
-
-    ws = Workspace.open(".")
-    if not ws.config.remote.get("push"):
-        return
     # Git's lines: <local ref> <local sha> <remote ref> <remote sha>; a deletion pushes nothing.
     shas = [f[1] for f in (line.split() for line in updates) if len(f) == 4 and f[1].strip("0")]
-    name = ws.config.remote.get("name") or args[0]
     if shas:
-        done = transfer.push(ws, name, shas, warn=say, strict=False)
-        say(f"pushed {len(done)} snapshot(s) to {name}")
+        pushed = call("push", {"remote": args[0], "revs": shas, "strict": False, "if_configured": True}, say)
+        if pushed is not None:
+            say(f"pushed {len(pushed['done'])} snapshot(s) to {pushed['remote']}")
 
 
 def fetch_with_git() -> None:
     """Before the lake follows HEAD (`git pull`, checkout), fetch HEAD's snapshots if this lake
     lacks them ([remote] fetch = true). A failure is said, and the lake follows anyway, to
     the nearest snapshot it has."""
-    from . import transfer  # as in push_with_git
-    from .lake import Workspace
-
-    ws = Workspace.open(".")
-    head = ws.git.head()
-    if not ws.config.remote.get("fetch") or not head or ws.backend.find(ws.project, ws.volumes[0], head):
-        return
     try:
-        done = transfer.pull(ws, ws.config.remote.get("name"), ["HEAD"], warn=say, strict=False)
-        if done:
-            say(f"pulled {len(done)} snapshot(s)")
+        pulled = call("pull", {"revs": ["HEAD"], "strict": False, "if_configured": True}, say)
+        if pulled and pulled["done"]:
+            say(f"pulled {len(pulled['done'])} snapshot(s)")
     except SnapverError as e:
         say(f"could not fetch snapshots: {e}")
 
@@ -243,9 +161,10 @@ def _has_state() -> bool:
     return LocalState.exists(GitRepo.find(".").git_dir)
 
 
-def _at(ws) -> str:
-    bases = {ws.state.volume(v).base for v in ws.volumes}
-    return ", ".join(sorted(short(b) if b else "empty" for b in bases))
+def call(op: str, args: dict | None, tell):
+    """Every hook's one way to the lake: the operations table, as the CLI's; tell(line)
+    hears the warnings on the way."""
+    return ops.call(op, args, tell=tell)
 
 
 def report(result: dict | None) -> None:

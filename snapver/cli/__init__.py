@@ -10,7 +10,7 @@ from datetime import datetime
 import click
 
 from ..errors import SnapverError
-from .. import catalog, endpoint
+from .. import catalog, endpoint, ops
 from ..lake import short
 
 
@@ -31,16 +31,6 @@ def cell(value) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def registry_view(ws, snaps) -> dict:
-    """Provenance, params and metrics of a snapshot (for show)."""
-    from .. import registry as reg  # (cli.registry is the command module)
-
-    name = next(iter(snaps.values())).name
-    v = reg.values(ws, [name]).get(name, {})
-    return {"provenance": reg.provenance(ws, name),
-            "params": v.get("param", {}), "metrics": v.get("metric", {})}
-
-
 def label(name: str) -> str:
     """A snapshot name for people: the short commit ID, and the time of a wip."""
     return short(name) + name[40:]
@@ -55,7 +45,7 @@ def daemon_view() -> dict | None:
 
     try:
         toplevel = str(GitRepo.find(".").toplevel)
-        listing = client.request({"op": "daemon-status"}, timeout=5)
+        listing = ops.call(ops.DAEMON_STATUS)
         return next((w for w in listing if w["workspace"] == toplevel), None) if isinstance(listing, list) else None
     except (client.Unavailable, SnapverError, OSError):
         return None
@@ -75,14 +65,17 @@ def warn(message: str) -> None:
     click.echo(f"snapver: warning: {message}", err=True)
 
 
+def run(op: str, args: dict | None = None, **how):
+    """Every command's one way to the lake: the operations table (ops.call), the same that
+    the hooks, the Python API and snapverd use; warnings on the way go to stderr."""
+    return ops.call(op, args, tell=warn, **how)
+
+
 def main() -> None:
     """Every failure a user can cause ends as one line on stderr and a non-zero exit."""
     from ..linux import restrict_umask
 
     restrict_umask()
-    from .. import journal
-
-    journal.announce = warn
     try:
         code = cli.main(prog_name="snapver", standalone_mode=False)
     except Exception as e:

@@ -6,9 +6,7 @@ import sys
 
 import click
 
-from .. import ops
-from ..lake import Workspace
-from . import cli, emit_json, label
+from . import cli, emit_json, label, run
 
 TAIL = 20  # lines of a failed build's log shown
 
@@ -31,7 +29,7 @@ def build(volume, as_json):
     is snapshotted (a build point of HEAD) and VOLUME shows it; on failure VOLUME
     is unchanged, and the log and exit code are shown (exit 1).
     """
-    r = ops.perform(Workspace.open(), "build", {"volume": volume})
+    r = run("build", {"volume": volume})
     if as_json:
         emit_json(r)
     elif r["ok"]:
@@ -67,8 +65,7 @@ def cascade(target, jobs, dry_run, as_json):
         tag = {"rebuild": "would rebuild"}.get(node.action, node.action)
         click.echo(f"{node.volume:<16} {tag:<13} {node.reason}")
 
-    nodes = ops.perform(Workspace.open(), "cascade",
-                        {"target": target, "jobs": jobs, "dry_run": dry_run, "progress": say})
+    nodes = run("cascade", {"target": target, "jobs": jobs, "dry_run": dry_run}, progress=say)
     if as_json:
         emit_json(nodes)
     if any(n["action"] == "failed" for n in nodes):
@@ -81,7 +78,7 @@ def cascade(target, jobs, dry_run, as_json):
 @click.option("--json", "as_json", is_flag=True)
 def builds(volume, limit, as_json):
     """The builds recorded here, newest first: each build point with the input snapshots it was made from."""
-    rows = ops.perform(Workspace.open(), "builds", {"volume": volume, "limit": limit})
+    rows = run("builds", {"volume": volume, "limit": limit})
     if as_json:
         emit_json(rows)
         return

@@ -35,10 +35,10 @@ def daemon(ctx, config_path):
 @click.option("--json", "as_json", is_flag=True)
 def daemon_status(as_json):
     """What the running daemon watches, how, and what is pending."""
-    from .. import client
+    from .. import client, ops
 
     try:
-        view = client.request({"op": "daemon-status"}, timeout=10)
+        view = ops.call(ops.DAEMON_STATUS)
     except client.Unavailable:
         raise SnapverError(f"snapverd is not running (nothing listens on {endpoint.SOCKET})") from None
     if as_json:

@@ -6,9 +6,7 @@ import sys
 
 import click
 
-from ..errors import SnapverError
-from ..lake import Workspace
-from . import cli, emit_json, when, cell, label
+from . import cli, emit_json, when, cell, label, run
 
 
 @cli.command()
@@ -20,9 +18,7 @@ def find(queries, include_wip, as_json):
 
     Operators: > >= < <= = == != (words compare with = and != only).
     """
-    from .. import registry
-
-    rows = registry.find(Workspace.open(), list(queries), include_wip)
+    rows = run("find", {"queries": list(queries), "all": include_wip})
     if as_json:
         emit_json(rows)
         return
@@ -40,9 +36,7 @@ def compare(rev1, rev2, as_json):
 
     Walks both snapshots to find changed files: O(files).
     """
-    from .. import registry
-
-    result = registry.compare(Workspace.open(), rev1, rev2)
+    result = run("compare", {"rev1": rev1, "rev2": rev2})
     if as_json:
         emit_json(result)
         return
@@ -68,11 +62,6 @@ class _ReleaseGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
-def release_dict(r) -> dict:
-    return {"name": r.name, "snapshot": r.snapshot, "commit": r.commit, "volumes": r.volumes,
-            "created": r.created, "message": r.message, "forced": r.forced}
-
-
 @cli.group(cls=_ReleaseGroup)
 def release():
     """Releases: names pinned to a commit's snapshots, protected from gc.
@@ -90,36 +79,30 @@ def release():
 @click.option("-m", "--message", help="A note kept with the release.")
 @click.option("--force", is_flag=True, help="Release even if the model scan flagged a file.")
 def release_create(name, rev, message, force):
-    from .. import releases
-
-    r = releases.create_release(Workspace.open(), name, rev, message, force)
-    click.echo(f"release {r.name} pins {label(r.snapshot)} ({', '.join(r.volumes)})"
-               + ("  [flagged by the model scan: released with --force]" if r.forced else ""))
+    r = run("release-create", {"name": name, "rev": rev, "message": message, "force": force})
+    click.echo(f"release {r['name']} pins {label(r['snapshot'])} ({', '.join(r['volumes'])})"
+               + ("  [flagged by the model scan: released with --force]" if r["forced"] else ""))
 
 
 @release.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def release_list(as_json):
     """Every release, newest first."""
-    from .. import releases
-
-    rels = releases.list_releases(Workspace.open())
+    rels = run("release-list")
     if as_json:
-        emit_json([release_dict(r) for r in rels])
+        emit_json(rels)
         return
     for r in rels:
-        flag = "  [forced]" if r.forced else ""
-        click.echo(f"{r.name:<20} {label(r.snapshot):<34} {when(r.created)}  {r.message or ''}{flag}".rstrip())
+        flag = "  [forced]" if r["forced"] else ""
+        click.echo(f"{r['name']:<20} {label(r['snapshot']):<34} {when(r['created'])}  {r['message'] or ''}{flag}".rstrip())
 
 
 @release.command("remove")
 @click.argument("name")
 def release_remove(name):
     """Unpin a release (its snapshots are then subject to gc again)."""
-    from .. import releases
-
-    r = releases.remove_release(Workspace.open(), name)
-    click.echo(f"release {r.name} removed (was {label(r.snapshot)})")
+    r = run("release-remove", {"name": name})
+    click.echo(f"release {r['name']} removed (was {label(r['snapshot'])})")
 
 
 @release.command("set")
@@ -136,9 +119,7 @@ def release_set(name, rev, message, conditions, force, as_json):
     Every move is kept (`release history NAME`); the stable path
     <lake>/<project>/releases/NAME/VOLUME follows it; on ZFS the hold moves too.
     """
-    from .. import ops
-
-    r = ops.call("release-set", {"name": name, "rev": rev, "message": message, "force": force,
+    r = run("release-set", {"name": name, "rev": rev, "message": message, "force": force,
                                  "conditions": list(conditions)})
     if as_json:
         emit_json(r)
@@ -157,9 +138,7 @@ release.add_command(release_set, "stage")
 @click.option("--json", "as_json", is_flag=True)
 def release_history(name, as_json):
     """Every move of release NAME, oldest first: when, who, from, to, message."""
-    from .. import ops
-
-    moves = ops.call("release-history", {"name": name})
+    moves = run("release-history", {"name": name})
     if as_json:
         emit_json(moves)
         return
@@ -173,27 +152,21 @@ def release_history(name, as_json):
 @click.argument("source", metavar="SOURCE_VOLUME@REV")
 @click.argument("volume", metavar="NEW_VOLUME")
 @click.option("-m", "--message", help="Why: kept with the lineage edge.")
-@click.option("--run", "run", metavar="CMD", help="The command that builds it (`snapver build`, `cascade`).")
+@click.option("--run", "run_cmd", metavar="CMD", help="The command that builds it (`snapver build`, `cascade`).")
 @click.option("--input", "inputs", metavar="VOLUME@REV", multiple=True,
               help="An input of --run (repeatable; default: SOURCE_VOLUME@REV).")
-def derive(source, volume, message, run, inputs):
+def derive(source, volume, message, run_cmd, inputs):
     """A new volume as a copy-on-write clone of a snapshot (a fine-tune from its base model).
 
     Nothing is copied; NEW_VOLUME is added to snapver.toml (commit it) and
     snapshotted with every commit from now on.
     """
-    from .. import recipes, registry
-
-    if inputs and not run:
-        raise SnapverError("--input is for a recipe: give its command with --run")
-    recipe = recipes.check(volume, run, list(inputs) or [source], "derive --run") if run else None
-    ws = Workspace.open()
-    e = registry.derive(ws, source, volume, message)
-    click.echo(f"{e.volume}/ derived from {e.source_volume}@{label(e.source_snapshot)} (copy-on-write: nothing copied)")
-    if recipe:
-        recipes.record(ws, recipe)
-        click.echo(f"recipe kept: `snapver build {volume}` runs {run!r} "
-                   f"with {', '.join(f'{v}@{r}' for v, r in recipe.inputs)}")
+    e = run("derive", {"source": source, "volume": volume, "message": message, "run": run_cmd,
+                       "inputs": list(inputs)})
+    click.echo(f"{e['volume']}/ derived from {e['source_volume']}@{label(e['source_snapshot'])} "
+               "(copy-on-write: nothing copied)")
+    if e["recipe"]:
+        click.echo(f"recipe kept: `snapver build {volume}` runs {run_cmd!r} with {', '.join(e['recipe']['inputs'])}")
     click.echo(f"{volume} was added to snapver.toml: commit it")
 
 
@@ -204,13 +177,9 @@ def derive(source, volume, message, run, inputs):
 @click.option("--json", "as_json", is_flag=True)
 def lineage(volume, dot, upstream, as_json):
     """The graph of derived volumes (all of it, or VOLUME's family)."""
-    from .. import registry
-
-    ws = Workspace.open()
+    found = run("lineage", {"volume": volume, "upstream": upstream, "dot": dot})
     if upstream:
-        if volume:
-            raise SnapverError("give either VOLUME or --upstream VOLUME@REV, not both")
-        chain = registry.upstream(ws, upstream)
+        chain = found["upstream"]
         if as_json:
             emit_json(chain)
             return
@@ -221,21 +190,22 @@ def lineage(volume, dot, upstream, as_json):
             if step["same_moment"]:
                 click.echo(f"    with {', '.join(v + '@' + label(step['snapshot']) for v in step['same_moment'])}")
         return
-    if dot:
-        click.echo(registry.lineage_dot(ws, volume), nl=False)
+    if "dot" in found:
+        click.echo(found["dot"], nl=False)
         return
-    tree = registry.lineage_tree(ws, volume)
-    from ..cascade import stale as stale_volumes
-
-    stale = stale_volumes(ws)  # recipe volumes whose inputs moved since their last build
+    tree = found["tree"]
     if as_json:
-        emit_json([{"depth": d, "volume": v, "from": e and f"{e.source_volume}@{e.source_snapshot}",
-                    "message": e and e.message, "stale": stale.get(v)} for d, v, e in tree])
+        emit_json(tree)
         return
-    for depth, v, e in tree:
+    for row in tree:
+        depth, v, origin = row["depth"], row["volume"], row["from"]
         indent = "    " * (depth - 1) + "└── " if depth else ""
-        note = f"  from {e.source_volume}@{label(e.source_snapshot)}" + (f'  "{e.message}"' if e.message else "") if e else ""
-        click.echo(f"{indent}{v}{note}" + (f"  [stale: {stale[v]}]" if v in stale else ""))
+        if origin:
+            source_volume, _, source_snapshot = origin.partition("@")
+            note = f"  from {source_volume}@{label(source_snapshot)}" + (f'  "{row["message"]}"' if row["message"] else "")
+        else:
+            note = ""
+        click.echo(f"{indent}{v}{note}" + (f"  [stale: {row['stale']}]" if row.get("stale") else ""))
 
 
 @cli.command()
@@ -247,9 +217,7 @@ def scan(rev, as_json):
     Pickle-based model files (.pkl .pickle .pt .pth .bin .joblib .ckpt) are
     disassembled by picklescan, never loaded. Exits 1 if a file is flagged.
     """
-    from .. import registry
-
-    report = registry.scan_report(Workspace.open(), rev)
+    report = run("scan", {"rev": rev})
     if as_json:
         emit_json(report)
     else:
@@ -269,17 +237,8 @@ def commit_(message, all_tracked):
     """A commit of what changed: Git's files as `git commit` would, or, when only the data
     or a model changed, an empty commit (`--allow-empty`). The hooks snapshot it as usual.
     """
-    import subprocess
-
-    from .. import datacommit, ops
-    from ..gitrepo import GitRepo
-
-    git = GitRepo.find(".")
-    head = git.head()
-    changed = datacommit.volumes_changed(ops.call("status"), head)
-    argv = datacommit.argv(git.toplevel, message, all_tracked, changed)
-    done = subprocess.run(argv, cwd=git.toplevel)  # Git and its hooks speak for themselves
-    if done.returncode:
-        sys.exit(done.returncode)
-    if "--allow-empty" in argv:
-        click.echo(f"data-only commit {label(git.head() or '')}: {', '.join(changed)} changed, nothing for Git")
+    done = run("commit", {"message": message, "all": all_tracked})
+    if done["exit_code"]:
+        sys.exit(done["exit_code"])
+    if done["data_only"]:
+        click.echo(f"data-only commit {label(done['head'] or '')}: {', '.join(done['changed'])} changed, nothing for Git")

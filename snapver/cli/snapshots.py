@@ -8,9 +8,8 @@ from pathlib import Path
 import click
 
 from ..errors import SnapverError
-from .. import ops
-from ..lake import Workspace, parse_size, short
-from . import cli, emit_json, when, cell, registry_view, label, daemon_view, warn
+from ..lake import parse_size, short
+from . import cli, emit_json, when, cell, label, daemon_view, run, warn
 
 
 @cli.command()
@@ -31,20 +30,18 @@ def init(volumes, image, pool_image, size, lake, backend):
     and writes snapver.toml (commit it). In a clone of a repository that has
     snapver.toml, joins that project's history and starts at HEAD's snapshot.
     """
-    from .. import githooks
-
     if pool_image:
         if image or backend == "btrfs":
             raise SnapverError("--pool-image makes a ZFS pool: it goes with neither --image nor --backend btrfs")
         image, backend = pool_image, "zfs"
-    ws = Workspace.init(".", list(volumes), backend, lake, image, parse_size(size) if size else None)
-    click.echo(f"lake {ws.backend.spec()} ({ws.backend.name}), project {ws.project}")
-    if ws.joined:
-        click.echo(ws.joined)
-    for v in ws.volumes:
-        base = ws.state.volume(v).base
-        click.echo(f"  {v}/ -> {ws.live_path(v)}" + (f" (at {short(base)})" if base else ""))
-    githooks.install(ws.git)
+    made = run("init", {"volumes": list(volumes), "backend": backend, "lake": lake,
+                        "image": str(image) if image else None, "size": parse_size(size) if size else None})
+    click.echo(f"lake {made['lake']} ({made['backend']}), project {made['project']}")
+    if made["joined"]:
+        click.echo(made["joined"])
+    for v in made["volumes"]:
+        base = v["base"]
+        click.echo(f"  {v['volume']}/ -> {v['path']}" + (f" (at {short(base)})" if base else ""))
     click.echo("Git hooks installed: commits snapshot the lake, checkouts bring it back.")
     click.echo("Commit snapver.toml so that every clone shares this history.")
 
@@ -54,7 +51,7 @@ def init(volumes, image, pool_image, size, lake, backend):
 @click.option("-m", "--message", help="A note kept with the snapshot.")
 def snapshot(wip, message):
     """Snapshot every volume as the HEAD commit (or a wip point in time)."""
-    for s in ops.call("snapshot", {"wip": wip, "message": message}):
+    for s in run("snapshot", {"wip": wip, "message": message}):
         click.echo(f"{s['volume']}@{s['name']}")
 
 
@@ -65,13 +62,7 @@ def snapshot(wip, message):
               help="Show this metric or param as a column (repeatable).")
 def log(include_wip, as_json, metrics):
     """Snapshots of this project, newest first."""
-    entries = ops.call("log", {"all": include_wip})
-    if metrics:
-        from .. import registry
-
-        known = registry.values(Workspace.open(), list({e["name"] for e in entries}))
-        for e in entries:
-            e["metrics"] = {m: registry.lookup(known.get(e["name"], {}), m) for m in metrics}
+    entries = run("log", {"all": include_wip, "metrics": list(metrics)})
     if as_json:
         emit_json(entries)
         return
@@ -92,7 +83,7 @@ def log(include_wip, as_json, metrics):
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json):
     """Which volumes changed since their last snapshot."""
-    rows = ops.call("status")
+    rows = run("status")
     watched = daemon_view()
     if as_json:
         emit_json(rows)
@@ -119,7 +110,7 @@ def checkout(rev, volumes):
 
     Unsnapshotted changes are first kept as a wip snapshot.
     """
-    result = ops.call("checkout", {"rev": rev, "volumes": list(volumes)})
+    result = run("checkout", {"rev": rev, "volumes": list(volumes)})
     for w in result["warnings"]:
         warn(w)
     relinked = result.get("links", {})
@@ -148,14 +139,14 @@ def diff(rev, rev2, volumes, as_json):
 
     Walks both trees: O(files), unlike snapshot and checkout.
     """
-    changes = Workspace.open().diff(rev, rev2, list(volumes) or None)
+    changes = run("diff", {"rev": rev, "rev2": rev2, "volumes": list(volumes)})
     if as_json:
-        emit_json({v: [{"path": c.path, "change": c.change} for c in cs] for v, cs in changes.items()})
+        emit_json(changes)
         return
     sign = {"added": "+", "changed": "M", "deleted": "-"}
     for v, cs in changes.items():
         for c in cs:
-            click.echo(f"{sign[c.change]} {v}/{c.path}")
+            click.echo(f"{sign[c['change']]} {v}/{c['path']}")
 
 
 @cli.command()
@@ -164,8 +155,8 @@ def diff(rev, rev2, volumes, as_json):
 @click.option("--to", "dest", metavar="DEST", help="Write it here instead of its own place.")
 def restore(rev, path, dest):
     """Bring back one file or folder (e.g. models/model.pt) from REV's snapshot."""
-    where, snap = Workspace.open().restore(rev, path, dest)
-    click.echo(f"restored {path} from {label(snap.name)}" + (f" to {where}" if dest else ""))
+    done = run("restore", {"rev": rev, "path": path, "to": dest})
+    click.echo(f"restored {path} from {label(done['snapshot']['name'])}" + (f" to {done['path']}" if dest else ""))
 
 
 @cli.command()
@@ -174,24 +165,19 @@ def restore(rev, path, dest):
 @click.option("--json", "as_json", is_flag=True)
 def show(rev, space, as_json):
     """A snapshot's commit, volumes and paths."""
-    ws = Workspace.open()
-    commit, snaps, info = ws.show(rev)
-    spaces = {v: ws.backend.space(s) for v, s in snaps.items()} if space else {}
+    view = run("show", {"rev": rev, "space": space})
     if as_json:
-        vols = {v: {**ops.snapshot_dict(s), **({"referenced": spaces[v].referenced,
-                                            "exclusive": spaces[v].exclusive} if space else {})}
-                for v, s in snaps.items()}
-        emit_json({"commit": commit, "info": info, "volumes": vols, **registry_view(ws, snaps)})
+        emit_json(view)
         return
+    commit, info = view["commit"], view["info"]
     click.echo(f"commit   {commit}")
     if info:
         click.echo(f"author   {info['author']} <{info['email']}>")
         click.echo(f"date     {info['time']}")
         click.echo(f"subject  {info['subject']}")
-    for v, s in snaps.items():
-        extra = f"  {spaces[v].referenced:,} B, {spaces[v].exclusive:,} B exclusive" if space else ""
-        click.echo(f"{v:<12} {s.name}  {when(s.created)}  {s.path}{extra}")
-    view = registry_view(ws, snaps)
+    for v, s in view["volumes"].items():
+        extra = f"  {s['referenced']:,} B, {s['exclusive']:,} B exclusive" if space else ""
+        click.echo(f"{v:<12} {s['name']}  {when(s['created'])}  {s['path']}{extra}")
     for v, fields in view["provenance"].items():
         click.echo(f"{v:<12} " + "  ".join(f"{k} {val}" for k, val in fields.items()))
     for kind in ("params", "metrics"):
@@ -212,7 +198,7 @@ def remap(commit_map, as_json):
     from .. import rewrite
 
     pairs = rewrite.parse_commit_map(commit_map)
-    made = ops.call("rewrite", {"pairs": pairs})
+    made = run("rewrite", {"pairs": pairs})
     if as_json:
         emit_json(made)
         return
@@ -230,22 +216,14 @@ def hooks():
 @hooks.command("install")
 def hooks_install():
     """Install the hooks (honours core.hooksPath; an existing hook is chained, not replaced)."""
-    from .. import githooks
-    from ..gitrepo import GitRepo
-
-    git = GitRepo.find(".")
-    names = githooks.install(git)
-    click.echo(f"installed {', '.join(names)} in {githooks.hooks_dir(git)}")
+    done = run("hooks-install")
+    click.echo(f"installed {', '.join(done['installed'])} in {done['directory']}")
 
 
 @hooks.command("uninstall")
 def hooks_uninstall():
     """Remove the hooks and put back any hook they had chained to."""
-    from .. import githooks
-    from ..gitrepo import GitRepo
-
-    git = GitRepo.find(".")
-    names = githooks.uninstall(git)
+    names = run("hooks-uninstall")["removed"]
     click.echo(f"removed {', '.join(names)}" if names else "no snapver hooks were installed")
 
 
@@ -254,6 +232,4 @@ def hooks_uninstall():
 @click.argument("volume")
 def path(rev, volume):
     """The read-only path of VOLUME at REV (e.g. release:prod), for a serving config."""
-    from .. import api
-
-    click.echo(str(api.path(volume, rev)))
+    click.echo(run("path", {"volume": volume, "rev": rev}))

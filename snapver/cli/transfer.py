@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..lake import Workspace, parse_size
-from . import cli, emit_json, label, warn
+from ..lake import parse_size
+from . import cli, emit_json, label, run
 
 
 # ------------------------------------------------------------------ other lakes
@@ -24,11 +24,7 @@ def remote():
 @click.option("--command", metavar="PATH", help="snapver on the remote host, if not `snapver` on its PATH.")
 def remote_add(name, url, command):
     """Add a remote: URL is ssh://[user@]host/<pool/dataset or path> or file:///<path or pool/dataset>."""
-    from .. import transfer
-
-    from ..gitrepo import GitRepo
-
-    transfer.add_remote(GitRepo.find("."), name, url, command)
+    run("remote-add", {"name": name, "url": url, "command": command})
     click.echo(f"remote {name}: {url}")
 
 
@@ -36,24 +32,18 @@ def remote_add(name, url, command):
 @click.option("--json", "as_json", is_flag=True)
 def remote_list(as_json):
     """The remotes of this working tree."""
-    from .. import transfer
-    from ..gitrepo import GitRepo
-
-    found = transfer.remotes(GitRepo.find("."))
+    found = run("remote-list")
     if as_json:
-        emit_json([{"name": n, **r} for n, r in sorted(found.items())])
-    for n, r in sorted(found.items()) if not as_json else []:
-        click.echo(f"{n:<12} {r['url']}")
+        emit_json(found)
+    for r in found if not as_json else []:
+        click.echo(f"{r['name']:<12} {r['url']}")
 
 
 @remote.command("remove")
 @click.argument("name")
 def remote_remove(name):
     """Forget a remote (its lake and snapshots stay as they are)."""
-    from .. import transfer
-    from ..gitrepo import GitRepo
-
-    transfer.remove_remote(GitRepo.find("."), name)
+    run("remote-remove", {"name": name})
     click.echo(f"removed remote {name}")
 
 
@@ -79,12 +69,12 @@ def progress_bars(quiet: bool):
 
 def report_transfers(done, as_json: bool, verb: str) -> None:
     if as_json:
-        emit_json([vars(t) for t in done])
+        emit_json(done)
         return
     for t in done:
-        how = f"incremental from {label(t.base)}" if t.base else "whole"
-        click.echo(f"{verb} {t.volume}@{label(t.name)}  {t.bytes:,} B in {t.seconds:.1f} s ({how}"
-                   f"{', resumed' if t.resumed else ''})")
+        how = f"incremental from {label(t['base'])}" if t["base"] else "whole"
+        click.echo(f"{verb} {t['volume']}@{label(t['name'])}  {t['bytes']:,} B in {t['seconds']:.1f} s ({how}"
+                   f"{', resumed' if t['resumed'] else ''})")
     click.echo(f"{len(done)} snapshot(s) {verb}" if done else "everything is there already")
 
 
@@ -105,9 +95,8 @@ def push(remote_name, revs, quiet, as_json, init):
     Incremental from the newest snapshot both lakes hold (btrfs send -p,
     zfs send -i), whole only when they share none.
     """
-    from .. import transfer
-
-    done = transfer.push(Workspace.open(), remote_name, list(revs), progress_bars(quiet or as_json), warn, init)
+    done = run("push", {"remote": remote_name, "revs": list(revs), "init": init},
+               progress=progress_bars(quiet or as_json))["done"]
     report_transfers(done, as_json, "pushed")
 
 
@@ -117,9 +106,7 @@ def pull(remote_name, revs, quiet, as_json):
 
     The lake itself does not move: `git checkout` (or `snapver checkout`) does.
     """
-    from .. import transfer
-
-    done = transfer.pull(Workspace.open(), remote_name, list(revs), progress_bars(quiet or as_json), warn)
+    done = run("pull", {"remote": remote_name, "revs": list(revs)}, progress=progress_bars(quiet or as_json))["done"]
     report_transfers(done, as_json, "pulled")
 
 
@@ -135,20 +122,15 @@ def pull(remote_name, revs, quiet, as_json):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def clone(git_url, directory, lake_url, lake, image, size, command, quiet):
     """Clone a repository and bring its lake at HEAD: `git clone`, `init`, `pull`, checkout."""
-    from .. import githooks, transfer
-
-    ws = transfer.clone(git_url, directory, lake_url, lake, image, parse_size(size) if size else None,
-                        progress_bars(quiet), command)
-    githooks.install(ws.git)
-    at = {ws.state.volume(v).base for v in ws.volumes}
-    click.echo(f"cloned into {directory}; lake {ws.backend.spec()}, at "
-               f"{', '.join(sorted(label(b) if b else 'empty' for b in at))}")
+    made = run("clone", {"git_url": git_url, "from": lake_url, "lake": lake, "image": str(image) if image else None,
+                         "size": parse_size(size) if size else None, "command": command},
+               path=directory, progress=progress_bars(quiet))
+    click.echo(f"cloned into {directory}; lake {made['lake']}, at "
+               f"{', '.join(sorted(label(b) if b else 'empty' for b in made['at']))}")
 
 
 @cli.command(hidden=True, context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def serve(args):
     """The far end of push and pull (run by them over ssh, or locally for file://)."""
-    from .. import transfer
-
-    transfer.serve(list(args))
+    run("serve", {"args": list(args)})

@@ -7,9 +7,8 @@ import sys
 
 import click
 
-from .. import ops
-from ..lake import Workspace, short
-from . import cli, emit_json, label
+from ..lake import short
+from . import cli, emit_json, label, run
 
 
 @cli.command()
@@ -30,24 +29,24 @@ def gc(dry_run, forget_unknown, as_json):
     week). The newest wip of every line of work always stays. If a known clone
     is missing, shallow or unreadable, no commit snapshot goes (`snapver clones`).
     """
-    from ..daemon import policy_for
-    from ..retention import UNKNOWN, Policy, parse_duration
+    from ..retention import UNKNOWN, parse_duration
 
-    forget = parse_duration(forget_unknown) if forget_unknown else None
-    ws = Workspace.open()
-    decisions = ws.gc(policy_for(ws, Policy()), dry_run=dry_run, forget_unknown=forget)
+    if forget_unknown:
+        parse_duration(forget_unknown)  # a typo is the user's error before anything is asked
+    result = run("gc", {"dry_run": dry_run, "forget_unknown": forget_unknown})
+    decisions, doubts = result["decisions"], result["doubts"]
     if as_json:
-        emit_json([{**ops.snapshot_dict(d.snapshot), "keep": d.keep, "reason": d.reason} for d in decisions])
+        emit_json(decisions)
         return
-    if ws.gc_doubts:
-        more = f" (and {len(ws.gc_doubts) - 1} more)" if len(ws.gc_doubts) > 1 else ""
-        click.echo(f"kept every unreachable commit snapshot: {ws.gc_doubts[0]}{more}; "
+    if doubts:
+        more = f" (and {len(doubts) - 1} more)" if len(doubts) > 1 else ""
+        click.echo(f"kept every unreachable commit snapshot: {doubts[0]}{more}; "
                    "see `snapver clones`")
-    dropped = [d for d in decisions if not d.keep]
+    dropped = [d for d in decisions if not d["keep"]]
     for d in dropped:
-        click.echo(f"{'would remove' if dry_run else 'removed'} {d.snapshot.volume}@{label(d.snapshot.name)}  ({d.reason})")
+        click.echo(f"{'would remove' if dry_run else 'removed'} {d['volume']}@{label(d['name'])}  ({d['reason']})")
     click.echo(f"{len(dropped)} of {len(decisions)} snapshots {'would go' if dry_run else 'removed'}")
-    unknown = sum(d.reason == UNKNOWN for d in decisions)
+    unknown = sum(d["reason"] == UNKNOWN for d in decisions)
     if unknown:
         click.echo(f"kept {unknown} snapshot(s) of unknown commits (no known clone has them); "
                    "`snapver gc --forget-unknown AGE` lets those older than AGE go")
@@ -65,19 +64,15 @@ def clones(ctx, as_json):
     """
     if ctx.invoked_subcommand is not None:
         return
-    from .. import clones as clones_
-
-    ws = Workspace.open()
-    seen = clones_.listing(ws)
+    seen = run("clones")
     if as_json:
-        emit_json([{"path": str(s.clone.worktree), "git_dir": str(s.clone.git_dir) if s.clone.git_dir else None,
-                    "workspace": s.clone.workspace, "state": s.state, "detail": s.detail} for s in seen])
+        emit_json([{k: s[k] for k in ("path", "git_dir", "workspace", "state", "detail")} for s in seen])
         return
     for s in seen:
-        here = "  (this one)" if s.clone.worktree == ws.git.toplevel and s.clone.workspace == ws.id else ""
-        click.echo(f"{s.state:<10}  {s.clone.worktree}  {s.clone.workspace}{here}")
-        if s.detail and s.state != "missing":
-            click.echo(f"            {s.detail}")
+        here = "  (this one)" if s["this"] else ""
+        click.echo(f"{s['state']:<10}  {s['path']}  {s['workspace']}{here}")
+        if s["detail"] and s["state"] != "missing":
+            click.echo(f"            {s['detail']}")
 
 
 @clones.command("forget")
@@ -89,11 +84,8 @@ def clones_forget(path):
     reach; delete it first. A clone moved elsewhere is remembered anew at its new
     path the first time snapver runs there.
     """
-    from .. import clones as clones_
-
-    ws = Workspace.open()
-    for c in clones_.forget(ws, path):
-        click.echo(f"forgot {c.worktree} (workspace {c.workspace}); gc no longer waits for it")
+    for c in run("clones-forget", {"path": path}):
+        click.echo(f"forgot {c['path']} (workspace {c['workspace']}); gc no longer waits for it")
 
 
 @cli.command()
@@ -101,9 +93,7 @@ def clones_forget(path):
 def du(as_json):
     """Bytes per volume and snapshot: shared with others, exclusive, and the saving against
     full copies. Walks the snapshots on Btrfs: O(files)."""
-    from .. import registry
-
-    report = registry.du(Workspace.open())
+    report = run("du")
     if as_json:
         emit_json(report)
         return
@@ -132,10 +122,7 @@ def doctor(repair, as_json):
     half-made swaps are completed or dropped, and what cut receives left is removed
     (also a half-received ZFS stream kept for resuming).
     """
-    from .. import journal
-
-    journal.announce = None  # the report says it, once
-    report = ops.call("doctor", {"repair": repair})
+    report = run("doctor", {"repair": repair})  # its table entry says nothing on the way: the report does
     if as_json:
         emit_json(report)
     else:
@@ -168,9 +155,8 @@ def doctor(repair, as_json):
 @cli.command()
 def reindex():
     """Rebuild the catalog from the snapshots on the filesystem (and commits from Git)."""
-    ws = Workspace.open()
-    count = ws.reindex()
-    click.echo(f"catalog rebuilt: {count} snapshots")
-    if ws.catalog.set_aside:
-        click.echo(f"snapver: warning: the damaged catalog is kept as {ws.catalog.set_aside}: releases, "
+    done = run("reindex")
+    click.echo(f"catalog rebuilt: {done['snapshots']} snapshots")
+    if done["set_aside"]:
+        click.echo(f"snapver: warning: the damaged catalog is kept as {done['set_aside']}: releases, "
                    "metrics and lineage were only in it (see SECURITY.md, catalog loss)", err=True)
