@@ -26,7 +26,8 @@ from .. import faults, linux
 from ..errors import FULL, CommandFailed, FullCommandFailed, SnapverError
 from ..names import check_project, check_volume, is_snapshot_name
 from ..proc import run
-from .base import Backend, Footprint, Receive, Snapshot, Space, create_image_file
+from . import btrfsdiff
+from .base import Backend, Change, Footprint, Receive, Snapshot, Space, create_image_file, walk_diff
 
 # _IOR(0x94, 60, struct btrfs_ioctl_get_subvol_info_args), 504 bytes
 _SUBVOL_INFO_SIZE = 504
@@ -336,6 +337,14 @@ class BtrfsBackend(Backend):
 
     def space(self, snap: Snapshot) -> Space:
         return _du(snap.path)
+
+    def diff(self, old: Path, new: Path) -> list[Change]:
+        # Two snapshots of one volume: from their send stream, O(changes); else the walk.
+        if old.parent == new.parent and all(is_subvolume(p) and subvol_info(p).readonly for p in (old, new)):
+            found = btrfsdiff.diff(old, new)
+            if found is not None:
+                return found
+        return walk_diff(old, new)
 
     # Btrfs has no holds: a release is protected by the releases table, from
     # which gc's `protected` set is filled, and gc is the only thing that
