@@ -235,6 +235,12 @@ class Backend(ABC):
     @abstractmethod
     def space(self, snap: Snapshot) -> Space: ...
 
+    def reap(self, project: str, workspace: str) -> list[str]:
+        """Delete what checkouts of project left for later (Btrfs: retired volumes), off their
+        path; gc calls it, with workspace's lock held, before it destroys snapshots. One line
+        per thing deleted."""
+        return []
+
     # the registry (releases, derived volumes, du)
     @abstractmethod
     def hold(self, snap: Snapshot, tag: str) -> None:

@@ -26,7 +26,7 @@ from .. import faults, linux
 from ..errors import FULL, CommandFailed, FullCommandFailed, SnapverError
 from ..names import check_project, check_volume, is_snapshot_name
 from ..proc import run
-from . import btrfsdiff
+from . import btrfsdiff, btrfsretire
 from .base import Backend, Change, Footprint, Receive, Snapshot, Space, create_image_file, walk_diff
 
 # _IOR(0x94, 60, struct btrfs_ioctl_get_subvol_info_args), 504 bytes
@@ -253,13 +253,12 @@ class BtrfsBackend(Backend):
             faults.point("checkout-swapped")
             # Deleting a subvolume evicts its cached pages first (about 0.3 s per cached
             # GiB), which would make checkout O(data read or written). The outgoing
-            # volume is already captured, so it is retired and deleted in the background.
+            # volume is already captured, so it is retired, to be deleted off this path.
             # Each retired volume gets a folder of its own: a deletion locks the folder the
             # subvolume is in until its pages are evicted, and the next rename must not wait.
-            retired = live.parent / ".trash" / os.urandom(6).hex()
-            retired.mkdir(parents=True)
-            os.rename(incoming, retired / snap.volume)
-            self._retired.append(retired / snap.volume)
+            # It waits there for gc (btrfsretire.py says why), unless too many wait.
+            btrfsretire.retire(live.parent / ".trash", incoming, snap.volume)
+            self._retired += btrfsretire.overflow(live.parent / ".trash")
             tidy_trash(live.parent / ".trash")
         else:
             os.rename(incoming, live)
@@ -292,7 +291,7 @@ class BtrfsBackend(Backend):
                 stale = now - path.stat().st_mtime > STALE_TRASH
             except OSError:
                 continue  # deleted meanwhile
-            if retired and (stale or repair):
+            if retired and (stale and not folder.endswith(btrfsretire.LATER) or repair):
                 found.append(f"retired volume {path / retired[0]} is still waiting to be deleted")
             if repair:
                 for name in retired:  # one already being deleted refuses: fine, it goes anyway
@@ -337,6 +336,9 @@ class BtrfsBackend(Backend):
 
     def space(self, snap: Snapshot) -> Space:
         return _du(snap.path)
+
+    def reap(self, project: str, workspace: str) -> list[str]:
+        return btrfsretire.reap(self._root / check_project(project) / "workspaces", workspace)
 
     def diff(self, old: Path, new: Path) -> list[Change]:
         # Two snapshots of one volume: from their send stream, O(changes); else the walk.
@@ -542,6 +544,8 @@ def tidy_trash(trash: Path) -> None:
     now = time.time()
     for folder in _listdir(trash):
         path = trash / folder
+        if folder.endswith(btrfsretire.LATER):
+            continue  # waits for gc
         try:
             st = path.stat()
             if st.st_size == 0:
