@@ -26,7 +26,7 @@ from .. import faults, linux
 from ..errors import FULL, CommandFailed, FullCommandFailed, SnapverError
 from ..names import check_project, check_volume, is_snapshot_name
 from ..proc import run
-from . import btrfsdiff, btrfsretire
+from . import btrfsdiff, btrfsretire, btrfsspace
 from .base import Backend, Change, Footprint, Receive, Snapshot, Space, create_image_file, walk_diff
 
 # _IOR(0x94, 60, struct btrfs_ioctl_get_subvol_info_args), 504 bytes
@@ -335,7 +335,8 @@ class BtrfsBackend(Backend):
         return None
 
     def space(self, snap: Snapshot) -> Space:
-        return _du(snap.path)
+        return btrfsspace.snapshot_space(self._root, self._root / snap.project, snap.path,
+                                         f"{snap.volume}@{snap.name}", _du, subvol_info)
 
     def reap(self, project: str, workspace: str) -> list[str]:
         return btrfsretire.reap(self._root / check_project(project) / "workspaces", workspace)
@@ -367,14 +368,19 @@ class BtrfsBackend(Backend):
         return live
 
     def live_space(self, project: str, workspace: str, volume: str) -> Space:
-        return _du(self.volume_path(project, workspace, volume))
+        return btrfsspace.live_space(self._root, self._root / project, self.volume_path(project, workspace, volume),
+                                     self._snapshot_dir(project, volume), _du, subvol_info)
 
     def footprint(self, project: str) -> Footprint:
         # One `du` over the project folder: Total counts every subvolume in full,
         # Exclusive + Set shared counts each extent of the whole set once.
-        out = run(["btrfs", "filesystem", "du", "-s", "--raw", str(self._root / project)])
-        total, exclusive, shared = out.splitlines()[-1].split()[:3]
-        return Footprint(full_copies=int(total), on_disk=int(exclusive) + int(shared))
+        def measure() -> tuple[int, int]:
+            out = run(["btrfs", "filesystem", "du", "-s", "--raw", str(self._root / project)])
+            total, exclusive, shared = out.splitlines()[-1].split()[:3]
+            return int(total), int(exclusive) + int(shared)
+
+        full, on_disk = btrfsspace.footprint(self._root, self._root / check_project(project), measure, subvol_info)
+        return Footprint(full_copies=full, on_disk=on_disk)
 
     # push and pull: btrfs send / receive
     def identity(self, snap: Snapshot) -> str:
