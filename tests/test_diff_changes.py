@@ -127,6 +127,20 @@ def test_diff_equals_the_walk(backend):
     assert not {p for p, _ in got} & {"xattr.bin", "mode.bin", "empty.bin"}  # the walk ignores those
     assert backend.diff(a.path, a.path) == []
 
+    # To the live volume (diff REV): the same, and nothing left behind.
+    put(live / "part-1" / "unsnapshotted.bin", b"u")
+    (live / "part-0" / "f-000.bin").unlink()
+    before = sorted(backend.volume_path(P, W, "data").parent.rglob("*"))
+    for old in (a, b, c):
+        expected = walk_diff(old.path, live)
+        assert backend.diff(old.path, live) == expected
+        if backend.name == "btrfs":
+            trash = live.parent / ".trash"
+            from snapver.backends.btrfs import snapshot_subvolume
+            assert btrfsdiff.diff_live(old.path, live, trash, snapshot_subvolume) == expected
+    after = sorted(backend.volume_path(P, W, "data").parent.rglob("*"))
+    assert [p for p in after if p.name != ".trash"] == before, "the snapshot of the live volume is gone again"
+
 
 def test_the_stream_names_only_what_changed(btrfs_lake):
     """O(changes): among 2,000 files, three changes give a handful of candidates."""
@@ -164,9 +178,10 @@ def test_no_shared_ancestry_walks(btrfs_lake):
     a = backend.snapshot(P, W, ["data", "models"], SHA_A)
     assert backend.diff(a[0].path, a[1].path) == walk_diff(a[0].path, a[1].path) == [
         ("only-data.bin", "deleted"), ("only-models.bin", "added")]
-    live = backend.volume_path(P, W, "data")
+    live = backend.volume_path(P, W, "models")
     put(live / "later.bin", b"l")
-    assert backend.diff(a[0].path, live) == [("later.bin", "added")]
+    assert backend.diff(a[0].path, live) == walk_diff(a[0].path, live) == [
+        ("later.bin", "added"), ("only-data.bin", "deleted"), ("only-models.bin", "added")]
 
 
 def test_a_stream_that_is_not_whole_is_refused():

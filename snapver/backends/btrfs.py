@@ -343,11 +343,14 @@ class BtrfsBackend(Backend):
 
     def diff(self, old: Path, new: Path) -> list[Change]:
         # Two snapshots of one volume: from their send stream, O(changes); else the walk.
-        if old.parent == new.parent and all(is_subvolume(p) and subvol_info(p).readonly for p in (old, new)):
-            found = btrfsdiff.diff(old, new)
-            if found is not None:
-                return found
-        return walk_diff(old, new)
+        found = None
+        if is_subvolume(old) and is_subvolume(new) and subvol_info(old).readonly:
+            if old.parent == new.parent and subvol_info(new).readonly:
+                found = btrfsdiff.diff(old, new)
+            elif (new.parent.parent.name == "workspaces" and old.name != new.name == old.parent.name
+                  and new.parent.parent.parent == old.parent.parent.parent):  # that volume's live one
+                found = btrfsdiff.diff_live(old, new, new.parent / ".trash", snapshot_subvolume)
+        return walk_diff(old, new) if found is None else found
 
     # Btrfs has no holds: a release is protected by the releases table, from
     # which gc's `protected` set is filled, and gc is the only thing that

@@ -16,18 +16,20 @@ orphan names (o<ino>-<gen>-<n>) exist in neither tree and compare to nothing; wh
 an orphan later becomes is the destination of a rename, a whole subtree.
 
 Only for two read-only snapshots of one volume (siblings in one folder: they share
-blocks); anything else (the live volume, a derived clone's parent, no root to run
-send) returns None and the caller walks.
+blocks), or one and the volume's live subvolume (diff_live); anything else (a derived
+clone's parent, no root to run send) returns None and the caller walks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import struct
 import subprocess
 from pathlib import Path
 
+from ..errors import SnapverError
 from .base import Change, walk_entry
 
 # btrfs send stream v1 (btrfs-progs send.h): commands that make, remove or move a name
@@ -130,3 +132,29 @@ def _lstat(path: Path) -> os.stat_result | None:
         return os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
+
+
+def diff_live(old: Path, live: Path, trash: Path, snapshot) -> list[Change] | None:
+    """Changes from snapshot old to the live volume: from the stream to a read-only snapshot of
+    it taken now (O(1); `snapshot` is btrfs.snapshot_subvolume), deleted again at once (it
+    shares every block with the live volume, so that is quick too). It waits in the trash
+    meanwhile, so that a crash leaves it to gc (btrfsretire). None to walk."""
+    from .btrfsretire import LATER
+
+    folder = trash / (os.urandom(6).hex() + LATER)
+    now = folder / live.name
+    try:
+        folder.mkdir(parents=True)
+        snapshot(live, now, readonly=True)
+    except (OSError, SnapverError):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+        return None
+    try:
+        return diff(old, now)
+    finally:
+        gone = subprocess.run(["btrfs", "subvolume", "delete", str(now)], capture_output=True,
+                              stdin=subprocess.DEVNULL)
+        if gone.returncode == 0:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
