@@ -2,9 +2,11 @@
 
 What the kernel offers was weighed first: simple quotas need btrfs-progs 6.7+ (Debian 12 has
 6.2) and count a block against the subvolume that wrote it, not what a snapshot shows or
-would free; qgroups give exactly that, but make snapshot deletion trace shared trees (cost
-in bench/results/qgroups.md where measured). So Btrfs keeps its walk (`btrfs filesystem du`,
-FIEMAP per file), and this module remembers its answers in <lake>/space-cache.json:
+would free; qgroups give exactly that, but have the kernel trace shared trees when a
+snapshot or retired volume is deleted (or mark themselves inconsistent until a rescan of
+the whole filesystem), which is the very work checkouts keep off their path (not measured
+here yet). So Btrfs keeps its walk (`btrfs filesystem du`, FIEMAP per file), and this
+module remembers its answers in <lake>/space-cache.json:
 
 - a snapshot's referenced bytes never change (it is read-only): kept by its UUID forever;
 - its exclusive bytes (what deleting it frees) change whenever a subvolume that shares
