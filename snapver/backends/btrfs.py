@@ -26,7 +26,7 @@ from .. import faults, linux
 from ..errors import FULL, CommandFailed, FullCommandFailed, SnapverError
 from ..names import check_project, check_volume, is_snapshot_name
 from ..proc import run
-from . import btrfsdiff, btrfsretire, btrfsspace
+from . import btrfsretire
 from .base import Backend, Change, Footprint, Receive, Snapshot, Space, create_image_file, walk_diff
 
 # _IOR(0x94, 60, struct btrfs_ioctl_get_subvol_info_args), 504 bytes
@@ -335,6 +335,8 @@ class BtrfsBackend(Backend):
         return None
 
     def space(self, snap: Snapshot) -> Space:
+        from . import btrfsspace  # here: not on the hook's path
+
         return btrfsspace.snapshot_space(self._root, self._root / snap.project, snap.path,
                                          f"{snap.volume}@{snap.name}", _du, subvol_info)
 
@@ -343,6 +345,8 @@ class BtrfsBackend(Backend):
 
     def diff(self, old: Path, new: Path) -> list[Change]:
         # Two snapshots of one volume: from their send stream, O(changes); else the walk.
+        from . import btrfsdiff  # here: not on the hook's path
+
         found = None
         if is_subvolume(old) and is_subvolume(new) and subvol_info(old).readonly:
             if old.parent == new.parent and subvol_info(new).readonly:
@@ -371,6 +375,8 @@ class BtrfsBackend(Backend):
         return live
 
     def live_space(self, project: str, workspace: str, volume: str) -> Space:
+        from . import btrfsspace  # here: not on the hook's path
+
         return btrfsspace.live_space(self._root, self._root / project, self.volume_path(project, workspace, volume),
                                      self._snapshot_dir(project, volume), _du, subvol_info)
 
@@ -381,6 +387,8 @@ class BtrfsBackend(Backend):
             out = run(["btrfs", "filesystem", "du", "-s", "--raw", str(self._root / project)])
             total, exclusive, shared = out.splitlines()[-1].split()[:3]
             return int(total), int(exclusive) + int(shared)
+
+        from . import btrfsspace  # here: not on the hook's path
 
         full, on_disk = btrfsspace.footprint(self._root, self._root / check_project(project), measure, subvol_info)
         return Footprint(full_copies=full, on_disk=on_disk)
