@@ -390,6 +390,9 @@ class BtrfsBackend(Backend):
 
         from . import btrfsspace  # here: not on the hook's path
 
+        # Retired volumes would count as full copies: those gc could delete go first (a
+        # checkout's of the last minute may still be counted).
+        btrfsretire.reap(self._root / check_project(project) / "workspaces", "")
         full, on_disk = btrfsspace.footprint(self._root, self._root / check_project(project), measure, subvol_info)
         return Footprint(full_copies=full, on_disk=on_disk)
 
