@@ -60,7 +60,11 @@ class SpaceCache:
             self._doc = {u: v for u, v in self._doc.items() if u in alive or u.startswith("footprint:")}
         tmp = self._path.with_name(f"{CACHE}.{os.getpid()}")
         try:
-            tmp.write_text(json.dumps(self._doc))
+            # 0644 whatever the umask: only who owns the lake may teach it sizes.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "w") as f:
+                os.fchmod(fd, 0o644)
+                f.write(json.dumps(self._doc))
             os.replace(tmp, self._path)
         except OSError:
             tmp.unlink(missing_ok=True)  # a lake the caller may not write: no cache, same answers
