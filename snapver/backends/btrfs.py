@@ -337,8 +337,15 @@ class BtrfsBackend(Backend):
     def space(self, snap: Snapshot) -> Space:
         from . import btrfsspace  # here: not on the hook's path
 
+        self._reap_settled(snap.project)
         return btrfsspace.snapshot_space(self._root, self._root / snap.project, snap.path,
                                          f"{snap.volume}@{snap.name}", _du, subvol_info)
+
+    def _reap_settled(self, project: str) -> None:
+        # Retired volumes share blocks with snapshots (their exclusive bytes look smaller) and
+        # count as full copies: space accounting deletes those gc could (a checkout's of the
+        # last minute stay), so that the figures and the cache's key stop moving under it.
+        btrfsretire.reap(self._root / check_project(project) / "workspaces", "")
 
     def reap(self, project: str, workspace: str) -> list[str]:
         return btrfsretire.reap(self._root / check_project(project) / "workspaces", workspace)
@@ -377,6 +384,7 @@ class BtrfsBackend(Backend):
     def live_space(self, project: str, workspace: str, volume: str) -> Space:
         from . import btrfsspace  # here: not on the hook's path
 
+        self._reap_settled(project)
         return btrfsspace.live_space(self._root, self._root / project, self.volume_path(project, workspace, volume),
                                      self._snapshot_dir(project, volume), _du, subvol_info)
 
@@ -390,9 +398,7 @@ class BtrfsBackend(Backend):
 
         from . import btrfsspace  # here: not on the hook's path
 
-        # Retired volumes would count as full copies: those gc could delete go first (a
-        # checkout's of the last minute may still be counted).
-        btrfsretire.reap(self._root / check_project(project) / "workspaces", "")
+        self._reap_settled(project)
         full, on_disk = btrfsspace.footprint(self._root, self._root / check_project(project), measure, subvol_info)
         return Footprint(full_copies=full, on_disk=on_disk)
 
