@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -106,7 +107,6 @@ def bench(workdir: Path, files: int, rounds: int, t: dict[str, list[float]]) -> 
     lake.mkdir(parents=True)
     repo.mkdir()
     freeze_source(run_dir / "src")  # one version of the code for the whole run, whatever else is edited
-    t: dict[str, list[float]] = {}
     try:
         run(["git", "init", "-q", "-b", "main", str(repo)])
         run([SNAPVER, "init", "--lake", str(lake), "--volume", "data"], cwd=repo)
@@ -164,6 +164,7 @@ def main() -> int:
             run(["umount", str(mnt)])
         (args.workdir / "scale.img").unlink(missing_ok=True)
         return 0
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill: clean up and write, as Ctrl-C
     t: dict[str, list[float]] = {}
     try:
         bench(args.workdir, args.files, args.rounds, t)
