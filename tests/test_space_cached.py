@@ -65,6 +65,9 @@ def test_space_is_remembered_and_stays_true(backend):
     os.sync()
     assert backend.space(a) == walked(backend, a.path) and backend.space(a).exclusive > first.exclusive
     assert backend.live_space(P, W, "data") == walked(backend, live)
+    put(live / "more.bin", 8192)  # written again: measured again
+    assert backend.live_space(P, W, "data") == walked(backend, live)
+    assert backend.live_space(P, W, "data").referenced >= first.referenced + 8192
     c = backend.snapshot(P, W, ["data"], SHA_C)[0]
     c = backend.find(P, "data", c.name)
     assert backend.space(c) == walked(backend, c.path)

@@ -15,7 +15,8 @@ module remembers its answers in <lake>/space-cache.json:
   reflink with files outside the project are not in the key: there exclusive may be
   overstated until something in the project changes;
 - a live volume not written since it was cloned from, or snapshotted as, a snapshot shows
-  that snapshot's bytes and holds none of its own: no walk.
+  that snapshot's bytes and holds none of its own: no walk; a written one is walked and
+  kept like a snapshot's exclusive bytes (its generation is in the key).
 
 A walk says so on stderr when stderr is a terminal (what it measures: one line, rewritten).
 """
@@ -28,6 +29,7 @@ import os
 import sys
 from pathlib import Path
 
+from .. import linux
 from ..errors import SnapverError
 from .base import Space
 
@@ -90,6 +92,8 @@ def done() -> None:
 def subvolumes(project_dir: Path, info) -> list[tuple[str, int]]:
     """(uuid, generation) of every subvolume snapver keeps in a project folder: snapshots,
     live volumes, volumes waiting in a workspace's trash. `info` is btrfs.subvol_info."""
+    # Writes reach a subvolume's generation when their transaction commits (as in btrfs.mark).
+    linux.syncfs(project_dir)
     found = []
     for pattern in ("snapshots/*/*", "workspaces/*/*", "workspaces/*/.*", "workspaces/*/.trash/*/*"):
         for path in sorted(project_dir.glob(pattern)):
@@ -103,7 +107,7 @@ def subvolumes(project_dir: Path, info) -> list[tuple[str, int]]:
 
 
 def snapshot_space(root: Path, project_dir: Path, path: Path, what: str, du, info) -> Space:
-    """A snapshot's Space, walked (du) only when the cache cannot answer."""
+    """A snapshot's (or a live volume's) Space, walked (du) only when the cache cannot answer."""
     cache = SpaceCache(root)
     mine = info(path).uuid
     subs = subvolumes(project_dir, info)
@@ -133,11 +137,8 @@ def live_space(root: Path, project_dir: Path, live: Path, snapshots: Path, du, i
         if cloned_unwritten or snapshotted_since:
             twin = snapshot_space(root, project_dir, path, f"snapshot {path.name}", du, info)
             return Space(referenced=twin.referenced, exclusive=0)
-    progress(f"live volume {live.name}")
-    try:
-        return du(live)
-    finally:
-        done()
+    # Its own generation is in the key: remembered until it is written again.
+    return snapshot_space(root, project_dir, live, f"live volume {live.name}", du, info)
 
 
 def footprint(root: Path, project_dir: Path, measure, info) -> tuple[int, int]:
