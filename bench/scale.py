@@ -139,7 +139,8 @@ def bench(workdir: Path, files: int, rounds: int, t: dict[str, list[float]]) -> 
             ("snapver gc --dry-run", ["gc", "--dry-run"]),
         ):
             # Twice: the first may fill a cache (du, show --space), the second reads it.
-            t[label] = [timed([SNAPVER, *argv], repo) for _ in range(2)]
+            t[f"{label} (first)"] = [timed([SNAPVER, *argv], repo)]
+            t[f"{label} (again)"] = [timed([SNAPVER, *argv], repo)]
     finally:
         # The run's lake goes; the template stays for the next run.
         for sub in sorted(lake.rglob("*"), key=lambda p: -len(p.parts)) if lake.exists() else []:
