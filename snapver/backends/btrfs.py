@@ -344,7 +344,7 @@ class BtrfsBackend(Backend):
     def _reap_settled(self, project: str) -> None:
         # Retired volumes share blocks with snapshots (their exclusive bytes look smaller) and
         # count as full copies: space accounting deletes those gc could (a checkout's of the
-        # last minute stay), so that the figures and the cache's key stop moving under it.
+        # last seconds stay), so that the figures and the cache's key stop moving under it.
         btrfsretire.reap(self._root / check_project(project) / "workspaces", "")
 
     def reap(self, project: str, workspace: str) -> list[str]:

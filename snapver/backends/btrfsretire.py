@@ -33,10 +33,17 @@ KEEP = 64
 
 def retire(trash: Path, retired_from: Path, volume: str) -> Path:
     """Move the swapped-out volume (at retired_from) into a folder of its own under trash."""
-    folder = trash / (os.urandom(6).hex() + LATER)
-    folder.mkdir(parents=True)
-    os.rename(retired_from, folder / volume)
-    return folder / volume
+    for attempt in range(3):
+        folder = trash / (os.urandom(6).hex() + LATER)
+        folder.mkdir(parents=True)
+        try:
+            os.rename(retired_from, folder / volume)
+            return folder / volume
+        except FileNotFoundError:
+            if attempt == 2 or not os.path.lexists(retired_from):
+                raise
+            # A reap that found the folder empty removed it (see SETTLED): another one.
+    raise AssertionError("unreachable")
 
 
 def waiting(trash: Path) -> list[Path]:
@@ -68,7 +75,9 @@ def overflow(trash: Path) -> list[Path]:
     return handed
 
 
-SETTLED = 60  # seconds: another workspace's folder this old has its volume in it (see reap)
+# Seconds: a folder this old that another process made has its volume in it (see reap);
+# the window is one mkdir and one rename, and retire() tries again should it be missed.
+SETTLED = 5
 
 
 def reap(workspaces: Path, own: str) -> list[str]:
