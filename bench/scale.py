@@ -143,9 +143,11 @@ def bench(workdir: Path, files: int, rounds: int, t: dict[str, list[float]]) -> 
             t[f"{label} (again)"] = [timed([SNAPVER, *argv], repo)]
     finally:
         # The run's lake goes; the template stays for the next run.
-        for sub in sorted(lake.rglob("*"), key=lambda p: -len(p.parts)) if lake.exists() else []:
-            if sub.is_dir() and not sub.is_symlink() and sub.stat().st_ino == 256:
-                subprocess.run(["btrfs", "subvolume", "delete", str(sub)], capture_output=True)
+        # Where snapver keeps subvolumes (rglob would walk every file of every one of them).
+        for pattern in ("*/workspaces/*/.trash/*/*", "*/workspaces/*/*", "*/workspaces/*/.*", "*/snapshots/*/*"):
+            for sub in lake.glob(pattern):
+                if sub.is_dir() and not sub.is_symlink() and sub.stat().st_ino == 256:
+                    subprocess.run(["btrfs", "subvolume", "delete", str(sub)], capture_output=True)
         subprocess.run(["rm", "-rf", str(run_dir)])
 
 
