@@ -406,6 +406,8 @@ class Workspace:
                 unknown=unknown, forget_unknown=forget_unknown,
             )
             doomed = [d.snapshot for d in decisions if not d.keep]
+            if not dry_run:
+                self.backend.reap(self.project, self.id)  # what checkouts left for gc: first, see Backend.reap
             if not dry_run and doomed:
                 in_use = self._destroy(doomed)
                 decisions = [retention.Decision(d.snapshot, True, f"in use: {in_use[d.snapshot]}")

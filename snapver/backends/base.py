@@ -234,6 +234,12 @@ class Backend(ABC):
     @abstractmethod
     def space(self, snap: Snapshot) -> Space: ...
 
+    def reap(self, project: str, workspace: str) -> list[str]:
+        """Delete what checkouts of project left for later (Btrfs: retired volumes), off their
+        path; gc calls it, with workspace's lock held, before it destroys snapshots. One line
+        per thing deleted."""
+        return []
+
     # the registry (releases, derived volumes, du)
     @abstractmethod
     def hold(self, snap: Snapshot, tag: str) -> None:
@@ -398,46 +404,53 @@ def _die_with(parent: int) -> None:
 
 
 def walk_diff(old: Path, new: Path) -> list[Change]:
-    """Compare two trees: O(files), so only diff and restore use it."""
+    """Compare two trees: O(files), the fallback where the filesystem cannot say what changed."""
     changes: list[Change] = []
-
-    def entries(root: Path, rel: str) -> dict[str, os.stat_result]:
-        try:
-            with os.scandir(root / rel if rel else root) as it:
-                return {e.name: e.stat(follow_symlinks=False) for e in it}
-        except FileNotFoundError:
-            return {}
-
-    def walk(rel: str) -> None:
-        a, b = entries(old, rel), entries(new, rel)
-        for name in sorted(a.keys() | b.keys()):
-            path = f"{rel}/{name}" if rel else name
-            sa, sb = a.get(name), b.get(name)
-            a_dir = sa is not None and stat.S_ISDIR(sa.st_mode)
-            b_dir = sb is not None and stat.S_ISDIR(sb.st_mode)
-            if sa is None or sb is None or a_dir != b_dir:
-                if sa is not None:
-                    _all(old, path, a_dir, "deleted")
-                if sb is not None:
-                    _all(new, path, b_dir, "added")
-            elif a_dir:
-                walk(path)
-            elif not _same_file(old / path, new / path, sa, sb):
-                changes.append(Change(path, "changed"))
-
-    def _all(root: Path, path: str, is_dir: bool, change: str) -> None:
-        changes.append(Change(path + ("/" if is_dir else ""), change))
-        if is_dir:
-            for dirpath, dirnames, filenames in os.walk(root / path):
-                dirnames.sort()
-                rel = os.path.relpath(dirpath, root)
-                for d in dirnames:
-                    changes.append(Change(f"{rel}/{d}/", change))
-                for f in sorted(filenames):
-                    changes.append(Change(f"{rel}/{f}", change))
-
-    walk("")
+    _walk(old, new, "", changes)
     return changes
+
+
+def _entries(root: Path, rel: str) -> dict[str, os.stat_result]:
+    try:
+        with os.scandir(root / rel if rel else root) as it:
+            return {e.name: e.stat(follow_symlinks=False) for e in it}
+    except FileNotFoundError:
+        return {}
+
+
+def _walk(old: Path, new: Path, rel: str, changes: list[Change]) -> None:
+    a, b = _entries(old, rel), _entries(new, rel)
+    for name in sorted(a.keys() | b.keys()):
+        walk_entry(old, new, f"{rel}/{name}" if rel else name, a.get(name), b.get(name), changes)
+
+
+def walk_entry(old: Path, new: Path, path: str, sa: os.stat_result | None, sb: os.stat_result | None,
+               changes: list[Change]) -> None:
+    """The walk's verdict on one entry (lstat on each side, None where absent) and all below it:
+    btrfsdiff applies it to the paths a send stream names, so both give the same answer."""
+    a_dir = sa is not None and stat.S_ISDIR(sa.st_mode)
+    b_dir = sb is not None and stat.S_ISDIR(sb.st_mode)
+    if sa is None or sb is None or a_dir != b_dir:
+        if sa is not None:
+            _all(old, path, a_dir, "deleted", changes)
+        if sb is not None:
+            _all(new, path, b_dir, "added", changes)
+    elif a_dir:
+        _walk(old, new, path, changes)
+    elif not _same_file(old / path, new / path, sa, sb):
+        changes.append(Change(path, "changed"))
+
+
+def _all(root: Path, path: str, is_dir: bool, change: str, changes: list[Change]) -> None:
+    changes.append(Change(path + ("/" if is_dir else ""), change))
+    if is_dir:
+        for dirpath, dirnames, filenames in os.walk(root / path):
+            dirnames.sort()
+            rel = os.path.relpath(dirpath, root)
+            for d in dirnames:
+                changes.append(Change(f"{rel}/{d}/", change))
+            for f in sorted(filenames):
+                changes.append(Change(f"{rel}/{f}", change))
 
 
 def _same_file(a: Path, b: Path, sa: os.stat_result, sb: os.stat_result) -> bool:

@@ -26,7 +26,8 @@ from .. import faults, linux
 from ..errors import FULL, CommandFailed, FullCommandFailed, SnapverError
 from ..names import check_project, check_volume, is_snapshot_name
 from ..proc import ask, ask_bytes, run
-from .base import Backend, Footprint, Receive, Snapshot, Space, create_image_file
+from . import btrfsretire
+from .base import Backend, Change, Footprint, Receive, Snapshot, Space, create_image_file, walk_diff
 
 # _IOR(0x94, 60, struct btrfs_ioctl_get_subvol_info_args), 504 bytes
 _SUBVOL_INFO_SIZE = 504
@@ -257,13 +258,12 @@ class BtrfsBackend(Backend):
             faults.point("checkout-swapped")
             # Deleting a subvolume evicts its cached pages first (about 0.3 s per cached
             # GiB), which would make checkout O(data read or written). The outgoing
-            # volume is already captured, so it is retired and deleted in the background.
+            # volume is already captured, so it is retired, to be deleted off this path.
             # Each retired volume gets a folder of its own: a deletion locks the folder the
             # subvolume is in until its pages are evicted, and the next rename must not wait.
-            retired = live.parent / ".trash" / os.urandom(6).hex()
-            retired.mkdir(parents=True)
-            os.rename(incoming, retired / snap.volume)
-            self._retired.append(retired / snap.volume)
+            # It waits there for gc (btrfsretire.py says why), unless too many wait.
+            btrfsretire.retire(live.parent / ".trash", incoming, snap.volume)
+            self._retired += btrfsretire.overflow(live.parent / ".trash")
             tidy_trash(live.parent / ".trash")
         else:
             os.rename(incoming, live)
@@ -296,7 +296,7 @@ class BtrfsBackend(Backend):
                 stale = now - path.stat().st_mtime > STALE_TRASH
             except OSError:
                 continue  # deleted meanwhile
-            if retired and (stale or repair):
+            if retired and (stale and not folder.endswith(btrfsretire.LATER) or repair):
                 found.append(f"retired volume {path / retired[0]} is still waiting to be deleted")
             if repair:
                 for name in retired:  # one already being deleted refuses: fine, it goes anyway
@@ -340,7 +340,33 @@ class BtrfsBackend(Backend):
         return None
 
     def space(self, snap: Snapshot) -> Space:
-        return _du(snap.path)
+        from . import btrfsspace  # here: not on the hook's path
+
+        self._reap_settled(snap.project)
+        return btrfsspace.snapshot_space(self._root, self._root / snap.project, snap.path,
+                                         f"{snap.volume}@{snap.name}", _du, subvol_info)
+
+    def _reap_settled(self, project: str) -> None:
+        # Retired volumes share blocks with snapshots (their exclusive bytes look smaller) and
+        # count as full copies: space accounting deletes those gc could (a checkout's of the
+        # last seconds stay), so that the figures and the cache's key stop moving under it.
+        btrfsretire.reap(self._root / check_project(project) / "workspaces", "")
+
+    def reap(self, project: str, workspace: str) -> list[str]:
+        return btrfsretire.reap(self._root / check_project(project) / "workspaces", workspace)
+
+    def diff(self, old: Path, new: Path) -> list[Change]:
+        # Two snapshots of one volume: from their send stream, O(changes); else the walk.
+        from . import btrfsdiff  # here: not on the hook's path
+
+        found = None
+        if is_subvolume(old) and is_subvolume(new) and subvol_info(old).readonly:
+            if old.parent == new.parent and subvol_info(new).readonly:
+                found = btrfsdiff.diff(old, new)
+            elif (new.parent.parent.name == "workspaces" and old.name != new.name == old.parent.name
+                  and new.parent.parent.parent == old.parent.parent.parent):  # that volume's live one
+                found = btrfsdiff.diff_live(old, new, new.parent / ".trash", snapshot_subvolume)
+        return walk_diff(old, new) if found is None else found
 
     # Btrfs has no holds: a release is protected by the releases table, from
     # which gc's `protected` set is filled, and gc is the only thing that
@@ -377,14 +403,25 @@ class BtrfsBackend(Backend):
             run(["btrfs", "subvolume", "delete", str(path)])
 
     def live_space(self, project: str, workspace: str, volume: str) -> Space:
-        return _du(self.volume_path(project, workspace, volume))
+        from . import btrfsspace  # here: not on the hook's path
+
+        self._reap_settled(project)
+        return btrfsspace.live_space(self._root, self._root / project, self.volume_path(project, workspace, volume),
+                                     self._snapshot_dir(project, volume), _du, subvol_info)
 
     def footprint(self, project: str) -> Footprint:
         # One `du` over the project folder: Total counts every subvolume in full,
         # Exclusive + Set shared counts each extent of the whole set once.
-        out = run(["btrfs", "filesystem", "du", "-s", "--raw", str(self._root / project)])
-        total, exclusive, shared = out.splitlines()[-1].split()[:3]
-        return Footprint(full_copies=int(total), on_disk=int(exclusive) + int(shared))
+        def measure() -> tuple[int, int]:
+            out = run(["btrfs", "filesystem", "du", "-s", "--raw", str(self._root / project)])
+            total, exclusive, shared = out.splitlines()[-1].split()[:3]
+            return int(total), int(exclusive) + int(shared)
+
+        from . import btrfsspace  # here: not on the hook's path
+
+        self._reap_settled(project)
+        full, on_disk = btrfsspace.footprint(self._root, self._root / check_project(project), measure, subvol_info)
+        return Footprint(full_copies=full, on_disk=on_disk)
 
     # push and pull: btrfs send / receive
     def identity(self, snap: Snapshot) -> str:
@@ -555,6 +592,8 @@ def tidy_trash(trash: Path) -> None:
     now = time.time()
     for folder in _listdir(trash):
         path = trash / folder
+        if folder.endswith(btrfsretire.LATER):
+            continue  # waits for gc
         try:
             st = path.stat()
             if st.st_size == 0:

@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Benchmark: every user-facing command on a lake of many small files (issue 19).
+
+A lake of N files of 512 bytes (1,000 per folder) in the data volume, two commits
+apart by 10 files (4 rewritten, 3 added, 3 deleted), and every command a user types
+timed through the CLI and Git (hooks included): commit, checkout back and forth
+(max and median; the first return after the first checkout apart, the issue's 4.7 s),
+status, diff, restore, log, show --space, du, gc --dry-run.
+
+Writing a million files takes minutes, so the files are written once into a template
+subvolume on a Btrfs image that stays (WORKDIR/scale.img, mounted at WORKDIR/scale.mnt);
+each run copies it into a fresh lake with `cp -a --reflink=always` (metadata only) and
+deletes that lake at the end. --drop removes the image as well.
+
+Needs root (mkfs, loop mount). Never part of the test suite.
+
+    .venv/bin/python bench/scale.py [--files 1000000] [--rounds 10] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from common import GIT_ENV, SNAPVER, freeze_source, human, machine, machine_line, require_root, run, write_results
+
+FILES_PER_DIR = 1000
+FILE_SIZE = 512
+
+
+def mounted(mnt: Path) -> bool:
+    return any(line.split()[1] == str(mnt) for line in open("/proc/self/mounts"))
+
+
+def image(workdir: Path, files: int) -> Path:
+    """The kept Btrfs image, mounted; made on first use."""
+    img, mnt = workdir / "scale.img", workdir / "scale.mnt"
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not img.exists():
+        with open(img, "xb") as f:
+            f.truncate(max(8, files // 100_000 * 4) * 1024**3)  # sparse; ~2.5 KB of metadata a file, DUP
+        run(["mkfs.btrfs", "-q", str(img)])
+    mnt.mkdir(exist_ok=True)
+    if not mounted(mnt):
+        run(["mount", "-o", "loop,noatime,user_subvol_rm_allowed", str(img), str(mnt)])
+    return mnt
+
+
+def template(mnt: Path, files: int) -> Path:
+    """A subvolume holding `files` small files, written once and kept."""
+    tpl = mnt / f"template-{files}"
+    done = tpl / ".complete"
+    if done.exists():
+        return tpl
+    if tpl.exists():
+        run(["btrfs", "subvolume", "delete", str(tpl)])
+    run(["btrfs", "subvolume", "create", str(tpl)])
+    start = time.perf_counter()
+    payload = bytearray(FILE_SIZE)
+    for i in range(files):
+        folder = tpl / f"part-{i // FILES_PER_DIR:05d}"
+        if i % FILES_PER_DIR == 0:
+            folder.mkdir()
+            print(f"\r  writing files: {i:,}/{files:,}", end="", file=sys.stderr, flush=True)
+        payload[:16] = i.to_bytes(16, "little")  # every file its own bytes
+        fd = os.open(folder / f"f-{i:08d}.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, payload)
+        os.close(fd)
+    os.sync()
+    done.touch()
+    print(f"\n  wrote {files:,} files in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return tpl
+
+
+def timed(argv: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(argv, cwd=cwd, env=GIT_ENV, capture_output=True, text=True)
+    ms = (time.perf_counter() - start) * 1000
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
+    print(f"  {ms:10.0f} ms  {' '.join(a[:12] for a in argv[-3:])}", file=sys.stderr, flush=True)
+    return ms
+
+
+def change_ten(data: Path, step: int) -> None:
+    """4 rewritten, 3 added, 3 deleted files: the issue's '10 files changed'."""
+    for i in range(4):
+        (data / "part-00000" / f"f-{i:08d}.bin").write_bytes(os.urandom(FILE_SIZE))
+    for i in range(3):
+        (data / "part-00001" / f"new-{step}-{i}.bin").write_bytes(os.urandom(FILE_SIZE))
+        (data / "part-00002" / f"f-{2000 + 3 * step + i:08d}.bin").unlink()
+
+
+def bench(workdir: Path, files: int, rounds: int, t: dict[str, list[float]]) -> None:
+    mnt = image(workdir, files)
+    tpl = template(mnt, files)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    run_dir = mnt / f"run-{stamp}"
+    repo, lake = run_dir / "repo", run_dir / "lake"
+    lake.mkdir(parents=True)
+    repo.mkdir()
+    freeze_source(run_dir / "src")  # one version of the code for the whole run, whatever else is edited
+    try:
+        run(["git", "init", "-q", "-b", "main", str(repo)])
+        run([SNAPVER, "init", "--lake", str(lake), "--volume", "data"], cwd=repo)
+        start = time.perf_counter()
+        run(["cp", "-a", "--reflink=always", f"{tpl}/.", str(repo / "data") + "/"])
+        (repo / "data" / ".complete").unlink()
+        print(f"  copied the template in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        os.sync()
+        run(["git", "add", "snapver.toml"], cwd=repo)
+        t["git commit (first version)"] = [timed(["git", "commit", "-q", "-m", "v1"], repo)]
+        first = run(["git", "rev-parse", "HEAD"], cwd=repo).strip()
+        change_ten(repo / "data", 0)
+        t["git commit (10 files changed)"] = [timed(["git", "commit", "-q", "--allow-empty", "-m", "v2"], repo)]
+        second = run(["git", "rev-parse", "HEAD"], cwd=repo).strip()
+        t["git checkout (first, to v1)"] = [timed(["git", "checkout", "-q", first], repo)]
+        t["git checkout (first return, to v2)"] = [timed(["git", "checkout", "-q", "main"], repo)]
+        rest = []
+        for _ in range(rounds):
+            rest.append(timed(["git", "checkout", "-q", first], repo))
+            rest.append(timed(["git", "checkout", "-q", "main"], repo))
+        t["git checkout (later, back and forth)"] = rest
+        for label, argv in (
+            ("snapver status", ["status"]),
+            ("snapver diff v1 v2", ["diff", first, second]),
+            ("snapver diff v1 (to the live volume)", ["diff", first]),
+            ("snapver restore (one file)", ["restore", first, "data/part-00000/f-00000000.bin"]),
+            ("snapver log", ["log"]),
+            ("snapver show HEAD --space", ["show", "HEAD", "--space"]),
+            ("snapver du", ["du"]),
+            ("snapver gc --dry-run", ["gc", "--dry-run"]),
+        ):
+            # Twice: the first may fill a cache (du, show --space), the second reads it.
+            t[f"{label} (first)"] = [timed([SNAPVER, *argv], repo)]
+            t[f"{label} (again)"] = [timed([SNAPVER, *argv], repo)]
+    finally:
+        # The run's lake goes; the template stays for the next run.
+        # Where snapver keeps subvolumes (rglob would walk every file of every one of them).
+        for pattern in ("*/workspaces/*/.trash/*/*", "*/workspaces/*/*", "*/workspaces/*/.*", "*/snapshots/*/*"):
+            for sub in lake.glob(pattern):
+                if sub.is_dir() and not sub.is_symlink() and sub.stat().st_ino == 256:
+                    subprocess.run(["btrfs", "subvolume", "delete", str(sub)], capture_output=True)
+        subprocess.run(["rm", "-rf", str(run_dir)])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--files", type=int, default=1_000_000)
+    p.add_argument("--rounds", type=int, default=10, help="checkouts back and forth after the first two")
+    p.add_argument("--workdir", type=Path, default=Path("/var/tmp/snapver-scale"))
+    p.add_argument("--name", help="results/<name>.md (default scale-<files>)")
+    p.add_argument("--drop", action="store_true", help="unmount and delete the kept image, nothing else")
+    args = p.parse_args()
+    if not require_root("scale.py"):
+        return 1
+    if args.drop:
+        mnt = args.workdir / "scale.mnt"
+        if mounted(mnt):
+            run(["umount", str(mnt)])
+        (args.workdir / "scale.img").unlink(missing_ok=True)
+        return 0
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill: clean up and write, as Ctrl-C
+    t: dict[str, list[float]] = {}
+    try:
+        bench(args.workdir, args.files, args.rounds, t)
+    except (RuntimeError, KeyboardInterrupt) as e:  # what was measured so far is still written
+        print(f"stopped: {e}", file=sys.stderr)
+        t["(stopped here)"] = [0.0]
+    m = machine()
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"Lake of {args.files:,} files of {FILE_SIZE} B ({human(args.files * FILE_SIZE)} of data), "
+             f"Btrfs loop image; {when}.", machine_line(m), "",
+             "| command | median ms | max ms | n |", "| --- | ---: | ---: | ---: |"]
+    for label, ms in t.items():
+        lines.append(f"| {label} | {statistics.median(ms):.0f} | {max(ms):.0f} | {len(ms)} |")
+    write_results(args.name or f"scale-{args.files}", "\n".join(lines) + "\n",
+                  {"files": args.files, "when": when, "machine": m, "ms": t})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
