@@ -14,6 +14,7 @@ the project, its volumes and the lake.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import NamedTuple
@@ -104,3 +105,18 @@ def _clone_config(backend, project: str) -> tuple[str | None, Path | None]:
         except (OSError, SnapverError):
             continue  # moved, deleted, unreadable or not this project's any more: the next
     return None, None
+
+
+def adopt(git, backend, kind: str, volumes) -> Found | None:
+    """The project on this lake that the repository belongs to, checked for joining: the
+    volumes asked for are its own, and none is in the way in the working tree."""
+    found = find_project(git, backend, kind)
+    if found is None:
+        return None
+    if volumes and list(volumes) != found.config.volumes:
+        raise SnapverError(f"{found.said}; it has the volumes {', '.join(found.config.volumes)}: pass no --volume")
+    for v in found.config.volumes:
+        if os.path.lexists(git.toplevel / v):
+            raise SnapverError(f"{git.toplevel / v} already exists: move it away first "
+                               f"(project {found.config.project} has a volume {v})")
+    return found

@@ -173,16 +173,9 @@ class Workspace:
         backend_ = open_backend(config.backend, spec)
         from . import join  # init only: the hooks never need it
 
-        found = None if joining else join.find_project(git, backend_, config.backend)
+        found = None if joining else join.adopt(git, backend_, config.backend, volumes)
         if found is not None:  # the lake holds this repository's project: join it
-            if volumes and list(volumes) != found.config.volumes:
-                raise SnapverError(f"{found.said}; it has the volumes {', '.join(found.config.volumes)}: "
-                                   "pass no --volume")
             config = found.config
-            for v in config.volumes:
-                if os.path.lexists(git.toplevel / v):
-                    raise SnapverError(f"{git.toplevel / v} already exists: move it away first "
-                                       f"(project {config.project} has a volume {v})")
         workspace_id = names.check_workspace(f"{config.project[:40]}-{os.urandom(4).hex()}")
         state = LocalState(
             path=LocalState.dir(git.git_dir) / LocalState.FILE,

@@ -16,7 +16,6 @@ import errno
 import fcntl
 import os
 import struct
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +26,9 @@ from ..errors import FULL, CommandFailed, FullCommandFailed, SnapverError
 from ..names import check_project, check_volume, is_snapshot_name
 from ..proc import ask, ask_bytes, run
 from . import btrfsretire
-from .base import Backend, Change, Footprint, Receive, Snapshot, Space, create_image_file, walk_diff
+from .btrfsretire import STALE_TRASH, delete_later, listdir as _listdir, tidy_trash
+from .btrfsimage import image_mountpoint, is_mountpoint, mount_image, provision_image
+from .base import Backend, Change, Footprint, Receive, Snapshot, Space, walk_diff
 
 # _IOR(0x94, 60, struct btrfs_ioctl_get_subvol_info_args), 504 bytes
 _SUBVOL_INFO_SIZE = 504
@@ -563,89 +564,3 @@ def _du(path: Path) -> Space:
     out = run(["btrfs", "filesystem", "du", "-s", "--raw", str(path)])
     total, exclusive = out.splitlines()[-1].split()[:2]
     return Space(referenced=int(total), exclusive=int(exclusive))
-
-
-def delete_later(*subvolumes: Path) -> None:
-    """Delete retired subvolumes from a detached process that outlives this one (btrfs goes
-    on to the next one if one fails; tidy_trash retries what is left).
-
-    Deleting evicts the subvolume's cached pages first (about 0.3 s per cached GiB), which
-    is why no checkout waits for it."""
-    # Popen, not proc.run: started in a session of its own and never waited for.
-    subprocess.Popen(
-        ["btrfs", "subvolume", "delete", *map(str, subvolumes)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
-STALE_TRASH = 600  # seconds: a retired volume still there this long lost its deletion (a crash)
-
-
-def tidy_trash(trash: Path) -> None:
-    """Remove the folders of finished deletions; restart deletions a crash interrupted.
-
-    A deletion locks the folder it deletes in until the pages are evicted, so nothing
-    here reads a folder that may be busy: an empty Btrfs directory has size 0, and
-    stat() never waits for that lock.
-    """
-    now = time.time()
-    for folder in _listdir(trash):
-        path = trash / folder
-        if folder.endswith(btrfsretire.LATER):
-            continue  # waits for gc
-        try:
-            st = path.stat()
-            if st.st_size == 0:
-                os.rmdir(path)
-            elif now - st.st_mtime > STALE_TRASH:
-                for name in _listdir(path):
-                    delete_later(path / name)
-                os.utime(path)  # and not again for another while
-        except OSError:
-            pass  # gone meanwhile, or not empty after all: the next checkout looks again
-
-
-def _listdir(path: Path) -> list[str]:
-    try:
-        return sorted(os.listdir(path))
-    except (FileNotFoundError, NotADirectoryError):  # the lake root also holds catalog.db
-        return []
-
-
-MIN_IMAGE_SIZE = 256 * 1024**2
-
-
-def provision_image(image: Path, size: int | None, mountpoint: Path) -> Path:
-    """Make (or reuse) a sparse Btrfs image file and loop-mount it; return the mountpoint.
-
-    The embedded default for machines with no CoW filesystem: everything
-    lives in one file, which the next `snapver` run as root mounts again.
-    """
-    if os.geteuid() != 0:
-        raise SnapverError("making and mounting a Btrfs image needs root: run this with sudo")
-    mountpoint = Path(mountpoint)
-    if image.exists():
-        if is_mountpoint(mountpoint):
-            return mountpoint
-    else:
-        create_image_file(image, size, MIN_IMAGE_SIZE, ["mkfs.btrfs", "-q"])
-    mount_image(image, mountpoint)
-    return mountpoint
-
-
-def is_mountpoint(path: Path) -> bool:
-    return path.is_dir() and linux.mount_of(path).mountpoint == path.resolve()
-
-
-def mount_image(image: Path, mountpoint: Path) -> None:
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    # noatime: reading a file must not count as changing the volume.
-    # user_subvol_rm_allowed lets owners of a workspace delete its subvolumes
-    # without root, so checkout works for the user who owns the clone.
-    run(["mount", "-o", "loop,noatime,user_subvol_rm_allowed", str(image), str(mountpoint)])
-
-
-def image_mountpoint(image: Path) -> Path:
-    """lake.img mounts at lake/, beside it."""
-    return image.with_suffix("") if image.suffix else image.with_name(image.name + ".d")
