@@ -27,13 +27,6 @@ P, W1, W2 = "proj", "ws1", "ws2"
 SHA_A, SHA_B, SHA_C = "a" * 40, "b" * 40, "c" * 40
 
 
-@pytest.fixture(params=["btrfs", "zfs"])
-def backend(request):
-    if request.param == "btrfs":
-        return open_backend("btrfs", str(request.getfixturevalue("btrfs_lake")))
-    return open_backend("zfs", request.getfixturevalue("zfs_lake"))
-
-
 def tree(root: Path) -> dict[str, str]:
     """Relative path -> sha256 of every file (and '/' for every directory) under root."""
     out = {}

@@ -20,13 +20,6 @@ P, W = "proj", "ws1"
 SHA_A, SHA_B, SHA_C = "a" * 40, "b" * 40, "c" * 40
 
 
-@pytest.fixture(params=["btrfs", "zfs"])
-def backend(request):
-    if request.param == "btrfs":
-        return open_backend("btrfs", str(request.getfixturevalue("btrfs_lake")))
-    return open_backend("zfs", request.getfixturevalue("zfs_lake"))
-
-
 def put(path: Path, data: bytes = b"x") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)

@@ -9,20 +9,12 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
 
-from snapver.backends import btrfsspace, open_backend
+from snapver.backends import btrfsspace
 from snapver.backends.btrfs import subvol_info
 
 P, W = "proj", "ws1"
 SHA_A, SHA_B, SHA_C = "a" * 40, "b" * 40, "c" * 40
-
-
-@pytest.fixture(params=["btrfs", "zfs"])
-def backend(request):
-    if request.param == "btrfs":
-        return open_backend("btrfs", str(request.getfixturevalue("btrfs_lake")))
-    return open_backend("zfs", request.getfixturevalue("zfs_lake"))
 
 
 def put(path: Path, size: int) -> None:
