@@ -7,6 +7,7 @@ provision or mount is the backend's own (backends/).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from . import linux
@@ -56,6 +57,8 @@ def parse_size(text: str) -> int:
         value = float(num) * units[unit]
     except ValueError:
         raise SnapverError(f"{text!r} is not a size: use e.g. 512M, 20G or 1T") from None
+    if not math.isfinite(value):  # float() reads "nan" and "inf", which int() then refuses with a traceback
+        raise SnapverError(f"{text!r} is not a size: use e.g. 512M, 20G or 1T")
     if value <= 0:
         raise SnapverError(f"{text!r} is not a size: it must be positive")
     return int(value)
