@@ -93,6 +93,13 @@ class Daemon:
 
     # -- lifecycle
     def run(self, listen_fd: int | None = None) -> None:
+        # The handlers first: once the socket answers, an admin (or a script that waited for
+        # it) may send SIGHUP, whose default action would end the daemon (the Git-flow model
+        # found it: a reload right after start-up killed snapverd). Until the loop below runs,
+        # they only set flags, which it reads.
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
         from watchdog.observers import Observer  # third-party: `snapver gc` imports this module too
 
         self.observer = Observer()
@@ -100,9 +107,6 @@ class Daemon:
         self._watch_all()
         self.server = _make_server(self, self.config.socket, listen_fd)
         threading.Thread(target=self.server.serve_forever, name="socket", daemon=True).start()
-        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
-        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
         notify("READY=1", f"STATUS=watching {len(self.config.workspaces)} workspace(s)")
         log.info("snapverd ready: %d workspace(s), socket %s", len(self.config.workspaces), self.config.socket)
         next_poll = 0.0

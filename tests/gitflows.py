@@ -225,7 +225,7 @@ class World:
                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         self.log(f"set-up: snapverd watching A, B, W (debounce 1s, max_delay 2s, poll 1s), pid {self.daemon.pid}")
 
-    def wait_for_daemon(self, timeout: float = 30) -> None:
+    def wait_for_daemon(self, timeout: float = 120) -> None:
         """Until snapverd answers on its socket (or has died: daemon_trouble says so)."""
         from snapver import client
 
