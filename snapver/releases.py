@@ -24,7 +24,6 @@ import getpass
 import os
 import re
 import sqlite3
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
@@ -32,6 +31,7 @@ from typing import NamedTuple
 from . import registry, seams
 from .errors import CommandFailed, NotFound, SnapverError
 from .lock import held
+from .proc import ask
 from .names import short
 from .registry import snapshots_at
 
@@ -112,10 +112,9 @@ def resolve_release(ws, name: str, volumes: list[str]) -> tuple[dict, str]:
 
 def who(ws) -> str:
     """Who moves it: Git's committer name and email in this repository, else the login."""
-    done = subprocess.run(["git", "var", "GIT_COMMITTER_IDENT"], cwd=ws.git.toplevel,
-                          capture_output=True, text=True)
-    if done.returncode == 0 and done.stdout.strip():
-        return done.stdout.strip().rsplit(" ", 2)[0]  # without the timestamp and zone
+    ident = (ask(["git", "var", "GIT_COMMITTER_IDENT"], cwd=ws.git.toplevel) or "").strip()
+    if ident:
+        return ident.rsplit(" ", 2)[0]  # without the timestamp and zone
     try:
         return getpass.getuser()
     except (KeyError, OSError):
