@@ -13,7 +13,7 @@ export SNAPVER_REQUIRE_ALL=1
 # for -n. SNAPVER_TEST_WORKERS=0 runs the whole suite serially.
 if [ $# -eq 0 ]; then
   # A hung filesystem call (zfs-fuse can deadlock) fails its test after 15 min, with stacks,
-  # instead of holding CI until its own limit.
-  set -- -n "${SNAPVER_TEST_WORKERS:-4}" --dist loadgroup --timeout 900
+  # instead of holding CI until its own limit. --durations: where CI's time goes, in its log.
+  set -- -n "${SNAPVER_TEST_WORKERS:-4}" --dist loadgroup --timeout 900 --durations 30
 fi
 exec "$here/.venv/bin/python" -m pytest -q "$@"

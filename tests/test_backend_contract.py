@@ -375,7 +375,7 @@ def test_zfs_finishes_an_interrupted_checkout(zfs):
     (b,) = zfs.snapshot(P, W1, ["data"], SHA_B)
     # A crash between the two renames: the live volume moved away, the clone of A waiting.
     live = f"{zfs.spec()}/{P}/workspaces/{W1}/data"
-    for view in zfsfuse.views_of(zfs._node.view(P), live):  # as clone_into_place does on zfs-fuse
+    for view in zfsfuse.mounted_clones(zfs._node.view(P), live):  # as clone_into_place does on zfs-fuse
         subprocess.run(["zfs", "unmount", view], check=True)
     _rename(live, f"{zfs.spec()}/{P}/history/{W1}/data.crashed")
     subprocess.run(["zfs", "clone", "-p", f"{zfs.spec()}/{P}/history/{W1}/data.crashed@{SHA_A}",

@@ -384,7 +384,7 @@ class ZfsBackend(ZfsStreams, Backend):
                 stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
                 history = f"{self._lake}/{project}/history/{workspace}/{volume}.{stamp}"
                 old = history if keep else f"{incoming}.old"
-                with zfsfuse.views_aside([] if self._snapdir else zfsfuse.views_of(view, live)):
+                with zfsfuse.clones_aside([] if self._snapdir else zfsfuse.mounted_clones(view, live)):
                     zfsfuse.rename(node, live, old)
                     faults.point("checkout-swapped")  # the worst moment: no live volume
             zfsfuse.rename(node, incoming, live)
@@ -439,9 +439,9 @@ class ZfsBackend(ZfsStreams, Backend):
                 self._finish_interrupted(live, incoming, view)
                 view = self._node.view(project)
         if not self._snapdir:
-            down = zfsfuse.unmounted_views(view)
+            down = zfsfuse.unmounted_clones(view)
             if down:
-                found.append(f"{len(down)} snapshot view(s) left unmounted")
+                found.append(f"{len(down)} snapshot view(s) or live volume(s) left unmounted")
                 for v in down if repair else []:
                     run(["zfs", "mount", v])
         return found
@@ -514,7 +514,7 @@ class ZfsBackend(ZfsStreams, Backend):
             # read-only and findable, where clone_into_place puts a replaced live volume.
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
             history = f"{self._lake}/{project}/history/{workspace}/{volume}.{stamp}"
-            with zfsfuse.views_aside([] if self._snapdir else zfsfuse.views_of(view, live)):
+            with zfsfuse.clones_aside([] if self._snapdir else zfsfuse.mounted_clones(view, live)):
                 zfsfuse.rename(self._node, live, history)
             run(["zfs", "set", "readonly=on", history])
         self._node.changed(project)

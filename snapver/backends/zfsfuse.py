@@ -95,31 +95,43 @@ def ensure_view(node: ZfsNode, view: View, project: str, volume: str, full: str)
     return Path(mountpoint)
 
 
-def views_of(view: View, dataset: str) -> list[str]:
-    """The mounted views of dataset's snapshots."""
-    prefix = f"{view.top}/snapshots/"
-    return [d.name for d in view.datasets.values() if d.name.startswith(prefix)
-            and d.origin.partition("@")[0] == dataset and d.mounted]
+def mounted_clones(view: View, dataset: str) -> list[str]:
+    """The mounted clones of dataset's snapshots: its snapshot views, and the live volumes of
+    other working trees that a checkout made from its snapshots."""
+    return [d.name for d in view.datasets.values()
+            if d.origin.partition("@")[0] == dataset and d.mounted]
 
 
 @contextmanager
-def views_aside(views: list[str]):
+def clones_aside(clones: list[str]):
     """zfs-fuse will not rename a dataset, nor receive into it, while a clone of one of its
-    snapshots is mounted: the views step aside meanwhile."""
-    for v in views:
-        run(["zfs", "unmount", v])
+    snapshots is mounted: the clones step aside meanwhile (OpenZFS needs none of this). A
+    clone in use (a shell inside another working tree's volume) cannot step aside; the rename
+    is tried anyway, since zfs-fuse refuses it only some of the time, and if it is refused the
+    error names the clone in use."""
+    done: list[str] = []
+    busy: list[str] = []
+    for c in clones:
+        (done if ask(["zfs", "unmount", c]) else busy).append(c)
     try:
         yield
+    except CommandFailed as e:
+        if not busy:
+            raise
+        raise CommandFailed(f"{e}; zfs-fuse will not rename a dataset while a clone of one of its "
+                            f"snapshots is in use ({', '.join(busy)}): close what uses it and run "
+                            "the command again") from None
     finally:
-        for v in views:
-            ask(["zfs", "mount", v])  # already mounted: fine
+        for c in done:
+            ask(["zfs", "mount", c])  # already mounted: fine
 
 
-def unmounted_views(view: View) -> list[str]:
-    """Views left unmounted by a rename that was killed before it mounted them again."""
-    prefix = f"{view.top}/snapshots/"
+def unmounted_clones(view: View) -> list[str]:
+    """Snapshot views and live volumes left unmounted by a rename killed before it mounted
+    them again (clones_aside)."""
+    places = (f"{view.top}/snapshots/", f"{view.top}/workspaces/")
     return [d.name for d in view.datasets.values()
-            if d.name.startswith(prefix) and d.origin and not d.mounted]
+            if d.origin and not d.mounted and d.name.startswith(places)]
 
 
 # ------------------------------------------------------------------ no written@snap

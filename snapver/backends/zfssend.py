@@ -144,7 +144,7 @@ class ZfsStreams:
         if view.find(volume, name):
             raise SnapverError(f"snapshot {name} of volume {volume} exists already")
         top = self._received(project)
-        views: list[str] = []
+        clones: list[str] = []
         if resuming:
             partial = self._partials(project, view).get((volume, name)) if resume else None
             if partial is None:
@@ -152,7 +152,7 @@ class ZfsStreams:
             # A resumed stream goes where the cut one left its state, whatever its base.
             target = partial[0]
             new = target.rpartition("/")[2] == f"{volume}.{name}"
-            views = [] if new else zfsfuse.views_of(view, target)
+            clones = [] if new else zfsfuse.mounted_clones(view, target)
         elif base and not clone:
             found = view.find(volume, base)
             chains = self._received_chains(view, project)
@@ -177,7 +177,7 @@ class ZfsStreams:
             if resume:
                 # The partial state sits in the target: say which snapshot it is.
                 run(["zfs", "set", f"snapver:receiving={name}", target])
-            views = zfsfuse.views_of(view, target)
+            clones = zfsfuse.mounted_clones(view, target)
         else:
             target, new = f"{top}/{volume}.{name}", True
             if view.dataset(top) is None:
@@ -185,8 +185,8 @@ class ZfsStreams:
             left = view.dataset(target)
             if left is not None and not left.own():
                 zfsfuse.destroy(node, target, recursive=True)  # a half-received stream nobody resumes
-        for v in views:
-            run(["zfs", "unmount", v])
+        for c in clones:  # zfs-fuse receives into no dataset whose snapshots have a mounted clone
+            run(["zfs", "unmount", c])
 
         def done() -> Snapshot:
             full = f"{target}@{name}"
@@ -208,8 +208,8 @@ class ZfsStreams:
                 zfsfuse.destroy(node, target, recursive=True)
 
         def remount() -> None:
-            for v in views:
-                ask(["zfs", "mount", v])  # already mounted: fine
+            for c in clones:
+                ask(["zfs", "mount", c])  # already mounted: fine
 
         return Receive(["zfs", "receive", *(["-s"] if resume else []), target], done, undo, remount)
 
