@@ -163,3 +163,67 @@ def test_find_sorts_limits_and_names_an_unknown_key_and_compare_takes_n_revision
     assert two["metrics"]["acc"] == [0.7, 0.8] and {c["path"] for c in two["changes"]["models"]} == \
         {"metrics.json", "m1.pt", "m2.pt"}
     assert len(snapver(repo, "compare", v0, ok=False).err.strip().splitlines()) == 1
+
+
+# What the README's table "Coming from DVC or MLflow" says, in the order a user would try it.
+README_TABLE = [
+    "git commit", 'snapver commit -m "new data"', "snapver checkout HEAD~1",
+    "snapver remote add lab file:///mnt/other-lake", "snapver push lab", "snapver pull lab",
+    "snapver log --all --metric acc --metric lr", "snapver find --all --sort -acc --limit 10", "snapver show HEAD",
+    "snapver compare HEAD~1 HEAD", "snapver plots --out plots", "snapver ui", "snapver gc --dry-run", "snapver gc",
+    'snapver.log_metrics({"loss": v}, step=n)', 'snapver.snapshot(params={"lr": 0.01})',
+    "snapver metrics history loss --json", "snapver find 'acc>0.9'", 'snapver release set prod HEAD -m "promote"',
+    "snapver path release:prod models", 'snapver.path("models", rev="release:prod")', "snapver release history prod",
+]
+
+
+def readme_table() -> list[str]:
+    """The code spans of the right-hand column of the README's DVC / MLflow table."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    table = text[text.index("### Coming from DVC or MLflow"):]
+    table = table[:table.index("\n## ")]
+    spans = []
+    for line in table.splitlines():
+        if line.startswith("| ") and not line.startswith("| ---") and not line.startswith("| DVC"):
+            spans += [c for c in re.findall(r"`([^`]+)`", line.split(" | ", 1)[1]) if c.startswith(("snapver", "git "))]
+    return spans
+
+
+def test_the_readme_table_works_as_written(repo, btrfs_lake, tmp_path):
+    import shlex
+    import signal
+
+    assert sorted(set(readme_table())) == sorted(set(README_TABLE)), "the test runs what the README says"
+    snapver(repo, "init", "--lake", str(btrfs_lake))
+    with open(repo / "snapver.toml", "a") as f:
+        f.write('[registry]\nmetrics = ["models/metrics.json"]\n')
+    git(repo, "add", "snapver.toml")
+    for acc in (0.8, 0.95):
+        write(repo / "models" / "metrics.json", json.dumps({"acc": acc, "lr": 0.01}))
+        commit(repo, f"acc {acc}", "snapver.toml")
+    far = btrfs_lake.parent / f"{btrfs_lake.name}-far"
+    far.mkdir()
+    for command in README_TABLE:
+        if command == "git commit":
+            write(repo / "train.py", "print('v3')\n")
+            commit(repo, "v3", "train.py")
+            (repo / "data" / "new.csv").write_text("1,2\n")  # only data changes next: `snapver commit`
+        elif command.startswith("snapver."):
+            train(repo, f"import snapver\nv, n = 0.3, 1\nprint({command})\n")
+        elif command == "snapver ui":
+            proc = subprocess.Popen([sys.executable, "-m", "snapver", "ui"], cwd=repo, env=env(), text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                assert proc.stdout is not None and proc.stdout.readline().startswith("snapver ui:"), proc.stderr
+            finally:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(30)
+        else:
+            argv = shlex.split(command.replace("/mnt/other-lake", str(far)))
+            snapver(repo, *argv[1:])  # exits 0
+    assert [r["value"] for r in snapver(repo, "metrics", "history", "loss", "--json").json] == [0.3]
+    assert snapver(repo, "find", "--all", "--sort", "-acc", "--limit", "10", "--json").json[0]["values"]["acc"] == 0.95
+    assert (repo / "plots" / "index.html").exists()
