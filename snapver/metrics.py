@@ -72,8 +72,12 @@ def history(ws, key: str, rev: str | None = None, run: str | None = None) -> lis
     """Every logged step of key (on REV's commit only, when given; one run's, when given), in the
     order logged; each says whether the wip it came with is still there (gc may have thinned it)."""
     commit = None
-    if rev is not None:
-        commit = rev[:40] if names.is_snapshot_name(rev) else ws.git.resolve(rev)
+    if rev is not None and names.is_snapshot_name(rev):
+        commit = rev[:40]  # a wip gc thinned away still names its line
+    elif rev is not None and rev.startswith("release:"):
+        commit = ws.resolve(rev, ws.volumes)[1]
+    elif rev is not None:
+        commit = ws.git.resolve(rev)  # a commit whose snapshot gc took (or never had one) still has its history
     rows = ws.catalog.history_rows(ws.project, key, commit)
     if not rows:
         known = ws.catalog.history_keys(ws.project)

@@ -55,6 +55,9 @@ def test_metric_history_outlives_the_wips_gc_thins(lake_repo):
     assert [(r["step"], round(r["value"], 6)) for r in nested] == [(0, 0.5), (1, 0.6), (2, 0.7), (3, 0.8)]
     text = snapver(repo, "metrics", "history", "loss").out
     assert text.count("(thinned)") == 3 and "0.125" in text
+    snapver(repo, "release", "prod")
+    for rev in (wips[0], "release:prod"):  # a thinned wip's name, a release: the same line
+        assert len(snapver(repo, "metrics", "history", "loss", rev, "--json").json) == 5
 
     # A second training process is a second run: the first one's steps are not overwritten.
     train(repo, "import snapver; snapver.log_metrics({'loss': 9.0}, step=0)", SNAPVER_RUN="again")
