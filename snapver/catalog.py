@@ -395,6 +395,38 @@ class Catalog:
         return self.conn.execute("SELECT snapshot, kind, key, num, text FROM registry_values "
                                  "WHERE project = ? ORDER BY key", (project,)).fetchall()
 
+    def refresh_values(self, project: str, snapshot: str, rows, source: str) -> None:
+        """record_values for `registry refresh`: a value recorded from another source (the
+        Python API, another file) is left as it is; one from this file is read again."""
+        self.conn.executemany(
+            "INSERT INTO registry_values VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (project, snapshot, kind, key) "
+            "DO UPDATE SET num = excluded.num, text = excluded.text WHERE source = excluded.source",
+            [(project, snapshot, *r, source) for r in rows])
+
+    def record_history(self, project: str, commit: str, workspace: str, run: str, step: int, rows,
+                       logged: str, snapshot: str | None) -> None:
+        """rows: (key, num, text) of one step of a run (metric_history; a step logged again replaces)."""
+        self.conn.executemany("INSERT OR REPLACE INTO metric_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              [(project, commit, workspace, run, step, *r, logged, snapshot) for r in rows])
+
+    def next_step(self, project: str, commit: str, workspace: str, run: str) -> int:
+        row = self.conn.execute("SELECT max(step) FROM metric_history WHERE project = ? AND commit_sha = ? "
+                                "AND workspace = ? AND run = ?", (project, commit, workspace, run)).fetchone()
+        return 0 if row[0] is None else int(row[0]) + 1
+
+    def history_rows(self, project: str, key: str | None = None, commit: str | None = None) -> list:
+        """metric_history rows (one key's, one commit's), in the order they were logged."""
+        sql, args = "SELECT * FROM metric_history WHERE project = ?", [project]
+        for column, value in (("key", key), ("commit_sha", commit)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        return self.conn.execute(sql + " ORDER BY logged, run, step, key", args).fetchall()
+
+    def history_keys(self, project: str) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT key FROM metric_history WHERE project = ? "
+                                                "ORDER BY key", (project,))]
+
     def record_provenance(self, project: str, snapshot: str, rows) -> None:
         """rows: (volume, license, source)."""
         self.conn.executemany("INSERT OR REPLACE INTO provenance VALUES (?, ?, ?, ?, ?)",

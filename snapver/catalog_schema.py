@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from .errors import SnapverError
 
-VERSION = 3
+VERSION = 4
 
 
 class SchemaTooNew(SnapverError):
@@ -193,8 +193,44 @@ def _to_v3(conn) -> None:
                      "snapshot, NULL, commit_sha, volumes, message FROM releases ORDER BY created")
 
 
+# Version 4: metric history. Training code logs metrics per step (snapver.log_metrics, or
+# snapver.snapshot(metrics=..., step=N)); a row is keyed by the line of work it was logged on
+# (commit, workspace), the run (one training process, or what SNAPVER_RUN names) and the step,
+# not by the wip snapshot it came with (kept as `snapshot` when there was one): gc thins
+# wips, and the curve of a run must outlive them. Plain rows, to export as they are.
+_V4 = """
+CREATE TABLE IF NOT EXISTS metric_history (
+    project TEXT NOT NULL, commit_sha TEXT NOT NULL, workspace TEXT NOT NULL, run TEXT NOT NULL,
+    step INTEGER NOT NULL, key TEXT NOT NULL, num REAL, text TEXT, logged TEXT NOT NULL, snapshot TEXT,
+    PRIMARY KEY (project, commit_sha, workspace, run, step, key)
+);
+CREATE INDEX IF NOT EXISTS metric_history_by_key ON metric_history (project, key, commit_sha)
+"""
+
+
+def _to_v4(conn) -> None:
+    """The metric_history table; the metrics the Python API recorded with wip snapshots before it
+    (registry_values from 'api') become history too, one run ('wips') per line of work, one step
+    per wip in time order: a catalog upgraded while its wips are still there keeps their values."""
+    had = "metric_history" in {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    for statement in _statements(_V4):
+        conn.execute(statement)
+    if had:
+        return
+    conn.execute(
+        "INSERT OR IGNORE INTO metric_history SELECT v.project, substr(v.snapshot, 1, 40), "
+        "coalesce((SELECT s.workspace FROM snapshots s WHERE s.project = v.project AND s.name = v.snapshot "
+        "AND s.workspace IS NOT NULL LIMIT 1), ''), 'wips', "
+        "(SELECT count(DISTINCT o.snapshot) FROM registry_values o WHERE o.project = v.project "
+        "AND o.kind = 'metric' AND o.source = 'api' AND length(o.snapshot) > 40 "
+        "AND substr(o.snapshot, 1, 40) = substr(v.snapshot, 1, 40) AND o.snapshot < v.snapshot), "
+        "v.key, v.num, v.text, coalesce((SELECT s.created FROM snapshots s WHERE s.project = v.project "
+        "AND s.name = v.snapshot LIMIT 1), ''), v.snapshot "
+        "FROM registry_values v WHERE v.kind = 'metric' AND v.source = 'api' AND length(v.snapshot) > 40")
+
+
 # MIGRATIONS[n] takes a catalog from version n to n + 1.
-MIGRATIONS = [_to_v1, _to_v2, _to_v3]
+MIGRATIONS = [_to_v1, _to_v2, _to_v3, _to_v4]
 assert len(MIGRATIONS) == VERSION
 
 

@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 
 # The features plug themselves into the core's seams when imported (seams.py): every
 # entry point routes through here, so they are in place before a workspace is opened.
-from . import build, cascade, client, doctor, endpoint, journal, recipes, registry, releases, rewrite  # noqa: F401  (plugged in)
+from . import build, cascade, client, doctor, endpoint, journal, metrics, recipes, registry, releases, rewrite  # noqa: F401  (plugged in)
 from .errors import NotFound, SnapverError
 from .gitrepo import GitRepo
 
@@ -75,13 +75,25 @@ def _at(ws) -> list[str | None]:
 
 def _snapshot(ws, a, by):
     commit = a.get("commit")
+    step, run = metrics.check_step(a.get("step")), metrics.check_run(str(a.get("run") or "default"))  # before it is taken
     snaps = ws.snapshot(wip=bool(a.get("wip")), message=a.get("message"), commit=str(commit) if commit else None)
     values = {"metric": a.get("metrics") or {}, "param": a.get("params") or {}}
     if snaps and (values["metric"] or values["param"]):
         if not all(isinstance(v, dict) for v in values.values()):
             raise SnapverError("metrics and params are JSON objects")
         registry.record_values(ws, snaps[0].name, values, source=str(a.get("source") or "api"))
+        if values["metric"]:  # a point of the run's history too, which outlives the wip (metrics.py)
+            metrics.log(ws, values["metric"], step, run, snapshot=snaps[0].name)
     return [snapshot_dict(s) for s in snaps]
+
+
+def _log_metrics(ws, a, by):
+    return metrics.log(ws, a.get("metrics"), metrics.check_step(a.get("step")), str(a.get("run") or "default"))
+
+
+def _metrics_history(ws, a, by):
+    rev, run = a.get("rev"), a.get("run")
+    return metrics.history(ws, str(a["key"]), str(rev) if rev else None, str(run) if run else None)
 
 
 def _checkout(ws, a, by):
@@ -113,14 +125,22 @@ def _status(ws, a, by):
 
 
 def _log(ws, a, by):
-    entries = [{**snapshot_dict(e.snapshot), "subject": e.subject, "author": e.author, "message": e.message}
-               for e in ws.log(bool(a.get("all")))]
-    metrics = a.get("metrics") or []
-    if metrics:  # in the same call: the values are read from the same catalog as the entries
-        known = registry.values(ws, list({e["name"] for e in entries}))
-        for e in entries:
-            e["metrics"] = {m: registry.lookup(known.get(e["name"], {}), str(m)) for m in metrics}
-    return entries
+    """One object per version (a commit, or a wip point in time), newest first, with the
+    snapshot of each of its volumes inside: {volume: {path, created}}."""
+    entries: dict[str, dict] = {}
+    for e in ws.log(bool(a.get("all"))):
+        s = e.snapshot
+        entry = entries.setdefault(s.name, {"name": s.name, "commit": s.commit, "kind": s.kind,
+                                            "created": s.created.isoformat(), "subject": e.subject,
+                                            "author": e.author, "message": e.message, "volumes": {}})
+        entry["volumes"][s.volume] = {"path": str(s.path), "created": s.created.isoformat()}
+        entry["message"] = entry["message"] or e.message
+    keys = a.get("metrics") or []
+    if keys:  # in the same call: the values are read from the same catalog as the entries
+        known = registry.values(ws, list(entries))
+        for entry in entries.values():
+            entry["metrics"] = {m: registry.lookup(known.get(entry["name"], {}), str(m)) for m in keys}
+    return list(entries.values())
 
 
 def _show(ws, a, by):
@@ -372,17 +392,21 @@ OPS: dict[str, Op] = {
     "path": Op(_path, served=True),
     "gc": Op(_gc, served=True),  # a user: --dry-run only (see _gc)
     "doctor": Op(_doctor, served=True, announce=False),  # its report says what is interrupted, once
-    "find": Op(lambda ws, a, by: registry.find(ws, [str(q) for q in a.get("queries", [])], bool(a.get("all"))),
-               served=True),
+    "find": Op(lambda ws, a, by: registry.find(ws, [str(q) for q in a.get("queries", [])], bool(a.get("all")),
+                                               a.get("sort") and str(a["sort"]), a.get("limit")), served=True),
     "release-list": Op(lambda ws, a, by: [release_dict(r) for r in releases.list_releases(ws)], served=True),
     "lineage": Op(_lineage, served=True),
     "release-history": Op(_release_history, served=True),
+    # Training code's metrics (the Python API), and their history: catalog rows of the caller's
+    # own line of work, as "snapshot" records with a wip.
+    "log-metrics": Op(_log_metrics, served=True),
+    "metrics-history": Op(_metrics_history, served=True),
     "builds": Op(_builds, served=True),
     # Not served: each runs as its caller. diff, compare, scan and du walk every file of a
     # snapshot (O(files)), which is the caller's to read and would hold one of snapverd's
     # threads; restore writes where the caller says, which root must not do for a user.
     "diff": Op(_diff),
-    "compare": Op(lambda ws, a, by: registry.compare(ws, str(a["rev1"]), str(a["rev2"]))),
+    "compare": Op(lambda ws, a, by: registry.compare(ws, [str(r) for r in a.get("revs") or []])),
     "scan": Op(lambda ws, a, by: registry.scan_report(ws, str(a.get("rev") or "HEAD"))),
     "du": Op(lambda ws, a, by: registry.du(ws)),
     "restore": Op(_restore),
@@ -396,6 +420,7 @@ OPS: dict[str, Op] = {
     "tag-releases": Op(_tag_releases),
     "derive": Op(_derive),
     "reindex": Op(_reindex),
+    "registry-refresh": Op(lambda ws, a, by: metrics.refresh(ws, bool(a.get("all")))),
     "clones": Op(_clones),
     "clones-forget": Op(_clones_forget),
     # Not served: they run the user's own command (a recipe), which snapverd, as root, must not.

@@ -106,23 +106,25 @@ def _scan_one(ws, snap):
     return verdicts
 
 
-def _read_file(ws, rel: str, snapshot: str, by_volume: dict) -> dict | None:
-    """The flattened values of one configured file, None (after a warning) if it is unusable."""
+def _read_file(ws, rel: str, snapshot: str, by_volume: dict, live: bool = True) -> dict | None:
+    """The flattened values of one configured file, None (after a warning) if it is unusable.
+    live=False (a past snapshot, metrics.refresh): never the live volume or the working tree."""
     parts = PurePosixPath(rel).parts
     data = None
     try:
         if parts[0] in ws.volumes:
             # Inside a volume: read it from the snapshot just taken, which is what the
             # snapshot holds (the live volume may be written to meanwhile).
-            root = by_volume[parts[0]].path if parts[0] in by_volume else ws.live_path(parts[0])
-            target = _within(root, Path(root, *parts[1:]), rel)
+            root = by_volume[parts[0]].path if parts[0] in by_volume else (ws.live_path(parts[0]) if live else None)
+            target = _within(root, Path(root, *parts[1:]), rel) if root is not None else None
             if target and os.path.lexists(target):
                 data = _regular(target, rel)
         else:
             # In the Git tree: the committed content is the truth of a commit snapshot;
             # a file Git does not track is read from the working tree.
             data = ask_bytes(["git", "cat-file", "blob", f"{snapshot[:40]}:{rel}"], cwd=ws.git.toplevel)
-            if data is None and (target := _within(ws.git.toplevel, ws.git.toplevel / rel, rel)) and os.path.lexists(target):
+            if live and data is None and (target := _within(ws.git.toplevel, ws.git.toplevel / rel, rel)) \
+                    and os.path.lexists(target):
                 data = _regular(target, rel)
     except OSError as e:
         warn("snapver: warning: %s cannot be read (%s); its values were not recorded", rel, e.strerror)
@@ -224,6 +226,11 @@ def flatten(doc, prefix: str = "") -> dict[str, object]:
 
 def record_values(ws, snapshot: str, values: dict[str, dict], source: str) -> None:
     """values: {"metric": {...}, "param": {...}}, nested keys flattened with dots."""
+    ws.catalog.record_values(ws.project, snapshot, to_rows(values), source)
+
+
+def to_rows(values: dict[str, dict]) -> list[tuple]:
+    """(kind, key, num, text) of {"metric": {...}, "param": {...}}; SnapverError if a value is not one."""
     rows = []
     for kind, mapping in values.items():
         if mapping is None:
@@ -236,7 +243,7 @@ def record_values(ws, snapshot: str, values: dict[str, dict], source: str) -> No
             num = _number(value)
             text = None if value is None else (str(value).lower() if isinstance(value, bool) else str(value))
             rows.append((kind, key, num, text))
-    ws.catalog.record_values(ws.project, snapshot, rows, source)
+    return rows
 
 
 def _number(value) -> float | None:
@@ -318,23 +325,47 @@ def parse_condition(text: str) -> Condition:
     return Condition(key, op, float(rest) if is_number else rest)
 
 
-def find(ws, queries: list[str], include_wip: bool = False) -> list[dict]:
-    """Snapshots (one row per snapshot name, newest first) whose values meet every query."""
+def find(ws, queries: list[str], include_wip: bool = False, sort: str | None = None,
+         limit: int | None = None) -> list[dict]:
+    """Snapshots (one row per snapshot name) whose values meet every query: newest first, or by
+    the value of sort ('-KEY': the greatest first; only those that have it); at most limit rows.
+    A key no snapshot of the project has is an error (a typo would otherwise find nothing)."""
     conditions = [parse_condition(q) for q in queries]
-    if not conditions:
-        raise SnapverError("give at least one condition, e.g. 'accuracy>0.9'")
+    descending = bool(sort and sort.startswith("-"))
+    key = sort[1:] if sort and descending else sort
+    if not conditions and not key:
+        raise SnapverError("give at least one condition, e.g. 'accuracy>0.9', or --sort KEY")
+    if key is not None and not _KEY.fullmatch(key):
+        raise SnapverError(f"--sort {sort!r} is not a metric or param name (descending: --sort -NAME or --desc)")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise SnapverError(f"--limit {limit!r} is not a whole number >= 1")
     all_values = values(ws)
+    known = {k for v in all_values.values() for kind in v.values() for k in kind}
+    unknown = [k for k in dict.fromkeys([*(c.key for c in conditions), *([key] if key else [])]) if k not in known]
+    if unknown:
+        near = sorted(known)
+        raise SnapverError(f"no metric or param named {', '.join(map(repr, unknown))} in this project "
+                           + (f"(known: {', '.join(near[:12])}{', ...' if len(near) > 12 else ''})" if near
+                              else "(none recorded yet: see [registry] in snapver.toml)"))
+    shown = list(dict.fromkeys([*(c.key for c in conditions), *([key] if key else [])]))
     rows: dict[str, dict] = {}
     for entry in ws.log(include_wip=include_wip):
         name = entry.snapshot.name
         v = all_values.get(name)
         if name in rows or v is None:
             continue
-        if all(c.test(lookup(v, c.key)) for c in conditions):
+        if all(c.test(lookup(v, c.key)) for c in conditions) and (key is None or lookup(v, key) is not None):
             rows[name] = {"name": name, "commit": entry.snapshot.commit, "kind": entry.snapshot.kind,
                           "created": entry.snapshot.created.isoformat(), "subject": entry.subject,
-                          "values": {c.key: lookup(v, c.key) for c in conditions}}
-    return list(rows.values())
+                          "values": {k: lookup(v, k) for k in shown}}
+    found = list(rows.values())
+    if key is not None:
+        # Numbers by value, then words; the newest first among equals (sorted is stable).
+        def order(r):
+            x = r["values"][key]
+            return (0, x, "") if isinstance(x, float) else (1, 0.0, str(x))
+        found.sort(key=order, reverse=descending)
+    return found[:limit] if limit else found
 
 
 # ------------------------------------------------------------------ compare
@@ -346,24 +377,30 @@ def snapshots_at(ws, rev: str) -> tuple[dict, str]:
     return found, commit
 
 
-def compare(ws, rev1: str, rev2: str) -> dict:
-    """Params and metrics side by side, and the files changed in each volume (walks both)."""
-    old, c1 = snapshots_at(ws, rev1)
-    new, c2 = snapshots_at(ws, rev2)
-    n1, n2 = next(iter(old.values())).name, next(iter(new.values())).name
-    v = values(ws, [n1, n2])
-    a, b = v.get(n1, {}), v.get(n2, {})
-    table = {}
+def compare(ws, revs: list[str]) -> dict:
+    """Params and metrics of two or more revisions side by side, each number's delta against the
+    first, and the files changed in each volume from the first to the last (walks both)."""
+    if len(revs) < 2:
+        raise SnapverError("compare needs two or more revisions")
+    at = [snapshots_at(ws, rev) for rev in revs]
+    names_ = [next(iter(snaps.values())).name for snaps, _ in at]
+    v = values(ws, names_)
+    table: dict[str, dict] = {}
+    deltas: dict[str, dict] = {}
     for kind in ("param", "metric"):
-        keys = sorted(set(a.get(kind, {})) | set(b.get(kind, {})))
-        table[kind] = {k: [a.get(kind, {}).get(k), b.get(kind, {}).get(k)] for k in keys}
+        keys = sorted({k for n in names_ for k in v.get(n, {}).get(kind, {})})
+        table[kind] = {k: [v.get(n, {}).get(kind, {}).get(k) for n in names_] for k in keys}
+        deltas[kind] = {k: [None] + [y - cells[0] if isinstance(y, float) and isinstance(cells[0], float) else None
+                                     for y in cells[1:]] for k, cells in table[kind].items()}
+    (old, _), (new, _) = at[0], at[-1]
     changes = {}
     for vol in ws.volumes:
         if vol in old and vol in new:
             changes[vol] = [{"path": c.path, "change": c.change}
                             for c in ws.backend.diff(old[vol].path, new[vol].path)]
-    return {"snapshots": [n1, n2], "commits": [c1, c2], "params": table["param"],
-            "metrics": table["metric"], "changes": changes}
+    return {"snapshots": names_, "commits": [c for _, c in at], "params": table["param"],
+            "metrics": table["metric"], "deltas": {"params": deltas["param"], "metrics": deltas["metric"]},
+            "changes": changes}
 
 
 # ------------------------------------------------------------------ model safety (releases.py refuses what it flags)

@@ -70,7 +70,7 @@ def test_every_command_survives_a_damaged_catalog(lake_repo, lake, how):
     git(lake_repo, "commit", "-q", "--allow-empty", "-m", "v2")
     snapver(lake_repo, "release", "prod", first)
     catalog = lake.root / "catalog.db"
-    before = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").json}
+    before = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").per_volume}
     assert rows(catalog) == before
 
     damage(catalog, how)
@@ -80,7 +80,7 @@ def test_every_command_survives_a_damaged_catalog(lake_repo, lake, how):
         log = snapver(lake_repo, "log", "--all", "--json", ok=None)
         answered(log, why=fix)
         if log.code == 0:
-            assert {(e["volume"], e["name"]) for e in log.json} == before
+            assert {(e["volume"], e["name"]) for e in log.per_volume} == before
         for args in (["status"], ["show", first], ["diff", first], ["release", "list"],
                      ["gc", "--dry-run"], ["path", first, "models"]):
             answered(snapver(lake_repo, *args, ok=None), why=fix)
@@ -99,7 +99,7 @@ def test_every_command_survives_a_damaged_catalog(lake_repo, lake, how):
         repair(catalog, how)
 
     snapver(lake_repo, "reindex")
-    after = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").json}
+    after = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").per_volume}
     assert before <= after, "a snapshot was lost"
     assert rows(catalog) == after, "reindex restores a row for every snapshot on the filesystem"
     assert all((v, third) in after for v in ("data", "models", "logs")), "the commit made meanwhile"
@@ -127,7 +127,7 @@ def test_a_newer_snapvers_catalog_is_refused_and_left_alone(lake_repo, lake):
     (lake_repo / "models" / "m.pt").write_text("v2")
     git(lake_repo, "commit", "-q", "--allow-empty", "-m", "v2")
     catalog = lake.root / "catalog.db"
-    before = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").json}
+    before = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").per_volume}
     with contextlib.closing(sqlite3.connect(catalog)) as db:
         db.execute("PRAGMA user_version = 99")
     bytes_before = settled(catalog)
@@ -149,6 +149,6 @@ def test_a_newer_snapvers_catalog_is_refused_and_left_alone(lake_repo, lake):
     finally:
         with contextlib.closing(sqlite3.connect(catalog)) as db:
             db.execute("PRAGMA user_version = 1")
-    after = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").json}
+    after = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").per_volume}
     assert after == before, "no snapshot was taken or destroyed"
     assert (lake_repo / "models" / "m.pt").read_text() == "v3", "the lake was not checked out"

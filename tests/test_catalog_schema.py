@@ -39,8 +39,8 @@ INSERT INTO snapshots VALUES ('p', 'data', 'c', 'c', 'commit', 't', NULL, NULL);
 V1_TABLES = {"snapshots", "commits", "volumes", "operations", "clones", "registry_values", "releases",
              "lineage", "provenance", "scans", "scan_files", "received_pins"}
 # Version 2 adds the build recipes and the record of builds (cascade), version 3 the
-# history of release moves.
-TABLES = V1_TABLES | {"recipes", "builds", "release_moves"}
+# history of release moves, version 4 the metric history.
+TABLES = V1_TABLES | {"recipes", "builds", "release_moves", "metric_history"}
 
 
 def raw(path: Path, script: str = "") -> None:
@@ -66,7 +66,7 @@ def files(path: Path) -> dict[str, str]:
 def test_a_new_catalog_is_made_at_the_current_version(tmp_path):
     db = tmp_path / "catalog.db"
     Catalog(db).close()
-    assert user_version(db) == VERSION == 3
+    assert user_version(db) == VERSION == 4
     assert tables(db) == TABLES
 
 
@@ -103,7 +103,7 @@ def test_a_catalog_of_version_1_is_upgraded_and_its_releases_get_their_history(t
             "'serving', 0);"
             "INSERT INTO releases VALUES ('p', 'v1.0', 's0', 'c0', 'data', '2025-12-01T00:00:00+00:00', NULL, 0);")
     c = Catalog(db)
-    assert user_version(db) == VERSION == 3
+    assert user_version(db) == VERSION
     moves = c.release_moves("p", "prod")
     assert [(m["moved"], m["who"], m["from_snapshot"], m["to_snapshot"], m["volumes"], m["message"])
             for m in moves] == [("2026-01-01T00:00:00+00:00", None, None, "s1", "data models", "serving")]
@@ -117,6 +117,46 @@ def test_a_catalog_of_version_1_is_upgraded_and_its_releases_get_their_history(t
     Catalog(db).close()  # opened again: the history is not copied twice
     with contextlib.closing(sqlite3.connect(db)) as raw_db:
         assert raw_db.execute("SELECT count(*) FROM release_moves").fetchone()[0] == 3
+
+
+def test_a_catalog_of_version_3_is_upgraded_and_its_api_metrics_become_history(tmp_path):
+    """Version 3 as the snapver before metric history left it: the metrics the Python API kept
+    with wip snapshots become steps of one run per line of work, in time order, so that gc
+    thinning those wips later does not take them; a commit's values and files' values do not."""
+    sha, other = "a" * 40, "b" * 40
+    w1, w2, w3 = (f"{sha}.20260101T00000{i}.000000Z" for i in (1, 2, 3))
+    v3 = catalog_schema._V1 + ";" + catalog_schema._V2 + ";" + catalog_schema._V3 + ";"
+    raw(db := tmp_path / "catalog.db", v3 + "PRAGMA user_version = 3;" + "".join(
+        f"INSERT INTO snapshots VALUES ('p', 'data', '{n}', '{sha}', 'wip', '2026-01-01T00:00:0{i}+00:00', 'ws1', "
+        f"NULL, 0); INSERT INTO registry_values VALUES ('p', '{n}', 'metric', 'loss', {1 / i}, '{1 / i}', 'api');"
+        for i, n in enumerate((w1, w2, w3), 1)) +
+        f"INSERT INTO registry_values VALUES ('p', '{w1}', 'param', 'lr', 0.1, '0.1', 'api');"
+        f"INSERT INTO registry_values VALUES ('p', '{other}', 'metric', 'loss', 0.5, '0.5', 'api');"
+        f"INSERT INTO registry_values VALUES ('p', '{w2}', 'metric', 'acc', 0.9, '0.9', 'models/m.json');")
+    c = Catalog(db)
+    assert user_version(db) == VERSION and tables(db) == TABLES
+    rows = [(r["commit_sha"], r["workspace"], r["run"], r["step"], r["key"], r["num"], r["snapshot"], r["logged"])
+            for r in c.history_rows("p")]
+    assert rows == [(sha, "ws1", "wips", i - 1, "loss", 1 / i, n, f"2026-01-01T00:00:0{i}+00:00")
+                    for i, n in enumerate((w1, w2, w3), 1)]
+    c.conn.execute("DELETE FROM snapshots")  # gc thins the wips: their history stays
+    assert [r["num"] for r in c.history_rows("p", "loss", sha)] == [1.0, 0.5, 1 / 3]
+    c.record_history("p", sha, "ws1", "wips", 3, [("loss", 0.2, "0.2")], "2026-01-02T00:00:00+00:00", None)
+    assert c.next_step("p", sha, "ws1", "wips") == 4 and c.next_step("p", sha, "ws1", "other") == 0
+    c.close()
+    Catalog(db).close()  # opened again: nothing copied twice
+    with contextlib.closing(sqlite3.connect(db)) as raw_db:
+        assert raw_db.execute("SELECT count(*) FROM metric_history").fetchone()[0] == 4
+
+
+def test_refresh_keeps_values_of_other_sources(tmp_path):
+    c = Catalog(tmp_path / "catalog.db")
+    c.record_values("p", "s", [("metric", "acc", 0.9, "0.9")], "api")
+    c.record_values("p", "s", [("metric", "f1", 0.1, "0.1")], "m.json")
+    c.refresh_values("p", "s", [("metric", "acc", 0.5, "0.5"), ("metric", "f1", 0.2, "0.2"),
+                                ("metric", "new", 1.0, "1")], "m.json")
+    assert {(r[2], r[3]) for r in c.value_rows("p")} == {("acc", 0.9), ("f1", 0.2), ("new", 1.0)}
+    c.close()
 
 
 def test_migrating_is_idempotent(tmp_path):

@@ -43,7 +43,7 @@ def write(repo: Path, tag: str) -> None:
 
 
 def on_disk(repo: Path) -> dict[tuple[str, str], dict]:
-    entries = json.loads(run(repo, "log", "--all", "--json").out)
+    entries = run(repo, "log", "--all", "--json").per_volume
     return {(e["volume"], e["name"]): tree_digest(Path(e["path"])) for e in entries}
 
 
@@ -317,7 +317,7 @@ def test_full_filesystem_gc_and_doctor_work_and_locking_commands_say_one_line(on
     freed = run(repo, "gc")
     print(f"full {lake.backend}: gc exit {freed.code} {freed.err.strip()!r}")
     assert freed.code == 0 and one_line(freed), freed.out + freed.err
-    left = {(s["volume"], s["name"]) for s in json.loads(run(repo, "log", "--all", "--json").out)}
+    left = {(s["volume"], s["name"]) for s in run(repo, "log", "--all", "--json").per_volume}
     assert not doomed & left, "gc destroyed the old wip on the full filesystem"
     assert not doomed & by_filesystem_all(lake)
 

@@ -93,7 +93,7 @@ def test_two_clones_and_the_daemon_lose_nothing(lake_repo, lake, daemon_dir, tmp
     daemon_log = daemon.log.read_text()
     assert "ERROR" not in daemon_log and "Traceback" not in daemon_log, daemon_log
 
-    entries = snapver(lake_repo, "log", "--all", "--json").json
+    entries = snapver(lake_repo, "log", "--all", "--json").per_volume
     on_disk = {(e["volume"], e["name"]) for e in entries}
     assert all(is_snapshot_name(n) for _, n in on_disk)
     # Every commit of both clones has its snapshot of every volume, holding that round's files.
@@ -132,7 +132,7 @@ def test_a_capture_that_finds_the_workspace_busy_is_retried(lake_repo, daemon_di
         with lock.held(lake_repo / ".git" / "snapver" / "lock"):
             (lake_repo / "models" / "ckpt.pt").write_text("epoch 3")
             assert wait_for(lambda: "capture failed" in daemon.log.read_text(), 15)
-        taken = wait_for(lambda: [e for e in snapver(lake_repo, "log", "--all", "--json").json
+        taken = wait_for(lambda: [e for e in snapver(lake_repo, "log", "--all", "--json").per_volume
                                   if e["kind"] == "wip" and e["volume"] == "models"], 15)
         assert taken, "the busy capture was dropped, not retried"
         assert (Path(taken[0]["path"]) / "ckpt.pt").read_text() == "epoch 3"

@@ -216,7 +216,7 @@ def test_the_daemon_config_names_the_line_too(tmp_path, text, said):
 # ------------------------------------------------------------------ what a user sees, on a real lake
 
 def snapshots(repo: Path) -> set[tuple[str, str]]:
-    return {(e["volume"], e["name"]) for e in snapver(repo, "log", "--all", "--json").json}
+    return {(e["volume"], e["name"]) for e in snapver(repo, "log", "--all", "--json").per_volume}
 
 
 def one_line(result, *expected: str) -> None:

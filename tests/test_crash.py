@@ -47,7 +47,7 @@ def snapshots(repo: Path) -> dict[tuple[str, str], dict]:
     """Every snapshot on the filesystem (log reads the filesystem), with its files' digests."""
     done = run(repo, "log", "--all", "--json")
     assert done.code == 0, done.err
-    entries = json.loads(done.out)
+    entries = done.per_volume
     return {(e["volume"], e["name"]): tree_digest(Path(e["path"])) for e in entries}
 
 
@@ -158,7 +158,7 @@ def test_gc_killed_at_every_step(lake_repo, lake, point):
 
     report = assert_doctor_repairs(lake_repo)
     assert report["interrupted"][0]["kind"] == "gc"
-    catalog = {(e["volume"], e["name"]) for e in json.loads(run(lake_repo, "log", "--all", "--json").out)}
+    catalog = {(e["volume"], e["name"]) for e in run(lake_repo, "log", "--all", "--json").per_volume}
     assert catalog == set(after), "the catalog forgot exactly what was destroyed"
     snapver(lake_repo, "gc")
     assert set(snapshots(lake_repo)) == set(before) - plan

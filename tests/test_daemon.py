@@ -26,7 +26,7 @@ POLL = 0.5
 
 
 def wips(repo: Path) -> list[dict]:
-    return [e for e in snapver(repo, "log", "--all", "--json").json if e["kind"] == "wip"]
+    return [e for e in snapver(repo, "log", "--all", "--json").per_volume if e["kind"] == "wip"]
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def test_commit_made_without_hooks_is_snapshotted(lake_repo, snapverd):
     subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "via a tool"], cwd=lake_repo,
                    env={**env(), "SNAPVER_SKIP": "1"}, check=True)
     sha = git(lake_repo, "rev-parse", "HEAD")
-    commits = lambda: [e for e in snapver(lake_repo, "log", "--json").json if e["commit"] == sha]  # noqa: E731
+    commits = lambda: [e for e in snapver(lake_repo, "log", "--json").per_volume if e["commit"] == sha]  # noqa: E731
     found = wait_for(commits, 1 + 3)
     assert {e["volume"] for e in found} == {"data", "models", "logs"}
     models = next(e for e in found if e["volume"] == "models")
@@ -242,12 +242,12 @@ def test_gc_keeps_and_drops_exactly_what_the_policy_says(lake_repo, lake):
             assert decided[(v, name)] == (label in expect_keep), (label, v)
     assert all(decided[(v, kept_commit)] for v in ("data", "models", "logs")), "reachable commit kept"
     assert not any(decided[(v, doomed)] for v in ("data", "models", "logs")), "unreachable commit dropped"
-    before = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").json}
+    before = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").per_volume}
     assert set(decided) == before, "the dry run lists every snapshot"
 
     out = snapver(lake_repo, "gc").out
     assert re.search(r"removed", out)
-    after = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").json}
+    after = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").per_volume}
     assert after == {k for k, keep in decided.items() if keep}
     ws.catalog.close()  # an open file would keep the lake's filesystem busy at teardown
 

@@ -38,7 +38,7 @@ def retention(repo: Path, text: str) -> None:
 
 
 def on_disk(repo: Path) -> set[tuple[str, str]]:
-    return {(e["volume"], e["name"]) for e in snapver(repo, "log", "--all", "--json").json}
+    return {(e["volume"], e["name"]) for e in snapver(repo, "log", "--all", "--json").per_volume}
 
 
 def plan(repo: Path) -> dict[tuple[str, str], dict]:

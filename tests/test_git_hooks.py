@@ -46,7 +46,7 @@ def test_every_commit_is_snapshotted(history):
     repo, states = history
     names = snapshot_names(repo)
     assert {sha for sha, _ in states} <= names
-    entries = {e["name"]: e for e in snapver(repo, "log", "--json").json if e["volume"] == "models"}
+    entries = {e["name"]: e for e in snapver(repo, "log", "--json").per_volume if e["volume"] == "models"}
     assert entries[states[1][0]]["subject"] == "v1"
     assert (Path(entries[states[1][0]]["path"]) / "model.pt").read_text() == "weights v1"
 
@@ -146,7 +146,7 @@ def test_rebase_gives_rewritten_commits_snapshots_and_keeps_the_old_ones(history
     assert rebased != topic
     names = snapshot_names(repo)
     assert rebased in names and topic in names
-    snap = next(e for e in snapver(repo, "log", "--json").json if e["name"] == rebased and e["volume"] == "models")
+    snap = next(e for e in snapver(repo, "log", "--json").per_volume if e["name"] == rebased and e["volume"] == "models")
     assert (Path(snap["path"]) / "topic.pt").read_text() == "topic model"
     assert lake_of(repo) == topic_lake
 

@@ -50,19 +50,21 @@ def test_snapshot_names_are_commit_ids(lake_repo):
     write(lake_repo / "models" / "m.bin", os.urandom(4096))
     head = commit(lake_repo, "train v1")
     entries = [e for e in snapver(lake_repo, "log", "--json").json if e["commit"] == head]
-    assert {e["volume"] for e in entries} == {"data", "models", "logs"}
-    for e in entries:
-        assert e["name"] == e["commit"] == head
-        assert e["kind"] == "commit"
-        assert e["subject"] == "train v1"
-        assert Path(e["path"]).name == head
+    assert len(entries) == 1, "log --json: one object per version, its volumes inside"
+    e = entries[0]
+    assert set(e["volumes"]) == {"data", "models", "logs"}
+    assert e["name"] == e["commit"] == head
+    assert e["kind"] == "commit"
+    assert e["subject"] == "train v1"
+    for snap in e["volumes"].values():
+        assert Path(snap["path"]).name == head
 
 
 def test_wip_snapshot_name_and_log_all(lake_repo):
     head = commit(lake_repo, "base")
     write(lake_repo / "logs" / "run.log", "epoch 1\n")
     snapver(lake_repo, "snapshot", "--wip", "-m", "mid-training")
-    wips = [e for e in snapver(lake_repo, "log", "--all", "--json").json if e["kind"] == "wip"]
+    wips = [e for e in snapver(lake_repo, "log", "--all", "--json").per_volume if e["kind"] == "wip"]
     assert len(wips) == 3
     assert all(re.fullmatch(head + r"\.\d{8}T\d{6}\.\d{6}Z", e["name"]) for e in wips)
     assert all(e["message"] == "mid-training" for e in wips)
@@ -123,7 +125,7 @@ def test_checkout_keeps_a_live_volume_whose_snapshot_is_gone(lake_repo):
     ws.catalog.close()
     result = snapver(repo, "checkout", base)
     assert "kept" in result.out + result.err
-    kept = [e for e in snapver(repo, "log", "--all", "--json").json if e["kind"] == "wip" and e["volume"] == "data"]
+    kept = [e for e in snapver(repo, "log", "--all", "--json").per_volume if e["kind"] == "wip" and e["volume"] == "data"]
     assert len(kept) == 1 and (Path(kept[0]["path"]) / "x.txt").read_text() == "only here"
 
 
@@ -175,7 +177,7 @@ def test_restore_over_a_changed_file_keeps_it_first(lake_repo):
     snapver(lake_repo, "restore", "HEAD", "models/m.pt")
     assert (lake_repo / "models" / "m.pt").read_text() == "committed"
     wip = [e for e in snapver(lake_repo, "log", "--all", "--json").json if e["kind"] == "wip"]
-    kept = Path(next(e["path"] for e in wip if e["volume"] == "models"))
+    kept = Path(wip[0]["volumes"]["models"]["path"])
     assert (kept / "m.pt").read_text() == "edited, not committed"
 
 
@@ -219,7 +221,7 @@ def test_reindex_after_losing_the_catalog_gives_the_same_log(lake_repo, lake):
     assert snapver(lake_repo, "log", "--all", "--json").json == before
     with contextlib.closing(sqlite3.connect(lake.root / "catalog.db")) as catalog:
         rows = catalog.execute("SELECT count(*) FROM snapshots").fetchone()
-    assert rows[0] == len(before)
+    assert rows[0] == sum(len(e["volumes"]) for e in before)
 
 
 def test_clone_joins_history_with_its_own_lake(lake_repo, lake, tmp_path):

@@ -56,7 +56,7 @@ def test_the_socket_refuses_other_users_workspaces(lake_repo, nobody_repo, daemo
                 assert not ok and ("may not act on" in answer or "does not watch" in answer), (path, op, answer)
         ok, status = as_user(NOBODY, lambda: client.request({"op": "daemon-status"}, path=d.socket))
         assert ok and [w["workspace"] for w in status] == [str(nobody_repo)], "root's workspace is not shown"
-        assert not [e for e in snapver(lake_repo, "log", "--all", "--json").json if e["kind"] == "wip"]
+        assert not [e for e in snapver(lake_repo, "log", "--all", "--json").per_volume if e["kind"] == "wip"]
     finally:
         d.stop()
 
@@ -187,7 +187,7 @@ def test_a_user_cannot_name_someone_elses_workspace_or_lake(lake_repo, nobody_re
 
     theirs = json.loads((lake_repo / ".git" / "snapver" / "workspace.json").read_text())
     root_project = (lake_repo / "snapver.toml").read_text()
-    before = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").json}
+    before = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").per_volume}
     (lake_repo / "models" / "m.pt").write_text("root's unsnapshotted work")
     fake_lake = lake.root / f"users-own-{os.urandom(3).hex()}"  # on the same filesystem
     fake_lake.mkdir()
@@ -209,6 +209,6 @@ def test_a_user_cannot_name_someone_elses_workspace_or_lake(lake_repo, nobody_re
             assert not ok and "only root may change" in answer, answer
     finally:
         d.stop()
-    after = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").json}
+    after = {(e["volume"], e["name"]) for e in snapver(lake_repo, "log", "--all", "--json").per_volume}
     assert after == before, "root's workspace was snapshotted for another user"
     assert (lake_repo / "models" / "m.pt").read_text() == "root's unsnapshotted work"

@@ -52,7 +52,8 @@ def test_a_user_through_snapverd_gets_what_root_gets_directly(nobody_repo, daemo
             assert f"asks {args[0]} on {nobody_repo}" in d.log.read_text(), f"{args[0]} did not go through snapverd"
 
         logged = cli(nobody_repo, "log", "--all", "--metric", "accuracy", "--json", socket=d.socket, user="nobody")
-        assert [e["metrics"] for e in logged if e["name"] == taken["models"]] == [{"accuracy": 0.93}] * len(taken)
+        assert [(e["metrics"], set(e["volumes"])) for e in logged if e["name"] == taken["models"]] == \
+            [({"accuracy": 0.93}, set(taken))]
         shown = cli(nobody_repo, "show", taken["models"], "--json", socket=d.socket, user="nobody")
         assert shown["metrics"] == {"accuracy": 0.93} and shown["volumes"]["models"]["name"] == taken["models"]
 

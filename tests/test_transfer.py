@@ -130,7 +130,7 @@ def test_push_clone_push_back_and_pull(lake_repo, far, third, tmp_path):
     assert data[c1] > 3 << 20 and (1 << 20) < data[c3] < (1 << 20) + (256 << 10)
     assert data[c2] < 64 << 10  # nothing in data changed: the stream is metadata only
     project = project_of(a)
-    mine = {(s["volume"], s["name"]) for s in snapver(a, "log", "--json").json}
+    mine = {(s["volume"], s["name"]) for s in snapver(a, "log", "--json").per_volume}
     assert set(held(far, project)) == mine
     assert snapver(a, "push", "far", "--json").json == []  # all there already
 
@@ -273,7 +273,7 @@ def _cut(cwd: Path, *args: str, fault: str) -> subprocess.CompletedProcess:
 
 
 def _snapshot_digests(repo: Path) -> dict[tuple[str, str], dict]:
-    return {(e["volume"], e["name"]): tree_digest(Path(e["path"])) for e in snapver(repo, "log", "--json").json}
+    return {(e["volume"], e["name"]): tree_digest(Path(e["path"])) for e in snapver(repo, "log", "--json").per_volume}
 
 
 @pytest.mark.parametrize("point", RECEIVE_POINTS)

@@ -10,15 +10,24 @@ from . import cli, emit_json, when, cell, label, run
 
 
 @cli.command()
-@click.argument("queries", nargs=-1, required=True)
+@click.argument("queries", nargs=-1)
 @click.option("--all", "include_wip", is_flag=True, help="Include wip snapshots.")
+@click.option("--sort", "sort_key", metavar="KEY", help="By this metric or param, the smallest first (-KEY: the greatest).")
+@click.option("--desc", is_flag=True, help="With --sort: the greatest first.")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N versions.")
 @click.option("--json", "as_json", is_flag=True)
-def find(queries, include_wip, as_json):
+def find(queries, include_wip, sort_key, desc, limit, as_json):
     """Versions whose metrics and params meet every QUERY, e.g. 'accuracy>0.9' 'lr<0.01'.
 
-    Operators: > >= < <= = == != (words compare with = and != only).
+    Operators: > >= < <= = == != (words compare with = and != only). Newest
+    first, or by --sort KEY; `find --sort -accuracy --limit 3` is the best three.
+    A name no version has is an error (exit 1), not an empty answer.
     """
-    rows = run("find", {"queries": list(queries), "all": include_wip})
+    if desc and not sort_key:
+        raise click.UsageError("--desc goes with --sort KEY")
+    if desc and not sort_key.startswith("-"):
+        sort_key = "-" + sort_key
+    rows = run("find", {"queries": list(queries), "all": include_wip, "sort": sort_key, "limit": limit})
     if as_json:
         emit_json(rows)
         return
@@ -28,24 +37,28 @@ def find(queries, include_wip, as_json):
 
 
 @cli.command()
-@click.argument("rev1")
-@click.argument("rev2")
+@click.argument("revs", nargs=-1, required=True, metavar="REV1 REV2 [REV...]")
 @click.option("--json", "as_json", is_flag=True)
-def compare(rev1, rev2, as_json):
-    """Params and metrics of REV1 and REV2 side by side, and the files changed in each volume.
+def compare(revs, as_json):
+    """Params and metrics of two or more revisions side by side, each number with its
+    delta against REV1, and the files changed in each volume from REV1 to the last.
 
     Walks both snapshots to find changed files: O(files).
     """
-    result = run("compare", {"rev1": rev1, "rev2": rev2})
+    if len(revs) < 2:
+        raise click.UsageError("give two or more revisions to compare")
+    result = run("compare", {"revs": list(revs)})
     if as_json:
         emit_json(result)
         return
-    a, b = (label(n) for n in result["snapshots"])
-    click.echo(f"{'':<28} {a:>20} {b:>20}")
+    width = 24 if len(revs) > 2 else 20
+    click.echo(f"{'':<28} " + " ".join(f"{label(n):>{width}}" for n in result["snapshots"]))
     for kind in ("params", "metrics"):
-        for k, (x, y) in result[kind].items():
-            mark = " " if x == y else "*"
-            click.echo(f"{mark} {kind[:-1]:<6} {k:<19} {cell(x):>20} {cell(y):>20}")
+        for k, cells in result[kind].items():
+            mark = " " if len({repr(c) for c in cells}) == 1 else "*"
+            shown = [cell(cells[0])] + [cell(c) + (f" ({d:+.3g})" if d else "")
+                                        for c, d in zip(cells[1:], result["deltas"][kind][k][1:])]
+            click.echo(f"{mark} {kind[:-1]:<6} {k:<19} " + " ".join(f"{x:>{width}}" for x in shown))
     sign = {"added": "+", "changed": "M", "deleted": "-"}
     for v, changes in result["changes"].items():
         click.echo(f"{v}: {len(changes)} file(s) changed" if changes else f"{v}: unchanged")

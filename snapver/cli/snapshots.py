@@ -57,7 +57,7 @@ def snapshot(wip, message):
 
 @cli.command()
 @click.option("--all", "include_wip", is_flag=True, help="Include wip snapshots.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per volume snapshot.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per version, its volumes inside.")
 @click.option("--metric", "metrics", multiple=True, metavar="NAME",
               help="Show this metric or param as a column (repeatable).")
 def log(include_wip, as_json, metrics):
@@ -68,15 +68,11 @@ def log(include_wip, as_json, metrics):
         return
     if metrics:
         click.echo(f"{'snapshot':<34} {'':<19}  {'kind':<6}  " + "  ".join(f"{m:>12}" for m in metrics))
-    grouped: dict[str, list] = {}
     for e in entries:
-        grouped.setdefault(e["name"], []).append(e)
-    for name, group in grouped.items():
-        first = group[0]
-        vols = " ".join(sorted(e["volume"] for e in group))
-        note = first["message"] or first["subject"] or ""
-        cols = "".join(f"{cell(first['metrics'][m]):>12}  " for m in metrics)
-        click.echo(f"{label(name):<34} {when(first['created'])}  {first['kind']:<6}  {cols}{vols}  {note}".rstrip())
+        vols = " ".join(sorted(e["volumes"]))
+        note = e["message"] or e["subject"] or ""
+        cols = "".join(f"{cell(e['metrics'][m]):>12}  " for m in metrics)
+        click.echo(f"{label(e['name']):<34} {when(e['created'])}  {e['kind']:<6}  {cols}{vols}  {note}".rstrip())
 
 
 @cli.command()

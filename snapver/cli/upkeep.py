@@ -159,4 +159,5 @@ def reindex():
     click.echo(f"catalog rebuilt: {done['snapshots']} snapshots")
     if done["set_aside"]:
         click.echo(f"snapver: warning: the damaged catalog is kept as {done['set_aside']}: releases, "
-                   "metrics and lineage were only in it (see SECURITY.md, catalog loss)", err=True)
+                   "metrics and lineage were only in it (see SECURITY.md, catalog loss); `snapver registry refresh` "
+                   "reads the [registry] metric and param files of every snapshot again", err=True)
