@@ -437,7 +437,9 @@ def serve(args: list[str]) -> None:
                 mine = backend.identities(project)
                 keys = [k for k in ask.get("shared") or [] if isinstance(k, list) and len(k) == 2
                         and tuple(k) in mine]
-                say({"rows": registrysync.export(catalog, project, keys)})
+                pieces = registrysync.parts(registrysync.export(catalog, project, keys))
+                for i, piece in enumerate(pieces):
+                    say({"rows": piece, "more": i < len(pieces) - 1})
             elif ask.get("op") == "send":
                 catalog = catalog or _catalog(backend)
                 with backend.steady():

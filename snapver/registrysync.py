@@ -109,6 +109,34 @@ def _export_releases(catalog, project: str, held: set, snapshots: set) -> dict:
     return out
 
 
+def parts(rows: dict, limit: int = 2000) -> list[dict]:
+    """rows (export's) cut into pieces of about limit rows, each a message of its own (a
+    session's line is at most 16 MiB), each merged on its own; a scan goes with its files,
+    and the releases go last, whole."""
+    tables = rows.get("tables") or {}
+    files: dict[tuple, list] = {}
+    for f in tables.get("scan_files") or []:
+        files.setdefault((f["volume"], f["snapshot"]), []).append(f)
+    out: list[dict] = []
+    part: dict[str, list] = {}
+    size = 0
+    for table, got in tables.items():
+        if table == "scan_files":
+            continue
+        for r in got:
+            part.setdefault(table, []).append(r)
+            size += 1
+            if table == "scans":
+                with_it = files.get((r["volume"], r["snapshot"]), [])
+                part.setdefault("scan_files", []).extend(with_it)
+                size += len(with_it)
+            if size >= limit:
+                out.append({"tables": part, "releases": {}})
+                part, size = {}, 0
+    out.append({"tables": part, "releases": rows.get("releases") or {}})
+    return out
+
+
 # ------------------------------------------------------------------ merge
 
 def merge(catalog, backend, project: str, given: dict, here: str = "here", there: str = "there") -> list[str]:

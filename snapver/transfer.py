@@ -177,9 +177,10 @@ class _Sending(_Direction):
         theirs = self.session.holdings
         if _speaks_registry(self, warn):
             rows = registrysync.export(self.ws.catalog, self.ws.project, registrysync.shared(self.held, self.source))
-            self.session.request({"op": "registry", "rows": rows, "here": f"remote {self.peer.name}",
-                                  "there": "this lake"})
-            _say(warn, self.session.answer().get("said"))
+            for part in registrysync.parts(rows):
+                self.session.request({"op": "registry", "rows": part, "here": f"remote {self.peer.name}",
+                                      "there": "this lake"})
+                _say(warn, self.session.answer().get("said"))
         if done and theirs.get("lake", "lake") != "lake" and warn:
             warn(f"remote {self.peer.name}: {theirs.get('what')} was "
                  f"{'empty' if theirs['lake'] == 'empty' else 'not a lake'}; it is a snapver lake now")
@@ -233,9 +234,12 @@ class _Fetching(_Direction):
         received.record_pins(self.catalog, self.ws.project, pins, set(self.held))
         if _speaks_registry(self, warn):
             self.session.request({"op": "registry-rows", "shared": registrysync.shared(self.held, self.source)})
-            rows = self.session.answer().get("rows") or {}
-            _say(warn, registrysync.merge(self.catalog, self.ws.backend, self.ws.project, rows,
-                                          "this lake", f"remote {self.peer.name}"))
+            more = True
+            while more:  # the far end's parts, each merged as it comes
+                answer = self.session.answer()
+                more = bool(answer.get("more"))
+                _say(warn, registrysync.merge(self.catalog, self.ws.backend, self.ws.project,
+                                              answer.get("rows") or {}, "this lake", f"remote {self.peer.name}"))
 
 
 def _speaks_registry(d: _Direction, warn) -> bool:

@@ -5,6 +5,7 @@ lineage, recipes and releases with their history; releases merge as Git merges r
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from snapver import registrysync
 from snapver.catalog import Catalog
 from snapver.transfer import open_lake
 from tests.fixtures.git import commit, env, git, snapver, write
@@ -86,7 +88,9 @@ def trained(a: Path) -> dict[str, str]:
     write(a / "finetune" / "head.pt", b"fine-tuned head")
     write(a / "models" / "metrics.json", '{"accuracy": 0.9, "loss": {"val": 0.3}}')
     c2 = commit(a, "fine-tuned", "snapver.toml")
-    write(a / "models" / "metrics.json", '{"accuracy": 0.95, "loss": {"val": 0.2}}')
+    # Enough values that the rows go in more than one message (registrysync.parts).
+    write(a / "models" / "metrics.json", json.dumps({"accuracy": 0.95, "loss": {"val": 0.2},
+                                                     "per_class": {f"c{i}": i / 2500 for i in range(2500)}}))
     write(a / "params.yaml", "lr: 0.001\n")
     c3 = commit(a, "model three", "params.yaml")
     snapver(a, "release", "prod", c1, "-m", "first")
@@ -104,6 +108,7 @@ SAME_OUTPUT = [
     ["lineage", "--json"],
     ["lineage", "--upstream", "finetune@HEAD", "--json"],
     ["scan", "--json"],
+    ["compare", "HEAD~2", "HEAD", "--json"],
 ]
 
 
@@ -305,3 +310,17 @@ def test_an_older_far_end_gets_the_snapshots_and_the_user_is_told(lake_repo, lak
     assert done.err.count("older snapver") == 1 and "Traceback" not in done.err, done.err
     assert snapver(a, "push", "far", "--json").json == [], "the snapshots went"
     shutil.rmtree(old)
+
+
+def test_rows_are_cut_into_parts_with_each_scan_whole_and_the_releases_last():
+    scans = [{"volume": "models", "snapshot": f"{i:040x}"} for i in range(5)]
+    files = [{"volume": "models", "snapshot": f"{i:040x}", "path": f"m{j}.pt"} for i in range(5) for j in range(3)]
+    values = [{"snapshot": "a" * 40, "kind": "metric", "key": f"k{i}"} for i in range(7)]
+    rows = {"tables": {"registry_values": values, "scans": scans, "scan_files": files}, "releases": {"prod": {}}}
+    got = registrysync.parts(rows, limit=4)
+    assert len(got) > 3 and [bool(p["releases"]) for p in got] == [False] * (len(got) - 1) + [True]
+    for p in got:
+        scanned = {(s["volume"], s["snapshot"]) for s in p["tables"].get("scans", [])}
+        assert {(f["volume"], f["snapshot"]) for f in p["tables"].get("scan_files", [])} == scanned
+    for table, every in rows["tables"].items():
+        assert [r for p in got for r in p["tables"].get(table, [])] == every
