@@ -44,9 +44,12 @@ KEYS = {
     "lineage": ("volume",),
     "recipes": ("volume",),
     "builds": ("volume", "snapshot", "started", "command"),
+    # Per-step metric history (another change adds the table): by its line of work, run and step.
+    "metric_history": ("commit_sha", "workspace", "run", "step", "key"),
 }
 _WHEN = {"registry_values": {"source"}, "scans": {"scanned"}, "lineage": {"created", "message"},
-         "recipes": {"created"}, "builds": set(), "provenance": set(), "scan_files": set()}
+         "recipes": {"created"}, "builds": set(), "provenance": set(), "scan_files": set(),
+         "metric_history": {"logged", "snapshot"}}
 # Tables keyed by a snapshot name alone (a commit's values are the same for every volume).
 _BY_NAME = ("registry_values",)
 
@@ -80,6 +83,8 @@ def export(catalog, project: str, keys: Iterable) -> dict:
         rows = catalog.synced_rows(table, project)
         if table in _BY_NAME:
             rows = [r for r in rows if r["snapshot"] in snapshots]
+        elif table == "metric_history":  # of the commits both hold (its wip may be gone)
+            rows = [r for r in rows if r["commit_sha"] in snapshots or r["snapshot"] in snapshots]
         elif table == "lineage":
             rows = [r for r in rows if r["volume"] in volumes or (r["source_volume"], r["source_snapshot"]) in held]
         elif table == "recipes":
@@ -171,9 +176,10 @@ def _valid(rows, table: str) -> list[dict]:
     """The rows whose key is well-formed (a peer's words are checked like a user's)."""
     good = []
     for r in rows if isinstance(rows, list) else []:
-        if not isinstance(r, dict) or any(not isinstance(r.get(k), str) for k in KEYS[table]):
+        if not isinstance(r, dict) or any(type(r.get(k)) not in (str, int) for k in KEYS[table]):
             continue
-        if any(k in r and not names.is_snapshot_name(r[k]) for k in ("snapshot", "source_snapshot")):
+        if any(r.get(k) is not None and not names.is_snapshot_name(r[k])
+               for k in ("snapshot", "source_snapshot", "commit_sha")):
             continue
         if not all(_is_volume(r[k]) for k in ("volume", "source_volume") if k in r):
             continue
@@ -215,6 +221,8 @@ def _what(table: str, k: tuple) -> str:
         return f"{k[1]} {k[2]} of {short(k[0])}"
     if table in ("lineage", "recipes"):
         return f"{'the lineage' if table == 'lineage' else 'the recipe'} of volume {k[0]}"
+    if table == "metric_history":
+        return f"metric {k[4]} at step {k[3]} of run {k[2]} on {short(k[0])}"
     return f"the {'model scan' if table == 'scans' else table.rstrip('s')} of {k[0]}@{short(k[1])}"
 
 

@@ -41,7 +41,8 @@ def registry(spec: str, project: str) -> dict[str, set[tuple]]:
     with sqlite3.connect(open_lake(spec).catalog_path) as db:
         db.row_factory = sqlite3.Row
         out = {}
-        for table in TABLES:
+        present = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table in (t for t in TABLES if t in present):
             out[table] = {tuple((k, r[k]) for k in r.keys() if k not in ("seq", "id") or
                                 (table == "release_moves" and k == "id"))
                           for r in db.execute(f"SELECT * FROM {table} WHERE project = ?", (project,))}
