@@ -323,7 +323,7 @@ def pull(ws, remote: str | None = None, revs: list[str] | None = None, progress=
 
 
 def clone(git_url: str, directory: Path, lake_url: str | None, lake: str | None, image: Path | None,
-          size: int | None, progress=None, command: str | None = None):
+          size: int | None, progress=None, command: str | None = None, warn=None):
     """`git clone`, then this host's lake for it (init), its snapshots (pull) and HEAD's data."""
     directory = Path(directory)
     if lake_url:
@@ -342,7 +342,7 @@ def clone(git_url: str, directory: Path, lake_url: str | None, lake: str | None,
         ws = Workspace.init(directory, lake=lake, image=image, size=size)
         name = config.remote.get("name", "origin")
         add_remote(ws.git, name, url, command)
-        pull(ws, name, ["HEAD"], progress, strict=False)
+        pull(ws, name, ["HEAD"], progress, warn, strict=False)
         head = ws.git.head()
         if head:
             ws.checkout(head, nearest=True)

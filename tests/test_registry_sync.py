@@ -285,8 +285,8 @@ def test_push_and_pull_over_ssh_carry_the_registry(lake_repo, lake, far, third, 
         snapver(a, "release", "history", "prod", "--json").json
 
 
-def test_an_older_far_end_gets_the_snapshots_and_the_user_is_told(lake_repo, lake, far, sshd, tmp_path, monkeypatch,
-                                                                   holds):
+def test_an_older_far_end_gets_the_snapshots_and_the_user_is_told(lake_repo, lake, far, third, sshd, tmp_path,
+                                                                   monkeypatch, holds):
     """The far end runs the snapver before the registry travelled (main's, as installed on
     another host): it is sent no request it does not know, and the push says so in one line."""
     port, ssh = sshd
@@ -310,6 +310,11 @@ def test_an_older_far_end_gets_the_snapshots_and_the_user_is_told(lake_repo, lak
     assert "remote far runs an older snapver: the registry (metrics, releases, lineage) was not synced" in done.err
     assert done.err.count("older snapver") == 1 and "Traceback" not in done.err, done.err
     assert snapver(a, "push", "far", "--json").json == [], "the snapshots went"
+    b = tmp_path / "b"
+    cloned = snapver(tmp_path, "clone", str(a), str(b), "--from", url, "--command", str(wrapper),
+                     *third.init_args[:2], "-q")
+    assert "remote origin runs an older snapver" in cloned.err, cloned.err
+    assert (b / "models" / "model.pt").read_bytes() == (a / "models" / "model.pt").read_bytes()
     shutil.rmtree(old)
 
 
