@@ -246,6 +246,15 @@ def test_release_moved_on_one_side_fast_forwards_on_both_sides_is_reported(lake_
     assert registry(lake.spec, project)["release_moves"] == registry(far.spec, project)["release_moves"] \
         == registry(third.spec, project)["release_moves"]
 
+    # A removal is a move too: it fast-forwards, its stable path and hold go, its history stays.
+    snapver(a, "release", "remove", "v1.0")
+    snapver(a, "push", "far", "-q")
+    snapver(b, "pull", "-q")
+    assert [r["name"] for r in snapver(b, "release", "list", "--json").json] == ["prod"]
+    assert snapver(b, "release", "history", "v1.0", "--json").json[-1]["to_snapshot"] is None
+    assert not (open_lake(third.spec).root / project / "releases" / "v1.0").exists()
+    assert registry(third.spec, project)["releases"] == registry(lake.spec, project)["releases"]
+
 
 def test_a_tag_fetched_into_a_second_clone_becomes_a_release_there(lake_repo, lake, far, third, tmp_path, holds):
     a = lake_repo
