@@ -114,7 +114,7 @@ def _export_releases(catalog, project: str, held: set, snapshots: set) -> dict:
     return out
 
 
-def parts(rows: dict, limit: int = 2000) -> list[dict]:
+def parts(rows: dict, limit: int = 10000) -> list[dict]:
     """rows (export's) cut into pieces of about limit rows, each a message of its own (a
     session's line is at most 16 MiB), each merged on its own; a scan goes with its files,
     and the releases go last, whole."""

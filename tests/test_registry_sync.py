@@ -103,7 +103,7 @@ def trained(a: Path) -> dict[str, str]:
     c2 = commit(a, "fine-tuned", "snapver.toml")
     # Enough values that the rows go in more than one message (registrysync.parts).
     write(a / "models" / "metrics.json", json.dumps({"accuracy": 0.95, "loss": {"val": 0.2},
-                                                     "per_class": {f"c{i}": i / 2500 for i in range(2500)}}))
+                                                     "per_class": {f"c{i}": i / 10001 for i in range(10001)}}))
     write(a / "params.yaml", "lr: 0.001\n")
     c3 = commit(a, "model three", "params.yaml")
     snapver(a, "release", "prod", c1, "-m", "first")
