@@ -58,6 +58,10 @@ def explain(e: sqlite3.Error, path: Path | None = None) -> SnapverError:
     )
 
 
+def _table_columns(conn, table: str) -> list[str]:
+    return [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+
+
 def _full(path) -> bool:
     try:
         st = os.statvfs(Path(path).parent)
@@ -474,12 +478,55 @@ class Catalog:
                 self._release_moved(project, name, when, who, old, None, "removed")
 
     def _release_moved(self, project, name, when, who, old, new, message) -> None:
+        """Append a move, made after every tip of the release's history here: the move it is at,
+        and any another lake made that was reported diverged (so this move settles it), and
+        make it the head."""
         to = new or (None, None, None)
+        move_id = os.urandom(16).hex()
         self.conn.execute(
             "INSERT INTO release_moves (project, name, moved, who, from_snapshot, to_snapshot, from_commit, "
-            "to_commit, volumes, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "to_commit, volumes, message, id, parents) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (project, name, when, who, old and old["snapshot"], to[0], old and old["commit_sha"], to[1],
-             " ".join(to[2]) if to[2] else old and old["volumes"], message))
+             " ".join(to[2]) if to[2] else old and old["volumes"], message, move_id,
+             " ".join(self._release_tips(project, name)) or None))
+        self.set_release_head(project, name, move_id)
+
+    def _release_tips(self, project: str, name: str) -> list[str]:
+        """Ids of the moves of release NAME that no other move was made after, oldest first."""
+        rows = self.conn.execute("SELECT id, parents FROM release_moves WHERE project = ? AND name = ? "
+                                 "AND id IS NOT NULL ORDER BY seq", (project, name)).fetchall()
+        after = {p for r in rows for p in (r["parents"] or "").split()}
+        return [r["id"] for r in rows if r["id"] not in after]
+
+    def release_heads(self, project: str) -> dict[str, str]:
+        """{release name: id of the move it is at here}, also of releases since removed."""
+        return dict(self.conn.execute("SELECT name, head FROM release_heads WHERE project = ?", (project,)).fetchall())
+
+    def set_release_head(self, project: str, name: str, move_id: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO release_heads VALUES (?, ?, ?)", (project, name, move_id))
+
+    def all_release_moves(self, project: str) -> list:
+        """Every move of every release of the project, in the order they were recorded here."""
+        return self.conn.execute("SELECT * FROM release_moves WHERE project = ? ORDER BY seq", (project,)).fetchall()
+
+    def follow_release(self, project: str, name: str, row: dict | None, moves: list[dict], head: str | None) -> None:
+        """Moves another lake made (added, in the order given: parents first), and, with head,
+        the release put where that lake's move `head` left it (row, or None: removed); call in
+        a batch."""
+        for m in moves:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO release_moves (project, name, moved, who, from_snapshot, to_snapshot, "
+                "from_commit, to_commit, volumes, message, id, parents) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (project, name, *(m.get(k) for k in ("moved", "who", "from_snapshot", "to_snapshot", "from_commit",
+                                                     "to_commit", "volumes", "message", "id", "parents"))))
+        if head is None:
+            return
+        self.conn.execute("DELETE FROM releases WHERE project = ? AND name = ?", (project, name))
+        if row is not None:
+            self.conn.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                              (project, name, *(row[k] for k in ("snapshot", "commit_sha", "volumes", "created",
+                                                                 "message")), int(bool(row.get("forced")))))
+        self.set_release_head(project, name, head)
 
     def release_moves(self, project: str, name: str) -> list:
         """Every move of release NAME, oldest first."""
@@ -499,6 +546,35 @@ class Catalog:
                     message: str | None, created: str) -> None:
         self.conn.execute("INSERT OR IGNORE INTO lineage VALUES (?, ?, ?, ?, ?, ?)",
                           (project, volume, source_volume, source_snapshot, message, created))
+
+    # ------------------------------------------------------------------ registry rows between lakes (registrysync.py)
+
+    # The tables whose rows travel as rows (releases travel as moves, above), each read and
+    # written whole, without the project column (and without builds' local id).
+    # A table this catalog lacks (metric_history, which another change adds) is skipped.
+    SYNCED = ("registry_values", "metric_history", "provenance", "scans", "scan_files", "lineage", "recipes", "builds")
+
+    def synced_columns(self, table: str) -> list[str] | None:
+        """The columns of a table that travels; None if this catalog has no such table."""
+        if table not in self.SYNCED:
+            raise ValueError(f"{table} is not a table whose rows travel")
+        return [c for c in _table_columns(self.conn, table) if c not in ("project", "id")] or None
+
+    def synced_rows(self, table: str, project: str) -> list[dict]:
+        columns = self.synced_columns(table)
+        if columns is None:
+            return []
+        return [dict(r) for r in self.conn.execute(
+            f"SELECT {', '.join(columns)} FROM {table} WHERE project = ?", (project,))]
+
+    def add_synced_rows(self, table: str, project: str, rows: list[dict]) -> None:
+        """rows (dicts of synced_columns) into table, none replacing a row of the same key."""
+        columns = self.synced_columns(table)
+        if not rows or columns is None:
+            return
+        self.conn.executemany(
+            f"INSERT OR IGNORE INTO {table} (project, {', '.join(columns)}) VALUES ({', '.join('?' * (len(columns) + 1))})",
+            [(project, *(r.get(c) for c in columns)) for r in rows])
 
     # ------------------------------------------------------------------ recipes and builds (build.py)
 

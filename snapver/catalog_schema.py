@@ -22,9 +22,11 @@ place a reader sees every table whole.
 
 from __future__ import annotations
 
+import os
+
 from .errors import SnapverError
 
-VERSION = 4
+VERSION = 5
 
 
 class SchemaTooNew(SnapverError):
@@ -229,8 +231,43 @@ def _to_v4(conn) -> None:
         "FROM registry_values v WHERE v.kind = 'metric' AND v.source = 'api' AND length(v.snapshot) > 40")
 
 
+# Version 5: releases travel between lakes (registrysync.py) and are merged as Git merges refs.
+# Each move gets an id, the same on every lake it reaches, and its parents: the moves it was
+# made after (more than one when it settles a divergence). release_heads names the move a
+# release is at on this lake (also for a removed one): a release moved on one side only
+# fast-forwards, one moved on both is reported. Creating the ids needs no lake-wide
+# agreement: a move made before version 5 existed on one lake only.
+_V5 = """
+CREATE TABLE IF NOT EXISTS release_heads (
+    project TEXT NOT NULL, name TEXT NOT NULL, head TEXT NOT NULL,
+    PRIMARY KEY (project, name)
+)
+"""
+
+
+def _to_v5(conn) -> None:
+    """Ids, parents (the move before, in seq order) and heads for the moves of version 4."""
+    have = _columns(conn, "release_moves")
+    for column in ("id", "parents"):
+        if column not in have:
+            conn.execute(f"ALTER TABLE release_moves ADD COLUMN {column} TEXT")
+    for statement in _statements(_V5):
+        conn.execute(statement)
+    conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS release_moves_by_id ON release_moves (id)")
+    last: dict[tuple[str, str], str] = {}
+    rows = conn.execute("SELECT seq, project, name, id FROM release_moves ORDER BY seq").fetchall()
+    for seq, project, name, move_id in rows:
+        if move_id is None:
+            move_id = os.urandom(16).hex()
+            parent = last.get((project, name))
+            conn.execute("UPDATE release_moves SET id = ?, parents = ? WHERE seq = ?", (move_id, parent, seq))
+        last[(project, name)] = move_id
+    for (project, name), move_id in last.items():
+        conn.execute("INSERT OR IGNORE INTO release_heads VALUES (?, ?, ?)", (project, name, move_id))
+
+
 # MIGRATIONS[n] takes a catalog from version n to n + 1.
-MIGRATIONS = [_to_v1, _to_v2, _to_v3, _to_v4]
+MIGRATIONS = [_to_v1, _to_v2, _to_v3, _to_v4, _to_v5]
 assert len(MIGRATIONS) == VERSION
 
 

@@ -368,7 +368,8 @@ def _clone(where, a, by):
     from .hookfiles import install
 
     ws = transfer.clone(str(a["git_url"]), where, a.get("from"), a.get("lake"),
-                        Path(a["image"]) if a.get("image") else None, a.get("size"), by.progress, a.get("command"))
+                        Path(a["image"]) if a.get("image") else None, a.get("size"), by.progress, a.get("command"),
+                        by.tell)
     install(ws.git)
     return {"directory": str(where), "lake": ws.backend.spec(), "at": _at(ws)}
 

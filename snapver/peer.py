@@ -32,7 +32,7 @@ import tempfile
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from . import doctor, faults, journal, names, received
+from . import doctor, faults, journal, names, received, registrysync
 from .backends import open_lake
 from .backends.base import Backend, Snapshot
 from .catalog import Catalog
@@ -261,6 +261,7 @@ def holdings(backend: Backend, project: str) -> dict:
         "snapshots": [[s.volume, s.name, identities[(s.volume, s.name)]] for s in snaps],
         "appendable": None if appendable is None else sorted(appendable),
         "resumable": None if resumable is None else [[v, n, t] for (v, n), t in resumable.items()],
+        "protocol": registrysync.PROTOCOL,
     }
 
 
@@ -426,6 +427,19 @@ def serve(args: list[str]) -> None:
                 catalog = catalog or _catalog(backend)
                 pins = [p for p in ask.get("pins") or [] if isinstance(p, list) and len(p) == 3]
                 say({"pinned": received.record_pins(catalog, project, pins, set(backend.identities(project)))})
+            elif ask.get("op") == "registry":  # a push's registry rows, merged here
+                catalog = catalog or _catalog(backend)
+                said_here = registrysync.merge(catalog, backend, project, ask.get("rows"),
+                                               str(ask.get("here", "there")), str(ask.get("there", "here")))
+                say({"said": said_here})
+            elif ask.get("op") == "registry-rows":  # a pull's: this lake's rows of what both hold
+                catalog = catalog or _catalog(backend)
+                mine = backend.identities(project)
+                keys = [k for k in ask.get("shared") or [] if isinstance(k, list) and len(k) == 2
+                        and tuple(k) in mine]
+                pieces = registrysync.parts(registrysync.export(catalog, project, keys))
+                for i, piece in enumerate(pieces):
+                    say({"rows": piece, "more": i < len(pieces) - 1})
             elif ask.get("op") == "send":
                 catalog = catalog or _catalog(backend)
                 with backend.steady():

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import names, received
+from . import names, received, registrysync
 from .ancestry import ancestors, parents_of
 from .backends import open_lake  # noqa: F401  (as before, for callers)
 from .config import Config
@@ -175,6 +175,12 @@ class _Sending(_Direction):
             self.session.request({"op": "pins", "pins": pins})
             self.session.answer()
         theirs = self.session.holdings
+        if _speaks_registry(self, warn):
+            rows = registrysync.export(self.ws.catalog, self.ws.project, registrysync.shared(self.held, self.source))
+            for part in registrysync.parts(rows):
+                self.session.request({"op": "registry", "rows": part, "here": f"remote {self.peer.name}",
+                                      "there": "this lake"})
+                _say(warn, self.session.answer().get("said"))
         if done and theirs.get("lake", "lake") != "lake" and warn:
             warn(f"remote {self.peer.name}: {theirs.get('what')} was "
                  f"{'empty' if theirs['lake'] == 'empty' else 'not a lake'}; it is a snapver lake now")
@@ -226,6 +232,31 @@ class _Fetching(_Direction):
         pins = [p for p in self.session.holdings.get("pins") or [] if isinstance(p, list) and len(p) == 3
                 and (p[0], p[1]) in wanted]
         received.record_pins(self.catalog, self.ws.project, pins, set(self.held))
+        if _speaks_registry(self, warn):
+            self.session.request({"op": "registry-rows", "shared": registrysync.shared(self.held, self.source)})
+            more = True
+            while more:  # the far end's parts, each merged as it comes
+                answer = self.session.answer()
+                more = bool(answer.get("more"))
+                _say(warn, registrysync.merge(self.catalog, self.ws.backend, self.ws.project,
+                                              answer.get("rows") or {}, "this lake", f"remote {self.peer.name}"))
+
+
+def _speaks_registry(d: _Direction, warn) -> bool:
+    """Whether the far end takes registry rows (an older snapver does not: it is told nothing,
+    and the user is told why the registry stayed behind)."""
+    if d.session.holdings.get("protocol", 1) >= registrysync.PROTOCOL:
+        return True
+    if warn:
+        warn(f"remote {d.peer.name} runs an older snapver: the registry (metrics, releases, lineage) was not "
+             "synced, only the snapshots; upgrade snapver there")
+    return False
+
+
+def _say(warn, lines) -> None:
+    for line in lines or []:
+        if warn and isinstance(line, str):
+            warn(line)
 
 
 def _loop(ws, d: _Direction, revs: list[str], progress, warn, strict: bool) -> list[Transfer]:
@@ -292,7 +323,7 @@ def pull(ws, remote: str | None = None, revs: list[str] | None = None, progress=
 
 
 def clone(git_url: str, directory: Path, lake_url: str | None, lake: str | None, image: Path | None,
-          size: int | None, progress=None, command: str | None = None):
+          size: int | None, progress=None, command: str | None = None, warn=None):
     """`git clone`, then this host's lake for it (init), its snapshots (pull) and HEAD's data."""
     directory = Path(directory)
     if lake_url:
@@ -311,7 +342,7 @@ def clone(git_url: str, directory: Path, lake_url: str | None, lake: str | None,
         ws = Workspace.init(directory, lake=lake, image=image, size=size)
         name = config.remote.get("name", "origin")
         add_remote(ws.git, name, url, command)
-        pull(ws, name, ["HEAD"], progress, strict=False)
+        pull(ws, name, ["HEAD"], progress, warn, strict=False)
         head = ws.git.head()
         if head:
             ws.checkout(head, nearest=True)

@@ -45,7 +45,7 @@ def pytest_terminal_summary(terminalreporter):
 # concurrent users here; one at a time is how the serial suite always ran it without a hang.
 # (The groups are made here from node IDs, not with xdist_group marks, which pytest-xdist 3.8
 # no longer applies under pytest 9.2.)
-XDIST_GROUPS = {"test_transfer.py": "per-backend", "test_bad_input.py": "module"}
+XDIST_GROUPS = {"test_transfer.py": "per-backend", "test_registry_sync.py": "per-backend", "test_bad_input.py": "module"}
 
 
 def xdist_group(nodeid: str) -> str:

@@ -39,8 +39,9 @@ INSERT INTO snapshots VALUES ('p', 'data', 'c', 'c', 'commit', 't', NULL, NULL);
 V1_TABLES = {"snapshots", "commits", "volumes", "operations", "clones", "registry_values", "releases",
              "lineage", "provenance", "scans", "scan_files", "received_pins"}
 # Version 2 adds the build recipes and the record of builds (cascade), version 3 the
-# history of release moves, version 4 the metric history.
-TABLES = V1_TABLES | {"recipes", "builds", "release_moves", "metric_history"}
+# history of release moves, version 4 the metric history, version 5 the move each release
+# is at (its head).
+TABLES = V1_TABLES | {"recipes", "builds", "release_moves", "metric_history", "release_heads"}
 
 
 def raw(path: Path, script: str = "") -> None:
@@ -66,7 +67,7 @@ def files(path: Path) -> dict[str, str]:
 def test_a_new_catalog_is_made_at_the_current_version(tmp_path):
     db = tmp_path / "catalog.db"
     Catalog(db).close()
-    assert user_version(db) == VERSION == 4
+    assert user_version(db) == VERSION == 5
     assert tables(db) == TABLES
 
 
@@ -103,7 +104,7 @@ def test_a_catalog_of_version_1_is_upgraded_and_its_releases_get_their_history(t
             "'serving', 0);"
             "INSERT INTO releases VALUES ('p', 'v1.0', 's0', 'c0', 'data', '2025-12-01T00:00:00+00:00', NULL, 0);")
     c = Catalog(db)
-    assert user_version(db) == VERSION
+    assert user_version(db) == VERSION == 5
     moves = c.release_moves("p", "prod")
     assert [(m["moved"], m["who"], m["from_snapshot"], m["to_snapshot"], m["volumes"], m["message"])
             for m in moves] == [("2026-01-01T00:00:00+00:00", None, None, "s1", "data models", "serving")]
@@ -157,6 +158,30 @@ def test_refresh_keeps_values_of_other_sources(tmp_path):
                                 ("metric", "new", 1.0, "1")], "m.json")
     assert {(r[2], r[3]) for r in c.value_rows("p")} == {("acc", 0.9), ("f1", 0.2), ("new", 1.0)}
     c.close()
+
+
+def test_a_catalog_of_version_4_gets_move_ids_parents_and_heads(tmp_path):
+    """Version 4's moves get ids and their parents (the move before, per release), each
+    release its head (also a removed one); a move made afterwards follows on from the head."""
+    db = tmp_path / "catalog.db"
+    raw(db, catalog_schema._V1 + catalog_schema._V2 + ";" + catalog_schema._V3 + ";" + catalog_schema._V4 + ";PRAGMA user_version = 4;"
+            "INSERT INTO releases VALUES ('p', 'prod', 's2', 'c2', 'data', 't2', NULL, 0);"
+            "INSERT INTO release_moves (project, name, moved, from_snapshot, to_snapshot, volumes) VALUES "
+            "('p', 'prod', 't1', NULL, 's1', 'data'), ('p', 'old', 't1', NULL, 's1', 'data'), "
+            "('p', 'prod', 't2', 's1', 's2', 'data'), ('p', 'old', 't3', 's1', NULL, 'data');")
+    c = Catalog(db)
+    assert user_version(db) == VERSION
+    prod, old = c.release_moves("p", "prod"), c.release_moves("p", "old")
+    assert [m["parents"] for m in prod] == [None, prod[0]["id"]]
+    assert [m["parents"] for m in old] == [None, old[0]["id"]]
+    assert len({m["id"] for m in prod + old}) == 4
+    assert c.release_heads("p") == {"prod": prod[1]["id"], "old": old[1]["id"]}
+    c.move_release("p", "prod", "s3", "c3", ["data"], "t4", None, False, None)
+    moves = c.release_moves("p", "prod")
+    assert moves[2]["parents"] == prod[1]["id"] and c.release_heads("p")["prod"] == moves[2]["id"]
+    c.close()
+    Catalog(db).close()  # again: ids are not made twice
+    assert [m["id"] for m in Catalog(db).release_moves("p", "prod")] == [m["id"] for m in moves]
 
 
 def test_migrating_is_idempotent(tmp_path):
