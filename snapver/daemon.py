@@ -433,7 +433,7 @@ class _Handler(socketserver.StreamRequestHandler):
                     raise ValueError("a request is a JSON object")
                 answer = {"ok": True, "result": self.server.daemon.handle(request, creds)}  # type: ignore[attr-defined]
             except SnapverError as e:
-                answer = {"ok": False, "error": str(e)}
+                answer = {"ok": False, "error": str(e), "exit_code": e.exit_code}  # "not found" stays 3
             except sqlite3.Error as e:
                 answer = {"ok": False, "error": str(explain(e))}
             except (ValueError, KeyError, TypeError) as e:

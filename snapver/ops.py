@@ -459,6 +459,14 @@ def call(op: str, args: dict | None = None, path: Path | str = ".", tell=None, p
         # never opens the lake, so it does not pay for importing the core (sqlite3, backends).
         from .lake import Workspace
 
-        return perform(Workspace.open(path), op, args, tell=tell, progress=progress)
+        try:
+            return perform(Workspace.open(path), op, args, tell=tell, progress=progress)
+        except PermissionError as e:
+            if not entry.served or os.geteuid() == 0:
+                raise
+            # What a user who is not root gets when no snapverd answered: the cause, not a traceback.
+            raise SnapverError(f"snapverd is not running (nothing listens on {endpoint.SOCKET}) and this user "
+                               f"may not change the lake itself ({e.strerror}: {e.filename}): start it "
+                               "(systemctl start snapverd.socket) or run as the lake's owner") from None
     finally:
         journal.announce = before

@@ -70,7 +70,8 @@ def test_metrics_and_params_per_commit_found_and_compared(lake_repo):
     found = snapver(repo, "find", "accuracy>0.9", "train.lr<0.01", "--json").json
     assert [r["name"] for r in found] == [v2]
     assert [r["name"] for r in snapver(repo, "find", "optimizer=adam", "--json").json] == [v2, v1]
-    assert snapver(repo, "find", "accuracy>0.99", "--json").json == []
+    none = snapver(repo, "find", "accuracy>0.99", "--json", ok=None)
+    assert none.code == 5 and none.json == [], "no match: exit 5, as documented"
 
     cmp = snapver(repo, "compare", v1, v2, "--json").json
     assert cmp["params"]["train.lr"] == [0.01, 0.001]

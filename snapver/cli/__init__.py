@@ -51,7 +51,28 @@ def daemon_view() -> dict | None:
         return None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+EPILOG = """\b
+Exit codes:
+  0  done
+  1  an error (one line on stderr; nothing changed on disk)
+  2  usage error: a bad option or argument
+  3  not found: no such revision, snapshot, release or volume
+  4  `status --exit-code`: a volume changed since its snapshot
+  5  `find`: no version matches
+
+\b
+Environment:
+  SNAPVER_SOCKET     snapverd's socket (default: `socket` in the daemon config,
+                     else /run/snapver/snapverd.sock)
+  SNAPVER_CONFIG     the daemon config (default /etc/snapver/snapverd.toml)
+  SNAPVER_DIRECT=1   act on the lake directly, never through snapverd
+  SNAPVER_SKIP=1     the Git hooks do nothing for this one command
+  SNAPVER_SSH        the ssh command of push, pull and clone (default ssh)
+  SNAPVER_LOCK_WAIT  seconds to wait for a busy workspace (default 30)
+"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
 @click.version_option(package_name="snapver")
 def cli():
     """Version an ML data lake (data, models, logs) with the Git commits of its code.

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from ..errors import NO_MATCH, one_line
 from . import cli, emit_json, when, cell, label, run
 
 
@@ -17,14 +18,18 @@ def find(queries, include_wip, as_json):
     """Versions whose metrics and params meet every QUERY, e.g. 'accuracy>0.9' 'lr<0.01'.
 
     Operators: > >= < <= = == != (words compare with = and != only).
+    Exits 5 when no version matches.
     """
     rows = run("find", {"queries": list(queries), "all": include_wip})
     if as_json:
         emit_json(rows)
-        return
-    for r in rows:
+    for r in rows if not as_json else []:
         vals = "  ".join(f"{k}={cell(v)}" for k, v in r["values"].items())
         click.echo(f"{label(r['name']):<34} {when(r['created'])}  {vals}  {r['subject'] or ''}".rstrip())
+    if not rows:
+        if not as_json:
+            click.echo(f"snapver: no version matches {one_line(' '.join(queries))}", err=True)
+        sys.exit(NO_MATCH)  # as grep: a script tells "none" from an error (1)
 
 
 @cli.command()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import SnapverError
+from ..errors import CHANGED, SnapverError
 from ..lake import parse_size, short
 from . import cli, emit_json, when, cell, label, daemon_view, run, warn
 
@@ -81,13 +81,20 @@ def log(include_wip, as_json, metrics):
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
-def status(as_json):
+@click.option("--exit-code", "exit_code", is_flag=True, help="Exit 4 if a volume changed since its snapshot.")
+def status(as_json, exit_code):
     """Which volumes changed since their last snapshot."""
     rows = run("status")
     watched = daemon_view()
     if as_json:
         emit_json(rows)
-        return
+    else:
+        _print_status(rows, watched)
+    if exit_code and any(r["changed"] for r in rows):
+        sys.exit(CHANGED)  # as `git diff --exit-code`
+
+
+def _print_status(rows: list[dict], watched: dict | None) -> None:
     for r in rows:
         base = label(r["base"]) if r["base"] else "no snapshot"
         line = f"{r['volume']:<12} {'changed' if r['changed'] else 'clean':<8} since {base}"

@@ -1,0 +1,102 @@
+"""The CLI's conventions (issue 20): exit codes, the environment, --json, completion, messages.
+Each runs the CLI as a process on a real lake, on Btrfs and on zfs-fuse."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.fixtures.daemon import Snapverd
+from tests.fixtures.git import commit, env, write
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(cwd: Path, *args: str, user: str | None = None, **extra_env: str) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "snapver", *args]
+    if user:
+        argv = ["runuser", "-u", user, "--", *argv]
+    e = {k: v for k, v in env().items() if k not in ("SNAPVER_SOCKET", "SNAPVER_CONFIG")}
+    return subprocess.run(argv, cwd=cwd, env={**e, **extra_env}, capture_output=True, text=True, timeout=120)
+
+
+# ------------------------------------------------------------------ exit codes and environment
+
+def test_each_documented_exit_code_is_what_the_command_returns(lake_repo):
+    write(lake_repo / "data" / "a.csv", "1\n")
+    commit(lake_repo, "v1", settle=True)
+    assert run(lake_repo, "status", "--exit-code").returncode == 0, "clean: 0"
+    assert run(lake_repo, "show", "--no-such-option").returncode == 2, "usage: click's 2"
+    missing = run(lake_repo, "show", "0123abc")
+    assert missing.returncode == 3 and missing.stderr.count("\n") == 1 and "Traceback" not in missing.stderr
+    assert run(lake_repo, "path", "HEAD", "nosuchvolume").returncode == 3
+    assert run(lake_repo, "gc", "--forget-unknown", "soon").returncode == 1, "a plain error: 1"
+    assert run(lake_repo, "find", "accuracy>0.5").returncode == 5, "no match: 5"
+    nothing = run(lake_repo, "find", "accuracy>0.5", "--json")
+    assert nothing.returncode == 5 and nothing.stdout.strip() == "[]"
+    write(lake_repo / "data" / "b.csv", "2\n")
+    changed = run(lake_repo, "status", "--exit-code", "--json")
+    assert changed.returncode == 4 and any(r["changed"] for r in json.loads(changed.stdout))
+    assert run(lake_repo, "status").returncode == 0, "without --exit-code a change is no failure"
+    help_text = run(lake_repo, "--help").stdout
+    for code in ("0  done", "2  usage error", "3  not found", "4  `status --exit-code`", "5  `find`"):
+        assert code in help_text
+
+
+def test_every_environment_variable_read_is_documented():
+    """Each SNAPVER_* the code reads (os.environ, the hook shim) is in the README and, if it is a
+    user's, in `snapver --help`."""
+    read: set[str] = set()
+    for path in (ROOT / "snapver").rglob("*"):
+        if path.suffix in (".py", ".sh"):
+            text = path.read_text()
+            read |= set(re.findall(r"environ(?:\.get)?\(?\[?\s*\"(SNAPVER_[A-Z_]+)\"", text))
+            # The shim's own variables (SNAPVER_PYTHON='...') are set there, not read from the environment.
+            read |= set(re.findall(r"\$\{?(SNAPVER_[A-Z_]+)", text)) - set(re.findall(r"^(SNAPVER_[A-Z_]+)=", text, re.M))
+    assert {"SNAPVER_SOCKET", "SNAPVER_CONFIG", "SNAPVER_LOCK_WAIT", "SNAPVER_SKIP"} <= read, read
+    readme = (ROOT / "README.md").read_text()
+    assert [v for v in sorted(read) if f"`{v}" not in readme and f"{v}`" not in readme] == []
+    help_text = subprocess.run([sys.executable, "-m", "snapver", "--help"], capture_output=True, text=True).stdout
+    for v in ("SNAPVER_SOCKET", "SNAPVER_CONFIG", "SNAPVER_DIRECT", "SNAPVER_SKIP", "SNAPVER_SSH", "SNAPVER_LOCK_WAIT"):
+        assert v in help_text, v
+
+
+def test_daemon_status_and_clients_find_the_configured_socket(lake_repo, nobody_repo, daemon_dir):
+    d = Snapverd(daemon_dir, [lake_repo, nobody_repo]).start()
+    try:
+        # Neither asks the default socket (nothing there): --config, or SNAPVER_CONFIG, names the daemon's.
+        by_option = run(lake_repo, "daemon", "--config", str(d.config), "status", "--json")
+        assert by_option.returncode == 0, by_option.stderr
+        assert str(lake_repo) in [w["workspace"] for w in json.loads(by_option.stdout)]
+        by_env = run(lake_repo, "daemon", "status", "--json", SNAPVER_CONFIG=str(d.config))
+        assert by_env.returncode == 0 and str(lake_repo) in by_env.stdout, by_env.stderr
+        # A user who may not write the lake: served by the daemon the config names.
+        snap = run(nobody_repo, "snapshot", "--wip", user="nobody", SNAPVER_CONFIG=str(d.config))
+        assert snap.returncode == 0, snap.stderr
+        log = run(nobody_repo, "log", "--all", "--json", user="nobody", SNAPVER_CONFIG=str(d.config))
+        assert any(e["kind"] == "wip" for e in json.loads(log.stdout))
+        gone = run(nobody_repo, "show", "0123abc", user="nobody", SNAPVER_CONFIG=str(d.config))
+        assert gone.returncode == 3, "not found stays 3 when snapverd ran it: " + gone.stderr
+    finally:
+        d.stop()
+    stopped = run(lake_repo, "daemon", "--config", str(d.config), "status")
+    assert stopped.returncode == 1 and "snapverd is not running" in stopped.stderr
+
+
+def test_a_user_without_snapverd_is_told_it_is_not_running(nobody_repo, daemon_dir):
+    before = sorted(p.name for p in (nobody_repo / "data").resolve().parent.parent.iterdir())
+    for argv in (["snapshot", "--wip"], ["snapshot", "-m", "x"]):
+        done = run(nobody_repo, *argv, user="nobody", SNAPVER_SOCKET=str(daemon_dir / "none.sock"))
+        assert done.returncode == 1, done.stdout
+        assert "snapverd is not running" in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.count("\n") == 1
+    # The hook says the same, and Git carries on.
+    hook = subprocess.run(["runuser", "-u", "nobody", "--", "git", "commit", "-q", "--allow-empty", "-m", "x"],
+                          cwd=nobody_repo, env={**env(), "SNAPVER_SOCKET": str(daemon_dir / "none.sock"),
+                                                "HOME": str(nobody_repo.parent)}, capture_output=True, text=True)
+    assert hook.returncode == 0, hook.stderr
+    assert "snapverd is not running" in hook.stderr and "unexpectedly" not in hook.stderr, hook.stderr
+    assert sorted(p.name for p in (nobody_repo / "data").resolve().parent.parent.iterdir()) == before
