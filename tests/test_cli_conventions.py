@@ -100,3 +100,41 @@ def test_a_user_without_snapverd_is_told_it_is_not_running(nobody_repo, daemon_d
     assert hook.returncode == 0, hook.stderr
     assert "snapverd is not running" in hook.stderr and "unexpectedly" not in hook.stderr, hook.stderr
     assert sorted(p.name for p in (nobody_repo / "data").resolve().parent.parent.iterdir()) == before
+
+
+# ------------------------------------------------------------------ --json
+
+def envelope(done: subprocess.CompletedProcess, op: str, code: int = 0):
+    """The one schema of --json on a command that changes something (README: --json)."""
+    assert done.returncode == code, done.stderr
+    out = json.loads(done.stdout)
+    assert out["op"] == op and out["ok"] is (code == 0) and out["exit_code"] == code, out
+    return out.get("result", out.get("error"))
+
+
+def test_every_command_that_changes_something_speaks_one_json_schema(lake_repo):
+    write(lake_repo / "models" / "m.pt", "v1")
+    v1 = commit(lake_repo, "v1", settle=True)
+    write(lake_repo / "models" / "m.pt", "v2")
+    made = envelope(run(lake_repo, "snapshot", "--wip", "--json"), "snapshot")
+    assert {s["volume"] for s in made} == {"data", "models", "logs"} and all(s["kind"] == "wip" for s in made)
+    moved = envelope(run(lake_repo, "checkout", v1, "--json"), "checkout")
+    assert moved["target"]["models"]["name"] == v1 and (lake_repo / "models" / "m.pt").read_text() == "v1"
+    back = envelope(run(lake_repo, "restore", made[0]["name"], "models/m.pt", "--to", "old.pt", "--json"), "restore")
+    assert back["snapshot"]["name"] == made[0]["name"] and (lake_repo / "old.pt").read_text() == "v2"
+    (lake_repo / "old.pt").unlink()
+    rel = envelope(run(lake_repo, "release", "prod", "--json"), "release create")
+    assert rel["name"] == "prod" and rel["snapshot"] == v1
+    assert envelope(run(lake_repo, "release", "set", "prod", v1, "--json"), "release set")["from"] == v1
+    assert envelope(run(lake_repo, "release", "remove", "prod", "--json"), "release remove")["name"] == "prod"
+    derived = envelope(run(lake_repo, "derive", f"models@{v1}", "tuned", "--json"), "derive")
+    assert derived["volume"] == "tuned" and derived["source_snapshot"] == v1
+    gc = envelope(run(lake_repo, "gc", "--dry-run", "--json"), "gc")
+    assert set(gc) == {"decisions", "doubts"} and all("keep" in d for d in gc["decisions"])
+    assert envelope(run(lake_repo, "reindex", "--json"), "reindex")["snapshots"] > 0
+    # A failure is said in the same schema on stdout (and as one line on stderr), nothing changed.
+    before = run(lake_repo, "log", "--all", "--json").stdout
+    missing = run(lake_repo, "checkout", "0123abc", "--json")
+    assert "0123abc" in envelope(missing, "checkout", 3) and missing.stderr.startswith("snapver: ")
+    assert envelope(run(lake_repo, "release", "remove", "nosuch", "--json"), "release remove", 3)
+    assert run(lake_repo, "log", "--all", "--json").stdout == before

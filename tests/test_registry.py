@@ -148,7 +148,7 @@ def test_release_protects_against_gc_and_is_a_rev(lake_repo, lake):
                            cwd=repo, env=env(), capture_output=True, text=True)
     assert alone.returncode != 0 and "no feature protects snapshots" in alone.stderr, alone.stderr
     assert {e["name"] for e in snapver(repo, "log", "--json").json} == before
-    decisions = {(d["volume"], d["name"]): d for d in snapver(repo, "gc", "--json").json}
+    decisions = {(d["volume"], d["name"]): d for d in snapver(repo, "gc", "--json").json["result"]["decisions"]}
     assert all(decisions[(v, released)]["keep"] for v in ("data", "models", "logs"))
     assert decisions[("models", released)]["reason"] == "release prod"
     assert not decisions[("models", dropped)]["keep"]

@@ -18,6 +18,29 @@ def emit_json(value) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
+# The command whose --json asked for the envelope, so that a failure is said in it too.
+_json_op: list[str] = []
+
+
+def json_option(fn):
+    """--json on a command that changes something: one schema for all of them (README "--json").
+    Done: {"ok": true, "op": "release set", "exit_code": 0, "result": <the operation's result>};
+    failed: {"ok": false, "op": ..., "exit_code": N, "error": "<the line said on stderr>"}."""
+    def remember(ctx, param, value):
+        if value:
+            _json_op[:] = [ctx.command_path.split(" ", 1)[-1]]
+        return value
+    return click.option("--json", "as_json", is_flag=True, callback=remember,
+                        help="Print the result as one JSON object (README: --json).")(fn)
+
+
+def emit_result(result, exit_code: int = 0) -> None:
+    """The envelope of json_option, for a command that ran (exit_code: its own, e.g. a failed build)."""
+    emit_json({"ok": exit_code == 0, "op": _json_op[0] if _json_op else None, "exit_code": exit_code,
+               "result": result})
+    _json_op.clear()  # said: a later sys.exit(exit_code) adds nothing
+
+
 def when(dt) -> str:
     if isinstance(dt, str):
         dt = datetime.fromisoformat(dt)
@@ -132,6 +155,8 @@ def fail(message: str, code: int) -> None:
     from ..errors import one_line
 
     click.echo(f"snapver: {one_line(message)}", err=True)
+    if _json_op:  # --json was asked for: a script reads the failure where it reads a result
+        click.echo(json.dumps({"ok": False, "op": _json_op[0], "exit_code": code, "error": one_line(message)}))
     sys.exit(code)
 
 

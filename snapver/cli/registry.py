@@ -7,7 +7,7 @@ import sys
 import click
 
 from ..errors import NO_MATCH, one_line
-from . import cli, emit_json, when, cell, label, run
+from . import cli, emit_json, emit_result, json_option, when, cell, label, run
 
 
 @cli.command()
@@ -83,8 +83,11 @@ def release():
 @click.argument("rev", default="HEAD")
 @click.option("-m", "--message", help="A note kept with the release.")
 @click.option("--force", is_flag=True, help="Release even if the model scan flagged a file.")
-def release_create(name, rev, message, force):
+@json_option
+def release_create(name, rev, message, force, as_json):
     r = run("release-create", {"name": name, "rev": rev, "message": message, "force": force})
+    if as_json:
+        return emit_result(r)
     click.echo(f"release {r['name']} pins {label(r['snapshot'])} ({', '.join(r['volumes'])})"
                + ("  [flagged by the model scan: released with --force]" if r["forced"] else ""))
 
@@ -104,9 +107,12 @@ def release_list(as_json):
 
 @release.command("remove")
 @click.argument("name")
-def release_remove(name):
+@json_option
+def release_remove(name, as_json):
     """Unpin a release (its snapshots are then subject to gc again)."""
     r = run("release-remove", {"name": name})
+    if as_json:
+        return emit_result(r)
     click.echo(f"release {r['name']} removed (was {label(r['snapshot'])})")
 
 
@@ -117,7 +123,7 @@ def release_remove(name):
 @click.option("--if", "conditions", multiple=True, metavar="COND",
               help="Move only if REV meets COND (as `snapver find`, e.g. 'accuracy>0.9'); else exit 1.")
 @click.option("--force", is_flag=True, help="Move even if the model scan flagged a file.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def release_set(name, rev, message, conditions, force, as_json):
     """Move release NAME to REV (made if new) in one step: release:NAME always resolves.
 
@@ -127,8 +133,7 @@ def release_set(name, rev, message, conditions, force, as_json):
     r = run("release-set", {"name": name, "rev": rev, "message": message, "force": force,
                                  "conditions": list(conditions)})
     if as_json:
-        emit_json(r)
-        return
+        return emit_result(r)
     was = f" (was {label(r['from'])})" if r["from"] and r["from"] != r["snapshot"] else \
         (" (already there)" if r["from"] else " (new)")
     click.echo(f"release {r['name']} pins {label(r['snapshot'])}{was}"
@@ -160,7 +165,8 @@ def release_history(name, as_json):
 @click.option("--run", "run_cmd", metavar="CMD", help="The command that builds it (`snapver build`, `cascade`).")
 @click.option("--input", "inputs", metavar="VOLUME@REV", multiple=True,
               help="An input of --run (repeatable; default: SOURCE_VOLUME@REV).")
-def derive(source, volume, message, run_cmd, inputs):
+@json_option
+def derive(source, volume, message, run_cmd, inputs, as_json):
     """A new volume as a copy-on-write clone of a snapshot (a fine-tune from its base model).
 
     Nothing is copied; NEW_VOLUME is added to snapver.toml (commit it) and
@@ -168,6 +174,8 @@ def derive(source, volume, message, run_cmd, inputs):
     """
     e = run("derive", {"source": source, "volume": volume, "message": message, "run": run_cmd,
                        "inputs": list(inputs)})
+    if as_json:
+        return emit_result(e)
     click.echo(f"{e['volume']}/ derived from {e['source_volume']}@{label(e['source_snapshot'])} "
                "(copy-on-write: nothing copied)")
     if e["recipe"]:

@@ -9,7 +9,7 @@ import click
 
 from ..errors import CHANGED, SnapverError
 from ..lake import parse_size, short
-from . import cli, emit_json, when, cell, label, daemon_view, run, warn
+from . import cli, emit_json, emit_result, json_option, when, cell, label, daemon_view, run, warn
 
 
 @cli.command()
@@ -23,7 +23,8 @@ from . import cli, emit_json, when, cell, label, daemon_view, run, warn
 @click.option("--lake", metavar="DIR|DATASET",
               help="Use this directory on Btrfs (or this ZFS dataset, with --backend zfs) as the lake.")
 @click.option("--backend", type=click.Choice(["btrfs", "zfs"]), help="Filesystem of the lake.")
-def init(volumes, image, pool_image, size, lake, backend):
+@json_option
+def init(volumes, image, pool_image, size, lake, backend, as_json):
     """Set up the lake for this Git working tree.
 
     Creates the volumes, links them at <repo>/<volume>, keeps them out of Git
@@ -36,6 +37,8 @@ def init(volumes, image, pool_image, size, lake, backend):
         image, backend = pool_image, "zfs"
     made = run("init", {"volumes": list(volumes), "backend": backend, "lake": lake,
                         "image": str(image) if image else None, "size": parse_size(size) if size else None})
+    if as_json:
+        return emit_result(made)
     click.echo(f"lake {made['lake']} ({made['backend']}), project {made['project']}")
     if made["joined"]:
         click.echo(made["joined"])
@@ -49,9 +52,13 @@ def init(volumes, image, pool_image, size, lake, backend):
 @cli.command()
 @click.option("--wip", is_flag=True, help="A work-in-progress snapshot (<HEAD>.<UTC time>).")
 @click.option("-m", "--message", help="A note kept with the snapshot.")
-def snapshot(wip, message):
+@json_option
+def snapshot(wip, message, as_json):
     """Snapshot every volume as the HEAD commit (or a wip point in time)."""
-    for s in run("snapshot", {"wip": wip, "message": message}):
+    made = run("snapshot", {"wip": wip, "message": message})
+    if as_json:
+        return emit_result(made)
+    for s in made:
         click.echo(f"{s['volume']}@{s['name']}")
 
 
@@ -112,12 +119,16 @@ def _print_status(rows: list[dict], watched: dict | None) -> None:
 @cli.command()
 @click.argument("rev")
 @click.option("--volume", "volumes", multiple=True, metavar="NAME", help="Only this volume (repeatable).")
-def checkout(rev, volumes):
+@json_option
+def checkout(rev, volumes, as_json):
     """Make the volumes the snapshot of REV (a commit-ish or a snapshot name).
 
     Unsnapshotted changes are first kept as a wip snapshot.
     """
     result = run("checkout", {"rev": rev, "volumes": list(volumes)})
+    if as_json:  # its warnings are in it, not on stderr; a broken link is exit 1, as below
+        emit_result(result, 1 if result.get("broken") else 0)
+        sys.exit(1 if result.get("broken") else 0)
     for w in result["warnings"]:
         warn(w)
     relinked = result.get("links", {})
@@ -160,9 +171,12 @@ def diff(rev, rev2, volumes, as_json):
 @click.argument("rev")
 @click.argument("path")
 @click.option("--to", "dest", metavar="DEST", help="Write it here instead of its own place.")
-def restore(rev, path, dest):
+@json_option
+def restore(rev, path, dest, as_json):
     """Bring back one file or folder (e.g. models/model.pt) from REV's snapshot."""
     done = run("restore", {"rev": rev, "path": path, "to": dest})
+    if as_json:
+        return emit_result(done)
     click.echo(f"restored {path} from {label(done['snapshot']['name'])}" + (f" to {done['path']}" if dest else ""))
 
 
@@ -194,7 +208,7 @@ def show(rev, space, as_json):
 
 @cli.command()
 @click.argument("commit_map", metavar="COMMIT-MAP", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def remap(commit_map, as_json):
     """Give commits rewritten by filter-repo or filter-branch their snapshots.
 
@@ -207,8 +221,7 @@ def remap(commit_map, as_json):
     pairs = rewrite.parse_commit_map(commit_map)
     made = run("rewrite", {"pairs": pairs})
     if as_json:
-        emit_json(made)
-        return
+        return emit_result(made)
     commits = sorted({s["commit"] for s in made})
     for c in commits:
         click.echo(f"{short(c)}  " + ", ".join(s["volume"] for s in made if s["commit"] == c))

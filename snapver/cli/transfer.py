@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..lake import parse_size
-from . import cli, emit_json, label, run
+from . import cli, emit_json, emit_result, json_option, label, run
 
 
 # ------------------------------------------------------------------ other lakes
@@ -69,8 +69,7 @@ def progress_bars(quiet: bool):
 
 def report_transfers(done, as_json: bool, verb: str) -> None:
     if as_json:
-        emit_json(done)
-        return
+        return emit_result(done)
     for t in done:
         how = f"incremental from {label(t['base'])}" if t["base"] else "whole"
         click.echo(f"{verb} {t['volume']}@{label(t['name'])}  {t['bytes']:,} B in {t['seconds']:.1f} s ({how}"
@@ -80,7 +79,7 @@ def report_transfers(done, as_json: bool, verb: str) -> None:
 
 def transfer_command(fn):
     """push and pull take the same arguments: [REMOTE] [REV]..., -q, --json."""
-    fn = click.option("--json", "as_json", is_flag=True, help="What was moved, as JSON (no progress bars).")(fn)
+    fn = json_option(fn)  # what was moved (no progress bars)
     fn = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")(fn)
     fn = click.argument("revs", nargs=-1)(fn)
     fn = click.argument("remote_name", required=False, metavar="[REMOTE]")(fn)
