@@ -4,13 +4,14 @@ Each runs the CLI as a process on a real lake, on Btrfs and on zfs-fuse."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.fixtures.daemon import Snapverd
-from tests.fixtures.git import commit, env, write
+from tests.fixtures.git import commit, env, git, snapver, write
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,3 +139,54 @@ def test_every_command_that_changes_something_speaks_one_json_schema(lake_repo):
     assert "0123abc" in envelope(missing, "checkout", 3) and missing.stderr.startswith("snapver: ")
     assert envelope(run(lake_repo, "release", "remove", "nosuch", "--json"), "release remove", 3)
     assert run(lake_repo, "log", "--all", "--json").stdout == before
+
+
+# ------------------------------------------------------------------ shell completion
+
+def completions(repo: Path, words: str) -> list[str]:
+    """What bash offers after `words` (the last one being completed): the script that
+    `snapver completion bash` prints, sourced by a real bash, asked as bash asks it at TAB."""
+    script = subprocess.run([sys.executable, "-m", "snapver", "completion", "bash"], capture_output=True, text=True,
+                            check=True).stdout
+    argv = words.split(" ")
+    probe = (f"{script}\nCOMP_WORDS=({' '.join(repr(w) for w in argv)}); COMP_CWORD={len(argv) - 1}\n"
+             "_snapver_completion snapver\nprintf '%s\\n' \"${COMPREPLY[@]}\"\n")
+    e = {**env(), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-c", probe], cwd=repo, env=e, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    return [line for line in done.stdout.splitlines() if line]
+
+
+def test_completion_offers_revisions_snapshots_releases_and_volumes(lake_repo, monkeypatch):
+    v1 = commit(lake_repo, "v1", settle=True)
+    git(lake_repo, "branch", "experiment")
+    snapver(lake_repo, "release", "prod")
+    snapver(lake_repo, "release", "canary")
+    # Real bash, with the generated script.
+    assert {"HEAD", "main", "experiment", "release:prod", "release:canary"} <= set(completions(lake_repo, "snapver checkout "))
+    assert completions(lake_repo, "snapver checkout exp") == ["experiment"]
+    assert completions(lake_repo, "snapver show release:p") == ["release:prod"]
+    assert v1 in completions(lake_repo, f"snapver show {v1[:6]}"), "a snapshot name from its first hex digits"
+    assert completions(lake_repo, "snapver release remove ca") == ["canary"]
+    assert sorted(completions(lake_repo, "snapver checkout HEAD --volume ")) == ["data", "logs", "models"]
+    assert completions(lake_repo, "snapver path HEAD mo") == ["models"]
+    assert completions(lake_repo, "snapver derive mod") == ["models@"]
+    assert completions(lake_repo, "snapver derive models@rel") == ["models@release:canary", "models@release:prod"]
+    assert "checkout" in completions(lake_repo, "snapver che")
+    # In-process, through click's completion environment, as zsh and fish ask it.
+    from click.testing import CliRunner
+
+    from snapver.cli import cli
+
+    monkeypatch.chdir(lake_repo)
+    for shell, cword in (("zsh", "3"), ("fish", "pr")):  # fish gives the word being completed
+        got = CliRunner().invoke(cli, prog_name="snapver", env={
+            "_SNAPVER_COMPLETE": f"{shell}_complete", "COMP_WORDS": "snapver release set pr", "COMP_CWORD": cword})
+        assert got.exit_code == 0 and "prod" in got.output and "canary" not in got.output, (shell, got.output)
+    for shell in ("bash", "zsh", "fish"):
+        assert "_SNAPVER_COMPLETE" in run(lake_repo, "completion", shell).stdout
+    assert run(lake_repo, "completion", "tcsh").returncode == 2
+
+
+def test_completion_outside_a_repository_offers_no_revisions_and_says_nothing(tmp_path):
+    assert completions(tmp_path, "snapver checkout ") == []

@@ -41,6 +41,33 @@ def emit_result(result, exit_code: int = 0) -> None:
     _json_op.clear()  # said: a later sys.exit(exit_code) adds nothing
 
 
+# Shell completion (`snapver completion`): what an argument takes, from snapver.complete (cheap reads).
+def complete_rev(ctx, param, incomplete: str) -> list[str]:
+    from ..complete import revisions
+
+    return revisions(incomplete)
+
+
+def complete_volume(ctx, param, incomplete: str) -> list[str]:
+    from ..complete import volumes
+
+    return [v for v in volumes() if v.startswith(incomplete)]
+
+
+def complete_release(ctx, param, incomplete: str) -> list[str]:
+    from ..complete import releases
+
+    return [r for r in releases() if r.startswith(incomplete)]
+
+
+def complete_volume_at_rev(ctx, param, incomplete: str) -> list[str]:
+    """VOLUME@REV (derive, lineage --upstream, --input): the volume, then its revision."""
+    volume, at, rev = incomplete.partition("@")
+    if not at:
+        return [f"{v}@" for v in complete_volume(ctx, param, volume)]
+    return [f"{volume}@{r}" for r in complete_rev(ctx, param, rev)]
+
+
 def when(dt) -> str:
     if isinstance(dt, str):
         dt = datetime.fromisoformat(dt)
@@ -92,6 +119,9 @@ Environment:
   SNAPVER_SKIP=1     the Git hooks do nothing for this one command
   SNAPVER_SSH        the ssh command of push, pull and clone (default ssh)
   SNAPVER_LOCK_WAIT  seconds to wait for a busy workspace (default 30)
+
+\b
+Completion: eval "$(snapver completion bash)"  (or zsh, fish)
 """
 
 
@@ -161,4 +191,4 @@ def fail(message: str, code: int) -> None:
 
 
 # The commands, one module per family; importing each registers it on `cli`.
-from . import build, daemon, registry, snapshots, transfer, ui, upkeep  # noqa: E402,F401
+from . import build, completion, daemon, registry, snapshots, transfer, ui, upkeep  # noqa: E402,F401

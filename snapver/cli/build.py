@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from . import complete_volume
 from . import cli, emit_json, emit_result, json_option, label, run
 
 TAIL = 20  # lines of a failed build's log shown
@@ -20,7 +21,7 @@ def _tail(path: str) -> list[str]:
 
 
 @cli.command()
-@click.argument("volume")
+@click.argument("volume", shell_complete=complete_volume)
 @json_option
 def build(volume, as_json):
     """Run VOLUME's recipe on a copy-on-write clone and swap the result in.

@@ -7,6 +7,7 @@ import sys
 import click
 
 from ..errors import NO_MATCH, one_line
+from . import complete_release, complete_rev, complete_volume, complete_volume_at_rev
 from . import cli, emit_json, emit_result, json_option, when, cell, label, run
 
 
@@ -33,8 +34,8 @@ def find(queries, include_wip, as_json):
 
 
 @cli.command()
-@click.argument("rev1")
-@click.argument("rev2")
+@click.argument("rev1", shell_complete=complete_rev)
+@click.argument("rev2", shell_complete=complete_rev)
 @click.option("--json", "as_json", is_flag=True)
 def compare(rev1, rev2, as_json):
     """Params and metrics of REV1 and REV2 side by side, and the files changed in each volume.
@@ -80,7 +81,7 @@ def release():
 
 @release.command("create", hidden=True)
 @click.argument("name")
-@click.argument("rev", default="HEAD")
+@click.argument("rev", default="HEAD", shell_complete=complete_rev)
 @click.option("-m", "--message", help="A note kept with the release.")
 @click.option("--force", is_flag=True, help="Release even if the model scan flagged a file.")
 @json_option
@@ -106,7 +107,7 @@ def release_list(as_json):
 
 
 @release.command("remove")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_release)
 @json_option
 def release_remove(name, as_json):
     """Unpin a release (its snapshots are then subject to gc again)."""
@@ -117,8 +118,8 @@ def release_remove(name, as_json):
 
 
 @release.command("set")
-@click.argument("name")
-@click.argument("rev")
+@click.argument("name", shell_complete=complete_release)
+@click.argument("rev", shell_complete=complete_rev)
 @click.option("-m", "--message", help="Why: kept in the release's history.")
 @click.option("--if", "conditions", multiple=True, metavar="COND",
               help="Move only if REV meets COND (as `snapver find`, e.g. 'accuracy>0.9'); else exit 1.")
@@ -144,7 +145,7 @@ release.add_command(release_set, "stage")
 
 
 @release.command("history")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_release)
 @click.option("--json", "as_json", is_flag=True)
 def release_history(name, as_json):
     """Every move of release NAME, oldest first: when, who, from, to, message."""
@@ -159,7 +160,7 @@ def release_history(name, as_json):
 
 
 @cli.command()
-@click.argument("source", metavar="SOURCE_VOLUME@REV")
+@click.argument("source", metavar="SOURCE_VOLUME@REV", shell_complete=complete_volume_at_rev)
 @click.argument("volume", metavar="NEW_VOLUME")
 @click.option("-m", "--message", help="Why: kept with the lineage edge.")
 @click.option("--run", "run_cmd", metavar="CMD", help="The command that builds it (`snapver build`, `cascade`).")
@@ -184,7 +185,7 @@ def derive(source, volume, message, run_cmd, inputs, as_json):
 
 
 @cli.command()
-@click.argument("volume", required=False)
+@click.argument("volume", required=False, shell_complete=complete_volume)
 @click.option("--dot", is_flag=True, help="Graphviz DOT instead of a text tree.")
 @click.option("--upstream", metavar="VOLUME@REV", help="Where this snapshot comes from.")
 @click.option("--json", "as_json", is_flag=True)
@@ -222,7 +223,7 @@ def lineage(volume, dot, upstream, as_json):
 
 
 @cli.command()
-@click.argument("rev", default="HEAD")
+@click.argument("rev", default="HEAD", shell_complete=complete_rev)
 @click.option("--json", "as_json", is_flag=True)
 def scan(rev, as_json):
     """The model scan of REV's snapshots (scanning now those never scanned).

@@ -9,6 +9,7 @@ import click
 
 from ..errors import CHANGED, SnapverError
 from ..lake import parse_size, short
+from . import complete_rev, complete_volume
 from . import cli, emit_json, emit_result, json_option, when, cell, label, daemon_view, run, warn
 
 
@@ -117,8 +118,9 @@ def _print_status(rows: list[dict], watched: dict | None) -> None:
 
 
 @cli.command()
-@click.argument("rev")
-@click.option("--volume", "volumes", multiple=True, metavar="NAME", help="Only this volume (repeatable).")
+@click.argument("rev", shell_complete=complete_rev)
+@click.option("--volume", "volumes", multiple=True, metavar="NAME", help="Only this volume (repeatable).",
+              shell_complete=complete_volume)
 @json_option
 def checkout(rev, volumes, as_json):
     """Make the volumes the snapshot of REV (a commit-ish or a snapshot name).
@@ -148,9 +150,9 @@ def checkout(rev, volumes, as_json):
 
 
 @cli.command()
-@click.argument("rev")
-@click.argument("rev2", required=False)
-@click.option("--volume", "volumes", multiple=True, metavar="NAME")
+@click.argument("rev", shell_complete=complete_rev)
+@click.argument("rev2", required=False, shell_complete=complete_rev)
+@click.option("--volume", "volumes", multiple=True, metavar="NAME", shell_complete=complete_volume)
 @click.option("--json", "as_json", is_flag=True)
 def diff(rev, rev2, volumes, as_json):
     """Files added, changed and deleted from REV to REV2 (default: the live volumes).
@@ -168,7 +170,7 @@ def diff(rev, rev2, volumes, as_json):
 
 
 @cli.command()
-@click.argument("rev")
+@click.argument("rev", shell_complete=complete_rev)
 @click.argument("path")
 @click.option("--to", "dest", metavar="DEST", help="Write it here instead of its own place.")
 @json_option
@@ -181,7 +183,7 @@ def restore(rev, path, dest, as_json):
 
 
 @cli.command()
-@click.argument("rev")
+@click.argument("rev", shell_complete=complete_rev)
 @click.option("--space", is_flag=True, help="Also measure bytes used (walks the snapshot: O(files)).")
 @click.option("--json", "as_json", is_flag=True)
 def show(rev, space, as_json):
@@ -248,8 +250,8 @@ def hooks_uninstall():
 
 
 @cli.command()
-@click.argument("rev")
-@click.argument("volume")
+@click.argument("rev", shell_complete=complete_rev)
+@click.argument("volume", shell_complete=complete_volume)
 def path(rev, volume):
     """The read-only path of VOLUME at REV (e.g. release:prod), for a serving config."""
     click.echo(run("path", {"volume": volume, "rev": rev}))

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..lake import parse_size
+from . import complete_rev
 from . import cli, emit_json, emit_result, json_option, label, run
 
 
@@ -81,7 +82,7 @@ def transfer_command(fn):
     """push and pull take the same arguments: [REMOTE] [REV]..., -q, --json."""
     fn = json_option(fn)  # what was moved (no progress bars)
     fn = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")(fn)
-    fn = click.argument("revs", nargs=-1)(fn)
+    fn = click.argument("revs", nargs=-1, shell_complete=complete_rev)(fn)
     fn = click.argument("remote_name", required=False, metavar="[REMOTE]")(fn)
     return cli.command()(fn)
 
