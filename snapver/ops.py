@@ -162,7 +162,7 @@ def _init(where, a, by):
     from .lake import Workspace
 
     ws = Workspace.init(where, list(a.get("volumes") or []), a.get("backend"), a.get("lake"),
-                        Path(a["image"]) if a.get("image") else None, a.get("size"))
+                        Path(a["image"]) if a.get("image") else None, a.get("size"), a.get("project"))
     hooks = install(ws.git) if a.get("hooks", True) else []
     return {"lake": ws.backend.spec(), "backend": ws.backend.name, "project": ws.project,
             "volumes": [{"volume": v, "path": str(ws.live_path(v)), "base": ws.state.volume(v).base}

@@ -190,3 +190,70 @@ def test_completion_offers_revisions_snapshots_releases_and_volumes(lake_repo, m
 
 def test_completion_outside_a_repository_offers_no_revisions_and_says_nothing(tmp_path):
     assert completions(tmp_path, "snapver checkout ") == []
+
+
+# ------------------------------------------------------------------ what the tables and names say
+
+def test_a_wip_name_as_log_prints_it_is_one_checkout_takes(lake_repo):
+    write(lake_repo / "models" / "m.pt", "v1")
+    commit(lake_repo, "v1", settle=True)
+    write(lake_repo / "models" / "m.pt", "epoch 3")
+    wip = snapver(lake_repo, "snapshot", "--wip", "--json").json["result"][0]["name"]
+    write(lake_repo / "models" / "m.pt", "epoch 4")
+    snapver(lake_repo, "snapshot", "--wip")
+    printed = next(line.split()[0] for line in snapver(lake_repo, "log", "--all").out.splitlines()
+                   if line.startswith(wip[:10]) and wip[40:] in line)
+    assert printed == wip[:10] + wip[40:] and len(printed) < len(wip)
+    snapver(lake_repo, "checkout", printed)
+    assert (lake_repo / "models" / "m.pt").read_text() == "epoch 3"
+    assert snapver(lake_repo, "show", printed, "--json").json["volumes"]["models"]["name"] == wip
+    typo = run(lake_repo, "checkout", wip[:10] + ".20000101T000000.000000Z")
+    assert typo.returncode == 3 and "no wip snapshot" in typo.stderr
+
+
+def test_sizes_are_human_and_long_metric_names_keep_the_table(lake_repo):
+    write(lake_repo / "models" / "m.pt", os.urandom(3 * 1024 * 1024))
+    with open(lake_repo / "snapver.toml", "a") as f:
+        f.write('[registry]\nmetrics = ["models/metrics.json"]\n')
+    write(lake_repo / "models" / "metrics.json", json.dumps({"validation_accuracy_top5_after_finetune": 0.91, "loss": 0.2}))
+    commit(lake_repo, "v1", "snapver.toml", settle=True)
+    du = snapver(lake_repo, "du").out
+    assert "MiB" in du and not re.search(r"\d,\d{3}", du), du
+    shown = snapver(lake_repo, "show", "HEAD", "--space").out
+    assert re.search(r"models .* 3\.0 MiB, ", shown) and not re.search(r"\d,\d{3}", shown), shown
+    table = snapver(lake_repo, "log", "--metric", "validation_accuracy_top5_after_finetune", "--metric", "loss").out
+    header, row = table.splitlines()[:2]
+    name_end = header.index("validation_accuracy_top5_after_finetune") + len("validation_accuracy_top5_after_finetune")
+    assert row[:name_end].endswith("0.91"), "the value stands under its metric's name"
+    assert row.index("0.2") + 3 == header.index("loss") + 4, "and the next column stays in place"
+
+
+def test_progress_bars_only_on_a_terminal(capsys):
+    from snapver.cli.transfer import progress_bars
+
+    tick = progress_bars(quiet=False)("data", "a" * 40, 4096)  # stderr is captured here: no terminal
+    tick(4096)
+    tick(None)
+    assert capsys.readouterr().err == "", "no bar, no escape codes in a log"
+
+
+def test_init_takes_a_folder_name_that_is_not_ascii_or_a_project_id(tmp_path, lake):
+    for folder, extra, expect in (("données-ü", [], r"donnees-u-[0-9a-f]{8}"), ("模型", [], r"lake-[0-9a-f]{8}"),
+                                  ("plain", ["--project", "vision_team"], r"vision_team")):
+        repo = tmp_path / folder
+        repo.mkdir()
+        git(repo, "init", "-q", "-b", "main")
+        write(repo / "f", "x")
+        git(repo, "add", "f")
+        git(repo, "commit", "-q", "-m", "code")
+        if extra:
+            bad = run(repo, "init", *lake.init_args, "--project", "no/such id")
+            assert bad.returncode == 1 and "not a valid project id" in bad.stderr
+            assert not (repo / "snapver.toml").exists() and not (repo / "data").exists()
+        made = envelope(run(repo, "init", *lake.init_args, *extra, "--json"), "init")
+        assert re.fullmatch(expect, made["project"]), made
+        write(repo / "data" / "a", "1")
+        commit(repo, "data")
+        assert snapver(repo, "log", "--json").json[0]["volume"] in ("data", "models", "logs")
+    again = run(tmp_path / "plain", "init", *lake.init_args, "--project", "vision_team")
+    assert again.returncode == 1

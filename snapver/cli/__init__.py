@@ -81,9 +81,20 @@ def cell(value) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
+def human(size: int) -> str:
+    """Bytes as people read them: 512 B, 1.5 KiB, 20.0 GiB (--json keeps the exact number)."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # not reached
+
+
 def label(name: str) -> str:
-    """A snapshot name for people: the short commit ID, and the time of a wip."""
-    return short(name) + name[40:]
+    """A snapshot name for people: the short commit ID, and the time of a wip (short() has it:
+    adding name[40:] again printed it twice, a name checkout could not take)."""
+    return short(name)
 
 
 def daemon_view() -> dict | None:

@@ -47,11 +47,12 @@ def compare(rev1, rev2, as_json):
         emit_json(result)
         return
     a, b = (label(n) for n in result["snapshots"])
-    click.echo(f"{'':<28} {a:>20} {b:>20}")
+    key = max([19] + [len(k) for kind in ("params", "metrics") for k in result[kind]])  # long names keep the columns
+    click.echo(f"{'':<{key + 9}} {a:>20} {b:>20}")
     for kind in ("params", "metrics"):
         for k, (x, y) in result[kind].items():
             mark = " " if x == y else "*"
-            click.echo(f"{mark} {kind[:-1]:<6} {k:<19} {cell(x):>20} {cell(y):>20}")
+            click.echo(f"{mark} {kind[:-1]:<6} {k:<{key}} {cell(x):>20} {cell(y):>20}")
     sign = {"added": "+", "changed": "M", "deleted": "-"}
     for v, changes in result["changes"].items():
         click.echo(f"{v}: {len(changes)} file(s) changed" if changes else f"{v}: unchanged")

@@ -10,7 +10,7 @@ import click
 from ..errors import CHANGED, SnapverError
 from ..lake import parse_size, short
 from . import complete_rev, complete_volume
-from . import cli, emit_json, emit_result, json_option, when, cell, label, daemon_view, run, warn
+from . import cli, emit_json, emit_result, human, json_option, when, cell, label, daemon_view, run, warn
 
 
 @cli.command()
@@ -24,8 +24,9 @@ from . import cli, emit_json, emit_result, json_option, when, cell, label, daemo
 @click.option("--lake", metavar="DIR|DATASET",
               help="Use this directory on Btrfs (or this ZFS dataset, with --backend zfs) as the lake.")
 @click.option("--backend", type=click.Choice(["btrfs", "zfs"]), help="Filesystem of the lake.")
+@click.option("--project", metavar="ID", help="The new project's ID (default: from the folder's name).")
 @json_option
-def init(volumes, image, pool_image, size, lake, backend, as_json):
+def init(volumes, image, pool_image, size, lake, backend, project, as_json):
     """Set up the lake for this Git working tree.
 
     Creates the volumes, links them at <repo>/<volume>, keeps them out of Git
@@ -36,7 +37,7 @@ def init(volumes, image, pool_image, size, lake, backend, as_json):
         if image or backend == "btrfs":
             raise SnapverError("--pool-image makes a ZFS pool: it goes with neither --image nor --backend btrfs")
         image, backend = pool_image, "zfs"
-    made = run("init", {"volumes": list(volumes), "backend": backend, "lake": lake,
+    made = run("init", {"volumes": list(volumes), "backend": backend, "lake": lake, "project": project,
                         "image": str(image) if image else None, "size": parse_size(size) if size else None})
     if as_json:
         return emit_result(made)
@@ -74,16 +75,18 @@ def log(include_wip, as_json, metrics):
     if as_json:
         emit_json(entries)
         return
-    if metrics:
-        click.echo(f"{'snapshot':<34} {'':<19}  {'kind':<6}  " + "  ".join(f"{m:>12}" for m in metrics))
     grouped: dict[str, list] = {}
     for e in entries:
         grouped.setdefault(e["name"], []).append(e)
+    # Each metric's column as wide as its name or its widest value: a long name keeps the table.
+    width = {m: max([12, len(m)] + [len(cell(g[0]["metrics"][m])) for g in grouped.values()]) for m in metrics}
+    if metrics:
+        click.echo(f"{'snapshot':<34} {'':<19}  {'kind':<6}  " + "  ".join(f"{m:>{width[m]}}" for m in metrics))
     for name, group in grouped.items():
         first = group[0]
         vols = " ".join(sorted(e["volume"] for e in group))
         note = first["message"] or first["subject"] or ""
-        cols = "".join(f"{cell(first['metrics'][m]):>12}  " for m in metrics)
+        cols = "".join(f"{cell(first['metrics'][m]):>{width[m]}}  " for m in metrics)
         click.echo(f"{label(name):<34} {when(first['created'])}  {first['kind']:<6}  {cols}{vols}  {note}".rstrip())
 
 
@@ -199,7 +202,7 @@ def show(rev, space, as_json):
         click.echo(f"date     {info['time']}")
         click.echo(f"subject  {info['subject']}")
     for v, s in view["volumes"].items():
-        extra = f"  {s['referenced']:,} B, {s['exclusive']:,} B exclusive" if space else ""
+        extra = f"  {human(s['referenced'])}, {human(s['exclusive'])} exclusive" if space else ""
         click.echo(f"{v:<12} {s['name']}  {when(s['created'])}  {s['path']}{extra}")
     for v, fields in view["provenance"].items():
         click.echo(f"{v:<12} " + "  ".join(f"{k} {val}" for k, val in fields.items()))

@@ -9,7 +9,7 @@ import click
 
 from ..lake import parse_size
 from . import complete_rev
-from . import cli, emit_json, emit_result, json_option, label, run
+from . import cli, emit_json, emit_result, human, json_option, label, run
 
 
 # ------------------------------------------------------------------ other lakes
@@ -56,8 +56,9 @@ def progress_bars(quiet: bool):
     def start(volume, name, total):
         from tqdm import tqdm
 
+        # disable=None: no bar unless stderr is a terminal (a log or CI gets no escape codes).
         bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, leave=True,
-                   desc=f"{volume}@{label(name)}", file=sys.stderr, dynamic_ncols=True)
+                   desc=f"{volume}@{label(name)}", file=sys.stderr, dynamic_ncols=True, disable=None)
 
         def tick(n):
             if n is None:
@@ -73,7 +74,7 @@ def report_transfers(done, as_json: bool, verb: str) -> None:
         return emit_result(done)
     for t in done:
         how = f"incremental from {label(t['base'])}" if t["base"] else "whole"
-        click.echo(f"{verb} {t['volume']}@{label(t['name'])}  {t['bytes']:,} B in {t['seconds']:.1f} s ({how}"
+        click.echo(f"{verb} {t['volume']}@{label(t['name'])}  {human(t['bytes'])} in {t['seconds']:.1f} s ({how}"
                    f"{', resumed' if t['resumed'] else ''})")
     click.echo(f"{len(done)} snapshot(s) {verb}" if done else "everything is there already")
 

@@ -8,7 +8,7 @@ import sys
 import click
 
 from ..lake import short
-from . import cli, emit_json, emit_result, json_option, label, run
+from . import cli, emit_json, emit_result, human, json_option, label, run
 
 
 @cli.command()
@@ -105,10 +105,11 @@ def du(as_json):
         click.echo(f"{vol['volume']}{origin}")
         for r in vol["rows"]:
             name = label(r["snapshot"]) if r["snapshot"] else "live"
-            click.echo(f"  {name:<34} {r['referenced']:>14,} B  {r['shared']:>14,} shared  {r['exclusive']:>14,} exclusive")
+            click.echo(f"  {name:<34} {human(r['referenced']):>10}  {human(r['shared']):>10} shared  "
+                       f"{human(r['exclusive']):>10} exclusive")
     pct = 100 * report["saving"] / report["full_copies"] if report["full_copies"] else 0
-    click.echo(f"full copies {report['full_copies']:,} B, on disk {report['on_disk']:,} B: "
-               f"saved {report['saving']:,} B ({pct:.0f}%)")
+    click.echo(f"full copies {human(report['full_copies'])}, on disk {human(report['on_disk'])}: "
+               f"saved {human(report['saving'])} ({pct:.0f}%)")
 
 
 @cli.command()
