@@ -36,6 +36,17 @@ def main(argv: list[str]) -> int:
             made = call("init", {"hooks": False}, announce)
             say(f"new worktree: its own lake at {', '.join(sorted(short(b) if b else 'empty' for b in made['at']))}")
             return 0
+        if hook != "pre-push" and not os.path.exists("snapver.toml"):
+            # Set up here, but this commit has no snapver.toml: it predates versioning (Git runs
+            # hooks at the top of the working tree). Not "run snapver init": the lake stays.
+            # Said once per commit: reference-transaction and post-checkout both come here.
+            git = GitRepo.find(".")
+            head, said = git.head() or "", LocalState.dir(git.git_dir) / "predates"
+            if not said.exists() or said.read_text() != head:
+                said.write_text(head)
+                say(f"{short(head)} predates versioning (it has no snapver.toml): the lake stays as it is, "
+                    "and follows again at a commit that has one")
+            return 0
         if hook == "tag-release":  # from reference-transaction: tags just created
             for message in call("tag-releases", {"lines": sys.stdin.read().splitlines()}, announce):
                 say(message)

@@ -106,9 +106,19 @@ def _rewrite(ws, a, by):
 
 
 def _status(ws, a, by):
+    from .names import parse_snapshot_name
+
     stale = cascade.stale(ws)  # recipe volumes whose inputs moved since their last build
+    head = ws.git.head()
+
+    def off_head(base) -> str | None:
+        """HEAD's commit when the volume is at another commit's snapshot (`snapver checkout REV`
+        or release:NAME move the lake, not Git); a wip of HEAD counts as HEAD's."""
+        parsed = parse_snapshot_name(base) if base else None
+        return head if head and parsed and parsed[0] != head else None
+
     return [{"volume": r.volume, "path": str(r.path), "base": r.base, "changed": r.changed, "link": r.link,
-             "stale": stale.get(r.volume)}
+             "stale": stale.get(r.volume), "not_at_head": off_head(r.base)}
             for r in ws.status()]
 
 

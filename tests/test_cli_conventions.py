@@ -257,3 +257,59 @@ def test_init_takes_a_folder_name_that_is_not_ascii_or_a_project_id(tmp_path, la
         assert snapver(repo, "log", "--json").json[0]["volume"] in ("data", "models", "logs")
     again = run(tmp_path / "plain", "init", *lake.init_args, "--project", "vision_team")
     assert again.returncode == 1
+
+
+# ------------------------------------------------------------------ messages that tell the truth
+
+def test_status_says_when_the_lake_is_not_at_heads_snapshot(lake_repo):
+    write(lake_repo / "data" / "a.csv", "1")
+    v1 = commit(lake_repo, "v1", settle=True)
+    snapver(lake_repo, "release", "prod")
+    write(lake_repo / "data" / "a.csv", "2")
+    v2 = commit(lake_repo, "v2", settle=True)
+    assert "not at HEAD" not in snapver(lake_repo, "status").out
+    for rev in (v1, "release:prod"):
+        snapver(lake_repo, "checkout", rev)
+        said = snapver(lake_repo, "status")
+        assert f"not at HEAD's snapshot ({v2[:10]}): data, models, logs" in said.out, said.out
+        assert {r["not_at_head"] for r in snapver(lake_repo, "status", "--json").json} == {v2}
+    snapver(lake_repo, "checkout", "HEAD")
+    write(lake_repo / "data" / "b.csv", "3")
+    snapver(lake_repo, "snapshot", "--wip")  # a wip of HEAD is HEAD's
+    assert "not at HEAD" not in snapver(lake_repo, "status").out
+    assert {r["not_at_head"] for r in snapver(lake_repo, "status", "--json").json} == {None}
+
+
+def test_checking_out_a_commit_older_than_snapver_toml_leaves_the_lake_and_says_why(repo, lake):
+    old = git(repo, "rev-parse", "HEAD")  # the repository's first commit: no snapver.toml
+    snapver(repo, "init", *lake.init_args)
+    git(repo, "add", "snapver.toml")
+    write(repo / "data" / "a.csv", "versioned")
+    commit(repo, "version the lake")
+    done = subprocess.run(["git", "checkout", "-q", old], cwd=repo, env=env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("predates versioning") == 1 and "snapver init" not in done.stderr, done.stderr
+    assert (repo / "data" / "a.csv").read_text() == "versioned", "the lake stays as it is"
+    back = subprocess.run(["git", "checkout", "-q", "main"], cwd=repo, env=env(), capture_output=True, text=True)
+    assert "predates" not in back.stderr and (repo / "data" / "a.csv").read_text() == "versioned"
+
+
+def test_snapverd_counts_the_workspaces_it_loaded_and_names_the_others(lake_repo, daemon_dir, tmp_path):
+    from tests.fixtures.daemon import wait_for
+
+    gone = tmp_path / "deleted-clone"
+    d = Snapverd(daemon_dir, [lake_repo, gone]).start()
+    try:
+        assert wait_for(lambda: "ready" in d.log.read_text(), 10)
+        ready = next(line for line in d.log.read_text().splitlines() if "snapverd ready" in line)
+        assert f"1 workspace(s) watched, 1 not: {gone}" in ready, ready
+        # A commit the daemon snapshots (made without the hooks) shows its subject in `log`.
+        write(lake_repo / "models" / "m.pt", "by a tool")
+        subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "trained by a tool"], cwd=lake_repo,
+                       env={**env(), "SNAPVER_SKIP": "1"}, check=True)
+        sha = git(lake_repo, "rev-parse", "HEAD")
+        assert wait_for(lambda: [e for e in snapver(lake_repo, "log", "--json").json if e["commit"] == sha], 10)
+        line = next(x for x in snapver(lake_repo, "log").out.splitlines() if x.startswith(sha[:10]))
+        assert "trained by a tool" in line, line
+    finally:
+        d.stop()

@@ -85,7 +85,9 @@ def log(include_wip, as_json, metrics):
     for name, group in grouped.items():
         first = group[0]
         vols = " ".join(sorted(e["volume"] for e in group))
-        note = first["message"] or first["subject"] or ""
+        # A commit's subject first (the daemon's note on a commit it snapshotted comes after it).
+        notes = [first["subject"], first["message"]] if first["kind"] == "commit" else [first["message"] or first["subject"]]
+        note = "  ".join(f"({n})" if i else n for i, n in enumerate(n for n in notes if n))
         cols = "".join(f"{cell(first['metrics'][m]):>{width[m]}}  " for m in metrics)
         click.echo(f"{label(name):<34} {when(first['created'])}  {first['kind']:<6}  {cols}{vols}  {note}".rstrip())
 
@@ -118,6 +120,11 @@ def _print_status(rows: list[dict], watched: dict | None) -> None:
         click.echo(line)
         if r.get("link"):
             click.echo(f"{'':<12} LINK BROKEN: {r['link']}")
+    away = [r["volume"] for r in rows if r.get("not_at_head")]
+    if away:
+        head = label(next(r["not_at_head"] for r in rows if r.get("not_at_head")))
+        click.echo(f"not at HEAD's snapshot ({head}): {', '.join(away)} (`snapver checkout REV` and release:NAME "
+                   "move the lake, not Git; `snapver checkout HEAD` brings it back)")
 
 
 @cli.command()
