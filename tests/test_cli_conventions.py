@@ -313,3 +313,27 @@ def test_snapverd_counts_the_workspaces_it_loaded_and_names_the_others(lake_repo
         assert "trained by a tool" in line, line
     finally:
         d.stop()
+
+
+def test_scan_separates_flagged_suspicious_and_clean_and_a_team_allows_its_globals(lake_repo):
+    write(lake_repo / "models" / "evil.pkl", b"cos\nsystem\n(S'echo hi'\ntR.")
+    write(lake_repo / "models" / "ours.pkl", b"cmylib.models\nModel\n)\x81.")
+    write(lake_repo / "models" / "weights.pt", b"cnumpy.core.multiarray\n_reconstruct\n)\x81.")
+    commit(lake_repo, "models", settle=True)
+    report = run(lake_repo, "scan")
+    assert report.returncode == 1
+    lines = report.stdout.splitlines()
+    assert lines[0] == "models: 3 model file(s): 1 flagged, 1 suspicious, 1 clean", lines
+    assert [line.split()[0] for line in lines[1:]] == ["FLAGGED", "suspicious", "clean"], lines
+    assert "mylib.models.Model (suspicious)" in lines[2] and "os.system (dangerous)" in lines[1]
+    # The team's own framework: accepted by [scan] allow, read as every setting is (checked first).
+    toml = (lake_repo / "snapver.toml").read_text()
+    (lake_repo / "snapver.toml").write_text(toml + '[scan]\nallow = ["my lib"]\n')
+    bad = run(lake_repo, "scan")
+    assert bad.returncode == 1 and "[scan] allow" in bad.stderr and "not a module.name pattern" in bad.stderr
+    (lake_repo / "snapver.toml").write_text(toml + '[scan]\nallow = ["mylib.*"]\n')
+    states = {f["path"]: f["state"] for f in json.loads(run(lake_repo, "scan", "--json").stdout)["models"]}
+    assert states == {"evil.pkl": "flagged", "ours.pkl": "clean", "weights.pt": "clean"}
+    (lake_repo / "snapver.toml").write_text(toml + '[scan]\nallow = ["mylib.*", "os.*"]\n')
+    assert run(lake_repo, "scan").returncode == 0, "allowing a dangerous global is the team's call too"
+    assert run(lake_repo, "release", "v1").returncode == 0

@@ -277,7 +277,8 @@ def test_flagged_model_is_reported_and_not_released_without_force(btrfs_repo, tm
     # Each snapshot has its own result: the next one no longer holds the bad file.
     os.remove(repo / "models" / "evil.pt")
     commit(repo, "removed the bad model")
-    assert snapver(repo, "scan", "--json").json == {"models": [{"path": "clean.pkl", "flagged": False, "findings": []}]}
+    assert snapver(repo, "scan", "--json").json == {"models": [{"path": "clean.pkl", "state": "clean", "flagged": False,
+                                                                "findings": []}]}
 
 
 def test_scan_can_be_turned_off(btrfs_repo):

@@ -230,17 +230,22 @@ def scan(rev, as_json):
     """The model scan of REV's snapshots (scanning now those never scanned).
 
     Pickle-based model files (.pkl .pickle .pt .pth .bin .joblib .ckpt) are
-    disassembled by picklescan, never loaded. Exits 1 if a file is flagged.
+    disassembled by picklescan, never loaded: flagged (imports code that runs on
+    load), suspicious (imports globals picklescan does not know), clean. Globals
+    in [scan] allow of snapver.toml (e.g. ["sklearn.*", "numpy.*"]) are accepted.
+    Exits 1 if a file is flagged.
     """
     report = run("scan", {"rev": rev})
     if as_json:
         emit_json(report)
     else:
         for v, files in report.items():
-            click.echo(f"{v}: {len(files)} model file(s), {sum(f['flagged'] for f in files)} flagged")
-            for f in files:
-                click.echo(f"  {'FLAGGED' if f['flagged'] else 'clean':<8} {f['path']}"
-                           + (f"  {', '.join(f['findings'])}" if f["findings"] else ""))
+            counts = {s: sum(f["state"] == s for f in files) for s in ("flagged", "suspicious", "clean")}
+            click.echo(f"{v}: {len(files)} model file(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+            for state in ("flagged", "suspicious", "clean"):  # what needs a look first
+                for f in (f for f in files if f["state"] == state):
+                    click.echo(f"  {state.upper() if state == 'flagged' else state:<10} {f['path']}"
+                               + (f"  {', '.join(f['findings'])}" if f["findings"] else ""))
     if any(f["flagged"] for files in report.values() for f in files):
         sys.exit(1)
 
