@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from . import faults, ops
-from .config import LocalState, ProjectConfig
+from .config import LocalState, ProjectConfig, write_as_owner
 from .errors import SnapverError, one_line
 from .gitrepo import GitRepo
 from .hookfiles import HOOKS, hooks_dir, install, is_ours, uninstall  # noqa: F401  (as before, for callers)
@@ -41,9 +41,9 @@ def main(argv: list[str]) -> int:
             # hooks at the top of the working tree). Not "run snapver init": the lake stays.
             # Said once per commit: reference-transaction and post-checkout both come here.
             git = GitRepo.find(".")
-            head, said = git.head() or "", LocalState.dir(git.git_dir) / "predates"
-            if not said.exists() or said.read_text() != head:
-                said.write_text(head)
+            head, marker = git.head() or "", LocalState.dir(git.git_dir) / "predates"
+            if not marker.exists() or marker.read_text() != head:
+                write_as_owner(marker, head)
                 say(f"{short(head)} predates versioning (it has no snapver.toml): the lake stays as it is, "
                     "and follows again at a commit that has one")
             return 0
