@@ -171,6 +171,7 @@ def test_completion_offers_revisions_snapshots_releases_and_volumes(lake_repo, m
     assert sorted(completions(lake_repo, "snapver checkout HEAD --volume ")) == ["data", "logs", "models"]
     assert completions(lake_repo, "snapver path HEAD mo") == ["models"]
     assert completions(lake_repo, "snapver derive mod") == ["models@"]
+    assert completions(lake_repo, "snapver lineage --upstream mod") == ["models@"]
     assert completions(lake_repo, "snapver derive models@rel") == ["models@release:canary", "models@release:prod"]
     assert "checkout" in completions(lake_repo, "snapver che")
     # In-process, through click's completion environment, as zsh and fish ask it.

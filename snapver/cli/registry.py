@@ -165,7 +165,7 @@ def release_history(name, as_json):
 @click.argument("volume", metavar="NEW_VOLUME")
 @click.option("-m", "--message", help="Why: kept with the lineage edge.")
 @click.option("--run", "run_cmd", metavar="CMD", help="The command that builds it (`snapver build`, `cascade`).")
-@click.option("--input", "inputs", metavar="VOLUME@REV", multiple=True,
+@click.option("--input", "inputs", metavar="VOLUME@REV", multiple=True, shell_complete=complete_volume_at_rev,
               help="An input of --run (repeatable; default: SOURCE_VOLUME@REV).")
 @json_option
 def derive(source, volume, message, run_cmd, inputs, as_json):
@@ -188,7 +188,8 @@ def derive(source, volume, message, run_cmd, inputs, as_json):
 @cli.command()
 @click.argument("volume", required=False, shell_complete=complete_volume)
 @click.option("--dot", is_flag=True, help="Graphviz DOT instead of a text tree.")
-@click.option("--upstream", metavar="VOLUME@REV", help="Where this snapshot comes from.")
+@click.option("--upstream", metavar="VOLUME@REV", help="Where this snapshot comes from.",
+              shell_complete=complete_volume_at_rev)
 @click.option("--json", "as_json", is_flag=True)
 def lineage(volume, dot, upstream, as_json):
     """The graph of derived volumes (all of it, or VOLUME's family)."""
