@@ -181,7 +181,7 @@ def bench_backend(kind: str, size: int, rounds: int, workdir: Path) -> dict:
         run(["git", "commit", "-q", "--allow-empty", "-m", "v1"], cwd=repo)
         v1 = run(["git", "rev-parse", "HEAD"], cwd=repo).strip()
         run([SNAPVER, "remote", "add", "far", side.far_url()], cwd=repo)
-        first = json.loads(run([SNAPVER, "push", "far", "-q", "--json"], cwd=repo))
+        first = json.loads(run([SNAPVER, "push", "far", "-q", "--json"], cwd=repo))["result"]
         for v in VOLUMES:
             side.bare(v, v1, None)
         changed = rewrite_one_percent(repo, size)
@@ -199,7 +199,7 @@ def bench_backend(kind: str, size: int, rounds: int, workdir: Path) -> dict:
                     for v in VOLUMES:
                         side.bare(v, v2, v1)
                 else:
-                    done = json.loads(run([SNAPVER, "push", "far", "-q", "--json"], cwd=repo))
+                    done = json.loads(run([SNAPVER, "push", "far", "-q", "--json"], cwd=repo))["result"]
                     assert {t["base"] for t in done} == {v1}, done
                     # From each request to its answer: the streams alone, without start-up.
                     samples["snapver streams"].append(sum(t["seconds"] for t in done))

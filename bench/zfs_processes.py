@@ -126,7 +126,7 @@ def main() -> int:
             for n in commits:
                 commit(n)
             out, calls = counted([SNAPVER, "push", "far", "-q", "--json"], repo, env, log)
-            sent = json.loads(out)
+            sent = json.loads(out)["result"]
             assert len(sent) == 3 * len(commits), sent
             by_side = Counter(side for side, _ in calls)
             results.append({"push": label, "snapshots": len(sent),

@@ -32,5 +32,8 @@ def request(message: dict, path=None, timeout: float = 600) -> object:
             reply += chunk
     answer = json.loads(reply)
     if not answer.get("ok"):
-        raise SnapverError(answer.get("error", "snapverd refused without saying why"))
+        refused = SnapverError(answer.get("error", "snapverd refused without saying why"))
+        if isinstance(answer.get("exit_code"), int) and answer["exit_code"] > 0:
+            refused.exit_code = answer["exit_code"]  # the CLI exits as it would have run it itself
+        raise refused
     return answer.get("result")

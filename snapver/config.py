@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
@@ -32,6 +33,7 @@ class RegistrySettings(NamedTuple):
     from_tags: bool = True
     scan_on_snapshot: bool = True
     scan_volumes: list[str] | None = None  # None: `models` and derived volumes
+    scan_allow: list[str] = []  # module.name patterns a team accepts ("sklearn.*"): not flagged
     provenance: dict[str, dict[str, str]] = {}
 
 
@@ -227,7 +229,12 @@ def _registry(doc: dict) -> RegistrySettings:
     registry, releases, scan = (doc.get(t, {}) for t in ("registry", "releases", "scan"))
     known(registry, ("metrics", "params"), ("registry",), "[registry] ")
     known(releases, ("from_tags",), ("releases",), "[releases] ")
-    known(scan, ("on_snapshot", "volumes"), ("scan",), "[scan] ")
+    known(scan, ("on_snapshot", "volumes", "allow"), ("scan",), "[scan] ")
+    allow = get(scan, "allow", "strs", ("scan",), [])
+    for pattern in allow:
+        if not re.fullmatch(r"[A-Za-z_*?][A-Za-z0-9_.*?]*", pattern):
+            raise Invalid(f"[scan] allow: {short(pattern)} is not a module.name pattern (e.g. \"sklearn.*\")",
+                          ("scan", "allow"))
 
     def paths(key: str) -> list[str]:
         value = registry.get(key, [])
@@ -253,6 +260,7 @@ def _registry(doc: dict) -> RegistrySettings:
         from_tags=get(releases, "from_tags", "bool", ("releases",), True),
         scan_on_snapshot=get(scan, "on_snapshot", "bool", ("scan",), True),
         scan_volumes=get(scan, "volumes", "strs", ("scan",)),
+        scan_allow=allow,
         provenance=provenance,
     )
 

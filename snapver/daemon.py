@@ -107,8 +107,8 @@ class Daemon:
         self._watch_all()
         self.server = _make_server(self, self.config.socket, listen_fd)
         threading.Thread(target=self.server.serve_forever, name="socket", daemon=True).start()
-        notify("READY=1", f"STATUS=watching {len(self.config.workspaces)} workspace(s)")
-        log.info("snapverd ready: %d workspace(s), socket %s", len(self.config.workspaces), self.config.socket)
+        notify("READY=1", f"STATUS={self._watching()}")
+        log.info("snapverd ready: %s; socket %s", self._watching(), self.config.socket)
         next_poll = 0.0
         while not self.stopping.wait(0.5):
             notify("WATCHDOG=1")
@@ -150,7 +150,14 @@ class Daemon:
         self.config = config
         self._trust_workspaces()
         self._watch_all()
-        log.info("config reloaded: %d workspace(s)", len(config.workspaces))
+        log.info("config reloaded: %s", self._watching())
+
+    def _watching(self) -> str:
+        """What start-up and reload say: only the workspaces loaded count; those that could not be
+        are named (each was logged with its reason as "not watched")."""
+        failed = [str(p) for p in self.unwatched]
+        said = f"{len(self.config.workspaces) - len(failed)} workspace(s) watched"
+        return said + (f", {len(failed)} not: {', '.join(failed)}" if failed else "")
 
     def _trust_workspaces(self) -> None:
         """Let git, run as root, work in the configured users' repositories (and only those)."""
@@ -164,6 +171,7 @@ class Daemon:
     def _watch_all(self) -> None:
         limit = _inotify_limit()
         self.watch_budget = self.config.inotify_budget if self.config.inotify_budget is not None else limit // 4
+        self.unwatched: dict[Path, str] = {}
         for w in self.config.workspaces:
             try:
                 ws = self._open(w.path)
@@ -177,6 +185,7 @@ class Daemon:
                         self.note_change((w.path, v))
             except (SnapverError, OSError) as e:  # one workspace that vanishes never stops the daemon
                 log.error("%s: not watched: %s", w.path, e)
+                self.unwatched[w.path] = str(e)
 
     def _start_watch(self, tree: Path, watch: VolumeWatch) -> None:
         with self.budget_lock:  # jobs of several workspaces may start watches at once
@@ -433,7 +442,7 @@ class _Handler(socketserver.StreamRequestHandler):
                     raise ValueError("a request is a JSON object")
                 answer = {"ok": True, "result": self.server.daemon.handle(request, creds)}  # type: ignore[attr-defined]
             except SnapverError as e:
-                answer = {"ok": False, "error": str(e)}
+                answer = {"ok": False, "error": str(e), "exit_code": e.exit_code}  # "not found" stays 3
             except sqlite3.Error as e:
                 answer = {"ok": False, "error": str(explain(e))}
             except (ValueError, KeyError, TypeError) as e:

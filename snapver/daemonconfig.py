@@ -13,7 +13,7 @@ from .errors import SnapverError
 from .retention import Policy, parse_duration
 from .tomlcheck import Invalid, known, short
 
-DEFAULT_CONFIG = Path("/etc/snapver/snapverd.toml")
+DEFAULT_CONFIG = endpoint.CONFIG  # SNAPVER_CONFIG, else /etc/snapver/snapverd.toml
 
 
 @dataclass(frozen=True)

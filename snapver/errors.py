@@ -6,6 +6,10 @@ Git carry on. Anything else escaping is a bug and gets a traceback.
 """
 
 
+# The CLI's exit codes (README "Exit codes", `snapver --help`); 2 is click's, for a usage error.
+OK, ERROR, USAGE, NOT_FOUND, CHANGED, NO_MATCH = 0, 1, 2, 3, 4, 5
+
+
 class SnapverError(Exception):
     """A user-facing failure: bad input, a missing snapshot, a busy lake."""
 
@@ -15,7 +19,7 @@ class SnapverError(Exception):
 class NotFound(SnapverError):
     """A revision, snapshot or volume that does not exist."""
 
-    exit_code = 2
+    exit_code = NOT_FOUND  # not click's 2 (a usage error): a script tells a typo from a missing one
 
 
 class InUse(SnapverError):

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from . import faults, ops
-from .config import LocalState, ProjectConfig
+from .config import LocalState, ProjectConfig, write_as_owner
 from .errors import SnapverError, one_line
 from .gitrepo import GitRepo
 from .hookfiles import HOOKS, hooks_dir, install, is_ours, uninstall  # noqa: F401  (as before, for callers)
@@ -35,6 +35,17 @@ def main(argv: list[str]) -> int:
             # A new worktree: its own lake, in the project's history (its hooks are the project's).
             made = call("init", {"hooks": False}, announce)
             say(f"new worktree: its own lake at {', '.join(sorted(short(b) if b else 'empty' for b in made['at']))}")
+            return 0
+        if hook != "pre-push" and not os.path.exists("snapver.toml"):
+            # Set up here, but this commit has no snapver.toml: it predates versioning (Git runs
+            # hooks at the top of the working tree). Not "run snapver init": the lake stays.
+            # Said once per commit: reference-transaction and post-checkout both come here.
+            git = GitRepo.find(".")
+            head, marker = git.head() or "", LocalState.dir(git.git_dir) / "predates"
+            if not marker.exists() or marker.read_text() != head:
+                write_as_owner(marker, head)
+                say(f"{short(head)} predates versioning (it has no snapver.toml): the lake stays as it is, "
+                    "and follows again at a commit that has one")
             return 0
         if hook == "tag-release":  # from reference-transaction: tags just created
             for message in call("tag-releases", {"lines": sys.stdin.read().splitlines()}, announce):

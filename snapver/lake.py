@@ -45,6 +45,16 @@ class LogEntry(NamedTuple):
     message: str | None
 
 
+def _project_id(folder: str) -> str:
+    """A new project's ID from the repository folder's name: letters without their accents
+    (données -> donnees), other characters as '-', and a random suffix; 'lake' when nothing is left."""
+    import unicodedata
+
+    ascii_name = unicodedata.normalize("NFKD", folder).encode("ascii", "ignore").decode()
+    base = "".join(c if c.isalnum() or c in "-_" else "-" for c in ascii_name)[:40]
+    return names.check_project(f"{base.strip('-_') or 'lake'}-{os.urandom(4).hex()}")
+
+
 class Workspace:
     joined: str | None = None  # init: which project a clone without snapver.toml joined (join.py)
 
@@ -136,8 +146,10 @@ class Workspace:
         lake: str | None = None,
         image: Path | None = None,
         size: int | None = None,
+        project: str | None = None,
     ) -> Workspace:
-        """Give a working tree its lake: a new project, or a clone joining its project's history."""
+        """Give a working tree its lake: a new project, or a clone joining its project's history.
+        project: the new project's ID, instead of one made from the folder's name."""
         git = GitRepo.find(path)
         if LocalState.exists(git.git_dir):
             state = LocalState.load(git.git_dir)
@@ -154,11 +166,12 @@ class Workspace:
                 )
             if backend and backend != config.backend:
                 raise SnapverError(f"{CONFIG_NAME} says backend {config.backend!r}, not {backend!r}")
+            if project and project != config.project:
+                raise SnapverError(f"{CONFIG_NAME} names the project {config.project}: pass no --project")
         else:
             vols = list(dict.fromkeys(names.check_volume(v) for v in (volumes or DEFAULT_VOLUMES)))
-            base = "".join(c if c.isalnum() or c in "-_" else "-" for c in git.toplevel.name)[:40]
-            project = names.check_project(f"{base.strip('-_') or 'lake'}-{os.urandom(4).hex()}")
-            config = Config(project=project, volumes=vols, backend=backend or "btrfs")
+            config = Config(project=names.check_project(project) if project else _project_id(git.toplevel.name),
+                            volumes=vols, backend=backend or "btrfs")
         for v in config.volumes:
             if os.path.lexists(git.toplevel / v):
                 raise SnapverError(
@@ -173,7 +186,10 @@ class Workspace:
         backend_ = open_backend(config.backend, spec)
         from . import join  # init only: the hooks never need it
 
-        found = None if joining else join.adopt(git, backend_, config.backend, volumes)
+        if project and not joining and backend_.snapshots(project, None, readable=False):
+            raise SnapverError(f"the lake already holds a project {project}: choose another --project, "
+                               "or leave it out to join the one this repository's history is in")
+        found = None if joining or project else join.adopt(git, backend_, config.backend, volumes)
         if found is not None:  # the lake holds this repository's project: join it
             config = found.config
         workspace_id = names.check_workspace(f"{config.project[:40]}-{os.urandom(4).hex()}")
@@ -494,6 +510,17 @@ class Workspace:
         return entries
 
     # ---------------------------------------------------------------- resolving revisions
+    def _whole_wip_name(self, rev: str, prefix: str, stamp: str, volumes: list[str]) -> str:
+        """The one wip snapshot whose commit ID starts with prefix, taken at stamp (a listing of
+        the volume's snapshots: no walk)."""
+        whole = {s.name for v in volumes for s in self.backend.snapshots(self.project, v)
+                 if s.name.startswith(prefix) and s.name.endswith("." + stamp)}
+        if len(whole) > 1:
+            raise SnapverError(f"{rev} is ambiguous: {', '.join(sorted(whole))}; give the whole name")
+        if not whole:
+            raise NotFound(f"there is no wip snapshot {rev}")
+        return whole.pop()
+
     def resolve(self, rev: str, volumes: list[str], nearest: bool = False):
         """The snapshot of each volume at rev: (by volume, commit, warnings).
 
@@ -506,6 +533,9 @@ class Workspace:
             if rev.startswith(prefix):
                 found, commit = resolve(self, rev[len(prefix):], volumes)
                 return found, commit, []
+        shortened = names.parse_short_wip(rev)
+        if shortened:  # as `snapver log` prints a wip: the short commit ID and its time
+            rev = self._whole_wip_name(rev, *shortened, volumes)
         parsed = names.parse_snapshot_name(rev)
         if parsed and parsed[1] == "wip":
             found = {v: self.backend.find(self.project, v, rev) for v in volumes}

@@ -28,6 +28,15 @@ def short(name: str) -> str:
     return name[:10] + name[40:]
 
 
+_SHORT_WIP = re.compile(r"([0-9a-f]{4,39})\.(\d{8}T\d{6}\.\d{6}Z)")
+
+
+def parse_short_wip(name: str) -> tuple[str, str] | None:
+    """(commit ID prefix, time) of a wip snapshot named as `snapver log` prints it (short())."""
+    m = _SHORT_WIP.fullmatch(name)
+    return (m.group(1), m.group(2)) if m else None
+
+
 def _show(name: object) -> str:
     return repr(name) if name else "an empty name"
 

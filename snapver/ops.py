@@ -118,9 +118,19 @@ def _rewrite(ws, a, by):
 
 
 def _status(ws, a, by):
+    from .names import parse_snapshot_name
+
     stale = cascade.stale(ws)  # recipe volumes whose inputs moved since their last build
+    head = ws.git.head()
+
+    def off_head(base) -> str | None:
+        """HEAD's commit when the volume is at another commit's snapshot (`snapver checkout REV`
+        or release:NAME move the lake, not Git); a wip of HEAD counts as HEAD's."""
+        parsed = parse_snapshot_name(base) if base else None
+        return head if head and parsed and parsed[0] != head else None
+
     return [{"volume": r.volume, "path": str(r.path), "base": r.base, "changed": r.changed, "link": r.link,
-             "stale": stale.get(r.volume)}
+             "stale": stale.get(r.volume), "not_at_head": off_head(r.base)}
             for r in ws.status()]
 
 
@@ -182,7 +192,7 @@ def _init(where, a, by):
     from .lake import Workspace
 
     ws = Workspace.init(where, list(a.get("volumes") or []), a.get("backend"), a.get("lake"),
-                        Path(a["image"]) if a.get("image") else None, a.get("size"))
+                        Path(a["image"]) if a.get("image") else None, a.get("size"), a.get("project"))
     hooks = install(ws.git) if a.get("hooks", True) else []
     return {"lake": ws.backend.spec(), "backend": ws.backend.name, "project": ws.project,
             "volumes": [{"volume": v, "path": str(ws.live_path(v)), "base": ws.state.volume(v).base}
@@ -485,6 +495,14 @@ def call(op: str, args: dict | None = None, path: Path | str = ".", tell=None, p
         # never opens the lake, so it does not pay for importing the core (sqlite3, backends).
         from .lake import Workspace
 
-        return perform(Workspace.open(path), op, args, tell=tell, progress=progress)
+        try:
+            return perform(Workspace.open(path), op, args, tell=tell, progress=progress)
+        except PermissionError as e:
+            if not entry.served or os.geteuid() == 0:
+                raise
+            # What a user who is not root gets when no snapverd answered: the cause, not a traceback.
+            raise SnapverError(f"snapverd is not running (nothing listens on {endpoint.SOCKET}) and this user "
+                               f"may not change the lake itself ({e.strerror}: {e.filename}): start it "
+                               "(systemctl start snapverd.socket) or run as the lake's owner") from None
     finally:
         journal.announce = before

@@ -414,7 +414,8 @@ def flagged(ws, snaps: dict) -> list[str]:
         verdicts = scan.stored(ws.catalog, snap)
         if verdicts is None and v in wanted:
             verdicts = _scan_one(ws, snap)
-        bad += [f"{v}/{f.path} ({', '.join(f.findings)})" for f in verdicts or [] if f.flagged]
+        judged = [scan.judge(f, settings(ws).scan_allow)[1] for f in verdicts or []]
+        bad += [f"{v}/{f.path} ({', '.join(f.findings)})" for f in judged if f.flagged]
     return bad
 
 
@@ -428,7 +429,9 @@ def scan_report(ws, rev: str = "HEAD") -> dict[str, list[dict]]:
             verdicts = scan.stored(ws.catalog, snaps[v])
             if verdicts is None:
                 verdicts = scan.scan_snapshot(ws.catalog, snaps[v])
-            report[v] = [{"path": f.path, "flagged": f.flagged, "findings": f.findings} for f in verdicts]
+            judged = [scan.judge(f, settings(ws).scan_allow) for f in verdicts]  # [scan] allow
+            report[v] = [{"path": f.path, "state": state, "flagged": f.flagged, "findings": f.findings}
+                         for state, f in judged]
     return report
 
 

@@ -34,6 +34,22 @@ class FileVerdict(NamedTuple):
     findings: list[str]  # "module.name (dangerous|suspicious)"
 
 
+def judge(verdict: FileVerdict, allow: list[str]) -> tuple[str, FileVerdict]:
+    """("flagged" | "suspicious" | "clean", the verdict without the globals the team accepts).
+    [scan] allow applies when read, not when scanned: the stored verdicts stay picklescan's, and
+    a change of the list needs no rescan. flagged: a dangerous global is left; suspicious: only
+    globals picklescan does not know to be harmless."""
+    from fnmatch import fnmatchcase
+
+    kept = [f for f in verdict.findings if not any(fnmatchcase(f.split(" (", 1)[0], p) for p in allow)]
+    if not verdict.flagged and kept == verdict.findings:
+        state = "suspicious" if kept else "clean"
+        return state, verdict
+    dangerous = any(f.endswith("(dangerous)") for f in kept) or (verdict.flagged and kept == verdict.findings)
+    state = "flagged" if dangerous else "suspicious" if kept else "clean"
+    return state, verdict._replace(flagged=dangerous, findings=kept)
+
+
 def is_model_file(name: str) -> bool:
     return name.lower().endswith(MODEL_SUFFIXES)
 

@@ -98,7 +98,7 @@ def graph(repo: Path) -> None:
 
 def cascade(repo: Path, *args: str, ok: bool = True) -> dict[str, dict]:
     r = snapver(repo, "cascade", *args, "--json", ok=ok)
-    return {n["volume"]: n for n in r.json}
+    return {n["volume"]: n for n in r.json["result"]}
 
 
 def actions(nodes: dict[str, dict]) -> dict[str, str]:

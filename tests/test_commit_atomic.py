@@ -302,7 +302,7 @@ def test_full_filesystem_gc_and_doctor_work_and_locking_commands_say_one_line(on
     snapver(repo, "snapshot", "--wip", "-m", "with big")
     big.unlink()
     snapver(repo, "snapshot", "--wip", "-m", "without")
-    doomed = {(d["volume"], d["name"]) for d in snapver(repo, "gc", "--dry-run", "--json").json if not d["keep"]}
+    doomed = {(d["volume"], d["name"]) for d in snapver(repo, "gc", "--dry-run", "--json").json["result"]["decisions"] if not d["keep"]}
     assert doomed, "the old wip is what gc will free"
     fill(repo / "filler.bin")  # in the repository, on the same filesystem
 

@@ -143,7 +143,7 @@ def test_gc_killed_at_every_step(lake_repo, lake, point):
         (lake_repo / "logs" / "run.log").write_text(f"step {i}")
         snapver(lake_repo, "snapshot", "--wip")
     before = snapshots(lake_repo)
-    plan = {(d["volume"], d["name"]) for d in snapver(lake_repo, "gc", "--dry-run", "--json").json if not d["keep"]}
+    plan = {(d["volume"], d["name"]) for d in snapver(lake_repo, "gc", "--dry-run", "--json").json["result"]["decisions"] if not d["keep"]}
     assert len(plan) == 6
     old = live(lake_repo)
 

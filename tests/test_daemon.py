@@ -235,7 +235,7 @@ def test_gc_keeps_and_drops_exactly_what_the_policy_says(lake_repo, lake):
         assert {s.name for s in wip_taken_as_of(ws, when)} == {names[label]}
     time.sleep(1.5)  # past the 1 s grace of unreachable snapshots
 
-    plan = snapver(lake_repo, "gc", "--dry-run", "--json").json
+    plan = snapver(lake_repo, "gc", "--dry-run", "--json").json["result"]["decisions"]
     decided = {(d["volume"], d["name"]): d["keep"] for d in plan}
     for label, name in names.items():
         for v in ("data", "models", "logs"):

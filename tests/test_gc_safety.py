@@ -42,7 +42,7 @@ def on_disk(repo: Path) -> set[tuple[str, str]]:
 
 
 def plan(repo: Path) -> dict[tuple[str, str], dict]:
-    return {(d["volume"], d["name"]): d for d in snapver(repo, "gc", "--dry-run", "--json").json}
+    return {(d["volume"], d["name"]): d for d in snapver(repo, "gc", "--dry-run", "--json").json["result"]["decisions"]}
 
 
 def forget_reflogs(repo: Path) -> None:

@@ -70,7 +70,8 @@ def test_metrics_and_params_per_commit_found_and_compared(lake_repo):
     found = snapver(repo, "find", "accuracy>0.9", "train.lr<0.01", "--json").json
     assert [r["name"] for r in found] == [v2]
     assert [r["name"] for r in snapver(repo, "find", "optimizer=adam", "--json").json] == [v2, v1]
-    assert snapver(repo, "find", "accuracy>0.99", "--json").json == []
+    none = snapver(repo, "find", "accuracy>0.99", "--json", ok=None)
+    assert none.code == 5 and none.json == [], "no match: exit 5, as documented"
 
     cmp = snapver(repo, "compare", v1, v2, "--json").json
     assert cmp["params"]["train.lr"] == [0.01, 0.001]
@@ -147,7 +148,7 @@ def test_release_protects_against_gc_and_is_a_rev(lake_repo, lake):
                            cwd=repo, env=env(), capture_output=True, text=True)
     assert alone.returncode != 0 and "no feature protects snapshots" in alone.stderr, alone.stderr
     assert {e["name"] for e in snapver(repo, "log", "--json").json} == before
-    decisions = {(d["volume"], d["name"]): d for d in snapver(repo, "gc", "--json").json}
+    decisions = {(d["volume"], d["name"]): d for d in snapver(repo, "gc", "--json").json["result"]["decisions"]}
     assert all(decisions[(v, released)]["keep"] for v in ("data", "models", "logs"))
     assert decisions[("models", released)]["reason"] == "release prod"
     assert not decisions[("models", dropped)]["keep"]
@@ -276,7 +277,8 @@ def test_flagged_model_is_reported_and_not_released_without_force(btrfs_repo, tm
     # Each snapshot has its own result: the next one no longer holds the bad file.
     os.remove(repo / "models" / "evil.pt")
     commit(repo, "removed the bad model")
-    assert snapver(repo, "scan", "--json").json == {"models": [{"path": "clean.pkl", "flagged": False, "findings": []}]}
+    assert snapver(repo, "scan", "--json").json == {"models": [{"path": "clean.pkl", "state": "clean", "flagged": False,
+                                                                "findings": []}]}
 
 
 def test_scan_can_be_turned_off(btrfs_repo):

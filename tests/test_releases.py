@@ -145,7 +145,7 @@ def test_gc_keeps_what_a_release_or_its_stable_path_leads_to_and_follows_the_mov
     stray = served.parent / "data"
     os.unlink(stray)
     os.symlink(os.readlink(served).replace(exp1, exp2).replace("/models/", "/data/"), stray)
-    decisions = {(d["volume"], d["name"]): d for d in snapver(repo, "gc", "--json").json}
+    decisions = {(d["volume"], d["name"]): d for d in snapver(repo, "gc", "--json").json["result"]["decisions"]}
     assert decisions[("models", exp1)]["keep"] and decisions[("models", exp1)]["reason"] == "release prod"
     assert decisions[("data", exp2)]["keep"] and "stable path of release prod" in decisions[("data", exp2)]["reason"]
     assert not decisions[("models", exp2)]["keep"]

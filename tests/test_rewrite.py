@@ -95,7 +95,7 @@ def test_rebase_edit_amend_abort_keeps_mains_snapshot(lake_repo):
     assert (repo / "data" / "f.csv").read_text() == "c2 data", "the abort brings the lake back with HEAD"
     assert data_of(repo, "main")["data/f.csv"] == "c2 data"
     assert data_of(repo, "main~1")["data/f.csv"] == "c1 data"
-    plan = snapver(repo, "gc", "--dry-run", "--json").json
+    plan = snapver(repo, "gc", "--dry-run", "--json").json["result"]["decisions"]
     assert all(d["keep"] for d in plan if d["name"] in (c2, edited)), "main's snapshots are kept"
     git_err(repo, "checkout", "-q", "main~1")
     git_err(repo, "checkout", "-q", "main")
@@ -280,7 +280,7 @@ def test_gc_after_an_amend_keeps_the_new_commits_data(lake_repo):
     git(repo, "reflog", "expire", "--expire=now", "--expire-unreachable=now", "--all")
     time.sleep(1.5)
     done = snapver(repo, "gc", "--json")
-    decided = {(d["volume"], d["name"]): d for d in done.json}
+    decided = {(d["volume"], d["name"]): d for d in done.json["result"]["decisions"]}
     assert decided[("data", new)]["keep"]
     assert decided[("data", old)]["keep"] == (old in snapshot_names(repo))  # ZFS: "in use" by the copy
     assert data_of(repo, new) == {"data/f.csv": "one", "models/m.pt": "model of one"}

@@ -120,7 +120,7 @@ def test_push_clone_push_back_and_pull(lake_repo, far, third, tmp_path):
 
     snapver(a, "remote", "add", "far", far.url)
     assert snapver(a, "remote", "list", "--json").json == [{"name": "far", "url": far.url}]
-    sent = snapver(a, "push", "far", "--json").json
+    sent = snapver(a, "push", "far", "--json").json["result"]
     # Oldest first; the first commit goes whole, every later one as an increment on the one before.
     assert [(t["name"], t["base"]) for t in sent] == [
         (c, base) for c, base in ((c0, None), (c1, c0), (c2, c1), (c3, c2)) for _ in range(3)]
@@ -132,7 +132,7 @@ def test_push_clone_push_back_and_pull(lake_repo, far, third, tmp_path):
     project = project_of(a)
     mine = {(s["volume"], s["name"]) for s in snapver(a, "log", "--json").per_volume}
     assert set(held(far, project)) == mine
-    assert snapver(a, "push", "far", "--json").json == []  # all there already
+    assert snapver(a, "push", "far", "--json").json["result"] == []  # all there already
 
     # The catalog rows travelled with the data.
     far_root = open_lake(far.spec).root
@@ -152,10 +152,10 @@ def test_push_clone_push_back_and_pull(lake_repo, far, third, tmp_path):
     # Its new commit goes back to the far lake as an increment, and from there to the first clone.
     write(b / "models" / "model.pt", b"weights v4, fine-tuned in clone b")
     c4 = commit(b, "v4")
-    back = snapver(b, "push", "--json").json  # the clone's remote is its default
+    back = snapver(b, "push", "--json").json["result"]  # the clone's remote is its default
     assert {(t["volume"], t["name"], t["base"]) for t in back} == {(v, c4, c3) for v in ("data", "models", "logs")}
     git(a, "pull", "-q", str(b), "main")
-    got = snapver(a, "pull", "far", "--json").json
+    got = snapver(a, "pull", "far", "--json").json["result"]
     assert {(t["volume"], t["name"], t["base"]) for t in got} == {(v, c4, c3) for v in ("data", "models", "logs")}
     snapver(a, "checkout", "HEAD")
     assert lake_digest(a) == lake_digest(b)
@@ -176,7 +176,7 @@ def test_push_of_one_revision_and_its_history_only(lake_repo, far):
     write(a / "data" / "x", b"3")
     commit(a, "main")
     snapver(a, "remote", "add", "far", far.url)
-    sent = snapver(a, "push", "far", "side", "--json").json
+    sent = snapver(a, "push", "far", "side", "--json").json["result"]
     assert {t["name"] for t in sent} >= {c1, side}
     names = {t["name"] for t in sent}
     assert git(a, "rev-parse", "HEAD") not in names  # main's tip is not side's history
@@ -214,7 +214,7 @@ def test_interrupted_transfer_leaves_no_snapshot_and_a_retry_completes(lake_repo
     _settle()
     assert ("data", big) not in held(there, project)
     # Retrying sends it again and it arrives whole; where ZFS can resume, it resumes.
-    again = snapver(here, direction, "far", "-q", "--json").json
+    again = snapver(here, direction, "far", "-q", "--json").json["result"]
     assert ("data", big) in held(there, project)
     if open_lake(there.spec).resumable() is not None:
         assert [t["resumed"] for t in again if t["volume"] == "data"] == [True]
@@ -393,7 +393,7 @@ def test_push_and_pull_over_ssh(lake_repo, far, third, sshd, tmp_path, monkeypat
     c1 = commit(a, "one")
     write(a / "data" / "d.bin", os.urandom(1 << 20))
     c2 = commit(a, "two")
-    sent = snapver(a, "push", "far", "--json").json
+    sent = snapver(a, "push", "far", "--json").json["result"]
     assert [(t["name"], t["base"]) for t in sent if t["volume"] == "data"] == [(c0, None), (c1, c0), (c2, c1)]
 
     b = tmp_path / "b"

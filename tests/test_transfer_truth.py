@@ -31,7 +31,7 @@ def _receiver(tmp_path: Path, a: Path, far, retention: str, name: str = "r") -> 
 
 def _decisions(repo: Path, *args: str) -> dict[tuple[str, str], tuple[bool, str]]:
     return {(d["volume"], d["name"]): (d["keep"], d["reason"])
-            for d in snapver(repo, "gc", "--json", *args).json}
+            for d in snapver(repo, "gc", "--json", *args).json["result"]["decisions"]}
 
 
 def _branch_exp(a: Path, data: bytes = b"experiment") -> str:
@@ -104,7 +104,7 @@ def test_a_release_travels_with_push_and_pull_and_pins_on_the_receiver(lake_repo
     snapver(a, "remote", "add", "far", far.url)
     snapver(a, "push", "far", "exp", "-q")
     snapver(a, "release", "create", "prod", x)  # released after the push: the next one carries it
-    assert snapver(a, "push", "far", "exp", "--json").json == []
+    assert snapver(a, "push", "far", "exp", "--json").json["result"] == []
     r = _receiver(tmp_path, a, far, 'unreachable = "1s"')
     git(r, "fetch", "-q", str(a), "exp")  # known to R, reached by nothing of R
     time.sleep(1.5)
@@ -139,7 +139,7 @@ def test_push_and_pull_of_a_revision_without_snapshots_is_an_error_naming_it(lak
     pushed = snapver(a, "push", "far", bare, ok=False)
     assert pushed.code == 1 and f"this lake has no snapshot of {bare[:10]}" in pushed.err, pushed.err
     before = set(held(far, project_of(a)))
-    assert snapver(a, "pull", "far", "HEAD", "--json").json == [], "what is here already is no error"
+    assert snapver(a, "pull", "far", "HEAD", "--json").json["result"] == [], "what is here already is no error"
     assert set(held(far, project_of(a))) == before
 
 
@@ -153,14 +153,14 @@ def test_push_and_pull_of_a_full_commit_id_carry_its_history(lake_repo, far, thi
     write(a / "data" / "d", b"2")
     c2 = commit(a, "two")
     snapver(a, "remote", "add", "far", far.url)
-    sent = snapver(a, "push", "far", c2, "--json").json
+    sent = snapver(a, "push", "far", c2, "--json").json["result"]
     assert {(t["volume"], t["name"]) for t in sent} >= {(v, c) for c in (c1, c2) for v in ("data", "models", "logs")}
     assert {("data", c1), ("data", c2)} <= set(held(far, project_of(a)))
 
     c = _receiver(tmp_path, a, third, 'unreachable = "30d"', name="c")
     git(c, "fetch", "-q", str(a), "main")
     snapver(c, "remote", "add", "far", far.url)
-    got = snapver(c, "pull", "far", c2, "--json").json
+    got = snapver(c, "pull", "far", c2, "--json").json["result"]
     assert {("data", c1), ("data", c2)} <= {(t["volume"], t["name"]) for t in got}, got
     assert {("data", c1), ("data", c2)} <= set(held(third, project_of(a)))
 
@@ -185,7 +185,7 @@ def test_the_base_is_the_parent_not_a_newer_sibling(lake_repo, lake, far, third,
     snapver(a, "remote", "add", "far", far.url)
     snapver(a, "push", "far", "side", "-q")
 
-    sent = snapver(a, "push", "far", "main", "--json").json
+    sent = snapver(a, "push", "far", "main", "--json").json["result"]
     data = [t for t in sent if t["volume"] == "data"]
     assert [(t["name"], t["base"]) for t in data] == [(c3, c1)], data
 
@@ -205,7 +205,7 @@ def test_the_base_is_the_parent_not_a_newer_sibling(lake_repo, lake, far, third,
     git(b, "fetch", "-q", str(a), "side:side")
     snapver(b, "remote", "add", "far", far.url)
     snapver(b, "pull", "far", "side", "-q")
-    got = [t for t in snapver(b, "pull", "far", "main", "--json").json if t["volume"] == "data"]
+    got = [t for t in snapver(b, "pull", "far", "main", "--json").json["result"] if t["volume"] == "data"]
     assert [(t["name"], t["base"]) for t in got] == [(c3, c1)], got
     print(f"[{lake.backend}] pull c3: {got[0]['bytes']} bytes received, parent's delta {parent_delta}")
     assert got[0]["bytes"] <= parent_delta * 1.05 + 4096
@@ -283,7 +283,7 @@ def test_a_push_after_an_amend_sends_an_increment(lake_repo, lake, far):
     write(a / "data" / "small.bin", os.urandom(16 << 10))
     git(a, "commit", "-q", "--amend", "--allow-empty", "-m", "v2, amended")
     amended = git(a, "rev-parse", "HEAD")
-    sent = [t for t in snapver(a, "push", "far", "--json").json if t["volume"] == "data"]
+    sent = [t for t in snapver(a, "push", "far", "--json").json["result"] if t["volume"] == "data"]
     # From the parent, which the far lake holds: the change, not the whole volume again.
     assert [(t["name"], t["base"]) for t in sent] == [(amended, v1)], sent
     assert sent[0]["bytes"] < 1 << 20, sent

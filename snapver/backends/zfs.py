@@ -71,7 +71,10 @@ class ZfsBackend(ZfsStreams, Backend):
         self._node = ZfsNode(self._lake)
         try:
             props = self._node.get(self._lake, ["type", "mountpoint", "mounted"])[self._lake]
-        except CommandFailed:
+        except CommandFailed as e:
+            if os.geteuid() != 0 and "Permission denied" in str(e):
+                # /dev/zfs is root's: not a missing dataset (the caller says what to do instead).
+                raise PermissionError(13, "the zfs command needs root", "/dev/zfs") from None
             raise SnapverError(
                 f"the ZFS dataset {self._lake} does not exist (is its pool imported?): "
                 f"create it (`zfs create -p {self._lake}`), or give a dataset that exists"

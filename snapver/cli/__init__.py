@@ -18,6 +18,56 @@ def emit_json(value) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
+# The command whose --json asked for the envelope, so that a failure is said in it too.
+_json_op: list[str] = []
+
+
+def json_option(fn):
+    """--json on a command that changes something: one schema for all of them (README "--json").
+    Done: {"ok": true, "op": "release set", "exit_code": 0, "result": <the operation's result>};
+    failed: {"ok": false, "op": ..., "exit_code": N, "error": "<the line said on stderr>"}."""
+    def remember(ctx, param, value):
+        if value:
+            _json_op[:] = [ctx.command_path.split(" ", 1)[-1]]
+        return value
+    return click.option("--json", "as_json", is_flag=True, callback=remember,
+                        help="Print the result as one JSON object (README: --json).")(fn)
+
+
+def emit_result(result, exit_code: int = 0) -> None:
+    """The envelope of json_option, for a command that ran (exit_code: its own, e.g. a failed build)."""
+    emit_json({"ok": exit_code == 0, "op": _json_op[0] if _json_op else None, "exit_code": exit_code,
+               "result": result})
+    _json_op.clear()  # said: a later sys.exit(exit_code) adds nothing
+
+
+# Shell completion (`snapver completion`): what an argument takes, from snapver.complete (cheap reads).
+def complete_rev(ctx, param, incomplete: str) -> list[str]:
+    from ..complete import revisions
+
+    return revisions(incomplete)
+
+
+def complete_volume(ctx, param, incomplete: str) -> list[str]:
+    from ..complete import volumes
+
+    return [v for v in volumes() if v.startswith(incomplete)]
+
+
+def complete_release(ctx, param, incomplete: str) -> list[str]:
+    from ..complete import releases
+
+    return [r for r in releases() if r.startswith(incomplete)]
+
+
+def complete_volume_at_rev(ctx, param, incomplete: str) -> list[str]:
+    """VOLUME@REV (derive, lineage --upstream, --input): the volume, then its revision."""
+    volume, at, rev = incomplete.partition("@")
+    if not at:
+        return [f"{v}@" for v in complete_volume(ctx, param, volume)]
+    return [f"{volume}@{r}" for r in complete_rev(ctx, param, rev)]
+
+
 def when(dt) -> str:
     if isinstance(dt, str):
         dt = datetime.fromisoformat(dt)
@@ -31,9 +81,20 @@ def cell(value) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
+def human(size: int) -> str:
+    """Bytes as people read them: 512 B, 1.5 KiB, 20.0 GiB (--json keeps the exact number)."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # not reached
+
+
 def label(name: str) -> str:
-    """A snapshot name for people: the short commit ID, and the time of a wip."""
-    return short(name) + name[40:]
+    """A snapshot name for people: the short commit ID, and the time of a wip (short() has it:
+    adding name[40:] again printed it twice, a name checkout could not take)."""
+    return short(name)
 
 
 def daemon_view() -> dict | None:
@@ -51,7 +112,31 @@ def daemon_view() -> dict | None:
         return None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+EPILOG = """\b
+Exit codes:
+  0  done
+  1  an error (one line on stderr; nothing changed on disk)
+  2  usage error: a bad option or argument
+  3  not found: no such revision, snapshot, release or volume
+  4  `status --exit-code`: a volume changed since its snapshot
+  5  `find`: no version matches
+
+\b
+Environment:
+  SNAPVER_SOCKET     snapverd's socket (default: `socket` in the daemon config,
+                     else /run/snapver/snapverd.sock)
+  SNAPVER_CONFIG     the daemon config (default /etc/snapver/snapverd.toml)
+  SNAPVER_DIRECT=1   act on the lake directly, never through snapverd
+  SNAPVER_SKIP=1     the Git hooks do nothing for this one command
+  SNAPVER_SSH        the ssh command of push, pull and clone (default ssh)
+  SNAPVER_LOCK_WAIT  seconds to wait for a busy workspace (default 30)
+
+\b
+Completion: eval "$(snapver completion bash)"  (or zsh, fish)
+"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
 @click.version_option(package_name="snapver")
 def cli():
     """Version an ML data lake (data, models, logs) with the Git commits of its code.
@@ -111,8 +196,10 @@ def fail(message: str, code: int) -> None:
     from ..errors import one_line
 
     click.echo(f"snapver: {one_line(message)}", err=True)
+    if _json_op:  # --json was asked for: a script reads the failure where it reads a result
+        click.echo(json.dumps({"ok": False, "op": _json_op[0], "exit_code": code, "error": one_line(message)}))
     sys.exit(code)
 
 
 # The commands, one module per family; importing each registers it on `cli`.
-from . import build, daemon, metrics, registry, snapshots, transfer, ui, upkeep  # noqa: E402,F401
+from . import build, completion, daemon, metrics, registry, snapshots, transfer, ui, upkeep  # noqa: E402,F401

@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from . import cli, emit_json, label, run
+from . import complete_volume
+from . import cli, emit_json, emit_result, json_option, label, run
 
 TAIL = 20  # lines of a failed build's log shown
 
@@ -20,8 +21,8 @@ def _tail(path: str) -> list[str]:
 
 
 @cli.command()
-@click.argument("volume")
-@click.option("--json", "as_json", is_flag=True)
+@click.argument("volume", shell_complete=complete_volume)
+@json_option
 def build(volume, as_json):
     """Run VOLUME's recipe on a copy-on-write clone and swap the result in.
 
@@ -31,7 +32,7 @@ def build(volume, as_json):
     """
     r = run("build", {"volume": volume})
     if as_json:
-        emit_json(r)
+        emit_result(r, 0 if r["ok"] else 1)
     elif r["ok"]:
         if r["kept"]:
             click.echo(f"kept unsnapshotted changes of {volume} as {label(r['kept'])}")
@@ -52,7 +53,7 @@ def build(volume, as_json):
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Builds run at once (independent ones only).")
 @click.option("--dry-run", is_flag=True, help="Say what would be rebuilt and why; change nothing.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def cascade(target, jobs, dry_run, as_json):
     """Rebuild, in lineage order, every recipe volume whose inputs changed since its last build.
 
@@ -67,7 +68,7 @@ def cascade(target, jobs, dry_run, as_json):
 
     nodes = run("cascade", {"target": target, "jobs": jobs, "dry_run": dry_run}, progress=say)
     if as_json:
-        emit_json(nodes)
+        emit_result(nodes, 1 if any(n["action"] == "failed" for n in nodes) else 0)
     if any(n["action"] == "failed" for n in nodes):
         sys.exit(1)
 

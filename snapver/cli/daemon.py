@@ -13,7 +13,8 @@ from . import cli, emit_json, label
 
 @cli.group(invoke_without_command=True)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Daemon config (default /etc/snapver/snapverd.toml).")
+              help="Daemon config (default $SNAPVER_CONFIG, else /etc/snapver/snapverd.toml); "
+                   "`daemon --config X status` asks the daemon at X's socket.")
 @click.pass_context
 def daemon(ctx, config_path):
     """Run snapverd in the foreground (as systemd does), or ask a running one.
@@ -25,6 +26,11 @@ def daemon(ctx, config_path):
     from ..daemon import DEFAULT_CONFIG
 
     ctx.obj = config_path or DEFAULT_CONFIG
+    if config_path and ctx.invoked_subcommand == "status":
+        from ..daemonconfig import DaemonConfig
+
+        # The socket this config gives its daemon (checked whole: its errors name file and line).
+        endpoint.SOCKET = DaemonConfig.load(config_path).socket
     if ctx.invoked_subcommand is None:
         from .. import daemon as snapverd
 

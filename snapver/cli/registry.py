@@ -6,7 +6,9 @@ import sys
 
 import click
 
-from . import cli, emit_json, when, cell, label, run
+from ..errors import NO_MATCH, one_line
+from . import complete_release, complete_rev, complete_volume, complete_volume_at_rev
+from . import cli, emit_json, emit_result, json_option, when, cell, label, run
 
 
 @cli.command()
@@ -22,6 +24,7 @@ def find(queries, include_wip, sort_key, desc, limit, as_json):
     Operators: > >= < <= = == != (words compare with = and != only). Newest
     first, or by --sort KEY; `find --sort -accuracy --limit 3` is the best three.
     A name no version has is an error (exit 1), not an empty answer.
+    Exits 5 when no version matches.
     """
     if desc and not sort_key:
         raise click.UsageError("--desc goes with --sort KEY")
@@ -30,14 +33,17 @@ def find(queries, include_wip, sort_key, desc, limit, as_json):
     rows = run("find", {"queries": list(queries), "all": include_wip, "sort": sort_key, "limit": limit})
     if as_json:
         emit_json(rows)
-        return
-    for r in rows:
+    for r in rows if not as_json else []:
         vals = "  ".join(f"{k}={cell(v)}" for k, v in r["values"].items())
         click.echo(f"{label(r['name']):<34} {when(r['created'])}  {vals}  {r['subject'] or ''}".rstrip())
+    if not rows:
+        if not as_json:
+            click.echo(f"snapver: no version matches {one_line(' '.join(queries))}", err=True)
+        sys.exit(NO_MATCH)  # as grep: a script tells "none" from an error (1)
 
 
 @cli.command()
-@click.argument("revs", nargs=-1, required=True, metavar="REV1 REV2 [REV...]")
+@click.argument("revs", nargs=-1, required=True, metavar="REV1 REV2 [REV...]", shell_complete=complete_rev)
 @click.option("--json", "as_json", is_flag=True)
 def compare(revs, as_json):
     """Params and metrics of two or more revisions side by side, each number with its
@@ -52,13 +58,14 @@ def compare(revs, as_json):
         emit_json(result)
         return
     width = 24 if len(revs) > 2 else 20
-    click.echo(f"{'':<28} " + " ".join(f"{label(n):>{width}}" for n in result["snapshots"]))
+    key = max([19] + [len(k) for kind in ("params", "metrics") for k in result[kind]])  # long names keep the columns
+    click.echo(f"{'':<{key + 9}} " + " ".join(f"{label(n):>{width}}" for n in result["snapshots"]))
     for kind in ("params", "metrics"):
         for k, cells in result[kind].items():
             mark = " " if len({repr(c) for c in cells}) == 1 else "*"
             shown = [cell(cells[0])] + [cell(c) + (f" ({d:+.3g})" if d else "")
                                         for c, d in zip(cells[1:], result["deltas"][kind][k][1:])]
-            click.echo(f"{mark} {kind[:-1]:<6} {k:<19} " + " ".join(f"{x:>{width}}" for x in shown))
+            click.echo(f"{mark} {kind[:-1]:<6} {k:<{key}} " + " ".join(f"{x:>{width}}" for x in shown))
     sign = {"added": "+", "changed": "M", "deleted": "-"}
     for v, changes in result["changes"].items():
         click.echo(f"{v}: {len(changes)} file(s) changed" if changes else f"{v}: unchanged")
@@ -88,11 +95,14 @@ def release():
 
 @release.command("create", hidden=True)
 @click.argument("name")
-@click.argument("rev", default="HEAD")
+@click.argument("rev", default="HEAD", shell_complete=complete_rev)
 @click.option("-m", "--message", help="A note kept with the release.")
 @click.option("--force", is_flag=True, help="Release even if the model scan flagged a file.")
-def release_create(name, rev, message, force):
+@json_option
+def release_create(name, rev, message, force, as_json):
     r = run("release-create", {"name": name, "rev": rev, "message": message, "force": force})
+    if as_json:
+        return emit_result(r)
     click.echo(f"release {r['name']} pins {label(r['snapshot'])} ({', '.join(r['volumes'])})"
                + ("  [flagged by the model scan: released with --force]" if r["forced"] else ""))
 
@@ -111,21 +121,24 @@ def release_list(as_json):
 
 
 @release.command("remove")
-@click.argument("name")
-def release_remove(name):
+@click.argument("name", shell_complete=complete_release)
+@json_option
+def release_remove(name, as_json):
     """Unpin a release (its snapshots are then subject to gc again)."""
     r = run("release-remove", {"name": name})
+    if as_json:
+        return emit_result(r)
     click.echo(f"release {r['name']} removed (was {label(r['snapshot'])})")
 
 
 @release.command("set")
-@click.argument("name")
-@click.argument("rev")
+@click.argument("name", shell_complete=complete_release)
+@click.argument("rev", shell_complete=complete_rev)
 @click.option("-m", "--message", help="Why: kept in the release's history.")
 @click.option("--if", "conditions", multiple=True, metavar="COND",
               help="Move only if REV meets COND (as `snapver find`, e.g. 'accuracy>0.9'); else exit 1.")
 @click.option("--force", is_flag=True, help="Move even if the model scan flagged a file.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def release_set(name, rev, message, conditions, force, as_json):
     """Move release NAME to REV (made if new) in one step: release:NAME always resolves.
 
@@ -135,8 +148,7 @@ def release_set(name, rev, message, conditions, force, as_json):
     r = run("release-set", {"name": name, "rev": rev, "message": message, "force": force,
                                  "conditions": list(conditions)})
     if as_json:
-        emit_json(r)
-        return
+        return emit_result(r)
     was = f" (was {label(r['from'])})" if r["from"] and r["from"] != r["snapshot"] else \
         (" (already there)" if r["from"] else " (new)")
     click.echo(f"release {r['name']} pins {label(r['snapshot'])}{was}"
@@ -147,7 +159,7 @@ release.add_command(release_set, "stage")
 
 
 @release.command("history")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_release)
 @click.option("--json", "as_json", is_flag=True)
 def release_history(name, as_json):
     """Every move of release NAME, oldest first: when, who, from, to, message."""
@@ -162,13 +174,14 @@ def release_history(name, as_json):
 
 
 @cli.command()
-@click.argument("source", metavar="SOURCE_VOLUME@REV")
+@click.argument("source", metavar="SOURCE_VOLUME@REV", shell_complete=complete_volume_at_rev)
 @click.argument("volume", metavar="NEW_VOLUME")
 @click.option("-m", "--message", help="Why: kept with the lineage edge.")
 @click.option("--run", "run_cmd", metavar="CMD", help="The command that builds it (`snapver build`, `cascade`).")
-@click.option("--input", "inputs", metavar="VOLUME@REV", multiple=True,
+@click.option("--input", "inputs", metavar="VOLUME@REV", multiple=True, shell_complete=complete_volume_at_rev,
               help="An input of --run (repeatable; default: SOURCE_VOLUME@REV).")
-def derive(source, volume, message, run_cmd, inputs):
+@json_option
+def derive(source, volume, message, run_cmd, inputs, as_json):
     """A new volume as a copy-on-write clone of a snapshot (a fine-tune from its base model).
 
     Nothing is copied; NEW_VOLUME is added to snapver.toml (commit it) and
@@ -176,6 +189,8 @@ def derive(source, volume, message, run_cmd, inputs):
     """
     e = run("derive", {"source": source, "volume": volume, "message": message, "run": run_cmd,
                        "inputs": list(inputs)})
+    if as_json:
+        return emit_result(e)
     click.echo(f"{e['volume']}/ derived from {e['source_volume']}@{label(e['source_snapshot'])} "
                "(copy-on-write: nothing copied)")
     if e["recipe"]:
@@ -184,9 +199,10 @@ def derive(source, volume, message, run_cmd, inputs):
 
 
 @cli.command()
-@click.argument("volume", required=False)
+@click.argument("volume", required=False, shell_complete=complete_volume)
 @click.option("--dot", is_flag=True, help="Graphviz DOT instead of a text tree.")
-@click.option("--upstream", metavar="VOLUME@REV", help="Where this snapshot comes from.")
+@click.option("--upstream", metavar="VOLUME@REV", help="Where this snapshot comes from.",
+              shell_complete=complete_volume_at_rev)
 @click.option("--json", "as_json", is_flag=True)
 def lineage(volume, dot, upstream, as_json):
     """The graph of derived volumes (all of it, or VOLUME's family)."""
@@ -222,23 +238,28 @@ def lineage(volume, dot, upstream, as_json):
 
 
 @cli.command()
-@click.argument("rev", default="HEAD")
+@click.argument("rev", default="HEAD", shell_complete=complete_rev)
 @click.option("--json", "as_json", is_flag=True)
 def scan(rev, as_json):
     """The model scan of REV's snapshots (scanning now those never scanned).
 
     Pickle-based model files (.pkl .pickle .pt .pth .bin .joblib .ckpt) are
-    disassembled by picklescan, never loaded. Exits 1 if a file is flagged.
+    disassembled by picklescan, never loaded: flagged (imports code that runs on
+    load), suspicious (imports globals picklescan does not know), clean. Globals
+    in [scan] allow of snapver.toml (e.g. ["sklearn.*", "numpy.*"]) are accepted.
+    Exits 1 if a file is flagged.
     """
     report = run("scan", {"rev": rev})
     if as_json:
         emit_json(report)
     else:
         for v, files in report.items():
-            click.echo(f"{v}: {len(files)} model file(s), {sum(f['flagged'] for f in files)} flagged")
-            for f in files:
-                click.echo(f"  {'FLAGGED' if f['flagged'] else 'clean':<8} {f['path']}"
-                           + (f"  {', '.join(f['findings'])}" if f["findings"] else ""))
+            counts = {s: sum(f["state"] == s for f in files) for s in ("flagged", "suspicious", "clean")}
+            click.echo(f"{v}: {len(files)} model file(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+            for state in ("flagged", "suspicious", "clean"):  # what needs a look first
+                for f in (f for f in files if f["state"] == state):
+                    click.echo(f"  {state.upper() if state == 'flagged' else state:<10} {f['path']}"
+                               + (f"  {', '.join(f['findings'])}" if f["findings"] else ""))
     if any(f["flagged"] for files in report.values() for f in files):
         sys.exit(1)
 

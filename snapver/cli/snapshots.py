@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
-from ..errors import SnapverError
+from ..errors import CHANGED, SnapverError
 from ..lake import parse_size, short
-from . import cli, emit_json, when, cell, label, daemon_view, run, warn
+from . import complete_rev, complete_volume
+from . import cli, emit_json, emit_result, human, json_option, when, cell, label, daemon_view, run, warn
 
 
 @cli.command()
@@ -23,7 +24,9 @@ from . import cli, emit_json, when, cell, label, daemon_view, run, warn
 @click.option("--lake", metavar="DIR|DATASET",
               help="Use this directory on Btrfs (or this ZFS dataset, with --backend zfs) as the lake.")
 @click.option("--backend", type=click.Choice(["btrfs", "zfs"]), help="Filesystem of the lake.")
-def init(volumes, image, pool_image, size, lake, backend):
+@click.option("--project", metavar="ID", help="The new project's ID (default: from the folder's name).")
+@json_option
+def init(volumes, image, pool_image, size, lake, backend, project, as_json):
     """Set up the lake for this Git working tree.
 
     Creates the volumes, links them at <repo>/<volume>, keeps them out of Git
@@ -34,8 +37,10 @@ def init(volumes, image, pool_image, size, lake, backend):
         if image or backend == "btrfs":
             raise SnapverError("--pool-image makes a ZFS pool: it goes with neither --image nor --backend btrfs")
         image, backend = pool_image, "zfs"
-    made = run("init", {"volumes": list(volumes), "backend": backend, "lake": lake,
+    made = run("init", {"volumes": list(volumes), "backend": backend, "lake": lake, "project": project,
                         "image": str(image) if image else None, "size": parse_size(size) if size else None})
+    if as_json:
+        return emit_result(made)
     click.echo(f"lake {made['lake']} ({made['backend']}), project {made['project']}")
     if made["joined"]:
         click.echo(made["joined"])
@@ -49,9 +54,13 @@ def init(volumes, image, pool_image, size, lake, backend):
 @cli.command()
 @click.option("--wip", is_flag=True, help="A work-in-progress snapshot (<HEAD>.<UTC time>).")
 @click.option("-m", "--message", help="A note kept with the snapshot.")
-def snapshot(wip, message):
+@json_option
+def snapshot(wip, message, as_json):
     """Snapshot every volume as the HEAD commit (or a wip point in time)."""
-    for s in run("snapshot", {"wip": wip, "message": message}):
+    made = run("snapshot", {"wip": wip, "message": message})
+    if as_json:
+        return emit_result(made)
+    for s in made:
         click.echo(f"{s['volume']}@{s['name']}")
 
 
@@ -66,24 +75,35 @@ def log(include_wip, as_json, metrics):
     if as_json:
         emit_json(entries)
         return
+    # Each metric's column as wide as its name or its widest value: a long name keeps the table.
+    width = {m: max([12, len(m)] + [len(cell(e["metrics"][m])) for e in entries]) for m in metrics}
     if metrics:
-        click.echo(f"{'snapshot':<34} {'':<19}  {'kind':<6}  " + "  ".join(f"{m:>12}" for m in metrics))
+        click.echo(f"{'snapshot':<34} {'':<19}  {'kind':<6}  " + "  ".join(f"{m:>{width[m]}}" for m in metrics))
     for e in entries:
         vols = " ".join(sorted(e["volumes"]))
-        note = e["message"] or e["subject"] or ""
-        cols = "".join(f"{cell(e['metrics'][m]):>12}  " for m in metrics)
+        # A commit's subject first (the daemon's note on a commit it snapshotted comes after it).
+        notes = [e["subject"], e["message"]] if e["kind"] == "commit" else [e["message"] or e["subject"]]
+        note = "  ".join(f"({n})" if i else n for i, n in enumerate(n for n in notes if n))
+        cols = "".join(f"{cell(e['metrics'][m]):>{width[m]}}  " for m in metrics)
         click.echo(f"{label(e['name']):<34} {when(e['created'])}  {e['kind']:<6}  {cols}{vols}  {note}".rstrip())
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
-def status(as_json):
+@click.option("--exit-code", "exit_code", is_flag=True, help="Exit 4 if a volume changed since its snapshot.")
+def status(as_json, exit_code):
     """Which volumes changed since their last snapshot."""
     rows = run("status")
     watched = daemon_view()
     if as_json:
         emit_json(rows)
-        return
+    else:
+        _print_status(rows, watched)
+    if exit_code and any(r["changed"] for r in rows):
+        sys.exit(CHANGED)  # as `git diff --exit-code`
+
+
+def _print_status(rows: list[dict], watched: dict | None) -> None:
     for r in rows:
         base = label(r["base"]) if r["base"] else "no snapshot"
         line = f"{r['volume']:<12} {'changed' if r['changed'] else 'clean':<8} since {base}"
@@ -96,17 +116,27 @@ def status(as_json):
         click.echo(line)
         if r.get("link"):
             click.echo(f"{'':<12} LINK BROKEN: {r['link']}")
+    away = [r["volume"] for r in rows if r.get("not_at_head")]
+    if away:
+        head = label(next(r["not_at_head"] for r in rows if r.get("not_at_head")))
+        click.echo(f"not at HEAD's snapshot ({head}): {', '.join(away)} (`snapver checkout REV` and release:NAME "
+                   "move the lake, not Git; `snapver checkout HEAD` brings it back)")
 
 
 @cli.command()
-@click.argument("rev")
-@click.option("--volume", "volumes", multiple=True, metavar="NAME", help="Only this volume (repeatable).")
-def checkout(rev, volumes):
+@click.argument("rev", shell_complete=complete_rev)
+@click.option("--volume", "volumes", multiple=True, metavar="NAME", help="Only this volume (repeatable).",
+              shell_complete=complete_volume)
+@json_option
+def checkout(rev, volumes, as_json):
     """Make the volumes the snapshot of REV (a commit-ish or a snapshot name).
 
     Unsnapshotted changes are first kept as a wip snapshot.
     """
     result = run("checkout", {"rev": rev, "volumes": list(volumes)})
+    if as_json:  # its warnings are in it, not on stderr; a broken link is exit 1, as below
+        emit_result(result, 1 if result.get("broken") else 0)
+        sys.exit(1 if result.get("broken") else 0)
     for w in result["warnings"]:
         warn(w)
     relinked = result.get("links", {})
@@ -126,9 +156,9 @@ def checkout(rev, volumes):
 
 
 @cli.command()
-@click.argument("rev")
-@click.argument("rev2", required=False)
-@click.option("--volume", "volumes", multiple=True, metavar="NAME")
+@click.argument("rev", shell_complete=complete_rev)
+@click.argument("rev2", required=False, shell_complete=complete_rev)
+@click.option("--volume", "volumes", multiple=True, metavar="NAME", shell_complete=complete_volume)
 @click.option("--json", "as_json", is_flag=True)
 def diff(rev, rev2, volumes, as_json):
     """Files added, changed and deleted from REV to REV2 (default: the live volumes).
@@ -146,17 +176,20 @@ def diff(rev, rev2, volumes, as_json):
 
 
 @cli.command()
-@click.argument("rev")
+@click.argument("rev", shell_complete=complete_rev)
 @click.argument("path")
 @click.option("--to", "dest", metavar="DEST", help="Write it here instead of its own place.")
-def restore(rev, path, dest):
+@json_option
+def restore(rev, path, dest, as_json):
     """Bring back one file or folder (e.g. models/model.pt) from REV's snapshot."""
     done = run("restore", {"rev": rev, "path": path, "to": dest})
+    if as_json:
+        return emit_result(done)
     click.echo(f"restored {path} from {label(done['snapshot']['name'])}" + (f" to {done['path']}" if dest else ""))
 
 
 @cli.command()
-@click.argument("rev")
+@click.argument("rev", shell_complete=complete_rev)
 @click.option("--space", is_flag=True, help="Also measure bytes used (walks the snapshot: O(files)).")
 @click.option("--json", "as_json", is_flag=True)
 def show(rev, space, as_json):
@@ -172,7 +205,7 @@ def show(rev, space, as_json):
         click.echo(f"date     {info['time']}")
         click.echo(f"subject  {info['subject']}")
     for v, s in view["volumes"].items():
-        extra = f"  {s['referenced']:,} B, {s['exclusive']:,} B exclusive" if space else ""
+        extra = f"  {human(s['referenced'])}, {human(s['exclusive'])} exclusive" if space else ""
         click.echo(f"{v:<12} {s['name']}  {when(s['created'])}  {s['path']}{extra}")
     for v, fields in view["provenance"].items():
         click.echo(f"{v:<12} " + "  ".join(f"{k} {val}" for k, val in fields.items()))
@@ -183,7 +216,7 @@ def show(rev, space, as_json):
 
 @cli.command()
 @click.argument("commit_map", metavar="COMMIT-MAP", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def remap(commit_map, as_json):
     """Give commits rewritten by filter-repo or filter-branch their snapshots.
 
@@ -196,8 +229,7 @@ def remap(commit_map, as_json):
     pairs = rewrite.parse_commit_map(commit_map)
     made = run("rewrite", {"pairs": pairs})
     if as_json:
-        emit_json(made)
-        return
+        return emit_result(made)
     commits = sorted({s["commit"] for s in made})
     for c in commits:
         click.echo(f"{short(c)}  " + ", ".join(s["volume"] for s in made if s["commit"] == c))
@@ -224,8 +256,8 @@ def hooks_uninstall():
 
 
 @cli.command()
-@click.argument("rev")
-@click.argument("volume")
+@click.argument("rev", shell_complete=complete_rev)
+@click.argument("volume", shell_complete=complete_volume)
 def path(rev, volume):
     """The read-only path of VOLUME at REV (e.g. release:prod), for a serving config."""
     click.echo(run("path", {"volume": volume, "rev": rev}))

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from ..lake import parse_size
-from . import cli, emit_json, label, run
+from . import complete_rev
+from . import cli, emit_json, emit_result, human, json_option, label, run
 
 
 # ------------------------------------------------------------------ other lakes
@@ -55,8 +56,9 @@ def progress_bars(quiet: bool):
     def start(volume, name, total):
         from tqdm import tqdm
 
+        # disable=None: no bar unless stderr is a terminal (a log or CI gets no escape codes).
         bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, leave=True,
-                   desc=f"{volume}@{label(name)}", file=sys.stderr, dynamic_ncols=True)
+                   desc=f"{volume}@{label(name)}", file=sys.stderr, dynamic_ncols=True, disable=None)
 
         def tick(n):
             if n is None:
@@ -69,20 +71,19 @@ def progress_bars(quiet: bool):
 
 def report_transfers(done, as_json: bool, verb: str) -> None:
     if as_json:
-        emit_json(done)
-        return
+        return emit_result(done)
     for t in done:
         how = f"incremental from {label(t['base'])}" if t["base"] else "whole"
-        click.echo(f"{verb} {t['volume']}@{label(t['name'])}  {t['bytes']:,} B in {t['seconds']:.1f} s ({how}"
+        click.echo(f"{verb} {t['volume']}@{label(t['name'])}  {human(t['bytes'])} in {t['seconds']:.1f} s ({how}"
                    f"{', resumed' if t['resumed'] else ''})")
     click.echo(f"{len(done)} snapshot(s) {verb}" if done else "everything is there already")
 
 
 def transfer_command(fn):
     """push and pull take the same arguments: [REMOTE] [REV]..., -q, --json."""
-    fn = click.option("--json", "as_json", is_flag=True, help="What was moved, as JSON (no progress bars).")(fn)
+    fn = json_option(fn)  # what was moved (no progress bars)
     fn = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")(fn)
-    fn = click.argument("revs", nargs=-1)(fn)
+    fn = click.argument("revs", nargs=-1, shell_complete=complete_rev)(fn)
     fn = click.argument("remote_name", required=False, metavar="[REMOTE]")(fn)
     return cli.command()(fn)
 

@@ -8,7 +8,7 @@ import sys
 import click
 
 from ..lake import short
-from . import cli, emit_json, label, run
+from . import cli, emit_json, emit_result, human, json_option, label, run
 
 
 @cli.command()
@@ -16,7 +16,7 @@ from . import cli, emit_json, label, run
 @click.option("--forget-unknown", "forget_unknown", metavar="OLDER_THAN",
               help="Also remove snapshots of unknown commits (no known clone has them) "
                    "that arrived longer ago than this, e.g. 90d.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def gc(dry_run, forget_unknown, as_json):
     """Remove snapshots the retention policy no longer keeps (releases never go).
 
@@ -36,8 +36,7 @@ def gc(dry_run, forget_unknown, as_json):
     result = run("gc", {"dry_run": dry_run, "forget_unknown": forget_unknown})
     decisions, doubts = result["decisions"], result["doubts"]
     if as_json:
-        emit_json(decisions)
-        return
+        return emit_result(result)
     if doubts:
         more = f" (and {len(doubts) - 1} more)" if len(doubts) > 1 else ""
         click.echo(f"kept every unreachable commit snapshot: {doubts[0]}{more}; "
@@ -77,14 +76,18 @@ def clones(ctx, as_json):
 
 @clones.command("forget")
 @click.argument("path")
-def clones_forget(path):
+@json_option
+def clones_forget(path, as_json):
     """Stop counting a clone that was deleted or moved away (the only way to drop one).
 
     Refused while PATH is still that clone: gc must count what its branches
     reach; delete it first. A clone moved elsewhere is remembered anew at its new
     path the first time snapver runs there.
     """
-    for c in run("clones-forget", {"path": path}):
+    forgot = run("clones-forget", {"path": path})
+    if as_json:
+        return emit_result(forgot)
+    for c in forgot:
         click.echo(f"forgot {c['path']} (workspace {c['workspace']}); gc no longer waits for it")
 
 
@@ -102,10 +105,11 @@ def du(as_json):
         click.echo(f"{vol['volume']}{origin}")
         for r in vol["rows"]:
             name = label(r["snapshot"]) if r["snapshot"] else "live"
-            click.echo(f"  {name:<34} {r['referenced']:>14,} B  {r['shared']:>14,} shared  {r['exclusive']:>14,} exclusive")
+            click.echo(f"  {name:<34} {human(r['referenced']):>10}  {human(r['shared']):>10} shared  "
+                       f"{human(r['exclusive']):>10} exclusive")
     pct = 100 * report["saving"] / report["full_copies"] if report["full_copies"] else 0
-    click.echo(f"full copies {report['full_copies']:,} B, on disk {report['on_disk']:,} B: "
-               f"saved {report['saving']:,} B ({pct:.0f}%)")
+    click.echo(f"full copies {human(report['full_copies'])}, on disk {human(report['on_disk'])}: "
+               f"saved {human(report['saving'])} ({pct:.0f}%)")
 
 
 @cli.command()
@@ -153,9 +157,12 @@ def doctor(repair, as_json):
 
 
 @cli.command()
-def reindex():
+@json_option
+def reindex(as_json):
     """Rebuild the catalog from the snapshots on the filesystem (and commits from Git)."""
     done = run("reindex")
+    if as_json:
+        return emit_result(done)
     click.echo(f"catalog rebuilt: {done['snapshots']} snapshots")
     if done["set_aside"]:
         click.echo(f"snapver: warning: the damaged catalog is kept as {done['set_aside']}: releases, "
