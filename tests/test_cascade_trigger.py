@@ -111,7 +111,8 @@ def test_snapverd_cascades_on_a_release_move_and_on_commit_as_the_trees_owner(no
         last = wait_for(lambda: (c := cascades(d, repo)["last"]) and "data@HEAD" in c["trigger"] and c, 10)
         assert [(n["volume"], n["action"]) for n in last["nodes"]] == [("dist", "built")], last
         assert weights(repo, "ft") == 40  # not downstream of data
-        assert "Traceback" not in d.log.read_text()
+        said = d.log.read_text()
+        assert "Traceback" not in said, said
         assert d.stop() == 0
     finally:
         d.stop()
