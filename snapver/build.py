@@ -246,7 +246,9 @@ def start(job: Job) -> None:
             log.write(f"# input {volume}@{snap.name}\n".encode())
         log.flush()
         try:
-            as_owner: dict = {"user": who.uid, "group": who.gid, "extra_groups": []} if who else {}
+            # A snapverd that is not root runs as the owner already (and may not drop groups).
+            switch = who is not None and (os.geteuid() == 0 or who.uid != os.geteuid())
+            as_owner: dict = {"user": who.uid, "group": who.gid, "extra_groups": []} if who and switch else {}
             job.proc = subprocess.Popen(job.recipe.argv, cwd=ws.git.toplevel, env=env, stdin=subprocess.DEVNULL,
                                         stdout=log, stderr=subprocess.STDOUT, close_fds=True, **as_owner)
         except (OSError, subprocess.SubprocessError) as e:  # SubprocessError: the switch to the owner failed

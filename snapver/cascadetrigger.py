@@ -97,13 +97,15 @@ class Trigger:
             if any(c["tree"] == tree for q in self.queues.values() for c in q):
                 return  # looked at again once that cascade is done: nothing is dropped
         try:
-            moved = [m for m in due(ws) if m not in self.tried.get(tree, set())]
+            now = due(ws)
         except (SnapverError, sqlite3.Error) as e:
             log.warning("%s: cascade trigger: %s", tree, e)
             return
+        tried = self.tried.get(tree, set()) & set(now)  # what is built since is forgotten
+        moved = [m for m in now if m not in tried]
+        self.tried[tree] = tried | set(moved)
         if not moved:
             return
-        self.tried.setdefault(tree, set()).update(moved)
         roots = list(dict.fromkeys(v for v, _, _ in moved))
         why = "; ".join(f"{i} is now {snap}" for _, i, snap in moved)
         entry = {"tree": tree, "roots": roots, "trigger": why, "state": "queued",

@@ -111,6 +111,18 @@ def test_snapverd_cascades_on_a_release_move_and_on_commit_as_the_trees_owner(no
         last = wait_for(lambda: (c := cascades(d, repo)["last"]) and "data@HEAD" in c["trigger"] and c, 10)
         assert [(n["volume"], n["action"]) for n in last["nodes"]] == [("dist", "built")], last
         assert weights(repo, "ft") == 40  # not downstream of data
+
+        # A build that fails is tried once per move, not again on every poll; nothing of ft changes.
+        write(repo / "fail-ft", "")
+        write(repo / "models" / "pretrained.txt", "30\n")
+        commit(repo, "a base model that diverges")
+        snapver(repo, "release", "set", "base", "HEAD")
+        last = wait_for(lambda: (c := cascades(d, repo)["last"]) and c["state"] == "failed" and c, WAIT)
+        assert [(n["volume"], n["action"]) for n in last["nodes"]] == [("ft", "failed"), ("dist", "skipped")]
+        time.sleep(4)
+        failures = [b for b in json.loads(snapver(repo, "builds", "ft", "--json")) if b["snapshot"] is None]
+        assert len(failures) == 1 and failures[0]["exit_code"] == 3
+        assert weights(repo, "ft") == 40 and cascades(d, repo)["running"] is None
         said = d.log.read_text()
         assert "Traceback" not in said, said
         assert d.stop() == 0
