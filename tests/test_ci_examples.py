@@ -1,10 +1,14 @@
-"""examples/ci/ cannot rot: each file is valid YAML of its CI's shape, and every `snapver`
-command line it runs parses with the CLI's own click parser (in-process, nothing run)."""
+"""examples/ci/ cannot rot: each file is valid YAML of its CI's shape, every `snapver`
+command line it runs parses with the CLI's own click parser (in-process, nothing run), and
+the GitLab job's snapver lines do what the README says on a real lake (Btrfs and zfs-fuse)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -12,6 +16,7 @@ import pytest
 import yaml
 
 from snapver.cli import cli
+from tests.fixtures.git import commit, env, git, snapver, write
 
 CI = Path(__file__).parents[1] / "examples" / "ci"
 # `snapver ARGS` up to the end of its shell command: a pipe, `;`, `&&`, `)` of a $(...).
@@ -72,3 +77,52 @@ def test_every_snapver_line_of_the_ci_examples_exists_in_the_cli(file, scripts):
 def test_the_check_fails_on_a_line_that_would_rot(args):
     with pytest.raises((click.UsageError, AssertionError)):
         parse(args)
+
+
+TRAIN = """
+import json, os, pathlib
+models = pathlib.Path(os.environ["SNAPVER_INPUT_MODELS"])
+acc = float((models / "quality.txt").read_text())
+out = pathlib.Path(os.environ["SNAPVER_OUTPUT"])
+(out / "weights.txt").write_text(str(acc * 2))
+(out / "metrics.json").write_text(json.dumps({"accuracy": acc}))
+"""
+
+
+def test_the_gitlab_job_promotes_only_a_better_model(lake_repo):
+    """The job's own `snapver` lines (after its cd, fetch and checkout), run in a real
+    working tree: a good build becomes the release, a worse one leaves it where it was."""
+    repo = lake_repo
+    doc = yaml.safe_load((CI / "gitlab-ci.yml").read_text())
+    lines = [line for line in gitlab_scripts(doc) if line.startswith("snapver ") and line in doc["snapver-cascade"]["script"]]
+    assert [shlex.split(line)[1] for line in lines] == ["status", "cascade", "cascade", "commit", "release"]
+    write(repo / "scripts" / "train.py", TRAIN)
+    write(repo / "models" / "quality.txt", "0.95\n")
+    with open(repo / "snapver.toml", "a") as f:
+        f.write('\n[registry]\nmetrics = ["ft/metrics.json"]\n')
+    commit(repo, "a base model and a fine-tune recipe", "scripts/train.py", "snapver.toml")
+    snapver(repo, "derive", "models@HEAD", "ft", "--run", "python3 scripts/train.py", "--input", "models@HEAD")
+    sha = commit(repo, "ft", "snapver.toml")
+
+    def job(sha: str) -> list[int]:
+        codes = []
+        for line in lines:
+            argv = [os.path.expandvars(a) for a in shlex.split(line)]
+            done = subprocess.run([sys.executable, "-m", *argv], cwd=repo, capture_output=True, text=True,
+                                  env={**env(), "CI_COMMIT_SHA": sha}, timeout=300)
+            codes.append(done.returncode)
+            if done.returncode:
+                assert argv[1:3] == ["release", "set"] and "does not meet accuracy>0.9" in done.stderr, done.stderr
+        return codes
+
+    assert job(sha) == [0, 0, 0, 0, 0]
+    good = snapver(repo, "release", "list", "--json").json
+    assert [r["name"] for r in good] == ["candidate"]
+    assert (repo / "ft" / "weights.txt").read_text() == "1.9"
+
+    git(repo, "checkout", "-q", "main")
+    write(repo / "models" / "quality.txt", "0.5\n")
+    sha = commit(repo, "a worse base model")
+    assert job(sha) == [0, 0, 0, 0, 1]  # built and committed, but not promoted
+    assert (repo / "ft" / "weights.txt").read_text() == "1.0"
+    assert snapver(repo, "release", "list", "--json").json == good
