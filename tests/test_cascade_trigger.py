@@ -87,6 +87,10 @@ def test_snapverd_cascades_on_a_release_move_and_on_commit_as_the_trees_owner(no
         last = wait_for(lambda: cascades(d, repo)["last"], 10)
         assert last["state"] == "done" and "models@release:base" in last["trigger"], last
         assert [(n["volume"], n["action"]) for n in last["nodes"]] == [("ft", "built"), ("dist", "built")]
+        shown = subprocess.run([sys.executable, "-m", "snapver", "daemon", "status"], capture_output=True, text=True,
+                               env={**env(), "SNAPVER_SOCKET": str(d.socket)}, timeout=60).stdout
+        assert "cascade last (done" in shown and "models@release:base is now" in shown, shown
+        assert any(line.split()[:2] == ["dist", "built"] for line in shown.splitlines()), shown
         log = Path(last["nodes"][0]["log"])
         assert log.stat().st_uid == NOBODY and "trained ft: 20.000000" in log.read_text()
 
