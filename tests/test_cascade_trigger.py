@@ -44,6 +44,12 @@ def commit(repo: Path, message: str, *paths: str) -> None:
     give_to_nobody(repo)  # what root wrote there is the owner's again
 
 
+def unrelease(repo: Path) -> None:
+    """A ZFS hold keeps a released snapshot, and so the test's lake, from being destroyed."""
+    for r in json.loads(snapver(repo, "release", "list", "--json")):
+        snapver(repo, "release", "remove", r["name"])
+
+
 def weights(repo: Path, volume: str) -> float | None:
     try:
         return float((repo / volume / "weights.txt").read_text())
@@ -132,6 +138,7 @@ def test_snapverd_cascades_on_a_release_move_and_on_commit_as_the_trees_owner(no
         assert d.stop() == 0
     finally:
         d.stop()
+        unrelease(repo)
 
 
 @pytest.mark.parametrize("text, said", [
