@@ -64,6 +64,21 @@ class Result(NamedTuple):
         return self._asdict()
 
 
+class RunAs(NamedTuple):
+    """Whom a build's command runs as, when snapverd (root) runs it: the working tree's owner,
+    with no supplementary groups and a clean environment (cascadetrigger.owner)."""
+    uid: int
+    gid: int
+    name: str
+    home: str
+
+    def env(self) -> dict[str, str]:
+        # Nothing of root's environment (its GIT_CONFIG_* safe.directory list, sockets, PATH)
+        # reaches the user's command: only what a login would give, and the build's own.
+        return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name, "LANG": "C.UTF-8",
+                "PATH": "/usr/local/bin:/usr/bin:/bin"}
+
+
 class Job:
     """One build between prepare and finish."""
 
@@ -76,6 +91,7 @@ class Job:
         self.proc: subprocess.Popen | None = None
         self.code: int | None = None  # set when the command could not even start
         self.reason = ""  # why it is built (cascade)
+        self.run_as: RunAs | None = None  # None: as the caller (the CLI); snapverd: the tree's owner
         self.started = time.monotonic()
         self.started_at = datetime.now(timezone.utc).isoformat()
 
@@ -152,9 +168,10 @@ def _busy(ws, volume: str) -> bool:
         os.close(fd)
 
 
-def prepare(ws, volume: str, inputs: dict[str, Snapshot] | None = None) -> Job:
+def prepare(ws, volume: str, inputs: dict[str, Snapshot] | None = None, run_as: RunAs | None = None) -> Job:
     """Check everything, then make the clone the command will write into. inputs: as the
-    caller resolved them just now (cascade), else resolved here."""
+    caller resolved them just now (cascade), else resolved here. run_as: whom the command
+    runs as (snapverd), else the caller."""
     recipe = recipes.get(ws, volume)
     if volume not in ws.volumes:
         raise SnapverError(f"{volume} is not a volume of this project: derive it first "
@@ -177,37 +194,65 @@ def prepare(ws, volume: str, inputs: dict[str, Snapshot] | None = None) -> Job:
     except BaseException:
         os.close(fd)
         raise
-    job.log = _log_path(ws, volume)
+    job.run_as = run_as
+    job.log = _log_path(ws, volume, make=run_as is None)
     return job
 
 
-def _log_path(ws, volume: str) -> Path:
+def _log_path(ws, volume: str, make: bool = True) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     if "logs" in ws.volumes and volume != "logs" and ws.backend.volume_exists(ws.project, ws.id, "logs"):
         folder = ws.live_path("logs") / LOG_DIR / volume
     else:
         folder = LocalState.dir(ws.git.git_dir) / "builds" / volume
-    folder.mkdir(parents=True, exist_ok=True)
+    if make:
+        folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{stamp}.log"
+
+
+def _open_log_as(path: Path, who: RunAs):
+    """The log, made by root in a folder its user owns, as theirs: each folder below the
+    volume (or the state folder) opened without following a symlink, so that a link the user
+    planted there cannot make root create or chown a file elsewhere."""
+    top = 3 if path.parent.parent.name == LOG_DIR else 2  # logs/snapver-builds/VOL, or .git/snapver/builds/VOL
+    fd = os.open(path.parents[top - 1], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in path.parts[-top:-1]:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=fd)
+            below = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = below
+            os.fchown(fd, who.uid, who.gid)
+        out = os.open(path.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                      dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.fchown(out, who.uid, who.gid)
+    return os.fdopen(out, "wb")
 
 
 def start(job: Job) -> None:
     """Start the command; it runs while the caller does other things (cascade -j)."""
     ws = job.ws
-    env = dict(os.environ, SNAPVER_OUTPUT=str(job.clone), SNAPVER_BUILD=job.volume)
+    who = job.run_as
+    env = dict(who.env() if who else os.environ, SNAPVER_OUTPUT=str(job.clone), SNAPVER_BUILD=job.volume)
     for volume, snap in job.inputs.items():
         env[env_key(volume)] = str(snap.path)
         env[env_key(volume) + "_SNAPSHOT"] = snap.name
-    with open(job.log, "wb") as log:
+    with (_open_log_as(job.log, who) if who else open(job.log, "wb")) as log:
         log.write(f"# snapver build {job.volume}: {job.recipe.run}\n".encode())
         for volume, snap in job.inputs.items():
             log.write(f"# input {volume}@{snap.name}\n".encode())
         log.flush()
         try:
+            # A snapverd that is not root runs as the owner already (and may not drop groups).
+            switch = who is not None and (os.geteuid() == 0 or who.uid != os.geteuid())
+            as_owner: dict = {"user": who.uid, "group": who.gid, "extra_groups": []} if who and switch else {}
             job.proc = subprocess.Popen(job.recipe.argv, cwd=ws.git.toplevel, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=log, stderr=subprocess.STDOUT, close_fds=True)
-        except OSError as e:
-            log.write(f"snapver: cannot run {job.recipe.argv[0]}: {e.strerror}\n".encode())
+                                        stdout=log, stderr=subprocess.STDOUT, close_fds=True, **as_owner)
+        except (OSError, subprocess.SubprocessError) as e:  # SubprocessError: the switch to the owner failed
+            log.write(f"snapver: cannot run {job.recipe.argv[0]}: {getattr(e, 'strerror', None) or e}\n".encode())
             job.code = 127 if isinstance(e, FileNotFoundError) else 126
 
 

@@ -111,8 +111,26 @@ def stale(ws) -> dict[str, str]:
     return found
 
 
-def cascade(ws, target: str | None = None, jobs: int = 1, dry_run: bool = False, progress=None) -> list[Node]:
-    """Rebuild what is stale among the selected nodes, upstream first, up to `jobs` at once."""
+def marks(ws) -> dict[str, dict]:
+    """What `lineage --dot` draws of the recipes: for each recipe volume, the snapshot each
+    input was at when its last good build read it (None: never built), and why it is stale."""
+    why = stale(ws)
+    try:
+        every = recipes.every(ws)
+    except (SnapverError, sqlite3.Error):
+        return {}
+    out = {}
+    for volume, recipe in every.items():
+        last = build.last_build(ws, volume)
+        used = last["inputs"] if last else {}
+        out[volume] = {"inputs": {v: used.get(v) for v, _ in recipe.inputs}, "stale": why.get(volume)}
+    return out
+
+
+def cascade(ws, target: str | None = None, jobs: int = 1, dry_run: bool = False, progress=None,
+            run_as: build.RunAs | None = None) -> list[Node]:
+    """Rebuild what is stale among the selected nodes, upstream first, up to `jobs` at once.
+    run_as: whom the commands run as (snapverd's trigger: the working tree's owner)."""
     if jobs < 1:
         raise SnapverError("-j must be at least 1")
     every = recipes.every(ws)
@@ -152,7 +170,7 @@ def cascade(ws, target: str | None = None, jobs: int = 1, dry_run: bool = False,
                 settle(Node(volume, "rebuild", why))
                 continue
             try:
-                job = build.prepare(ws, volume, now)
+                job = build.prepare(ws, volume, now, run_as)
                 build.start(job)
             except SnapverError as e:
                 settle(Node(volume, "failed", str(e)))

@@ -37,6 +37,12 @@ class RegistrySettings(NamedTuple):
     provenance: dict[str, dict[str, str]] = {}
 
 
+class CascadeSettings(NamedTuple):
+    """[cascade]: when snapverd starts a cascade by itself (cascadetrigger.py); off unless asked."""
+    on_release: bool = False  # a release a recipe reads moved (release set, a tag)
+    on_commit: bool = False  # a new commit snapshot of a volume a recipe reads
+
+
 # Plain classes (and NamedTuples for records), not dataclasses, here and in every module
 # the Git hooks import: `dataclasses` imports `inspect` and builds each class with exec,
 # which cost a hook more start-up time than all its other imports together.
@@ -47,7 +53,8 @@ class ProjectConfig:
     def __init__(self, project: str, volumes: list[str], backend: str = "btrfs",
                  lake: str | None = None, image: str | None = None, remote: dict | None = None,
                  registry: RegistrySettings | None = None, retention=None,
-                 builds: dict[str, tuple[str, list[str]]] | None = None):
+                 builds: dict[str, tuple[str, list[str]]] | None = None,
+                 cascade: CascadeSettings | None = None):
         self.project = project
         self.volumes = volumes
         self.backend = backend
@@ -59,10 +66,11 @@ class ProjectConfig:
         self.retention = retention  # a retention.Policy, or None: the default (or the daemon's)
         # [build.NEW] run / inputs: volume -> (command, ["VOLUME@REV", ...]), checked (recipes.py runs them)
         self.builds = builds or {}
+        self.cascade = cascade or CascadeSettings()
 
     def _values(self) -> tuple:
         return (self.project, self.volumes, self.backend, self.lake, self.image, self.remote,
-                self.registry, self.retention, self.builds)
+                self.registry, self.retention, self.builds, self.cascade)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, ProjectConfig) and self._values() == other._values()
@@ -144,7 +152,7 @@ def _read(path: Path, toplevel: Path) -> bytes:
 
 # ------------------------------------------------------------------ what snapver.toml may say
 
-_TABLES = ("project", "lake", "remote", "retention", "registry", "releases", "scan", "volumes", "build")
+_TABLES = ("project", "lake", "remote", "retention", "registry", "releases", "scan", "volumes", "build", "cascade")
 _REMOTE_KEYS = {"name": "str", "url": "str", "ssh": "str", "push": "bool", "fetch": "bool"}
 
 
@@ -178,7 +186,13 @@ def _from_doc(doc: dict) -> ProjectConfig:
         remote=dict(remote), registry=_registry(doc),
         retention=retention_policy(doc["retention"]) if "retention" in doc else None,
         builds=_builds(doc.get("build", {})),
+        cascade=_cascade(doc.get("cascade", {})),
     )
+
+
+def _cascade(table: dict) -> CascadeSettings:
+    known(table, CascadeSettings._fields, ("cascade",), "[cascade] ")
+    return CascadeSettings(*(get(table, key, "bool", ("cascade",), False) for key in CascadeSettings._fields))
 
 
 def _builds(table: dict) -> dict[str, tuple[str, list[str]]]:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import faults, lock, names, ops
+from .cascadetrigger import Trigger
 from .catalog import explain
 from .config import LocalState
 # snapverd.toml's reader; DEFAULT_CONFIG and DaemonConfig are where the CLI and tests found them.
@@ -89,6 +90,7 @@ class Daemon:
         self.observer: Any = None  # watchdog's Observer, once started (watchdog has no types)
         self.server: Any = None  # the socket's _Server, once started
         self.watch_budget = 0
+        self.cascades = Trigger(self._open)  # [cascade] on_release / on_commit (cascadetrigger.py)
         self._trust_workspaces()
 
     # -- lifecycle
@@ -252,7 +254,7 @@ class Daemon:
 
     def _wait_for_jobs(self) -> None:
         with self.lock:
-            jobs = list(self.busy.values()) + ([self.gc_thread] if self.gc_thread else [])
+            jobs = list(self.busy.values()) + ([self.gc_thread] if self.gc_thread else []) + self.cascades.running()
         deadline = time.monotonic() + lock.WAIT_SECONDS + 30
         for job in jobs:
             job.join(max(0.0, deadline - time.monotonic()))
@@ -263,6 +265,7 @@ class Daemon:
         try:
             ws = self._open(tree)
             self._follow_commits(ws, tree)
+            self.cascades.poll(ws, tree)  # after the commit's snapshot: on_commit sees it
             for v in ws.volumes:
                 watch = self.watches.get((tree, v))
                 if watch is None:
@@ -366,7 +369,7 @@ class Daemon:
                     if tree == w.path:
                         vols[v] = {"mode": watch.mode, "last_snapshot": watch.last_snapshot,
                                    "pending_for": round(now - watch.first_change, 1) if watch.first_change else None}
-                out.append({"workspace": str(w.path), "volumes": vols})
+                out.append({"workspace": str(w.path), "volumes": vols, "cascade": self.cascades.status(w.path)})
         return out
 
     def handle(self, request: dict, creds: tuple[int, int, int]) -> object:

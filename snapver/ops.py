@@ -261,7 +261,7 @@ def _lineage(ws, a, by):
             raise SnapverError("give either VOLUME or --upstream VOLUME@REV, not both")
         return {"upstream": registry.upstream(ws, str(a["upstream"]))}
     if a.get("dot"):
-        return {"dot": registry.lineage_dot(ws, volume)}
+        return {"dot": registry.lineage_dot(ws, volume, cascade.marks(ws))}
     stale = cascade.stale(ws)  # recipe volumes whose inputs moved since their last build
     return {"tree": [{"depth": d, "volume": v, "from": e and f"{e.source_volume}@{e.source_snapshot}",
                       "message": e and e.message, "stale": stale.get(v)} for d, v, e in registry.lineage_tree(ws, volume)]}

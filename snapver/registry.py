@@ -493,13 +493,35 @@ def lineage_tree(ws, volume: str | None = None) -> list[tuple[int, str, Edge | N
     return out
 
 
-def lineage_dot(ws, volume: str | None = None) -> str:
+def lineage_dot(ws, volume: str | None = None, recipes: dict[str, dict] | None = None) -> str:
+    """Graphviz DOT of the lineage: an edge from each source, labelled with the snapshot it
+    was derived from. recipes (cascade.marks; the registry knows no recipes): a recipe volume
+    says the snapshot it is at, red if stale, with a dashed edge from each of its inputs
+    labelled with the snapshot its last build read."""
+    recipes = recipes or {}
     tree = lineage_tree(ws, volume)
+    shown = {v for _, v, _ in tree}
+
+    def tag(name: str) -> str:  # a build point (a wip of HEAD) by its commit and time of day
+        return short(name) if len(name) <= 40 else f"{name[:10]} {name[50:52]}:{name[52:54]}:{name[54:56]}"
+
     lines = ["digraph lineage {", "  rankdir=LR;"]
-    lines += [f'  "{v}";' for _, v, _ in tree]
+    for _, v, _ in tree:
+        r = recipes.get(v)
+        if r is None:
+            lines.append(f'  "{v}";')
+            continue
+        base = ws.state.volume(v).base
+        text = f"{v}\\nat {tag(base) if base else 'nothing yet'}" + ("\\nSTALE" if r["stale"] else "")
+        lines.append(f'  "{v}" [shape=box, label="{text}"' + (", color=red, fontcolor=red];" if r["stale"] else "];"))
     for _, v, e in tree:
         if e is not None:
             lines.append(f'  "{e.source_volume}" -> "{v}" [label="{short(e.source_snapshot)}"];')
+    for v, r in recipes.items():
+        for i, used in r["inputs"].items():
+            if v in shown and i in shown:
+                lines.append(f'  "{i}" -> "{v}" [style=dashed, color=gray40, fontcolor=gray40, '
+                             f'label="{"read " + tag(used) if used else "not built yet"}"];')
     return "\n".join(lines + ["}"]) + "\n"
 
 

@@ -74,7 +74,7 @@ source = "https://example.com"
 
 
 @pytest.mark.parametrize("extra, said", [
-    ('\n[retension]\nwip = "1"\n', ' line 6: unknown table [retension]; known: build, lake, project, registry, releases, '
+    ('\n[retension]\nwip = "1"\n', ' line 6: unknown table [retension]; known: build, cascade, lake, project, registry, releases, '
                                    'remote, retention, scan, volumes'),
     ('[scan]\non_snapshot = true\nvolume = ["models"]\n', " line 7: [scan] unknown setting(s) volume: "
                                                           "the settings are on_snapshot, volumes"),
@@ -95,7 +95,7 @@ def test_unknown_tables_keys_and_wrong_types_name_the_line(tmp_path, extra, said
 
 @pytest.mark.parametrize("text, said", [
     ('volumes = ["x"]\n' + GOOD, " line 1: volumes = ['x'] is outside any table"),
-    ('name = "x"\n' + GOOD, " line 1: unknown setting name outside any table; known: build, lake, project,"),
+    ('name = "x"\n' + GOOD, " line 1: unknown setting name outside any table; known: build, cascade, lake, project,"),
     ('[project]\nid = "p-1"\nvolumes = ["data", "../up"]\n', " line 3: [project] volumes: '../up' is not a valid"),
     ('[project]\nid = "p-1"\nvolumes = []\n', " line 3: [project] volumes names no volumes"),
     ('[project]\nid = "p-1"\nvolumes = ["a", "a"]\n', " line 3: [project] volumes names a volume twice"),
@@ -227,7 +227,7 @@ def one_line(result, *expected: str) -> None:
 
 
 @pytest.mark.parametrize("extra, said", [
-    ('\n[retension]\nwip = "1"\n', "unknown table [retension]; known: build, lake, project,"),
+    ('\n[retension]\nwip = "1"\n', "unknown table [retension]; known: build, cascade, lake, project,"),
     ('\n[scan]\non_snapshot = "yes"\n', "[scan] on_snapshot = 'yes' must be true or false"),
 ])
 def test_every_command_refuses_a_bad_config_with_one_line(lake_repo, extra, said):

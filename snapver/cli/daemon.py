@@ -56,6 +56,21 @@ def daemon_status(as_json):
             pending = f"changes pending for {d['pending_for']}s" if d["pending_for"] is not None else "no pending changes"
             last = label(d["last_snapshot"]) if d["last_snapshot"] else "none yet"
             click.echo(f"  {v:<12} {d['mode']:<8} {pending}; last wip snapshot {last}")
+        _cascades(w.get("cascade") or {})
+
+
+def _cascades(c: dict) -> None:
+    """The cascades snapverd started here ([cascade] in snapver.toml): running, queued, the last."""
+    shown = ([("running", c["running"])] if c.get("running") else []) + \
+        [("queued", q) for q in c.get("queued", [])] + ([("last", c["last"])] if c.get("last") else [])
+    for what, run in shown:
+        when = run["finished"] or run["started"] or run["queued"]
+        click.echo(f"  cascade {what} ({run['state']}, {when}): {run['trigger']}")
+        for n in run["nodes"]:
+            click.echo(f"    {n['volume']:<12} {n['action']:<11} "
+                       f"{label(n['snapshot']) if n['snapshot'] else n['reason']}")
+        if run.get("error"):
+            click.echo(f"    {run['error']}")
 
 
 @daemon.command("gc")
