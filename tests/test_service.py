@@ -1,0 +1,145 @@
+"""`snapver service install | uninstall` (issue 20, item 1): the file writing part, on the host.
+
+Files go into a temporary root (--root), where systemctl enables units offline, and
+`systemd-analyze verify` reads the units as systemd would. The units running under a real
+systemd is the guest's part (see the report in README's Service section). Each test that
+reads a lake runs on Btrfs and on zfs-fuse (the `lake` fixture).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from snapver.daemonconfig import DaemonConfig
+
+from tests.fixtures.git import disk_state, lake_repo, snapver  # noqa: F401
+
+UNITS = ("snapverd.service", "snapverd.socket", "snapver-gc.service", "snapver-gc.timer")
+SYSTEM = Path("etc/systemd/system")
+VENV_SNAPVER = Path(sys.executable).with_name("snapver")
+
+
+def files(root: Path) -> dict[str, bytes]:
+    out = {}
+    for dirpath, dirnames, names in os.walk(root):
+        for n in names:
+            p = Path(dirpath, n)
+            out[str(p.relative_to(root))] = os.readlink(p).encode() if p.is_symlink() else p.read_bytes()
+    return out
+
+
+def unit_value(text: str, key: str) -> list[str]:
+    return [line.split("=", 1)[1] for line in text.splitlines() if line.startswith(key + "=")]
+
+
+def test_install_writes_units_config_and_dropins_for_the_lake_and_uninstall_removes_them(lake_repo, lake, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    # The installed console script, as an admin runs it: ExecStart must name that one.
+    done = subprocess.run([str(VENV_SNAPVER), "service", "install", "--enable", "--root", str(root)],
+                          cwd=lake_repo, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    system = root / SYSTEM
+    for unit in UNITS:
+        text = (system / unit).read_text()
+        assert "/usr/local/bin/snapver" not in "\n".join(unit_value(text, "ExecStart")), unit
+    service = (system / "snapverd.service").read_text()
+    assert unit_value(service, "ExecStart") == [f"{VENV_SNAPVER} daemon --config /etc/snapver/snapverd.toml"]
+    assert unit_value((system / "snapver-gc.service").read_text(), "ExecStart") == \
+        [f"{VENV_SNAPVER} daemon --config /etc/snapver/snapverd.toml gc"]
+    # The gc runs in snapverd's sandbox: every hardening line of the one is in the other.
+    sandbox = {line for line in service.splitlines() if line.split("=")[0] in (
+        "CapabilityBoundingSet", "NoNewPrivileges", "ProtectSystem", "ReadWritePaths", "PrivateTmp",
+        "PrivateNetwork", "ProtectKernelModules", "ProtectKernelTunables", "ProtectControlGroups", "ProtectClock",
+        "ProtectHostname", "RestrictAddressFamilies", "RestrictNamespaces", "RestrictRealtime", "LockPersonality",
+        "MemoryDenyWriteExecute", "SystemCallArchitectures")}
+    assert len(sandbox) == 17
+    assert sandbox <= set((system / "snapver-gc.service").read_text().splitlines())
+
+    config = DaemonConfig.load(root / "etc/snapver/snapverd.toml")
+    assert [w.path for w in config.workspaces] == [lake_repo.resolve()]
+    for unit in ("snapverd.service", "snapver-gc.service"):
+        dropin = (system / f"{unit}.d" / "snapver-paths.conf").read_text()
+        paths = [Path(shlex.split(v)[0].lstrip("-")) for v in unit_value(dropin, "ReadWritePaths")]
+        for needed in (lake_repo.resolve(), lake.root.resolve()):
+            assert any(p == needed or p in needed.parents for p in paths), (needed, paths)
+    assert (system / "sockets.target.wants" / "snapverd.socket").is_symlink()
+    assert (system / "multi-user.target.wants" / "snapverd.service").is_symlink()
+
+    # systemd reads every unit without a complaint (an unknown key, a bad value).
+    verify = subprocess.run(["systemd-analyze", "verify", *(str(system / u) for u in UNITS)],
+                            capture_output=True, text=True, timeout=120)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+
+    done = subprocess.run([str(VENV_SNAPVER), "service", "uninstall", "--root", str(root)],
+                          cwd=lake_repo, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert files(root) == {} and os.listdir(root) == [], sorted(Path(d).relative_to(root).as_posix()
+                                                                  for d, _, _ in os.walk(root))
+
+
+def test_an_admins_config_is_never_overwritten_nor_removed(lake_repo, tmp_path):
+    root = tmp_path / "root"
+    (root / "etc/snapver").mkdir(parents=True)
+    mine = f'# mine\n[[workspace]]\npath = "{lake_repo}"\nallow_users = ["bob"]\n'
+    (root / "etc/snapver/snapverd.toml").write_text(mine)
+    said = snapver(lake_repo, "service", "install", "--root", str(root)).out
+    assert "kept as it is" in said
+    assert (root / "etc/snapver/snapverd.toml").read_text() == mine
+    # Installing again rewrites only its own files; an edit to one is kept by uninstall.
+    snapver(lake_repo, "service", "install", "--root", str(root))
+    timer = root / SYSTEM / "snapver-gc.timer"
+    timer.write_text(timer.read_text() + "# my edit\n")
+    said = snapver(lake_repo, "service", "uninstall", "--root", str(root)).out
+    assert "snapver-gc.timer: kept (changed since snapver wrote it)" in said
+    assert files(root) == {"etc/snapver/snapverd.toml": mine.encode(),
+                           str(SYSTEM / "snapver-gc.timer"): timer.read_bytes()}
+
+
+def test_a_unit_snapver_did_not_write_is_refused_and_nothing_changes(lake_repo, tmp_path):
+    root = tmp_path / "root"
+    (root / SYSTEM).mkdir(parents=True)
+    (root / SYSTEM / "snapverd.service").write_text("[Service]\nExecStart=/opt/by-hand/snapver daemon\n")
+    before = disk_state(root)
+    done = snapver(lake_repo, "service", "install", "--root", str(root), ok=False)
+    assert "was not written by `snapver service install`" in done.err
+    assert len(done.err.strip().splitlines()) == 1 and "Traceback" not in done.err
+    assert disk_state(root) == before
+    done = snapver(lake_repo, "service", "uninstall", "--root", str(root), ok=False)
+    assert "nothing to remove" in done.err and disk_state(root) == before
+
+
+def test_outside_a_working_tree_the_config_lists_no_workspace_and_says_so(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    said = snapver(elsewhere, "service", "install", "--root", str(root)).out
+    assert "lists no workspace" in said
+    assert DaemonConfig.load(root / "etc/snapver/snapverd.toml").workspaces == []
+    # `python -m snapver`: ExecStart runs that interpreter the same way.
+    service = (root / SYSTEM / "snapverd.service").read_text()
+    assert unit_value(service, "ExecStart")[0].startswith(f"{sys.executable} -m snapver daemon")
+    manifest = json.loads((root / "etc/snapver/service-manifest.json").read_text())
+    assert set(manifest["files"]) >= {str(SYSTEM / u) for u in UNITS}
+    snapver(elsewhere, "service", "uninstall", "--root", str(root))
+    assert os.listdir(root) == []
+
+
+@pytest.mark.parametrize("word, written", [
+    ("/usr/bin/snapver", "/usr/bin/snapver"),
+    ("/opt/my tools/snapver", '"/opt/my tools/snapver"'),
+    ("/opt/100%/snapver", "/opt/100%%/snapver"),
+    ("/opt/$HOME/snapver", "/opt/$$HOME/snapver"),
+])
+def test_paths_are_quoted_as_systemd_reads_them(word, written):
+    from snapver.service import unit_words
+
+    assert unit_words([word]) == written
