@@ -29,10 +29,11 @@ from .shipped import shipped
 UNIT_DIR = Path("etc/systemd/system")
 CONFIG = Path("etc/snapver/snapverd.toml")
 MANIFEST = Path("etc/snapver/service-manifest.json")
-UNITS = ("snapverd.service", "snapverd.socket", "snapver-gc.service", "snapver-gc.timer")
+UNITS = ("snapverd.service", "snapverd.socket", "snapver-gc.service", "snapver-gc.timer", "snapver-lakes.service")
 SANDBOXED = ("snapverd.service", "snapver-gc.service")  # the units that get the paths drop-in
 DROPIN = "snapver-paths.conf"
-ENABLED = ("snapverd.socket", "snapverd.service")  # the timer only where gc_interval = "off"
+# The timer only where gc_interval = "off"; snapver-lakes.service mounts image lakes at boot.
+ENABLED = ("snapverd.socket", "snapverd.service", "snapver-lakes.service")
 TEMPLATE_COMMAND = "/usr/local/bin/snapver"
 
 
@@ -135,6 +136,10 @@ def dropin(paths: list[Path], config_file: str) -> str:
     lines = [f"# Written by `snapver service install`: the working trees and lakes {config_file} names,",
              "# which the sandbox (ProtectSystem=strict) must let snapverd write. Run it again after",
              "# adding a workspace there; `snapver service uninstall` removes this file.",
+             "[Unit]",
+             "# Lakes in image files are mounted first (a unit not enabled is no failure: Wants).",
+             "Wants=snapver-lakes.service",
+             "After=snapver-lakes.service",
              "[Service]"]
     # "-": a lake that is not mounted yet must not stop the unit from starting.
     lines += [f"ReadWritePaths={unit_words(['-' + str(p)])}" for p in paths]
@@ -280,3 +285,29 @@ def uninstall(root: Path) -> Report:
     if _systemd_running(root):
         run(_systemctl(root, "daemon-reload"))
     return report
+
+
+def mount_lakes(config_file: Path) -> tuple[list[str], list[str]]:
+    """Mount every image-backed lake (or import its pool) of the workspaces config_file
+    names, as any snapver command run as root would on finding it unmounted: at boot, from
+    snapver-lakes.service. (what was done or found, what failed), one line each; one
+    workspace failing does not stop the others."""
+    from .config import LocalState
+    from .daemonconfig import DaemonConfig
+    from .gitrepo import GitRepo
+    from .provision import ensure_mounted
+
+    done: list[str] = []
+    failed: list[str] = []
+    for w in DaemonConfig.load(config_file).workspaces:
+        try:
+            state = LocalState.load(GitRepo.find(w.path).git_dir)
+            if not state.image:
+                done.append(f"{w.path}: its lake {state.lake} is not in an image file (nothing to mount)")
+                continue
+            ensure_mounted(state)
+        except (SnapverError, OSError) as e:
+            failed.append(f"{w.path}: {e}")
+            continue
+        done.append(f"{w.path}: the lake {state.lake} of {state.image} is there")
+    return done, failed

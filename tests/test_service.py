@@ -11,17 +11,20 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from snapver.daemonconfig import DaemonConfig
 
+from tests.fixtures.daemon import user_home  # noqa: F401
 from tests.fixtures.git import disk_state, lake_repo, snapver  # noqa: F401
 
-UNITS = ("snapverd.service", "snapverd.socket", "snapver-gc.service", "snapver-gc.timer")
+UNITS = ("snapverd.service", "snapverd.socket", "snapver-gc.service", "snapver-gc.timer", "snapver-lakes.service")
 SYSTEM = Path("etc/systemd/system")
 VENV_SNAPVER = Path(sys.executable).with_name("snapver")
 
@@ -72,6 +75,11 @@ def test_install_writes_units_config_and_dropins_for_the_lake_and_uninstall_remo
             assert any(p == needed or p in needed.parents for p in paths), (needed, paths)
     assert (system / "sockets.target.wants" / "snapverd.socket").is_symlink()
     assert (system / "multi-user.target.wants" / "snapverd.service").is_symlink()
+    # Image lakes are mounted at boot, before snapverd (item 2).
+    assert unit_value((system / "snapver-lakes.service").read_text(), "ExecStart") == \
+        [f"{VENV_SNAPVER} service mount --config /etc/snapver/snapverd.toml"]
+    assert (system / "multi-user.target.wants" / "snapver-lakes.service").is_symlink()
+    assert "Wants=snapver-lakes.service" in (system / "snapverd.service.d" / "snapver-paths.conf").read_text()
 
     # systemd reads every unit without a complaint (an unknown key, a bad value).
     verify = subprocess.run(["systemd-analyze", "verify", *(str(system / u) for u in UNITS)],
@@ -143,3 +151,71 @@ def test_paths_are_quoted_as_systemd_reads_them(word, written):
     from snapver.service import unit_words
 
     assert unit_words([word]) == written
+
+
+# ---------------------------------------------------------------- item 2: the lake after a reboot
+
+@pytest.fixture(params=["btrfs", "zfs"])
+def image_lake_repo(request, user_home):
+    """A repository owned by `nobody` whose lake is in an image file (`--image`, or
+    `--pool-image` for ZFS) that root made, in folders anyone can traverse; the image is
+    unmounted (its pool destroyed) and removed afterwards."""
+    from tests.fixtures.daemon import give_to_nobody
+    from tests.fixtures.git import env, git
+
+    if request.param == "zfs":
+        request.getfixturevalue("zfs_pool")  # zfs-fuse running
+    where = Path(tempfile.mkdtemp(prefix="snapver-image-"))
+    where.chmod(0o755)
+    image = where / f"sv{os.urandom(3).hex()}.img"
+    repo = user_home / "repo"
+    git(user_home, "init", "-q", "-b", "main", str(repo))
+    option = "--image" if request.param == "btrfs" else "--pool-image"
+    try:
+        subprocess.run([sys.executable, "-m", "snapver", "init", option, str(image), "--size", "300M"], cwd=repo,
+                       env=env(), check=True, capture_output=True, timeout=300)
+        git(repo, "add", "snapver.toml")
+        git(repo, "commit", "-q", "-m", "snapver")
+        give_to_nobody(repo)
+        yield request.param, repo, image
+    finally:
+        if request.param == "zfs":
+            from tests.fixtures.zfs import destroy_pool
+
+            destroy_pool(image.stem)
+        else:
+            from tests.fixtures.btrfs import mounted, unmount
+
+            if mounted(image.with_suffix("")):
+                unmount(image.with_suffix(""))
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def test_after_a_reboot_status_says_why_the_links_dangle_and_the_boot_unit_mounts_the_lake(image_lake_repo, tmp_path):
+    kind, repo, image = image_lake_repo
+    (repo / "data" / "rows.csv").write_text("1,2\n")
+    assert os.path.realpath(repo / "data").startswith(str(image.parent))
+    # The reboot, as far as the lake can tell: the image is no longer mounted (the pool exported).
+    if kind == "btrfs":
+        subprocess.run(["umount", str(image.with_suffix(""))], check=True)
+    else:
+        subprocess.run(["zpool", "export", image.stem], check=True, capture_output=True, timeout=300)
+    assert not (repo / "data").exists(), "the link should dangle now"
+
+    done = snapver(repo, "status", user="nobody", ok=False)
+    lines = [line for line in done.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in done.err, done.err
+    assert str(image) in lines[0] and "volume links point nowhere" in lines[0]
+    assert "snapver service mount" in lines[0] and "service install" in lines[0]
+
+    # What snapver-lakes.service runs at boot, for the workspaces of the daemon config.
+    config = tmp_path / "snapverd.toml"
+    config.write_text(f'[[workspace]]\npath = "{repo}"\n')
+    said = snapver(repo, "service", "mount", "--config", str(config)).out
+    assert f"{repo}: the lake" in said
+    assert (repo / "data" / "rows.csv").read_text() == "1,2\n"
+    rows = snapver(repo, "status", "--json", user="nobody").json
+    assert {r["volume"] for r in rows} == {"data", "models", "logs"}
+    # Mounted already: nothing to do, still success.
+    snapver(repo, "service", "mount", "--config", str(config))
+

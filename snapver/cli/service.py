@@ -52,3 +52,23 @@ def service_uninstall(root):
         click.echo(f"removed {path}")
     for line in report.kept:
         click.echo(line)
+
+
+@service.command("mount")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Daemon config (default /etc/snapver/snapverd.toml).")
+def service_mount(config_path):
+    """Mount the lakes in image files (or import their ZFS pools) of the workspaces the
+    daemon config names: what snapver-lakes.service runs at boot."""
+    import sys
+
+    from .. import service as svc
+    from ..daemonconfig import DEFAULT_CONFIG
+
+    done, failed = svc.mount_lakes(config_path or DEFAULT_CONFIG)
+    for line in done:
+        click.echo(line)
+    for line in failed:
+        click.echo(f"snapver: {line}", err=True)
+    if failed:
+        sys.exit(1)
