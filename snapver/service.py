@@ -13,6 +13,7 @@ sha256, so uninstall removes exactly those, and keeps (and names) one changed si
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -86,15 +87,40 @@ def starting_config(trees: list[Path]) -> str:
 
 
 def current_tree(cwd: Path) -> Path | None:
-    """The working tree set up with `snapver init` that cwd is in, if it is in one."""
+    """The working tree set up with `snapver init` that cwd is in, if it is in one. Found
+    without running git: root (sudo) in a user's repository is refused by git's
+    safe.directory, and must not run what that repository's config names anyway."""
     from .config import LocalState
-    from .gitrepo import GitRepo
 
+    for tree in (cwd.resolve(), *cwd.resolve().parents):
+        dot_git = tree / ".git"
+        if dot_git.is_dir():
+            return tree if LocalState.exists(dot_git) else None
+        if dot_git.is_file():  # a linked worktree: "gitdir: <its Git directory>"
+            text = dot_git.read_text(errors="replace").strip()
+            git_dir = Path(text.removeprefix("gitdir:").strip()) if text.startswith("gitdir:") else None
+            if git_dir is not None and not git_dir.is_absolute():
+                git_dir = tree / git_dir
+            return tree if git_dir is not None and LocalState.exists(git_dir) else None
+    return None
+
+
+@contextlib.contextmanager
+def trusted(trees: list[Path]):
+    """Let git, run as root, read these repositories (the configured workspaces, and only
+    those), as snapverd does for them: their owners are users, and git's safe.directory
+    refuses another owner's repository."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("GIT_CONFIG_")}
+    os.environ["GIT_CONFIG_COUNT"] = str(len(trees))
+    for i, t in enumerate(trees):
+        os.environ[f"GIT_CONFIG_KEY_{i}"] = "safe.directory"
+        os.environ[f"GIT_CONFIG_VALUE_{i}"] = str(t)
     try:
-        git = GitRepo.find(cwd)
-    except (SnapverError, OSError):
-        return None
-    return git.toplevel if LocalState.exists(git.git_dir) else None
+        yield
+    finally:
+        for k in [k for k in os.environ if k.startswith("GIT_CONFIG_")]:
+            del os.environ[k]
+        os.environ.update(saved)
 
 
 def writable_paths(config_file: Path) -> tuple[list[Path], list[str]]:
@@ -108,9 +134,11 @@ def writable_paths(config_file: Path) -> tuple[list[Path], list[str]]:
 
     paths: list[Path] = []
     notes: list[str] = []
-    for w in DaemonConfig.load(config_file).workspaces:
+    workspaces = DaemonConfig.load(config_file).workspaces
+    for w in workspaces:
         try:
-            git = GitRepo.find(w.path)
+            with trusted([x.path for x in workspaces]):
+                git = GitRepo.find(w.path)
             state = LocalState.load(git.git_dir)
         except (SnapverError, OSError) as e:
             notes.append(f"{w.path}: not in the drop-in ({e}); run `snapver service install` again once it is set up")
@@ -299,9 +327,11 @@ def mount_lakes(config_file: Path) -> tuple[list[str], list[str]]:
 
     done: list[str] = []
     failed: list[str] = []
-    for w in DaemonConfig.load(config_file).workspaces:
+    workspaces = DaemonConfig.load(config_file).workspaces
+    for w in workspaces:
         try:
-            state = LocalState.load(GitRepo.find(w.path).git_dir)
+            with trusted([x.path for x in workspaces]):
+                state = LocalState.load(GitRepo.find(w.path).git_dir)
             if not state.image:
                 done.append(f"{w.path}: its lake {state.lake} is not in an image file (nothing to mount)")
                 continue
