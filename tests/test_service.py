@@ -220,3 +220,64 @@ def test_after_a_reboot_status_says_why_the_links_dangle_and_the_boot_unit_mount
     # Mounted already: nothing to do, still success.
     snapver(repo, "service", "mount", "--config", str(config))
 
+
+# ---------------------------------------------------------------- item 3: snapver prune
+
+def live_of(tree: Path) -> dict[str, Path]:
+    return {r["volume"]: Path(r["path"]) for r in snapver(tree, "status", "--json").json}
+
+
+def test_prune_removes_the_volumes_of_a_removed_worktree_keeping_its_changes_as_a_wip(lake_repo, tmp_path):
+    from tests.fixtures.git import git
+
+    repo = lake_repo
+    (repo / "data" / "main.csv").write_text("main's\n")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "main data")
+    wt = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "w", str(wt))
+    live = live_of(wt)
+    assert live["data"] != live_of(repo)["data"]
+    (wt / "data" / "unsaved.csv").write_text("never snapshotted\n")
+    git(repo, "worktree", "remove", "--force", str(wt))
+    assert not wt.exists() and live["data"].is_dir(), "the worktree's live volume is left in the lake"
+
+    said = snapver(repo, "prune", "--dry-run").out
+    assert f"would remove the live data, models, logs of {wt} (gone)" in said
+    assert live["data"].is_dir() and (live["data"] / "unsaved.csv").exists()
+
+    pruned = snapver(repo, "prune", "--json").json
+    assert [(p["path"], sorted(p["volumes"])) for p in pruned] == [(str(wt), ["data", "logs", "models"])]
+    assert not any(p.exists() for p in live.values())
+    wip = pruned[0]["kept"][0]
+    kept = snapver(repo, "show", wip, "--json").json["volumes"]
+    assert (Path(kept["data"]["path"]) / "unsaved.csv").read_text() == "never snapshotted\n"
+    assert (Path(kept["data"]["path"]) / "main.csv").read_text() == "main's\n"
+    # This working tree's own volumes are untouched, and a second prune finds nothing.
+    assert (repo / "data" / "main.csv").read_text() == "main's\n"
+    assert snapver(repo, "prune", "--json").json == []
+
+
+def test_prune_removes_an_unchanged_deleted_clone_without_a_wip_and_spares_a_moved_one(lake_repo, tmp_path):
+    from tests.fixtures.git import git
+
+    repo = lake_repo
+    (repo / "data" / "rows.csv").write_text("rows\n")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "rows")
+    clones = {}
+    for name in ("deleted", "moved"):
+        clone = tmp_path / name
+        git(tmp_path, "clone", "-q", str(repo), str(clone))
+        snapver(clone, "init")
+        assert (clone / "data" / "rows.csv").read_text() == "rows\n"
+        clones[name] = (clone, live_of(clone))
+    shutil.rmtree(clones["deleted"][0])
+    moved = tmp_path / "moved-here"
+    clones["moved"][0].rename(moved)
+    snapver(moved, "status")  # opened at its new place: remembered there, same workspace
+
+    before = snapver(repo, "log", "--all", "--json").json
+    snapver(repo, "gc")  # gc prunes too
+    assert not any(p.exists() for p in clones["deleted"][1].values()), "gc pruned the deleted clone"
+    assert all(p.is_dir() for p in clones["moved"][1].values()), "the moved clone's volumes stay"
+    assert (moved / "data" / "rows.csv").read_text() == "rows\n"
+    assert snapver(repo, "log", "--all", "--json").json == before, "unchanged volumes need no wip"
