@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,7 @@ import pytest
 
 from snapver.daemonconfig import DaemonConfig
 
-from tests.fixtures.daemon import user_home  # noqa: F401
+from tests.fixtures.daemon import daemon_dir, nobody_repo, user_home  # noqa: F401
 from tests.fixtures.git import disk_state, lake_repo, snapver  # noqa: F401
 
 UNITS = ("snapverd.service", "snapverd.socket", "snapver-gc.service", "snapver-gc.timer", "snapver-lakes.service")
@@ -151,6 +152,106 @@ def test_paths_are_quoted_as_systemd_reads_them(word, written):
     from snapver.service import unit_words
 
     assert unit_words([word]) == written
+
+
+
+def test_the_installed_units_run_snapverd_by_socket_activation_notify_watchdog_reload_and_stop(
+        nobody_repo, daemon_dir, tmp_path):
+    """What systemd does with the units `service install` wrote, on a host without a systemd
+    to run them (README, Installing the service): the socket is held by systemd's own
+    systemd-socket-activate (LISTEN_FDS, on the first connection, the environment a service
+    gets), and this test is the NOTIFY_SOCKET end. ExecStart= is the unit's, word for word,
+    but for the config's path. An unprivileged user commits and checks out through the
+    socket; snapver-gc.service's ExecStart= runs once; SIGHUP reloads; SIGTERM stops."""
+    import socket as sockets
+    import time
+
+    from tests.fixtures.daemon import wait_for
+
+    repo = nobody_repo
+    root = tmp_path / "root"
+    root.mkdir()
+    snapver(repo, "service", "install", "--root", str(root))  # sudo, in the user's working tree
+    config = root / "etc/snapver/snapverd.toml"
+    assert [w.path for w in DaemonConfig.load(config).workspaces] == [repo.resolve()]
+    sock = daemon_dir / "snapverd.sock"
+    # The admin's edits: this test's socket, and the timer's gc rather than the daemon's.
+    config.write_text(config.read_text().replace('socket = "/run/snapver/snapverd.sock"', f'socket = "{sock}"')
+                      .replace('gc_interval = "1h"', 'gc_interval = "off"'))
+    system = root / SYSTEM
+    service = (system / "snapverd.service").read_text()
+    assert "Type=notify" in service and unit_value(service, "WatchdogSec") == ["60"]
+    assert unit_value((system / "snapverd.socket").read_text(), "SocketMode") == ["0666"]
+
+    def exec_start(unit: str) -> list[str]:
+        words = shlex.split(unit_value((system / unit).read_text(), "ExecStart")[0])
+        return [str(config) if w == "/etc/snapver/snapverd.toml" else w for w in words]
+
+    notify = sockets.socket(sockets.AF_UNIX, sockets.SOCK_DGRAM)
+    notify.bind(str(daemon_dir / "notify"))
+    notify.settimeout(0.5)
+    messages: list[str] = []
+
+    def heard(what: str, count: int = 1) -> bool:
+        try:
+            messages.append(notify.recv(4096).decode())
+        except TimeoutError:
+            pass
+        return sum(what in m.split("\n") for m in messages) >= count
+
+    log = open(daemon_dir / "snapverd.log", "ab")
+    proc = subprocess.Popen(
+        ["systemd-socket-activate", "-l", str(sock), "-E", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin",
+         "-E", f"NOTIFY_SOCKET={daemon_dir / 'notify'}", "-E", "WATCHDOG_USEC=60000000",
+         *exec_start("snapverd.service")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert wait_for(sock.exists, 10)
+        sock.chmod(0o666)  # SocketMode=0666
+        time.sleep(1)
+        assert not messages and not heard("READY=1"), "snapverd started before anyone connected"
+        # The user's commit: its post-commit hook asks snapverd, which the connection starts.
+        (repo / "models" / "m.pt").write_text("user's model")
+        done = subprocess.run(["runuser", "-u", "nobody", "--", "env", f"SNAPVER_SOCKET={sock}", "git",
+                               "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "--allow-empty",
+                               "-m", "model"], cwd=repo, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert wait_for(lambda: heard("READY=1"), 30), (messages, (daemon_dir / "snapverd.log").read_text())
+        assert wait_for(lambda: heard("WATCHDOG=1", 3), 10), "no watchdog pings (WatchdogSec=60)"
+        head = subprocess.run(["runuser", "-u", "nobody", "--", "git", "rev-parse", "HEAD"], cwd=repo,
+                              capture_output=True, text=True, check=True).stdout.strip()
+        assert "snapshot" in done.stderr, done.stderr
+        shown = snapver(repo, "show", head, "--json", user="nobody").json
+        assert shown["commit"] == head and set(shown["volumes"]) == {"data", "models", "logs"}
+        (repo / "models" / "m.pt").write_text("changed, not committed")
+        said = subprocess.run(["runuser", "-u", "nobody", "--", "env", f"SNAPVER_SOCKET={sock}", sys.executable,
+                               "-m", "snapver", "checkout", head], cwd=repo, capture_output=True, text=True,
+                              timeout=120)
+        assert said.returncode == 0, said.stderr
+        assert "kept unsnapshotted changes" in said.stdout
+        assert (repo / "models" / "m.pt").read_text() == "user's model"
+
+        # snapver-gc.service, once (`systemctl start snapver-gc.service`).
+        gc = subprocess.run(exec_start("snapver-gc.service"), capture_output=True, text=True, timeout=300,
+                            env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"})
+        assert gc.returncode == 0 and "snapshots removed" in gc.stdout, gc.stderr
+        # ExecReload= sends SIGHUP: the config is read again, the socket still answers.
+        proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: b"config reloaded" in (daemon_dir / "snapverd.log").read_bytes(), 20)
+        from snapver import client
+
+        watched = client.request({"op": "daemon-status"}, path=sock, timeout=10)
+        assert [w["workspace"] for w in watched] == [str(repo.resolve())]
+        # Stop: SIGTERM, a clean exit well within TimeoutStopSec.
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, (daemon_dir / "snapverd.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
+        log.close()
+    snapver(repo, "service", "uninstall", "--root", str(root))
+    assert files(root) == {"etc/snapver/snapverd.toml": config.read_bytes()}, "the admin's edit stays"
 
 
 # ---------------------------------------------------------------- item 2: the lake after a reboot
