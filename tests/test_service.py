@@ -344,6 +344,8 @@ def test_prune_removes_the_volumes_of_a_removed_worktree_keeping_its_changes_as_
 
     said = snapver(repo, "prune", "--dry-run").out
     assert f"would remove the live data, models, logs of {wt} (gone)" in said
+    said = snapver(repo, "gc", "--dry-run").out  # gc prunes first
+    assert f"would remove the live data, models, logs of {wt} (gone)" in said
     assert live["data"].is_dir() and (live["data"] / "unsaved.csv").exists()
 
     pruned = snapver(repo, "prune", "--json").json
@@ -377,7 +379,10 @@ def test_prune_removes_an_unchanged_deleted_clone_without_a_wip_and_spares_a_mov
     snapver(moved, "status")  # opened at its new place: remembered there, same workspace
 
     before = snapver(repo, "log", "--all", "--json").json
-    snapver(repo, "gc")  # gc prunes too
+    # snapver-gc.timer's gc (`snapver daemon gc`, every workspace of the daemon config) prunes too.
+    config = tmp_path / "snapverd.toml"
+    config.write_text(f'[[workspace]]\npath = "{repo}"\n')
+    snapver(repo, "daemon", "--config", str(config), "gc")
     assert not any(p.exists() for p in clones["deleted"][1].values()), "gc pruned the deleted clone"
     assert all(p.is_dir() for p in clones["moved"][1].values()), "the moved clone's volumes stay"
     assert (moved / "data" / "rows.csv").read_text() == "rows\n"
