@@ -5,8 +5,9 @@ set -euo pipefail
 [ "$(id -u)" -eq 0 ] || { echo "setup: run this as root (log in as root, or sudo where it exists)" >&2; exit 1; }
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-# graphviz: `dot` draws the lineage graph of `snapver ui`.
-packages=(git btrfs-progs util-linux python3 python3-venv graphviz ${SNAPVER_EXTRA_PACKAGES:-})
+# The `run` packages of scripts/debian-packages (the one list, with why each is there).
+mapfile -t packages < <(awk '!/^#/ && $2 == "run" { print $1 }' "$here/scripts/debian-packages")
+packages+=(${SNAPVER_EXTRA_PACKAGES:-})
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

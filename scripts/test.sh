@@ -2,8 +2,9 @@
 # The whole test suite, on real filesystems, as root. Fails if any filesystem test was skipped.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# chromium, chromium-driver: tests/test_webui_browser.py looks at `snapver ui` in a real browser.
-SNAPVER_EXTRA_PACKAGES="${SNAPVER_EXTRA_PACKAGES:-} zfs-fuse openssh-server openssh-client chromium chromium-driver" source "$here/scripts/setup.sh"
+# The `test` packages of scripts/debian-packages too (zfs-fuse, ssh, chromium, pipx: it says why).
+SNAPVER_EXTRA_PACKAGES="${SNAPVER_EXTRA_PACKAGES:-} $(awk '!/^#/ && $2 == "test" { printf "%s ", $1 }' \
+  "$here/scripts/debian-packages")" source "$here/scripts/setup.sh"
 cd "$here"
 # A skipped filesystem test is a failed run: conftest.py turns every skip into an error.
 export SNAPVER_REQUIRE_ALL=1

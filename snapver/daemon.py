@@ -334,6 +334,11 @@ class Daemon:
                 if ws.project in done:
                     continue
                 done.add(ws.project)
+                from . import prune  # here: only the gc needs it
+
+                for p in prune.prune(ws):  # gone working trees' live volumes first, as `snapver gc` does
+                    log.info("%s: removed the live %s of %s (gone)%s", w.path, ", ".join(p.volumes), p.worktree,
+                             f"; its changes kept as {p.kept[0]}" if p.kept else "")
                 decisions += ws.gc(policy_for(ws, self.config.retention))
                 for doubt in ws.gc_doubts:
                     log.warning("%s: gc kept every unreachable commit snapshot: %s", w.path, doubt)

@@ -38,8 +38,10 @@ def is_ours(path: Path) -> bool:
 
 def install(git) -> list[str]:
     """Install the shims; a hook that is already there is kept and chained, never overwritten."""
-    shim = (Path(__file__).with_name("githooks.sh")).read_text()
-    shim = shim.replace("@PYTHON@", sys.executable.replace("'", "'\\''"))
+    from .shipped import shipped  # here: only installing reads hooks/, never the hook path
+
+    source = shipped("hooks")
+    shims = {name: shim_text(source / name) for name in HOOKS}
     directory = hooks_dir(git)
     for name in HOOKS:  # check everything before changing anything
         hook, chained = directory / name, directory / (name + CHAINED)
@@ -54,11 +56,17 @@ def install(git) -> list[str]:
         if os.path.lexists(hook) and not is_ours(hook):
             os.rename(hook, directory / (name + CHAINED))
         tmp = hook.with_name(f".{name}.snapver-tmp")
-        tmp.write_text(shim)
+        tmp.write_text(shims[name])
         tmp.chmod(0o755)
         os.replace(tmp, hook)
         installed.append(name)
     return installed
+
+
+def shim_text(source: Path) -> str:
+    """hooks/<name> of the source tree (or the package) as installed: with the interpreter
+    of this snapver, quoted for the shim's single-quoted assignment."""
+    return source.read_text().replace("@PYTHON@", sys.executable.replace("'", "'\\''"))
 
 
 def uninstall(git) -> list[str]:

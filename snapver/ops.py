@@ -222,10 +222,19 @@ def _gc(ws, a, by):
         raise SnapverError("snapverd runs gc for a user only as --dry-run: it applies retention itself "
                            "(snapver-gc.timer), and removing snapshots is root's or the lake owner's call")
     forget = parse_duration(str(a["forget_unknown"])) if a.get("forget_unknown") else None
+    # Gone working trees' live volumes first (their changes kept as wips, which gc then keeps).
+    pruned = _prune(ws, {"dry_run": dry_run}, by)
     # The project's own [retention], else the built-in default: the same whoever runs it.
     decisions = ws.gc(ws.config.retention or Policy(), dry_run=dry_run, forget_unknown=forget)
     return {"decisions": [{**snapshot_dict(d.snapshot), "keep": d.keep, "reason": d.reason} for d in decisions],
-            "doubts": list(ws.gc_doubts)}
+            "doubts": list(ws.gc_doubts), "pruned": pruned}
+
+
+def _prune(ws, a, by):
+    from . import prune
+
+    return [{"path": p.worktree, "workspace": p.workspace, "volumes": p.volumes, "kept": p.kept}
+            for p in prune.prune(ws, dry_run=bool(a.get("dry_run")))]
 
 
 def _clones(ws, a, by):
@@ -434,6 +443,7 @@ OPS: dict[str, Op] = {
     "registry-refresh": Op(lambda ws, a, by: metrics.refresh(ws, bool(a.get("all")))),
     "clones": Op(_clones),
     "clones-forget": Op(_clones_forget),
+    "prune": Op(_prune),
     # Not served: they run the user's own command (a recipe), which snapverd, as root, must not.
     "build": Op(_build),
     "cascade": Op(_cascade),

@@ -131,7 +131,8 @@ class BtrfsBackend(Backend):
         self._root = Path(root)
         self._retired: list[Path] = []  # swapped-out volumes, deleted after the checkout
         if not self._root.is_dir():
-            raise SnapverError(f"the lake {self._root} does not exist or is not mounted")
+            raise SnapverError(f"the lake {self._root} does not exist or is not mounted "
+                               "(the volume links point into it): mount it again")
         if linux.fs_magic(self._root) != linux.BTRFS_MAGIC:
             fstype = linux.mount_of(self._root).fstype
             raise SnapverError(
@@ -518,7 +519,9 @@ class BtrfsBackend(Backend):
             return
         if os.geteuid() != 0:
             raise SnapverError(
-                f"the lake image {image} is not mounted: run any snapver command once as root to mount it"
+                f"the lake image {image} is not mounted (a reboot?), so the volume links point nowhere: "
+                "`sudo snapver service mount` (or any snapver command as root) mounts it, "
+                "and `sudo snapver service install --enable` at every boot"
             )
         mount_image(image, Path(spec))
 

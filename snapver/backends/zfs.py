@@ -46,7 +46,7 @@ from ..names import check_project, check_volume, check_workspace, is_snapshot_na
 from ..proc import ask, run
 from . import zfsfuse
 from .base import Backend, Footprint, Snapshot, Space
-from .zfspool import check_lake_name, dataset_mounted_at, pool_name, provision_pool
+from .zfspool import _pool_imported, check_lake_name, dataset_mounted_at, pool_name, provision_pool
 from .zfsnode import COPIES, PROBE, RECEIVED, View, ZfsNode, ZSnap
 from .zfssend import ZfsStreams
 
@@ -557,7 +557,14 @@ class ZfsBackend(ZfsStreams, Backend):
 
     @classmethod
     def ensure_mounted(cls, spec: str, image: Path) -> None:
-        provision_pool(image, None, pool_name(image))  # imports the pool if it is not
+        pool = pool_name(image)
+        if os.geteuid() != 0 and not _pool_imported(pool):
+            raise SnapverError(
+                f"the ZFS pool {pool} in {image} is not imported (a reboot?), so the volume links point nowhere: "
+                "`sudo snapver service mount` (or any snapver command as root) imports it, "
+                "and `sudo snapver service install --enable` at every boot"
+            )
+        provision_pool(image, None, pool)  # imports the pool if it is not
 
     @classmethod
     def at_path(cls, path: Path) -> ZfsBackend | None:

@@ -202,4 +202,4 @@ def fail(message: str, code: int) -> None:
 
 
 # The commands, one module per family; importing each registers it on `cli`.
-from . import build, completion, daemon, metrics, registry, snapshots, transfer, ui, upkeep  # noqa: E402,F401
+from . import build, completion, daemon, metrics, registry, service, snapshots, transfer, ui, upkeep  # noqa: E402,F401

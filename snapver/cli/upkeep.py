@@ -41,6 +41,7 @@ def gc(dry_run, forget_unknown, as_json):
         more = f" (and {len(doubts) - 1} more)" if len(doubts) > 1 else ""
         click.echo(f"kept every unreachable commit snapshot: {doubts[0]}{more}; "
                    "see `snapver clones`")
+    print_pruned(result.get("pruned", []), dry_run)
     dropped = [d for d in decisions if not d["keep"]]
     for d in dropped:
         click.echo(f"{'would remove' if dry_run else 'removed'} {d['volume']}@{label(d['name'])}  ({d['reason']})")
@@ -168,3 +169,28 @@ def reindex(as_json):
         click.echo(f"snapver: warning: the damaged catalog is kept as {done['set_aside']}: releases, "
                    "metrics and lineage were only in it (see SECURITY.md, catalog loss); `snapver registry refresh` "
                    "reads the [registry] metric and param files of every snapshot again", err=True)
+
+
+def print_pruned(pruned: list[dict], dry_run: bool) -> None:
+    for p in pruned:
+        kept = f"; its changes kept first as {label(p['kept'][0])}" if p["kept"] else ""
+        click.echo(f"{'would remove' if dry_run else 'removed'} the live {', '.join(p['volumes'])} of "
+                   f"{p['path']} (gone){kept}")
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="List what would be removed, remove nothing.")
+@json_option
+def prune(dry_run, as_json):
+    """Remove the live volumes of working trees that are gone (deleted, or `git worktree
+    remove`d), which would otherwise stay in the lake forever. A change not in a snapshot
+    is kept first as a wip snapshot (`snapver log --all` shows it; gc keeps it for the
+    retention's `kept` age). A clone that was moved counts as gone until it is opened at its
+    new place: run any snapver command there first. gc prunes too.
+    """
+    pruned = run("prune", {"dry_run": dry_run})
+    if as_json:
+        return emit_result(pruned)
+    print_pruned(pruned, dry_run)
+    if not pruned:
+        click.echo("no working tree of this project is gone with its volumes left in the lake")
