@@ -3,7 +3,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # chromium, chromium-driver: tests/test_webui_browser.py looks at `snapver ui` in a real browser.
-SNAPVER_EXTRA_PACKAGES="${SNAPVER_EXTRA_PACKAGES:-} zfs-fuse openssh-server openssh-client chromium chromium-driver" source "$here/scripts/setup.sh"
+# sshfs: tests/test_remote_lake.py mounts a storage server's lake on compute nodes (NFS stands in the VM).
+SNAPVER_EXTRA_PACKAGES="${SNAPVER_EXTRA_PACKAGES:-} zfs-fuse openssh-server openssh-client sshfs chromium chromium-driver" source "$here/scripts/setup.sh"
 cd "$here"
 # A skipped filesystem test is a failed run: conftest.py turns every skip into an error.
 export SNAPVER_REQUIRE_ALL=1

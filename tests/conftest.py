@@ -5,7 +5,7 @@ import os
 import pytest
 
 pytest_plugins = ["tests.fixtures.btrfs", "tests.fixtures.zfs", "tests.fixtures.git", "tests.fixtures.daemon",
-                  "tests.fixtures.backend"]
+                  "tests.fixtures.backend", "tests.fixtures.netns"]
 
 # The kernel-ZFS tests run where OpenZFS is loaded: the VM of vagrant/run-vm-tests sets
 # SNAPVER_VM=1, a host with the module has /dev/zfs. Elsewhere they are not collected

@@ -23,7 +23,10 @@ from . import cli, emit_json, when, cell, label, daemon_view, run, warn
 @click.option("--lake", metavar="DIR|DATASET",
               help="Use this directory on Btrfs (or this ZFS dataset, with --backend zfs) as the lake.")
 @click.option("--backend", type=click.Choice(["btrfs", "zfs"]), help="Filesystem of the lake.")
-def init(volumes, image, pool_image, size, lake, backend):
+@click.option("--mount", type=click.Path(file_okay=False), metavar="DIR",
+              help="With --lake ssh://HOST/LAKE: where this node mounts the server's lake (NFS, sshfs).")
+@click.option("--name", metavar="NAME", help="With --mount: this working tree's name on the server.")
+def init(volumes, image, pool_image, size, lake, backend, mount, name):
     """Set up the lake for this Git working tree.
 
     Creates the volumes, links them at <repo>/<volume>, keeps them out of Git
@@ -35,7 +38,8 @@ def init(volumes, image, pool_image, size, lake, backend):
             raise SnapverError("--pool-image makes a ZFS pool: it goes with neither --image nor --backend btrfs")
         image, backend = pool_image, "zfs"
     made = run("init", {"volumes": list(volumes), "backend": backend, "lake": lake,
-                        "image": str(image) if image else None, "size": parse_size(size) if size else None})
+                        "image": str(image) if image else None, "size": parse_size(size) if size else None,
+                        **({"mount": mount, "name": name} if mount or name else {})})
     click.echo(f"lake {made['lake']} ({made['backend']}), project {made['project']}")
     if made["joined"]:
         click.echo(made["joined"])
