@@ -9,6 +9,7 @@ the server over ssh, and the node reads the result through its mount."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -85,14 +86,18 @@ def test_two_nodes_commit_and_check_out_at_once_through_the_server(storage_lab, 
     def work(node, where: Path, text: str) -> None:
         try:
             (where / "data" / "a.txt").write_text(text)
+            (where / "data" / f"only-{text}").write_text(text)
             mine, _ = commit(node, where, text)
             for _ in range(2):
                 node.run(["git", "checkout", "-q", v1], cwd=where)
-                # Read right after the command returned: the mount shows the server's swap.
-                if (where / "data" / "a.txt").read_text() != "v1":
+                # Read right after the command returned: the mount shows the server's swap
+                # (names, attributes and contents: no cache of the mount's may lag behind).
+                if (where / "data" / "a.txt").read_text() != "v1" or \
+                        sorted(os.listdir(where / "data")) != ["a.txt"]:
                     failures.append(f"{text}: not v1 after checking out v1")
                 node.run(["git", "checkout", "-q", "main"], cwd=where)
-                if (where / "data" / "a.txt").read_text() != text:
+                if (where / "data" / "a.txt").read_text() != text or \
+                        sorted(os.listdir(where / "data")) != ["a.txt", f"only-{text}"]:
                     failures.append(f"{text}: not its own commit's data after checking out main")
             log = json.loads(node.run([*SNAPVER, "log", "--json"], cwd=where).stdout)
             if not any(e["name"] == mine and e["volume"] == "data" for e in log):
