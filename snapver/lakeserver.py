@@ -112,8 +112,10 @@ def handle(shadow: Path, project: str, op: str, ask: dict, pack: bytes, tell, do
             _catch_up(ws, ask.get("pending") or [], op, tell)
             done["caught_up"] = True
             result = perform(ws, op, args, tell=tell)
+        # The refs here are the node's now: what it may leave out of the next pack.
         return {"result": result, "root": str(ws.backend.root), "lake_at": ws.lake_at(),
-                "tips": sorted(tips(shadow))}
+                "tips": sorted(set((ask.get("refs") or {}).values()) | ({ask["head"]} if names.SHA.fullmatch(
+                    str(ask.get("head"))) else set()))}
     finally:
         journal.announce = before
 
@@ -188,11 +190,6 @@ def _git(where: Path, *args: str, data: bytes | None = None) -> str:
         why = done.stderr.decode("utf-8", "replace").strip().splitlines()
         raise SnapverError(f"git {args[0]} on the server failed: {why[-1] if why else done.returncode}")
     return done.stdout.decode()
-
-
-def tips(shadow: Path) -> set[str]:
-    out = _git(shadow, "for-each-ref", "--format=%(objectname)")
-    return set(out.split())
 
 
 def sync_git(shadow: Path, refs: dict, head: str, pack: bytes) -> None:
