@@ -143,7 +143,7 @@ def requested(original: str | None) -> list[str]:
     rest = words[2:]
     if rest[0] == "--workspace" and len(rest) == 2:
         return rest
-    if rest[0] == "session" and len(rest) == 4:
+    if rest[0] == "session" and len(rest) == 3:
         return rest
     raise SnapverError("this key runs `snapver serve --workspace PROJECT/NAME` or `snapver serve session ...` only")
 
