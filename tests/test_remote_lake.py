@@ -119,6 +119,9 @@ def test_two_nodes_commit_and_check_out_at_once_through_the_server(storage_lab, 
     with pytest.raises(OSError):
         (view / "a.txt").write_text("changed")
     assert (view / "a.txt").read_text() == "v1"
+    # A file put back from a snapshot, by the server, into the live volume the node sees.
+    n1.run([*SNAPVER, "restore", v1, "data/a.txt"], cwd=w1)
+    assert (w1 / "data" / "a.txt").read_text() == "v1"
 
 
 def test_a_nodes_key_reaches_its_projects_only_and_runs_no_shell(storage_lab, lake, origin, tmp_path):
