@@ -7,10 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import endpoint, tomlcheck
+from . import endpoint, serveaccess, tomlcheck
 from .config import retention_policy
 from .errors import SnapverError
 from .retention import Policy, parse_duration
+from .serveaccess import Serving
 from .tomlcheck import Invalid, known, short
 
 DEFAULT_CONFIG = endpoint.CONFIG  # SNAPVER_CONFIG, else /etc/snapver/snapverd.toml
@@ -35,6 +36,8 @@ class DaemonConfig:
     allow_groups: frozenset[str] = frozenset()
     retention: Policy = field(default_factory=Policy)
     workspaces: list[WatchedWorkspace] = field(default_factory=list)
+    # [serve] and [[clients]]: compute nodes over ssh (`snapver serve --restrict`, serveaccess.py)
+    serving: Serving = field(default_factory=Serving)
 
     @classmethod
     def load(cls, path: Path) -> DaemonConfig:
@@ -86,6 +89,7 @@ class DaemonConfig:
             allow_groups=_names(doc, "allow_groups"),
             retention=policy,
             workspaces=workspaces,
+            serving=serveaccess.from_doc(doc),
             **seconds,
         )
 
@@ -108,7 +112,7 @@ def check_projects(config: DaemonConfig) -> None:
 
 
 _TOP_KEYS = ("socket", "debounce", "max_delay", "poll_interval", "gc_interval", "inotify_budget",
-             "allow_users", "allow_groups", "retention", "workspace")
+             "allow_users", "allow_groups", "retention", "workspace", "serve", "clients")
 _WORKSPACE_KEYS = ("path", "allow_users", "allow_groups")
 
 

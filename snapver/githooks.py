@@ -167,9 +167,11 @@ def _user_error(e: Exception) -> SnapverError | None:
 def _has_state() -> bool:
     # As in the shim: Git runs us at the top of the working tree, where a .git folder is the
     # Git directory unless GIT_DIR says otherwise; asking Git would start one more process.
+    # A node whose lake is on a storage server has remote-lake.json instead (remotelake.py).
     if "GIT_DIR" not in os.environ and os.path.isdir(".git"):
-        return LocalState.exists(Path(".git"))
-    return LocalState.exists(GitRepo.find(".").git_dir)
+        return LocalState.exists(Path(".git")) or os.path.exists(".git/snapver/remote-lake.json")
+    git_dir = GitRepo.find(".").git_dir
+    return LocalState.exists(git_dir) or (git_dir / "snapver" / "remote-lake.json").exists()
 
 
 def call(op: str, args: dict | None, tell):

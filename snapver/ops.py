@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 
 # The features plug themselves into the core's seams when imported (seams.py): every
 # entry point routes through here, so they are in place before a workspace is opened.
-from . import build, cascade, client, doctor, endpoint, journal, metrics, recipes, registry, releases, rewrite  # noqa: F401  (plugged in)
+from . import build, cascade, client, doctor, endpoint, journal, metrics, recipes, registry, releases, remotelake, rewrite  # noqa: F401  (plugged in)
 from .errors import NotFound, SnapverError
 from .gitrepo import GitRepo
 
@@ -190,6 +190,9 @@ def _path(ws, a, by):
 def _init(where, a, by):
     from .hookfiles import install
     from .lake import Workspace
+
+    if str(a.get("lake") or "").startswith("ssh://") or a.get("mount"):
+        return remotelake.init(where, a, by.tell)  # a lake on a storage server, seen through a mount
 
     ws = Workspace.init(where, list(a.get("volumes") or []), a.get("backend"), a.get("lake"),
                         Path(a["image"]) if a.get("image") else None, a.get("size"), a.get("project"))
@@ -396,7 +399,16 @@ def _clone(where, a, by):
 def _serve(where, a, by):
     from . import peer
 
-    peer.serve([str(x) for x in a.get("args", [])])
+    args = [str(x) for x in a.get("args", [])]
+    if args[:1] == ["--restrict"]:  # a compute node's key: authorized_keys' forced command
+        from . import lakeserver
+
+        return lakeserver.restricted(args[1:], perform)
+    if "--workspace" in args[:3]:  # a compute node's operation on its workspace here
+        from . import lakeserver
+
+        return lakeserver.main(args, perform)
+    peer.serve(args)
 
 
 OPS: dict[str, Op] = {
@@ -488,6 +500,12 @@ def call(op: str, args: dict | None = None, path: Path | str = ".", tell=None, p
     entry = OPS.get(op)
     if entry is None:
         raise SnapverError(f"unknown operation {op!r}")
+    # The one seam between a lake here and a lake on a storage server (remotelake.py): a
+    # working tree attached to one sends its workspace's operations there, one ssh round
+    # trip each; what acts on Git alone, or on no workspace yet, runs here as always.
+    remote = remotelake.attached(path) if entry.on == WORKSPACE else None
+    if remote is not None:
+        return remote.call(op, args, tell)
     if entry.served and os.geteuid() != 0 and os.environ.get("SNAPVER_DIRECT") != "1" and endpoint.SOCKET.exists():
         toplevel = GitRepo.find(path).toplevel
         try:

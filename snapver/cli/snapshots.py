@@ -25,8 +25,11 @@ from . import cli, emit_json, emit_result, human, json_option, when, cell, label
               help="Use this directory on Btrfs (or this ZFS dataset, with --backend zfs) as the lake.")
 @click.option("--backend", type=click.Choice(["btrfs", "zfs"]), help="Filesystem of the lake.")
 @click.option("--project", metavar="ID", help="The new project's ID (default: from the folder's name).")
+@click.option("--mount", type=click.Path(file_okay=False), metavar="DIR",
+              help="With --lake ssh://HOST/LAKE: where this node mounts the server's lake (NFS, sshfs).")
+@click.option("--name", metavar="NAME", help="With --mount: this working tree's name on the server.")
 @json_option
-def init(volumes, image, pool_image, size, lake, backend, project, as_json):
+def init(volumes, image, pool_image, size, lake, backend, project, mount, name, as_json):
     """Set up the lake for this Git working tree.
 
     Creates the volumes, links them at <repo>/<volume>, keeps them out of Git
@@ -38,7 +41,8 @@ def init(volumes, image, pool_image, size, lake, backend, project, as_json):
             raise SnapverError("--pool-image makes a ZFS pool: it goes with neither --image nor --backend btrfs")
         image, backend = pool_image, "zfs"
     made = run("init", {"volumes": list(volumes), "backend": backend, "lake": lake, "project": project,
-                        "image": str(image) if image else None, "size": parse_size(size) if size else None})
+                        "image": str(image) if image else None, "size": parse_size(size) if size else None,
+                        **({"mount": mount, "name": name} if mount or name else {})})
     if as_json:
         return emit_result(made)
     click.echo(f"lake {made['lake']} ({made['backend']}), project {made['project']}")
