@@ -232,6 +232,60 @@ def chart_points(ws) -> dict[str, list[dict]]:
     return dict(sorted(out.items()))
 
 
+def run_history(ws, commit: str) -> dict[str, list[dict]]:
+    """The per-step history of the run(s) on one line of work (commit: the commit the run
+    started from, HEAD when its points were taken): {metric: [{run, step, value, time,
+    snapshot}]}, by run and step. The one place the Run page reads, to switch source in one step:
+
+    - the catalog's `metric_history` table where it has one (the metrics branch adds it:
+      steps logged by snapver.log_metrics / snapver.snapshot(step=N), kept when gc thins wips);
+    - else what the catalog has today: the metrics recorded with the wip snapshots of that
+      line of work (`<commit>.<time>`: the daemon's points, snapver.snapshot(metrics=...)),
+      one run, one step per wip in time order (as that table's migration will carry them over)."""
+    if not names.SHA.fullmatch(commit):
+        raise NotFound(f"{commit!r} is not a commit ID")
+    conn = ws.catalog.conn
+    has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'metric_history'").fetchone()
+    out: dict[str, list[dict]] = {}
+    if has_table:
+        rows = conn.execute("SELECT run, step, key, num, logged, snapshot FROM metric_history WHERE project = ? "
+                            "AND commit_sha = ? AND num IS NOT NULL ORDER BY run, step", [ws.project, commit])
+        for run, step, key, num, logged, snap in rows:
+            out.setdefault(key, []).append({"run": run, "step": step, "value": num, "time": logged,
+                                            "snapshot": label(snap) if snap else ""})
+        if out:
+            return dict(sorted(out.items()))
+    rows = conn.execute("SELECT snapshot, key, num FROM registry_values WHERE project = ? AND kind = 'metric' "
+                        "AND num IS NOT NULL AND snapshot LIKE ? ORDER BY snapshot", [ws.project, commit + ".%"])
+    steps: dict[str, int] = {}
+    for snap, key, num in rows:
+        parsed = names.parse_snapshot_name(snap)
+        if not parsed or parsed[0] != commit or parsed[2] is None:
+            continue
+        step = steps.setdefault(snap, len(steps))  # the names sort by their time
+        out.setdefault(key, []).append({"run": "wips", "step": step, "value": num,
+                                        "time": parsed[2].isoformat(), "snapshot": label(snap)})
+    return dict(sorted(out.items()))
+
+
+def runs(ws) -> list[dict]:
+    """The lines of work with a per-step history of two steps or more: [{commit, label, steps,
+    subject}], newest first (for the Charts page's list of runs)."""
+    conn = ws.catalog.conn
+    found: dict[str, int] = {}
+    for (snap,) in conn.execute("SELECT DISTINCT snapshot FROM registry_values WHERE project = ? "
+                                "AND kind = 'metric' AND length(snapshot) > 40", [ws.project]):
+        found[snap[:40]] = found.get(snap[:40], 0) + 1
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'metric_history'").fetchone():
+        for sha, n in conn.execute("SELECT commit_sha, COUNT(DISTINCT run || ':' || step) FROM metric_history "
+                                   "WHERE project = ? GROUP BY commit_sha", [ws.project]):
+            found[sha] = max(found.get(sha, 0), n)
+    commits = ws.catalog.commits(ws.project)
+    out = [{"commit": sha, "label": label(sha), "steps": n, "subject": (commits.get(sha) or {}).get("subject") or "",
+            "time": (commits.get(sha) or {}).get("time") or ""} for sha, n in found.items() if n >= 2]
+    return sorted(out, key=lambda r: r["time"], reverse=True)
+
+
 def lineage_svg(ws, link) -> str:
     """The graph of volumes and the volumes derived from them, drawn by graphviz `dot`: each
     edge labelled with the snapshot it came from, each derived node a link to that version
@@ -277,7 +331,7 @@ def space(ws, page: int, per: int, total: bool) -> dict:
     shown, pager = page_of(list(by_name.items()), page, per)
     parents = {e.volume: e for e in edges(ws)}
     rows = []
-    if pager["page"] == 1:
+    if pager["page"] == 1 and ws.id is not None:  # a lake's project (--lake) has no live volumes
         for vol in ws.volumes:
             if ws.backend.volume_exists(ws.project, ws.id, vol):
                 rows.append(_space_row(vol, None, ws.backend.live_space(ws.project, ws.id, vol)))
