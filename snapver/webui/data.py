@@ -1,7 +1,9 @@
 """What the pages show, read from the lake through the library (lake, registry, derive, scan):
 plain dicts and lists, no HTML. Each page reads only what it draws: the catalog and the
-snapshot listing (O(versions)), never a walk of a snapshot's files, except compare's diff
-and du's space, which are O(files) as `snapver compare` and `snapver du` are."""
+snapshot listing (O(versions)), never a walk of a snapshot's files: compare's diff and the
+space figures come from the filesystem's change tracking (send streams on Btrfs, properties
+on ZFS), O(changes), as `snapver compare` and `snapver du` do. Space on Btrfs walks once: the
+first snapshot of a volume it is asked about, when no sibling's bytes are known yet."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from ..derive import edges
 from ..errors import NotFound, SnapverError
 
 PER_PAGE = 50
-SPACE_PER_PAGE = 10  # each version's space walks its snapshots on Btrfs
+SPACE_PER_PAGE = 10  # each version's space is a send stream (Btrfs) or a property read (ZFS)
 FILES_PER_PAGE = 200
 
 
@@ -322,9 +324,9 @@ def lineage_svg(ws, link) -> str:
 
 def space(ws, page: int, per: int, total: bool) -> dict:
     """`snapver du`, a page of versions at a time (newest first): referenced, exclusive and
-    shared bytes of each of their snapshots, the live volumes on the first page. Each
-    snapshot's figure walks it on Btrfs (O(its files)), so only a page's are computed; the
-    whole lake's footprint (a walk of every snapshot) only when asked (total)."""
+    shared bytes of each of their snapshots, the live volumes on the first page. Only a page's
+    are computed (each O(changes) on Btrfs: the send stream to a sibling); the whole lake's
+    footprint (a walk of every snapshot on Btrfs) only when asked (total)."""
     by_name: dict[str, list[str]] = {}
     for entry in catalog_log(ws, include_wip=True):
         by_name.setdefault(entry.name, []).append(entry.volume)
