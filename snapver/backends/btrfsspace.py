@@ -135,7 +135,11 @@ def live_space(root: Path, project_dir: Path, live: Path, snapshots: Path, du, i
     """A live volume's Space: its twin snapshot's bytes, none of its own, where it was not
     written since it was cloned from one or snapshotted as one; else walked."""
     me = info(live)
-    for path in sorted(snapshots.glob("*")):
+    # Only the snapshots that can be its twin are asked (the index has every sibling's uuid and
+    # creating transaction): its origin, or one taken since it was last written.
+    index = siblings(_Store(root), snapshots, info)
+    for name in sorted(n for n, v in index.items() if v[0] == me.parent_uuid or v[1] >= me.generation):
+        path = snapshots / name
         try:
             s = info(path)
         except (OSError, SnapverError):
@@ -143,7 +147,8 @@ def live_space(root: Path, project_dir: Path, live: Path, snapshots: Path, du, i
         cloned_unwritten = me.parent_uuid == s.uuid and me.generation <= me.otransid
         snapshotted_since = s.parent_uuid == me.uuid and s.otransid >= me.generation
         if cloned_unwritten or snapshotted_since:
-            twin = snapshot_space(root, project_dir, path, f"snapshot {path.name}", du, info)
+            twin = (delta_space(root, path, du, info)
+                    or snapshot_space(root, project_dir, path, f"snapshot {path.name}", du, info))
             return Space(referenced=twin.referenced, exclusive=0)
     # Its own generation is in the key: remembered until it is written again.
     return snapshot_space(root, project_dir, live, f"live volume {live.name}", du, info)
