@@ -215,6 +215,9 @@ class _Store:
             tmp.unlink(missing_ok=True)
 
 
+_SEEN: dict[Path, tuple[int, dict]] = {}  # folder -> (its mtime, its index), in this process
+
+
 def _index_key(folder: Path) -> str:
     return f"index-{folder.parent.parent.name}-{folder.name}"
 
@@ -223,6 +226,13 @@ def siblings(store: _Store, folder: Path, info) -> dict[str, list]:
     """{name: [uuid, otransid(, referenced bytes once known)]} of the read-only snapshots in a
     volume's folder: the names from one listing, an ioctl only for names not seen before."""
     key = _index_key(folder)
+    try:
+        mtime = os.stat(folder).st_mtime_ns
+    except OSError:
+        return {}
+    seen = _SEEN.get(folder)
+    if seen is not None and seen[0] == mtime:
+        return seen[1]  # no snapshot came or went since (a long-lived reader: snapver ui)
     doc = store.read(key)
     try:
         present = set(os.listdir(folder))
@@ -242,6 +252,7 @@ def siblings(store: _Store, folder: Path, info) -> dict[str, list]:
             changed = True
     if changed:
         store.write(key, doc)
+    _SEEN[folder] = (mtime, doc)
     return doc
 
 
@@ -322,9 +333,9 @@ def delta_space(root: Path, path: Path, du, info) -> Space | None:
     uuid, mine = index[path.name][:2]
     by_uuid = {v[0]: name for name, v in index.items()}
     entry = store.read(uuid)
-    old_ref = SpaceCache(root).referenced(uuid)  # walked before this cache existed
-    if "ref" not in entry and old_ref is not None:
-        entry["ref"] = old_ref
+    kept = dict(entry)
+    if "ref" not in entry and (old_ref := SpaceCache(root).referenced(uuid)) is not None:
+        entry["ref"] = old_ref  # walked before this cache existed
     if entry.get("base") not in by_uuid or entry.get("base") == uuid:
         # The nearest sibling whose referenced bytes are known, else the nearest one.
         others = [(name, v[0], v[1]) for name, v in index.items() if v[0] != uuid]
@@ -359,7 +370,7 @@ def delta_space(root: Path, path: Path, du, info) -> Space | None:
         else:
             entry["ref"] = base_ref + file_totals(path, entry["new"])[0] - file_totals(base_path, entry["old"])[0]
     exclusive = file_totals(path, entry["new"])[1] if entry["new"] else 0
-    if entry != store.read(uuid):
+    if entry != kept:
         store.write(uuid, entry)
     if len(index[path.name]) == 2:  # its referenced bytes, known from now on to its siblings
         index[path.name].append(int(entry["ref"]))
