@@ -39,6 +39,7 @@ def metric_spec(metric: str, points: list[dict]) -> dict:
 def step_spec(metric: str, points: list[dict]) -> dict:
     """A metric over the steps of a run: x = step, one line per run, each point's tooltip
     naming its step, time and the wip snapshot it came with (if any)."""
+    steps = sorted({p["step"] for p in points})
     return {
         "$schema": SCHEMA,
         "title": metric,
@@ -47,7 +48,9 @@ def step_spec(metric: str, points: list[dict]) -> dict:
         "data": {"name": "points", "values": points},
         "mark": {"type": "line", "point": {"size": 50, "filled": True}, "tooltip": True},
         "encoding": {
-            "x": {"field": "step", "type": "quantitative", "title": "step", "axis": {"tickMinStep": 1}},
+            # A tick per step where there are few (none between them); the default ticks else.
+            "x": {"field": "step", "type": "quantitative", "title": "step",
+                  "axis": {"values": steps, "format": "d"} if len(steps) <= 20 else {}},
             "y": {"field": "value", "type": "quantitative", "title": metric, "scale": {"zero": False}},
             "color": {"field": "run", "type": "nominal", "title": "run"},
             "tooltip": [{"field": "run"}, {"field": "step", "type": "quantitative"},
