@@ -3,12 +3,15 @@
 
 The issue's bar: a lake of 10,000 versions and a snapshot of many files, each page in under
 1 s. One sparse Btrfs image; a repository with `snapver init`; a flat folder of --files small
-files in models/; one real commit (hooks); then --versions read-only Btrfs snapshots of models
+files in models/; one real commit (hooks); then --versions read-only Btrfs snapshots of models (--changes files
+rewritten before each)
 named as commits, with a catalog row and two metrics and a param each (what the hooks would
 record, without a Git commit per version: they differ only in the subject shown). Each page
 is then asked --repeat times through the WSGI app in-process (Flask's test client: the
-server's own time, no browser) and the median and p90 are reported. Compare diffs two
-snapshots and so is O(files), as `snapver compare`; Space computes one page of versions.
+server's own time, no browser) and the first (cold), median and p90 are reported. Compare
+diffs two snapshots from their send stream (O(changes), as `snapver compare`); Space measures
+one page of versions from the send streams between neighbours (O(changes)): its first request
+walks one snapshot (no sibling's bytes are known yet), the others read what was kept.
 
 Needs root (mkfs, loop mount). The image is always unmounted and deleted.
 
@@ -32,7 +35,7 @@ from snapver.lake import Workspace  # noqa: E402
 from snapver.webui import create_app  # noqa: E402
 
 
-def build(repo: Path, lake: Path, versions: int, files: int) -> list[str]:
+def build(repo: Path, lake: Path, versions: int, files: int, changes: int) -> list[str]:
     run(["git", "init", "-q", "-b", "main", str(repo)])
     (repo / "README").write_text("bench\n")
     run(["git", "add", "README"], cwd=repo)
@@ -51,6 +54,8 @@ def build(repo: Path, lake: Path, versions: int, files: int) -> list[str]:
     ws = Workspace.open(repo)
     names = []
     for i in range(versions):
+        for j in range(min(changes, files)):  # what a training step rewrites: the same few files
+            (shards / f"part-{j:07d}.bin").write_bytes(os.urandom(64))
         name = hashlib.sha1(f"version {i}".encode()).hexdigest()
         snaps = ws.backend.snapshot(ws.project, ws.id, ["models"], name)
         ws.catalog.record_snapshots(snaps, ws.id, f"version {i}")
@@ -67,6 +72,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--versions", type=int, default=10_000)
     ap.add_argument("--files", type=int, default=100_000)
+    ap.add_argument("--changes", type=int, default=10, help="files rewritten before each version")
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/snapver-bench"))
     args = ap.parse_args()
@@ -74,7 +80,7 @@ def main() -> int:
         return 1
     with run_dir(args.workdir) as wd, btrfs_image(wd, 16 << 30, "ui") as mnt:
         repo = wd / "repo"
-        names = build(repo, mnt / "lake", args.versions, args.files)
+        names = build(repo, mnt / "lake", args.versions, args.files, args.changes)
         newest, older = names[-1], names[len(names) // 2]
         pages = {
             "versions, page 1": "/",
@@ -88,7 +94,8 @@ def main() -> int:
             f"files: folder of {args.files}, page 1": f"/files/{newest}/models/shards/",
             f"files: folder of {args.files}, last page": f"/files/{newest}/models/shards/?page=100000",
             "files: download one": f"/files/{newest}/models/metrics.json",
-            "compare two (diff: O(files))": f"/compare?v={older}&v={newest}",
+            "compare two (send-stream diff)": f"/compare?v={older}&v={newest}",
+            "run history (per-step chart)": f"/run/{newest}",
         }
         client = create_app(repo).test_client()
         samples: dict[str, list[float]] = {}
@@ -103,10 +110,11 @@ def main() -> int:
     lines = [f"# snapver ui: page times on {args.versions} versions, a folder of {args.files} files", "",
              machine_line(m), "", f"{datetime.now(timezone.utc):%Y-%m-%d}, {args.repeat} requests per page, "
              "server time (WSGI in-process), ms", "",
-             "| page | median | p10 | p90 | bytes |", "| --- | ---: | ---: | ---: | ---: |"]
+             "| page | first | median | p10 | p90 | bytes |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for label, values in samples.items():
         s = summary(values)
-        lines.append(f"| {label} | {s['median']:.0f} | {s['p10']:.0f} | {s['p90']:.0f} | {sizes[label]:,} |")
+        lines.append(f"| {label} | {values[0]:.0f} | {s['median']:.0f} | {s['p10']:.0f} | {s['p90']:.0f} | "
+                     f"{sizes[label]:,} |")
     write_results("ui_pages", "\n".join(lines) + "\n",
                   {"machine": m, "args": {k: str(v) for k, v in vars(args).items()},
                    "samples_ms": samples, "bytes": sizes})

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -268,3 +269,94 @@ def test_generations_put_children_after_parents():
                "m": {"parents": "c x"}, "x": {"parents": "a"}}
     gen = data.generations(commits)
     assert gen == {"a": 0, "b": 1, "x": 1, "c": 2, "m": 3}
+
+
+def test_lake_view_shows_every_project(made, lake, tmp_path):
+    """`snapver ui --lake`: no working tree; a picker of the lake's projects at /, each project's
+    pages under /p/<project>/ with links that stay there, versions named by snapshot name."""
+    from tests.fixtures.git import commit, git, write
+
+    other = tmp_path / "other"
+    other.mkdir()
+    git(other, "init", "-q", "-b", "main")
+    snapver(other, "init", *lake.init_args, "--volume", "data")
+    write(other / "data" / "x.csv", "1\n")
+    o1 = commit(other, "other v1", "snapver.toml")
+    mine, theirs = (tomllib.loads((r / "snapver.toml").read_text())["project"]["id"] for r in (made.repo, other))
+    before = lake_listing(made.repo)
+    elsewhere = tmp_path / "nowhere"
+    elsewhere.mkdir()
+    v1, v2, v3 = made.versions
+    with Server(elsewhere, "--lake", lake.spec) as s:
+        base = s.base
+        code, page, _ = get(base + "/")
+        assert code == 200 and 'id="projects"' in page
+        assert f'href="/p/{mine}/"' in page and f'href="/p/{theirs}/"' in page
+        mine_row = page.split(f'data-project="{mine}"')[1].split("</tr>")[0]
+        assert "data, models, logs, finetune" in mine_row
+        # One project's pages, its links kept in it.
+        code, page, _ = get(f"{base}/p/{mine}/")
+        assert code == 200
+        assert re.findall(r'data-name="([0-9a-f]{40})"', page)[:3] == [v3, v2, v1]
+        assert f'href="/p/{mine}/v/{v3}"' in page and f'href="/p/{mine}/charts"' in page
+        assert 'id="projects-link"' in page and o1 not in page
+        code, page, _ = get(f"{base}/p/{mine}/v/{v2}")
+        assert code == 200 and "train v2" in page and f'href="/p/{mine}/files/{v2}/models/"' in page
+        code, page, _ = get(f"{base}/p/{mine}/compare?v={v1}&v={v3}")
+        assert code == 200 and "(+0.22)" in page.split('data-key="accuracy"')[1].split("</tr>")[0]
+        code, page, _ = get(f"{base}/p/{mine}/charts")
+        charts = {sp["title"]: sp for sp in specs(page).values()}
+        assert code == 200 and [p["value"] for p in charts["accuracy"]["data"]["values"]] == list(ACCURACY)
+        code, page, _ = get(f"{base}/p/{mine}/lineage")
+        assert code == 200 and f'xlink:href="/p/{mine}/v/{made.derived_from}"' in page
+        code, page, _ = get(f"{base}/p/{mine}/releases")
+        assert code == 200 and f'href="/p/{mine}/v/{v3}"' in page.split('data-release="prod"')[1]
+        code, page, _ = get(f"{base}/p/{mine}/space")
+        bars = next(iter(specs(page).values()))["data"]["values"]
+        assert code == 200 and v3[:10] in {b["version"] for b in bars} and "live" not in {b["version"] for b in bars}
+        code, body, _ = get(f"{base}/p/{mine}/files/{v3}/models/metrics.json")
+        assert code == 200 and json.loads(body) == {"accuracy": 0.93}
+        assert raw(s.port, "GET", f"/p/{mine}/files/{v3}/data/escape/passwd")[0] == 403
+        # The other project: its own version only.
+        code, page, _ = get(f"{base}/p/{theirs}/")
+        assert code == 200 and re.findall(r'data-name="([0-9a-f]{40})"', page) == [o1]
+        assert get(f"{base}/p/{theirs}/files/{o1}/data/x.csv")[1] == "1\n"
+        assert get(f"{base}/p/{theirs}/v/{v3}")[0] == 404  # another project's version
+        # release:NAME works without Git, a branch name does not; nor a project not there.
+        assert get(f"{base}/p/{mine}/v/release:prod")[0] == 200
+        code, page, _ = get(f"{base}/p/{mine}/compare?v={v1}&v=main")
+        assert code == 400 and "snapshot name" in page
+        assert get(f"{base}/p/nosuch/")[0] == 404
+        assert get(f"{base}/p/..%2f..%2fetc/")[0] == 404
+        assert get(f"{base}/charts")[0] == 404  # which project?
+        assert raw(s.port, "POST", f"/p/{mine}/")[0] == 405
+    assert lake_listing(made.repo) == before
+    err = snapver(elsewhere, "ui", "--lake", str(tmp_path / "nosuchdir"), ok=False).err
+    assert err.startswith("snapver: ") and len(err.strip().splitlines()) == 1
+
+
+def test_run_history_is_its_own_chart(made, lake):
+    """The per-step history of a run (the metrics of the wip points taken on a commit) on its
+    own page, one point per step; linked from its version and from Charts."""
+    from tests.webui_lake import LOSS_STEPS, log_steps
+
+    v3 = made.versions[2]
+    wips = log_steps(made.repo)
+    assert [w[:40] for w in wips] == [v3] * 3
+    with Server(made.repo) as s:
+        code, page, _ = get(f"{s.base}/run/{v3}")
+        assert code == 200
+        spec = {sp["title"]: sp for sp in specs(page).values()}["loss"]
+        points = spec["data"]["values"]
+        assert [(p["step"], p["value"]) for p in points] == list(enumerate(LOSS_STEPS))
+        assert [p["snapshot"] for p in points] == [data.label(w) for w in wips]
+        assert spec["encoding"]["x"]["field"] == "step"
+        assert "accuracy" not in {sp["title"] for sp in specs(page).values()}  # the commits' metric, not a step's
+        code, page, _ = get(f"{s.base}/v/{v3}")
+        assert code == 200 and f'href="/run/{v3}"' in page
+        assert 'id="run-link"' not in get(f"{s.base}/v/{made.versions[0]}")[1]
+        code, page, _ = get(f"{s.base}/charts")
+        assert code == 200 and f'href="/run/{v3}"' in page.split('id="runs"')[1]
+        code, page, _ = get(f"{s.base}/run/{made.versions[0]}")
+        assert code == 200 and "No per-step metrics" in page
+        assert get(f"{s.base}/run/nothex")[0] == 404

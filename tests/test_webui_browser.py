@@ -1,6 +1,6 @@
 """`snapver ui` in a real browser: Debian's headless Chromium driven by Selenium (chromium and
 chromium-driver from apt, no browser download) opens each page of a lake made by the test
-(3 commits with metrics, a derived volume, a release moved twice), checks what a person would
+(3 commits with metrics, a derived volume, a release moved twice, a run's steps), checks what a person would
 see, and saves a screenshot of each page in $SNAPVER_ARTIFACTS (default tests/artifacts/ui)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from tests.fixtures.git import snapver
-from tests.webui_lake import Server, made, wait_for  # noqa: F401 (a fixture)
+from tests.webui_lake import Server, log_steps, made, wait_for  # noqa: F401 (a fixture)
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARTIFACTS = Path(os.environ.get("SNAPVER_ARTIFACTS") or Path(__file__).parent / "artifacts" / "ui")
@@ -113,6 +113,16 @@ def test_what_a_person_sees(made, lake, browser, tmp_path):
         listing = d.find_element(By.ID, "files").text
         assert "metrics.json" in listing and "model.txt" in listing
         shot(d, f"files-{tag}")
+
+        # A run's per-step history, its own chart: three steps logged on v3, three points,
+        # reached from the version's page.
+        log_steps(made.repo)
+        d.get(f"{s.base}/v/{v3}")
+        d.find_element(By.ID, "run-link").click()
+        wait_for(lambda: d.current_url.endswith(f"/run/{v3}"), what="the run page")
+        charts_drawn(d)
+        assert chart_points(d, "loss") == (3, 3)
+        shot(d, f"run-{tag}")
 
     # snapver plots: the static page draws the same chart from a file, offline.
     out = tmp_path / "plots"

@@ -110,3 +110,17 @@ def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+LOSS_STEPS = (0.9, 0.5, 0.3)
+
+
+def log_steps(repo: Path) -> list[str]:
+    """Three wip snapshots on HEAD with a loss each, through the Python API (as training code
+    records its steps): the per-step history of the run on HEAD. Their names, oldest first."""
+    code = ("import json, sys, snapver\n"
+            "print(json.dumps([snapver.snapshot(metrics={'loss': float(x)})['models'] for x in sys.argv[1:]]))\n")
+    done = subprocess.run([sys.executable, "-c", code, *map(str, LOSS_STEPS)], cwd=repo, env=env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)

@@ -345,6 +345,11 @@ class BtrfsBackend(Backend):
         from . import btrfsspace  # here: not on the hook's path
 
         self._reap_settled(snap.project)
+        # From the send stream to a sibling snapshot, O(changes); the walk (once, remembered)
+        # for a volume's only snapshot or where send cannot run.
+        found = btrfsspace.delta_space(self._root, snap.path, _du, subvol_info)
+        if found is not None:
+            return found
         return btrfsspace.snapshot_space(self._root, self._root / snap.project, snap.path,
                                          f"{snap.volume}@{snap.name}", _du, subvol_info)
 

@@ -19,16 +19,24 @@ from . import cli
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; anything but loopback requires the token printed at start.")
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in a web browser.")
-def ui(port, host, open_browser):
+@click.option("--lake", metavar="DIR|DATASET",
+              help="Show every project on this lake (a folder on Btrfs or a ZFS dataset), no working tree needed.")
+def ui(port, host, open_browser, lake):
     """A read-only web view of this project's lake: versions, compare, charts, lineage,
     releases, space and the files of each snapshot. Ctrl-C stops it."""
     from .. import webui
 
-    ws = Workspace.open()  # a working tree with a lake, or one clear line now rather than per page
+    if lake is not None:
+        from ..backends import open_lake
+
+        what, where = f"lake {open_lake(lake).spec()}", Path.cwd()  # a lake, or one clear line now
+    else:
+        ws = Workspace.open()  # a working tree with a lake, or one clear line now rather than per page
+        what, where = ws.project, ws.git.toplevel
     token = None if webui.is_loopback(host) else webui.new_token()
 
     def ready(url: str) -> None:
-        click.echo(f"snapver ui: {ws.project} at {url}", err=False)
+        click.echo(f"snapver ui: {what} at {url}", err=False)
         if token:
             click.echo(f"snapver ui: listening on {host}: every request needs the token above "
                        "(?token=, or the X-Snapver-Token header)")
@@ -39,7 +47,7 @@ def ui(port, host, open_browser):
             webbrowser.open(url)
 
     try:
-        webui.serve(ws.git.toplevel, host, port, token, ready)
+        webui.serve(where, host, port, token, ready, lake)
     except (OSError, socket.gaierror) as e:
         raise SnapverError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     except KeyboardInterrupt:

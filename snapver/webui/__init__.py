@@ -42,23 +42,25 @@ def new_token() -> str:
     return secrets.token_urlsafe(24)
 
 
-def create_app(where: Path | str = ".", token: str | None = None, allowed_hosts: set[str] | None = None):
-    """The WSGI app over the workspace at `where`; token: required of every request when set;
-    allowed_hosts: the Host headers answered (None: any)."""
+def create_app(where: Path | str = ".", token: str | None = None, allowed_hosts: set[str] | None = None,
+               lake: str | None = None):
+    """The WSGI app over the workspace at `where` (or every project of `lake`, a lake as
+    remote URLs name it: a folder or a ZFS dataset); token: required of every request when
+    set; allowed_hosts: the Host headers answered (None: any)."""
     from . import routes
     from .app import make
 
-    app = make(Path(where).resolve(), token, allowed_hosts)
+    app = make(Path(where).resolve(), token, allowed_hosts, lake)
     routes.register(app)
     return app
 
 
-def serve(where: Path | str, host: str, port: int, token: str | None, ready=None) -> None:
+def serve(where: Path | str, host: str, port: int, token: str | None, ready=None, lake: str | None = None) -> None:
     """Serve until interrupted. ready(url) is called once the socket is listening."""
     from waitress import create_server
 
     hosts: set[str] | None = set() if is_loopback(host) else None  # filled once the port is known
-    server = create_server(create_app(where, token, hosts), host=host, port=port, threads=4, ident="snapver")
+    server = create_server(create_app(where, token, hosts, lake), host=host, port=port, threads=4, ident="snapver")
     if hosts is not None:
         named = f"[{host}]" if ":" in host else host
         hosts.update(f"{h}:{server.effective_port}" for h in ("127.0.0.1", "localhost", "[::1]", named))

@@ -18,9 +18,23 @@ TOKEN_HEADER = "X-Snapver-Token"
 TOKEN_COOKIE = "snapver_token"
 
 
-def make(where: Path, token: str | None, allowed_hosts: set[str] | None) -> Flask:
+def make(where: Path, token: str | None, allowed_hosts: set[str] | None, lake: str | None = None) -> Flask:
+    """lake: serve every project of that lake (`--lake`), each under /p/<project>/, with a
+    picker at /; else the project of the working tree at `where`, at /."""
     app = Flask(__name__)
-    app.config.update(SNAPVER_WHERE=where, SNAPVER_TOKEN=token)
+    app.config.update(SNAPVER_WHERE=where, SNAPVER_TOKEN=token, SNAPVER_LAKE=lake)
+
+    @app.url_value_preprocessor
+    def take_project(_endpoint, values):
+        # /p/<project>/...: the project is the request's, not an argument of each page.
+        if values is not None and "project" in values:
+            g.project = values.pop("project")
+
+    @app.url_defaults
+    def keep_project(endpoint, values):
+        # Links from a project's page stay in that project.
+        if "project" in g and "project" not in values and app.url_map.is_endpoint_expecting(endpoint, "project"):
+            values["project"] = g.project
 
     @app.before_request
     def guard():
@@ -50,8 +64,11 @@ def make(where: Path, token: str | None, allowed_hosts: set[str] | None) -> Flas
     @app.teardown_request
     def close(_exc):
         ws = g.pop("ws", None)
-        if ws is not None and ws._catalog is not None:
+        lake_catalog = g.pop("lake_catalog", None)
+        if ws is not None and ws._catalog is not None and ws._catalog is not lake_catalog:
             ws._catalog.close()
+        if lake_catalog is not None:
+            lake_catalog.close()
 
     @app.errorhandler(Refused)
     def refused(e):
@@ -66,19 +83,51 @@ def make(where: Path, token: str | None, allowed_hosts: set[str] | None) -> Flas
         return page_error(400, str(e))
 
     app.jinja_env.filters.update(label=label, cell=cell, when=when, nbytes=nbytes, delta=delta)
-    app.jinja_env.globals.update(tojson_script=tojson_script, page_url=page_url)
+    app.jinja_env.globals.update(tojson_script=tojson_script, page_url=page_url,
+                                 lake_mode=lambda: app.config["SNAPVER_LAKE"] is not None)
     return app
 
 
 def workspace():
     """The workspace of this request, opened once per request (the catalog's SQLite connection
-    belongs to the thread that opened it, and waitress serves from several)."""
+    belongs to the thread that opened it, and waitress serves from several). With --lake, the
+    project named in the address (lakeview.ProjectView)."""
     if "ws" not in g:
-        from ..lake import Workspace
         from flask import current_app
 
-        g.ws = Workspace.open(current_app.config["SNAPVER_WHERE"])
+        if current_app.config["SNAPVER_LAKE"] is not None:
+            from .lakeview import ProjectView
+
+            if "project" not in g:
+                raise NotFound("choose a project first: this view shows every project of the lake, at /")
+            g.ws = ProjectView(lake_backend(), g.project, lake_catalog())
+        else:
+            from ..lake import Workspace
+
+            g.ws = Workspace.open(current_app.config["SNAPVER_WHERE"])
+            if "project" in g and g.project != g.ws.project:
+                raise NotFound(f"this view shows project {g.ws.project} only (`snapver ui --lake` shows every one)")
     return g.ws
+
+
+def lake_backend():
+    """--lake: the lake's backend, opened once per request."""
+    if "lake_backend" not in g:
+        from flask import current_app
+
+        from ..backends import open_lake
+
+        g.lake_backend = open_lake(current_app.config["SNAPVER_LAKE"])
+    return g.lake_backend
+
+
+def lake_catalog():
+    """--lake: the lake's catalog, once per request (closed at its end)."""
+    if "lake_catalog" not in g:
+        from ..catalog import Catalog
+
+        g.lake_catalog = Catalog(lake_backend().catalog_path)
+    return g.lake_catalog
 
 
 def page_url(page: int) -> str:

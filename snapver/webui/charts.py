@@ -36,6 +36,34 @@ def metric_spec(metric: str, points: list[dict]) -> dict:
     }
 
 
+def step_spec(metric: str, points: list[dict]) -> dict:
+    """A metric over the steps of a run: x = step, one line per run, each point's tooltip
+    naming its step, time and the wip snapshot it came with (if any)."""
+    steps = sorted({p["step"] for p in points})
+    return {
+        "$schema": SCHEMA,
+        "title": metric,
+        "width": "container",
+        "height": 180,
+        "data": {"name": "points", "values": points},
+        "mark": {"type": "line", "point": {"size": 50, "filled": True}, "tooltip": True},
+        "encoding": {
+            # A tick per step where there are few (none between them); the default ticks else.
+            "x": {"field": "step", "type": "quantitative", "title": "step",
+                  "axis": {"values": steps, "format": "d"} if len(steps) <= 20 else {}},
+            "y": {"field": "value", "type": "quantitative", "title": metric, "scale": {"zero": False}},
+            "color": {"field": "run", "type": "nominal", "title": "run"},
+            "tooltip": [{"field": "run"}, {"field": "step", "type": "quantitative"},
+                        {"field": "value", "type": "quantitative", "format": ".6g"},
+                        {"field": "time"}, {"field": "snapshot"}],
+        },
+    }
+
+
+def step_specs(history: dict[str, list[dict]]) -> list[dict]:
+    return [{"id": f"steps-{i}", "metric": m, "spec": step_spec(m, pts)} for i, (m, pts) in enumerate(history.items())]
+
+
 def space_spec(bars: list[dict]) -> dict:
     """Exclusive and shared bytes per version, stacked, one row per volume."""
     return {

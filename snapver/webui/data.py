@@ -1,7 +1,9 @@
 """What the pages show, read from the lake through the library (lake, registry, derive, scan):
 plain dicts and lists, no HTML. Each page reads only what it draws: the catalog and the
-snapshot listing (O(versions)), never a walk of a snapshot's files, except compare's diff
-and du's space, which are O(files) as `snapver compare` and `snapver du` are."""
+snapshot listing (O(versions)), never a walk of a snapshot's files: compare's diff and the
+space figures come from the filesystem's change tracking (send streams on Btrfs, properties
+on ZFS), O(changes), as `snapver compare` and `snapver du` do. Space on Btrfs walks once: the
+first snapshot of a volume it is asked about, when no sibling's bytes are known yet."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from ..derive import edges
 from ..errors import NotFound, SnapverError
 
 PER_PAGE = 50
-SPACE_PER_PAGE = 10  # each version's space walks its snapshots on Btrfs
+SPACE_PER_PAGE = 10  # each version's space is a send stream (Btrfs) or a property read (ZFS)
 FILES_PER_PAGE = 200
 
 
@@ -232,6 +234,60 @@ def chart_points(ws) -> dict[str, list[dict]]:
     return dict(sorted(out.items()))
 
 
+def run_history(ws, commit: str) -> dict[str, list[dict]]:
+    """The per-step history of the run(s) on one line of work (commit: the commit the run
+    started from, HEAD when its points were taken): {metric: [{run, step, value, time,
+    snapshot}]}, by run and step. The one place the Run page reads, to switch source in one step:
+
+    - the catalog's `metric_history` table where it has one (the metrics branch adds it:
+      steps logged by snapver.log_metrics / snapver.snapshot(step=N), kept when gc thins wips);
+    - else what the catalog has today: the metrics recorded with the wip snapshots of that
+      line of work (`<commit>.<time>`: the daemon's points, snapver.snapshot(metrics=...)),
+      one run, one step per wip in time order (as that table's migration will carry them over)."""
+    if not names.SHA.fullmatch(commit):
+        raise NotFound(f"{commit!r} is not a commit ID")
+    conn = ws.catalog.conn
+    has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'metric_history'").fetchone()
+    out: dict[str, list[dict]] = {}
+    if has_table:
+        rows = conn.execute("SELECT run, step, key, num, logged, snapshot FROM metric_history WHERE project = ? "
+                            "AND commit_sha = ? AND num IS NOT NULL ORDER BY run, step", [ws.project, commit])
+        for run, step, key, num, logged, snap in rows:
+            out.setdefault(key, []).append({"run": run, "step": step, "value": num, "time": logged,
+                                            "snapshot": label(snap) if snap else ""})
+        if out:
+            return dict(sorted(out.items()))
+    rows = conn.execute("SELECT snapshot, key, num FROM registry_values WHERE project = ? AND kind = 'metric' "
+                        "AND num IS NOT NULL AND snapshot LIKE ? ORDER BY snapshot", [ws.project, commit + ".%"])
+    steps: dict[str, int] = {}
+    for snap, key, num in rows:
+        parsed = names.parse_snapshot_name(snap)
+        if not parsed or parsed[0] != commit or parsed[2] is None:
+            continue
+        step = steps.setdefault(snap, len(steps))  # the names sort by their time
+        out.setdefault(key, []).append({"run": "wips", "step": step, "value": num,
+                                        "time": parsed[2].isoformat(), "snapshot": label(snap)})
+    return dict(sorted(out.items()))
+
+
+def runs(ws) -> list[dict]:
+    """The lines of work with a per-step history of two steps or more: [{commit, label, steps,
+    subject}], newest first (for the Charts page's list of runs)."""
+    conn = ws.catalog.conn
+    found: dict[str, int] = {}
+    for (snap,) in conn.execute("SELECT DISTINCT snapshot FROM registry_values WHERE project = ? "
+                                "AND kind = 'metric' AND length(snapshot) > 40", [ws.project]):
+        found[snap[:40]] = found.get(snap[:40], 0) + 1
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'metric_history'").fetchone():
+        for sha, n in conn.execute("SELECT commit_sha, COUNT(DISTINCT run || ':' || step) FROM metric_history "
+                                   "WHERE project = ? GROUP BY commit_sha", [ws.project]):
+            found[sha] = max(found.get(sha, 0), n)
+    commits = ws.catalog.commits(ws.project)
+    out = [{"commit": sha, "label": label(sha), "steps": n, "subject": (commits.get(sha) or {}).get("subject") or "",
+            "time": (commits.get(sha) or {}).get("time") or ""} for sha, n in found.items() if n >= 2]
+    return sorted(out, key=lambda r: r["time"], reverse=True)
+
+
 def lineage_svg(ws, link) -> str:
     """The graph of volumes and the volumes derived from them, drawn by graphviz `dot`: each
     edge labelled with the snapshot it came from, each derived node a link to that version
@@ -268,16 +324,16 @@ def lineage_svg(ws, link) -> str:
 
 def space(ws, page: int, per: int, total: bool) -> dict:
     """`snapver du`, a page of versions at a time (newest first): referenced, exclusive and
-    shared bytes of each of their snapshots, the live volumes on the first page. Each
-    snapshot's figure walks it on Btrfs (O(its files)), so only a page's are computed; the
-    whole lake's footprint (a walk of every snapshot) only when asked (total)."""
+    shared bytes of each of their snapshots, the live volumes on the first page. Only a page's
+    are computed (each O(changes) on Btrfs: the send stream to a sibling); the whole lake's
+    footprint (a walk of every snapshot on Btrfs) only when asked (total)."""
     by_name: dict[str, list[str]] = {}
     for entry in catalog_log(ws, include_wip=True):
         by_name.setdefault(entry.name, []).append(entry.volume)
     shown, pager = page_of(list(by_name.items()), page, per)
     parents = {e.volume: e for e in edges(ws)}
     rows = []
-    if pager["page"] == 1:
+    if pager["page"] == 1 and ws.id is not None:  # a lake's project (--lake) has no live volumes
         for vol in ws.volumes:
             if ws.backend.volume_exists(ws.project, ws.id, vol):
                 rows.append(_space_row(vol, None, ws.backend.live_space(ws.project, ws.id, vol)))

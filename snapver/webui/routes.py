@@ -1,15 +1,16 @@
 """The pages: Versions (/), a version (/v/NAME), Compare, Charts, Lineage, Releases, Space,
-Files (browse a snapshot, download one file). GET only: nothing here changes the lake."""
+Files (browse a snapshot, download one file); with --lake, the projects (/) and each of those
+pages of one project under /p/<project>/. GET only: nothing here changes the lake."""
 
 from __future__ import annotations
 
 import stat
 
-from flask import Flask, render_template, request, send_file, url_for
+from flask import Flask, g, render_template, request, send_file, url_for
 
-from .. import registry, releases as release_book
-from . import charts, data
-from .app import workspace
+from .. import names, registry, releases as release_book
+from . import charts, data, lakeview
+from .app import lake_backend, lake_catalog, workspace
 
 
 def _page() -> int:
@@ -27,6 +28,12 @@ def _per(default: int) -> int:
         return default
 
 
+def lake_mode() -> bool:
+    from flask import current_app
+
+    return current_app.config["SNAPVER_LAKE"] is not None
+
+
 def sort_url(key: str, descending: bool) -> str:
     """This page sorted by key (the filters kept, back to page 1)."""
     from urllib.parse import urlencode
@@ -36,8 +43,21 @@ def sort_url(key: str, descending: bool) -> str:
 
 
 def register(app: Flask) -> None:
-    @app.get("/")
+    def page(rule: str):
+        """A page at rule, and at /p/<project>rule (a project of the lake with --lake; the
+        working tree's own project otherwise). url_for builds the second where the request
+        has a project (app.keep_project), the first otherwise."""
+        def add(view):
+            app.add_url_rule(rule, view_func=view, methods=["GET"])
+            app.add_url_rule("/p/<project>" + rule, view_func=view, methods=["GET"])
+            return view
+        return add
+
+    @page("/")
     def versions():
+        if lake_mode() and "project" not in g:  # --lake: which project?
+            return render_template("projects.html", project="lake " + app.config["SNAPVER_LAKE"],
+                                   projects=lakeview.projects(lake_backend(), lake_catalog()), picker=True)
         ws = workspace()
         queries = [q for q in request.args.getlist("q") if q.strip()]
         include_wip = request.args.get("wip", "1") != "0"
@@ -56,45 +76,55 @@ def register(app: Flask) -> None:
                                include_wip=include_wip, error=error, sort=sort, descending=descending,
                                sort_url=sort_url), 400 if error else 200
 
-    @app.get("/v/<name>")
+    @page("/v/<name>")
     def version(name: str):
         ws = workspace()
-        return render_template("version.html", project=ws.project, v=data.version(ws, name))
+        v = data.version(ws, name)
+        return render_template("version.html", project=ws.project, v=v,
+                               has_run=bool(data.run_history(ws, v["commit"])) if names.SHA.fullmatch(v["commit"]) else False)
 
-    @app.get("/compare")
+    @page("/compare")
     def compare():
         ws = workspace()
         revs = request.args.getlist("v")
         return render_template("compare.html", project=ws.project, c=data.compare(ws, revs, _page()), revs=revs)
 
-    @app.get("/charts")
+    @page("/charts")
     def chart_page():
         ws = workspace()
         return render_template("charts.html", project=ws.project,
-                               charts=charts.metric_specs(data.chart_points(ws)))
+                               charts=charts.metric_specs(data.chart_points(ws)), runs=data.runs(ws))
 
-    @app.get("/lineage")
+    @page("/run/<commit>")
+    def run(commit: str):
+        ws = workspace()
+        history = data.run_history(ws, commit)
+        info = ws.catalog.commit(ws.project, commit) or {}
+        return render_template("run.html", project=ws.project, commit=commit, info=info,
+                               charts=charts.step_specs(history))
+
+    @page("/lineage")
     def lineage():
         ws = workspace()
         svg = data.lineage_svg(ws, lambda name: url_for("version", name=name))
         return render_template("lineage.html", project=ws.project, svg=svg, tree=registry.lineage_tree(ws))
 
-    @app.get("/releases")
+    @page("/releases")
     def releases():
         ws = workspace()
         found = release_book.list_releases(ws)
         return render_template("releases.html", project=ws.project, releases=found,
                                history={r.name: release_book.history(ws, r.name) for r in found})
 
-    @app.get("/space")
+    @page("/space")
     def space():
         ws = workspace()
         s = data.space(ws, _page(), _per(data.SPACE_PER_PAGE), request.args.get("total") == "1")
         return render_template("space.html", project=ws.project, s=s, pager=s["pager"],
                                spec=charts.space_spec(s["bars"]))
 
-    @app.get("/files/<name>/<volume>/")
-    @app.get("/files/<name>/<volume>/<path:rel>")
+    @page("/files/<name>/<volume>/")
+    @page("/files/<name>/<volume>/<path:rel>")
     def files(name: str, volume: str, rel: str = ""):
         ws = workspace()
         snap = data.snapshot_of(ws, name, volume)
