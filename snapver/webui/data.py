@@ -237,13 +237,13 @@ def chart_points(ws) -> dict[str, list[dict]]:
 def run_history(ws, commit: str) -> dict[str, list[dict]]:
     """The per-step history of the run(s) on one line of work (commit: the commit the run
     started from, HEAD when its points were taken): {metric: [{run, step, value, time,
-    snapshot}]}, by run and step. The one place the Run page reads, to switch source in one step:
+    snapshot}]}, by run and step. The one place the Run page reads:
 
-    - the catalog's `metric_history` table where it has one (the metrics branch adds it:
-      steps logged by snapver.log_metrics / snapver.snapshot(step=N), kept when gc thins wips);
-    - else what the catalog has today: the metrics recorded with the wip snapshots of that
-      line of work (`<commit>.<time>`: the daemon's points, snapver.snapshot(metrics=...)),
-      one run, one step per wip in time order (as that table's migration will carry them over)."""
+    - the catalog's `metric_history` (catalog version 4): steps logged by snapver.log_metrics /
+      snapver.snapshot(step=N), kept when gc thins wips (a catalog not yet upgraded has none);
+    - else, for a line of work with no history rows, the metrics recorded with its wip
+      snapshots (`<commit>.<time>`: the daemon's points from [registry] files), one run, one
+      step per wip in time order, as version 4's migration carries the API's over."""
     if not names.SHA.fullmatch(commit):
         raise NotFound(f"{commit!r} is not a commit ID")
     conn = ws.catalog.conn
