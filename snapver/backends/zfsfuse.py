@@ -112,7 +112,7 @@ def clones_aside(clones: list[str]):
     done: list[str] = []
     busy: list[str] = []
     for c in clones:
-        (done if ask(["zfs", "unmount", c]) else busy).append(c)
+        (done if ask(["zfs", "unmount", c]) is not None else busy).append(c)
     try:
         yield
     except CommandFailed as e:
