@@ -106,7 +106,8 @@ def test_snapverd_cascades_on_a_release_move_and_on_commit_as_the_trees_owner(no
         snapver(repo, "release", "set", "base", "HEAD")
         assert wait_for(lambda: weights(repo, "dist") == (40 + 6) * 0.5, WAIT), d.log.read_text()
         assert weights(repo, "ft") == 40 and (repo / "ft" / "weights.txt").stat().st_uid == NOBODY
-        built = {e["volume"] for e in json.loads(snapver(repo, "log", "--all", "--json")) if (e["message"] or "").startswith("build of")}
+        built = {v for e in json.loads(snapver(repo, "log", "--all", "--json"))
+                 if (e["message"] or "").startswith("build of") for v in e["volumes"]}
         assert built == {"ft", "dist"}, "the build points are in `snapver log --all`"
 
         # A commit of new data: dist reads data@HEAD, but only on_commit watches it.

@@ -330,7 +330,7 @@ def test_an_older_far_end_gets_the_snapshots_and_the_user_is_told(lake_repo, lak
     done = snapver(a, "push", "far", "-q")
     assert "remote far runs an older snapver: the registry (metrics, releases, lineage) was not synced" in done.err
     assert done.err.count("older snapver") == 1 and "Traceback" not in done.err, done.err
-    assert snapver(a, "push", "far", "--json").json == [], "the snapshots went"
+    assert snapver(a, "push", "far", "--json").json["result"] == [], "the snapshots went"
     b = tmp_path / "b"
     cloned = snapver(tmp_path, "clone", str(a), str(b), "--from", url, "--command", str(wrapper),
                      *third.init_args[:2], "-q")
