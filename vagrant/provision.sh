@@ -28,7 +28,7 @@ packages=(
   dkms zfs-dkms zfsutils-linux python3-pyzfs
   btrfs-progs e2fsprogs util-linux kmod procps git ca-certificates
   python3 python3-venv python3-pip
-  openssh-server openssh-client nfs-kernel-server nfs-common
+  openssh-server openssh-client nfs-kernel-server nfs-common iproute2
 )
 apt-get install -y -q --no-install-recommends "${packages[@]}"
 
