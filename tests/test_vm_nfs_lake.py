@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -23,7 +24,7 @@ from tests.fixtures.git import env, git, tree_digest
 from tests.fixtures.netns import SSH_OPTIONS
 
 SNAPVER = [sys.executable, "-m", "snapver"]
-SERVER_SNAPVER = str(Path(sys.executable).with_name("snapver"))
+ROOT = Path(__file__).resolve().parents[1]
 NFS_OPTIONS = "hard,lookupcache=none,actimeo=0"  # as README says, and why
 
 
@@ -71,6 +72,20 @@ def nfs_mount(export: Path, where: Path):
             d.wait()
 
 
+def server_snapver(home: Path) -> str:
+    """The snapver a node's forced command runs: the venv's console script where the package
+    is installed, else (the guest runs the read-only source tree through PYTHONPATH) a script
+    that does what guest-test does."""
+    installed = Path(sys.executable).with_name("snapver")
+    if installed.exists():
+        return str(installed)
+    wrapper = home / "snapver"
+    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(ROOT))} PYTHONDONTWRITEBYTECODE=1 "
+                       f'exec {shlex.quote(sys.executable)} -m snapver "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
 @contextlib.contextmanager
 def loopback_sshd(home: Path, lake_spec: str):
     """sshd on 127.0.0.1 with the node's key as a forced command (`snapver serve --restrict`)."""
@@ -81,7 +96,7 @@ def loopback_sshd(home: Path, lake_spec: str):
     config = home / "snapverd.toml"
     config.write_text(f'[serve]\nworkspaces = "{home / "workspaces"}"\nlakes = ["{lake_spec}"]\n\n'
                       '[[clients]]\nkey = "node"\nprojects = ["*"]\naccess = "read-write"\n')
-    forced = f"{SERVER_SNAPVER} serve --restrict --key node --config {config}"
+    forced = f"{server_snapver(home)} serve --restrict --key node --config {config}"
     (home / "authorized_keys").write_text(f'command="{forced}",restrict {(home / "node.pub").read_text()}')
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
