@@ -36,8 +36,12 @@ def sh(*argv, check=True, **kw) -> subprocess.CompletedProcess:
 
 
 @contextlib.contextmanager
-def nfs_mount(export: Path, where: Path):
-    """export on 127.0.0.1 by the kernel's nfsd (NFSv4 only: no rpcbind), mounted at where."""
+def nfs_mount(export: Path, where: Path, dataset: str | None = None):
+    """export on 127.0.0.1 by the kernel's nfsd (NFSv4 only: no rpcbind), mounted at where.
+    A ZFS lake (dataset) is shared the ZFS way, with sharenfs on its dataset: every dataset
+    under it (each volume, each clone a checkout makes) inherits it and is exported as it is
+    mounted. An exportfs of the top alone with crossmnt left the volumes' own filesystems
+    writable by nobody (root squashed there)."""
     need_root_and("exportfs", "rpc.nfsd", "rpc.mountd", "mount.nfs4")
     sh("modprobe", "-a", "nfsd", "nfsv4", check=False)
     if not os.path.ismount("/proc/fs/nfsd"):
@@ -53,7 +57,12 @@ def nfs_mount(export: Path, where: Path):
     target = f"127.0.0.1:{export}"
     try:
         sh("rpc.nfsd", "-N", "3", "4")
-        sh("exportfs", "-o", "rw,sync,no_subtree_check,crossmnt,no_root_squash,insecure", target)
+        if dataset:
+            Path("/etc/exports.d").mkdir(exist_ok=True)
+            sh("zfs", "set", "sharenfs=rw=@127.0.0.1/32,sync,no_subtree_check,crossmnt,no_root_squash,insecure",
+               dataset)
+        else:
+            sh("exportfs", "-o", "rw,sync,no_subtree_check,crossmnt,no_root_squash,insecure", target)
         deadline = time.monotonic() + 60
         while True:
             done = sh("mount", "-t", "nfs4", "-o", NFS_OPTIONS, target, where, check=False)
@@ -65,7 +74,10 @@ def nfs_mount(export: Path, where: Path):
         yield where
     finally:
         sh("umount", "-f", "-l", where, check=False)
-        sh("exportfs", "-u", target, check=False)
+        if dataset:
+            sh("zfs", "inherit", "sharenfs", dataset, check=False)
+        else:
+            sh("exportfs", "-u", target, check=False)
         sh("rpc.nfsd", "0", check=False)
         for d in daemons:
             d.kill()
@@ -129,7 +141,8 @@ def test_every_file_reads_as_the_checked_out_version_over_nfs(lake, repo, tmp_pa
     run_dir = Path("/run/svtest")
     run_dir.mkdir(exist_ok=True)
     lake_url = lake.spec if lake.backend == "btrfs" else "/" + lake.spec
-    with loopback_sshd(home, lake.spec) as (port, ssh), nfs_mount(lake.root, tmp_path / "mnt") as mnt:
+    with loopback_sshd(home, lake.spec) as (port, ssh), nfs_mount(lake.root, tmp_path / "mnt",
+                                                                        lake.spec if lake.backend == "zfs" else None) as mnt:
         e = {**env(), "SNAPVER_SSH": ssh, "XDG_RUNTIME_DIR": str(run_dir)}
 
         def node(*argv, cwd=repo):
