@@ -83,6 +83,7 @@ class Repo:
         them; written and flushed untimed, so only what the hooks do with them is measured."""
         if not self.registry:
             return
+        self.wait_for_scans()
         self.round += 1
         write_model(self.path / "models" / "model.pkl", self.round)
         (self.path / "models" / "metrics.json").write_text(
@@ -104,6 +105,26 @@ class Repo:
         if "snapver:" in done.stderr and ("fail" in done.stderr or "carried on" in done.stderr):
             self.anomalies.append(f"git {' '.join(args)} ({mode}): {done.stderr.strip()}")
         return ms
+
+    def wait_for_scans(self, timeout: float = 120) -> None:
+        """Until no model scan a hook left to a process of its own runs for this repository:
+        it scans after the commit, and must not land inside the next timed one (a real user
+        does not commit every few hundred milliseconds). Untimed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            running = False
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+                    if b"scan-pending" in argv and os.readlink(f"/proc/{pid}/cwd") == str(self.path):
+                        running = True
+                        break
+                except OSError:
+                    continue  # gone meanwhile
+            if not running:
+                return
+            time.sleep(0.05)
+        self.anomalies.append(f"a model scan still ran after {timeout:.0f} s")
 
     def set_hooks(self, on: bool) -> None:
         if on != self.hooks_on:

@@ -1,0 +1,113 @@
+"""The model scan after the commit (issue 19): on real Btrfs and real Git, a Git hook does not
+read a model that changed; it marks the snapshot's scan pending and a process of its own
+scans it. `log` and `show` say so meanwhile, `release` scans a pending snapshot itself before
+it decides (so a scan that never ran, or was killed, never lets a flagged model through), and
+what the process flags, the next hook says."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.git import committed, git, snapver, write
+
+# The fixtures' env() keeps the scan process from starting (tests/fixtures/git.py); "0" starts it.
+START_SCAN = {"SNAPVER_TEST_NO_SCAN_PROCESS": "0"}
+
+
+@pytest.fixture
+def btrfs_repo(repo, btrfs_lake) -> Path:
+    snapver(repo, "init", "--lake", str(btrfs_lake))
+    git(repo, "add", "snapver.toml")
+    git(repo, "commit", "-q", "-m", "snapver")
+    return repo
+
+
+class Payload:
+    """Unpickling this runs a shell command: what a malicious model file does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def pending(repo: Path) -> dict[str, list[str]]:
+    """{snapshot name: volumes whose scan is pending}, from `snapver log --all --json`."""
+    return {e["name"]: e["scan_pending"] for e in snapver(repo, "log", "--all", "--json").json if e.get("scan_pending")}
+
+
+def test_release_refuses_a_flagged_model_whose_scan_never_ran(btrfs_repo, tmp_path):
+    """No scan process (as if it was killed before it stored anything): the scan stays pending,
+    log and show say so, and release scans it and refuses, as when the hook scanned."""
+    repo = btrfs_repo
+    marker = tmp_path / "pwned"
+    write(repo / "models" / "evil.pt", pickle.dumps(Payload(marker)))
+    sha, said = committed(repo, "trained")
+    assert "runs code" not in said, "the hook does not read a changed model"
+    assert pending(repo) == {sha: ["models"]}
+
+    assert "[scan pending: models]  trained" in snapver(repo, "log").out
+    assert snapver(repo, "show", "HEAD", "--json").json["scan_pending"] == ["models"]
+    assert "scan     pending for models" in snapver(repo, "show", "HEAD").out
+
+    err = snapver(repo, "release", "prod", ok=False).err
+    assert "evil.pt" in err and "--force" in err, err
+    assert snapver(repo, "release", "list", "--json").json == []
+    assert pending(repo) == {}, "release stored the scan it made"
+    assert "scan" not in snapver(repo, "show", "HEAD").out.split("subject")[1]
+    assert not marker.exists(), "no pickle was ever loaded"
+
+
+def test_a_clean_pending_model_is_released_and_an_unchanged_one_is_never_pending(btrfs_repo):
+    repo = btrfs_repo
+    write(repo / "models" / "model.pkl", pickle.dumps({"weights": [0.5, 0.25]}))
+    first, _ = committed(repo, "trained")
+    assert pending(repo) == {first: ["models"]}
+    assert "prod" in snapver(repo, "release", "prod").out
+    # The model did not change: the hook reuses its verdict (no file read) and owes nothing.
+    second, _ = committed(repo, "docs")
+    assert pending(repo) == {}
+    assert snapver(repo, "scan", "--json").json["models"][0]["state"] == "clean"
+    assert second != first
+
+
+def test_scan_pending_scans_what_is_owed_and_exits_1_if_flagged(btrfs_repo, tmp_path):
+    repo = btrfs_repo
+    write(repo / "models" / "evil.pkl", pickle.dumps(Payload(tmp_path / "pwned")))
+    sha, _ = committed(repo, "trained")
+    done = snapver(repo, "scan", "--pending", "--json", ok=False)
+    assert done.code == 1 and done.json == [{"volume": "models", "snapshot": sha, "flagged": ["evil.pkl"]}]
+    assert pending(repo) == {}
+    assert snapver(repo, "scan", "--pending").out.startswith("scanned 0 pending snapshot(s)")
+
+
+def test_the_scan_process_stores_the_verdicts_and_the_next_hook_says_what_it_flagged(btrfs_repo, tmp_path):
+    """The real thing: the hook starts the scan in a session of its own and Git does not wait."""
+    repo = btrfs_repo
+    marker = tmp_path / "pwned"
+    write(repo / "models" / "evil.pt", pickle.dumps(Payload(marker)))
+    write(repo / "models" / "clean.pkl", pickle.dumps({"weights": [0.5]}))
+    sha, said = committed(repo, "trained", **START_SCAN)
+    assert "runs code" not in said
+    # What it flags it keeps for the next hook: the file is written after the verdicts are stored,
+    # and the process exits right after it (waited for, so it does not outlive the test's lake).
+    notice = repo / ".git" / "snapver" / "scan-flagged"
+    deadline = time.monotonic() + 120  # a deadline for a hang, not a timing assertion
+    while not notice.exists():
+        assert time.monotonic() < deadline, (repo / ".git" / "snapver" / "hook.log").read_text()
+        time.sleep(0.2)
+    assert pending(repo) == {}
+    report = {f["path"]: f["state"] for f in snapver(repo, "scan", "--json", ok=False).json["models"]}
+    assert report == {"clean.pkl": "clean", "evil.pt": "flagged"}
+
+    _, said = committed(repo, "next")
+    assert "1 model file(s) flagged since" in said and f"models/evil.pt (at {sha[:10]}" in said, said
+    assert not notice.exists(), "said once"
+    assert "flagged since" not in committed(repo, "again")[1]
+    assert not marker.exists(), "no pickle was ever loaded"
