@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import pickle
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
 
+from snapver.catalog import Catalog
 from tests.fixtures.git import committed, git, snapver, write
 
 # The fixtures' env() keeps the scan process from starting (tests/fixtures/git.py); "0" starts it.
@@ -111,3 +113,19 @@ def test_the_scan_process_stores_the_verdicts_and_the_next_hook_says_what_it_fla
     assert not notice.exists(), "said once"
     assert "flagged since" not in committed(repo, "again")[1]
     assert not marker.exists(), "no pickle was ever loaded"
+
+
+def test_a_snapshot_gone_before_its_scan_is_owed_no_more(btrfs_repo, btrfs_lake):
+    """gc may take a pending snapshot (an unreachable commit) before anything scanned it: the
+    scan of what is owed drops it rather than fail on it every time."""
+    repo = btrfs_repo
+    project = tomllib.loads((repo / "snapver.toml").read_text())["project"]["id"]
+    assert (btrfs_lake / "catalog.db").is_file(), "the lake's own catalog"
+    c = Catalog(btrfs_lake / "catalog.db")
+    c.mark_scan_pending(project, [("models", "0" * 40)], "t")
+    assert c.scans_pending(project) == [("models", "0" * 40)]
+    c.close()
+    assert snapver(repo, "scan", "--pending", "--json").json == []
+    c = Catalog(btrfs_lake / "catalog.db")
+    assert c.scans_pending(project) == []
+    c.close()
