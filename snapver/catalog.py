@@ -670,17 +670,6 @@ class Catalog:
             self.conn.execute("DELETE FROM scan_pending WHERE project = ? AND volume = ? AND snapshot = ?",
                               (project, volume, snapshot))
 
-    def scan_counts(self, project: str, snapshots) -> dict[tuple[str, str], int]:
-        """{(volume, snapshot): files flagged} of the scanned ones among these snapshot names."""
-        names = list(snapshots)
-        out: dict[tuple[str, str], int] = {}
-        for i in range(0, len(names), 500):  # SQLite's limit on variables
-            part = names[i:i + 500]
-            for r in self.conn.execute(f"SELECT volume, snapshot, flagged FROM scans WHERE project = ? AND snapshot "
-                                       f"IN ({', '.join('?' * len(part))})", (project, *part)):
-                out[(r[0], r[1])] = r[2]
-        return out
-
     def scan_rows(self, project: str, volume: str, snapshot: str) -> list | None:
         """(path, flagged, findings) of a snapshot's scan by path; None if it was never scanned."""
         if self.conn.execute("SELECT 1 FROM scans WHERE project = ? AND volume = ? AND snapshot = ?",

@@ -32,6 +32,7 @@ def main(argv: list[str]) -> int:
             return 0
         seams.on_commit_path = True  # a changed model is scanned after the hook, not in it
         flagged_since()
+
         def announce(message: str) -> None:
             say(f"warning: {message}")
             log(f"{hook}: warning: {message}")
