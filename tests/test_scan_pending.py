@@ -129,3 +129,36 @@ def test_a_snapshot_gone_before_its_scan_is_owed_no_more(btrfs_repo, btrfs_lake)
     c = Catalog(btrfs_lake / "catalog.db")
     assert c.scans_pending(project) == []
     c.close()
+
+
+def scan_processes(repo: Path) -> list[int]:
+    """PIDs of the scan processes a hook started in repo (scan.start_detached)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"scan-pending" in argv and os.readlink(f"/proc/{pid}/cwd") == str(repo):
+                found.append(int(pid))
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
+def test_a_scan_process_killed_before_it_stored_leaves_the_scan_pending_and_release_refuses(btrfs_repo, tmp_path):
+    """The scan process dies (SIGKILL, snapver/faults.py) after reading the model and before
+    storing a verdict: the snapshot stays pending, and release scans it and refuses."""
+    repo = btrfs_repo
+    marker = tmp_path / "pwned"
+    write(repo / "models" / "evil.pt", pickle.dumps(Payload(marker)))
+    sha, _ = committed(repo, "trained", SNAPVER_FAULT="scan-read", **START_SCAN)
+    # Popen returns once the process runs: from here it is there until it dies at the point.
+    deadline = time.monotonic() + 120  # a deadline for a hang, not a timing assertion
+    while scan_processes(repo):
+        assert time.monotonic() < deadline, "the scan process did not end"
+        time.sleep(0.2)
+    log = repo / ".git" / "snapver" / "hook.log"
+    assert "scan-pending" not in (log.read_text() if log.exists() else ""), "killed, not failed"
+    assert pending(repo) == {sha: ["models"]}, "killed before storing: still pending"
+    err = snapver(repo, "release", "prod", ok=False).err
+    assert "evil.pt" in err and "--force" in err, err
+    assert pending(repo) == {} and not marker.exists()
