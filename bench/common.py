@@ -239,6 +239,12 @@ def freeze_source(dest: Path) -> Path:
 
     package = dest / "snapver"
     shutil.copytree(Path(snapver.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    # What the installed command reads beside the package (shipped.py: the hook shims, the
+    # units): without them the copy cannot `snapver init` (no hooks/ folder).
+    for folder in ("hooks", "systemd"):
+        source = Path(snapver.__file__).resolve().parent.parent / folder
+        if source.is_dir():
+            shutil.copytree(source, dest / folder)
     compileall.compile_dir(package, quiet=1)  # the first hook must not pay for compiling
     GIT_ENV["PYTHONPATH"] = str(dest)
     return package

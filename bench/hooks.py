@@ -26,13 +26,22 @@ and writes it, with the raw samples as JSON, to bench/results/hooks.*.
 Needs root (mkfs, loop mount). Images are always unmounted and deleted, also
 on Ctrl-C. Never part of the test suite.
 
-    .venv/bin/python bench/hooks.py [--sizes 1G,8G] [--repeat 20]
+With --registry (issue 19, "the hook within 100 ms on a real project"), the
+project also has `[registry] metrics = ["models/metrics.json"]` in snapver.toml,
+and before every commit (in every mode, untimed) a ~5 MB pickled model
+(models/model.pkl: a dict of weight blobs and a list of floats, a real pickle
+stream) and the metrics file are rewritten: each commit then has a changed model
+to scan and a metrics file to read.
+
+    .venv/bin/python bench/hooks.py [--sizes 1G,8G] [--repeat 20] [--registry]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import pickle
 import re
 import shutil
 import statistics
@@ -62,10 +71,25 @@ PYTHON = sys.executable  # the interpreter `snapver init` writes into the shims
 class Repo:
     """The benchmark's repository: Git commands, timed or not, and the hooks on or off."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, registry: bool = False):
         self.path = path
         self.hooks_on = True  # `snapver init` installs them
         self.anomalies: list[str] = []
+        self.registry = registry
+        self.round = 0
+
+    def prepare(self) -> None:
+        """--registry: a new model and new metrics before a commit, as a training run leaves
+        them; written and flushed untimed, so only what the hooks do with them is measured."""
+        if not self.registry:
+            return
+        self.wait_for_scans()
+        self.round += 1
+        write_model(self.path / "models" / "model.pkl", self.round)
+        (self.path / "models" / "metrics.json").write_text(
+            json.dumps({"accuracy": 0.5 + self.round / 1e4, "loss": {"train": 1 / self.round, "val": 2 / self.round},
+                        "epoch": self.round}))
+        os.sync()
 
     def git(self, *args: str, env: dict | None = None) -> str:
         return run(["git", *args], cwd=self.path, env=env)
@@ -82,6 +106,26 @@ class Repo:
             self.anomalies.append(f"git {' '.join(args)} ({mode}): {done.stderr.strip()}")
         return ms
 
+    def wait_for_scans(self, timeout: float = 120) -> None:
+        """Until no model scan a hook left to a process of its own runs for this repository:
+        it scans after the commit, and must not land inside the next timed one (a real user
+        does not commit every few hundred milliseconds). Untimed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            running = False
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+                    if b"scan-pending" in argv and os.readlink(f"/proc/{pid}/cwd") == str(self.path):
+                        running = True
+                        break
+                except OSError:
+                    continue  # gone meanwhile
+            if not running:
+                return
+            time.sleep(0.05)
+        self.anomalies.append(f"a model scan still ran after {timeout:.0f} s")
+
     def set_hooks(self, on: bool) -> None:
         if on != self.hooks_on:
             run([SNAPVER, "hooks", "install" if on else "uninstall"], cwd=self.path)
@@ -92,6 +136,19 @@ class Repo:
 
     def lake_at(self) -> str:
         return (self.path / ".git" / "snapver" / "lake-at").read_text().strip()
+
+
+MODEL_BYTES = 5 * MiB
+
+
+def write_model(path: Path, seed: int) -> None:
+    """~5 MB pickle like a small checkpoint: named weight blobs (most of the bytes) and a
+    training history of floats (many opcodes), different at each seed."""
+    blob = os.urandom(MODEL_BYTES - 200_000)
+    layers = {f"layer{i}.weight": blob[i * len(blob) // 16:(i + 1) * len(blob) // 16] for i in range(16)}
+    history = [seed + i / 7 for i in range(20_000)]
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": layers, "history": history, "seed": seed}, f, protocol=4)
 
 
 def snapshotted(lake: Path, project: str, sha: str) -> bool:
@@ -136,6 +193,7 @@ def python_breakdown(repo: Repo, first: str, repeat: int) -> dict:
     (untimed), so it does the real work: snapshot every volume, record it.
     """
     def fresh_commit():
+        repo.prepare()
         repo.timed_git("SNAPVER_SKIP=1", "commit", "-q", "--allow-empty", "-m", "x")
 
     hook = [PYTHON, "-m", "snapver.githooks", "post-commit"]
@@ -174,8 +232,8 @@ def python_breakdown(repo: Repo, first: str, repeat: int) -> dict:
 
 
 # ------------------------------------------------------------------ one lake size
-def bench_size(workdir: Path, size: int, repeat: int, diagnose: bool) -> dict:
-    label = f"lake-{size // MiB}M"
+def bench_size(workdir: Path, size: int, repeat: int, diagnose: bool, registry: bool = False) -> dict:
+    label = f"lake-{size // MiB}M" + ("-registry" if registry else "")
     image_size = int(size * 1.3) + 2 * 1024**3  # room for the data and Btrfs' metadata, sparse
     samples = {f"{op} ({mode})": [] for op in ("git commit", "git checkout") for mode in MODES}
     load = {"before": loadavg()}
@@ -185,7 +243,7 @@ def bench_size(workdir: Path, size: int, repeat: int, diagnose: bool) -> dict:
     with btrfs_image(workdir, image_size, label) as mnt:
         path = workdir / f"{label}.repo"
         path.mkdir()
-        repo = Repo(path)
+        repo = Repo(path, registry)
         try:
             run(["git", "init", "-q", "-b", "main", str(path)])
             lake = mnt / "lake"
@@ -201,6 +259,10 @@ def bench_size(workdir: Path, size: int, repeat: int, diagnose: bool) -> dict:
             total = sum(w["bytes"] for w in written.values())
             print(f"[{label}] wrote {human(total)} in {write_s:.1f} s", flush=True)
 
+            if registry:
+                with open(path / "snapver.toml", "a") as f:
+                    f.write('\n[registry]\nmetrics = ["models/metrics.json"]\n')
+                repo.prepare()
             repo.git("add", "snapver.toml")
             repo.git("commit", "-q", "-m", "data v0")  # the post-commit hook snapshots it
             first = repo.head()
@@ -211,6 +273,7 @@ def bench_size(workdir: Path, size: int, repeat: int, diagnose: bool) -> dict:
             # jobs on this shared machine falls on all three modes alike.
             for i in range(repeat):
                 for mode in MODES[i % 3:] + MODES[:i % 3]:
+                    repo.prepare()
                     samples[f"git commit ({mode})"].append(
                         repo.timed_git(mode, "commit", "-q", "--allow-empty", "-m", "x"))
                     if mode == "hooks" and not snapshotted(lake, project, repo.head()):
@@ -240,6 +303,8 @@ def bench_size(workdir: Path, size: int, repeat: int, diagnose: bool) -> dict:
                 for op, argvs in (("git commit", [("commit", "-q", "--allow-empty", "-m", "x")]),
                                   ("git checkout", [("checkout", "-q", first), ("checkout", "-q", "main")])):
                     for argv in argvs:
+                        if argv[0] == "commit":
+                            repo.prepare()
                         for name, runs in traced_hooks(repo, *argv).items():
                             hooks_run[op].setdefault(name, []).extend(runs)
             breakdown = python_breakdown(repo, first, repeat) if diagnose else None
@@ -251,7 +316,7 @@ def bench_size(workdir: Path, size: int, repeat: int, diagnose: bool) -> dict:
             hook_log = log.read_text()[-20000:] if log.exists() else ""
             shutil.rmtree(path, ignore_errors=True)  # the catalog is on the image: nothing holds it
     return {
-        "label": label, "size": size, "image_size": image_size,
+        "label": label, "size": size, "registry": registry, "image_size": image_size,
         "written": written, "written_bytes": total,
         "written_files": sum(w["files"] for w in written.values()), "write_seconds": write_s,
         "commits_per_traced_op": {"git commit": 5, "git checkout": 10},
@@ -297,7 +362,10 @@ def markdown(report: dict) -> str:
     lines = [
         "# snapver: Git hook overhead on `git commit` and `git checkout` (Btrfs)",
         "",
-        f"{report['date']}, `bench/hooks.py --sizes {report['args']['sizes']} --repeat {report['args']['repeat']}`",
+        f"{report['date']}, `bench/hooks.py --sizes {report['args']['sizes']} --repeat {report['args']['repeat']}"
+        + (" --registry`: `[registry] metrics = [\"models/metrics.json\"]`, and a ~5 MB pickled model "
+           "(models/model.pkl) and the metrics rewritten before every commit (untimed, in every mode)"
+           if report["args"].get("registry") else "`"),
         "",
         machine_line(m) + ".",
         "Load average (1, 5, 15 min; 2 CPUs shared with other jobs): "
@@ -424,6 +492,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=20, help="rounds per operation and mode (default 20)")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                         help="where the image files go; needs free space for the largest size")
+    parser.add_argument("--registry", action="store_true",
+                        help="a project with [registry] metrics and a ~5 MB pickled model rewritten before each commit")
     parser.add_argument("--no-diagnostics", action="store_true",
                         help="skip the Python start-up / importtime / cProfile breakdown")
     args = parser.parse_args()
@@ -437,19 +507,19 @@ def main() -> int:
     with run_dir(args.workdir) as workdir:
         frozen = freeze_source(workdir / "src")
         for size in sizes:
-            results.append(bench_size(workdir, size, args.repeat, not args.no_diagnostics))
+            results.append(bench_size(workdir, size, args.repeat, not args.no_diagnostics, args.registry))
         digest = source_digest(frozen)
 
     report = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "args": {"sizes": args.sizes, "repeat": args.repeat},
+        "args": {"sizes": args.sizes, "repeat": args.repeat, "registry": args.registry},
         # What ran is the copy taken at the start (freeze_source), whatever the tree holds by now.
         "machine": {**machine(), "snapver_source_sha256": digest},
         "source_changed": source_digest() != digest,
         "summary": {s["label"]: {op: summary(v) for op, v in s["samples_ms"].items()} for s in results},
         "sizes": results,
     }
-    write_results("hooks", markdown(report), report)
+    write_results("hooks-registry" if args.registry else "hooks", markdown(report), report)
     return 0
 
 

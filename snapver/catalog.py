@@ -621,7 +621,8 @@ class Catalog:
         self.conn.execute("INSERT OR IGNORE INTO registry_values SELECT project, ?, kind, key, num, text, source "
                           "FROM registry_values WHERE project = ? AND snapshot = ?", args)
         for table, cols in (("provenance", "license, source"), ("scans", "scanned, files, flagged"),
-                            ("scan_files", "path, size, mtime_ns, ctime_ns, flagged, findings")):
+                            ("scan_files", "path, size, mtime_ns, ctime_ns, flagged, findings"),
+                            ("scan_pending", "queued")):
             self.conn.execute(f"INSERT OR IGNORE INTO {table} SELECT project, volume, ?, {cols} FROM {table} "
                               "WHERE project = ? AND snapshot = ? AND volume = ?", (*args, volume))
 
@@ -646,6 +647,28 @@ class Catalog:
                                   [(project, volume, snapshot, *r) for r in rows])
             self.conn.execute("INSERT OR REPLACE INTO scans VALUES (?, ?, ?, ?, ?, ?)",
                               (project, volume, snapshot, scanned, len(rows), sum(bool(r[4]) for r in rows)))
+            # With the verdicts, never before them: a scan killed half-way leaves it owed.
+            self.conn.execute("DELETE FROM scan_pending WHERE project = ? AND volume = ? AND snapshot = ?",
+                              (project, volume, snapshot))
+
+    def mark_scan_pending(self, project: str, rows, queued: str) -> None:
+        """rows: (volume, snapshot) whose scan is owed (registry.py scans them after the commit)."""
+        with self.batch():
+            self.conn.executemany("INSERT OR IGNORE INTO scan_pending VALUES (?, ?, ?, ?)",
+                                  [(project, v, s, queued) for v, s in rows])
+
+    def scans_pending(self, project: str, snapshots=None) -> list[tuple[str, str]]:
+        """(volume, snapshot) whose scan is owed, oldest first; of these snapshot names if given."""
+        rows = self.conn.execute("SELECT volume, snapshot FROM scan_pending WHERE project = ? ORDER BY queued",
+                                 (project,)).fetchall()
+        wanted = None if snapshots is None else set(snapshots)
+        return [(r[0], r[1]) for r in rows if wanted is None or r[1] in wanted]
+
+    def drop_scan_pending(self, project: str, volume: str, snapshot: str) -> None:
+        """A snapshot gone before its scan (gc): nothing is owed any more."""
+        with self.batch():
+            self.conn.execute("DELETE FROM scan_pending WHERE project = ? AND volume = ? AND snapshot = ?",
+                              (project, volume, snapshot))
 
     def scan_rows(self, project: str, volume: str, snapshot: str) -> list | None:
         """(path, flagged, findings) of a snapshot's scan by path; None if it was never scanned."""

@@ -26,7 +26,7 @@ import os
 
 from .errors import SnapverError
 
-VERSION = 5
+VERSION = 6
 
 
 class SchemaTooNew(SnapverError):
@@ -266,8 +266,26 @@ def _to_v5(conn) -> None:
         conn.execute("INSERT OR IGNORE INTO release_heads VALUES (?, ?, ?)", (project, name, move_id))
 
 
+# Version 6: a model scan can wait until after the commit (registry.py: the Git hook only marks
+# the snapshot, and a process of its own scans it). A row here is a snapshot whose scan is owed;
+# record_scan deletes it with the verdicts, in one transaction, so a scan killed half-way leaves
+# it owed. A table of its own, not a mark in `scans`: a snapver before version 6 finds no scan
+# of such a snapshot and scans it before a release, as it always did, never "scanned, 0 files".
+_V6 = """
+CREATE TABLE IF NOT EXISTS scan_pending (
+    project TEXT NOT NULL, volume TEXT NOT NULL, snapshot TEXT NOT NULL, queued TEXT NOT NULL,
+    PRIMARY KEY (project, volume, snapshot)
+)
+"""
+
+
+def _to_v6(conn) -> None:
+    for statement in _statements(_V6):
+        conn.execute(statement)
+
+
 # MIGRATIONS[n] takes a catalog from version n to n + 1.
-MIGRATIONS = [_to_v1, _to_v2, _to_v3, _to_v4, _to_v5]
+MIGRATIONS = [_to_v1, _to_v2, _to_v3, _to_v4, _to_v5, _to_v6]
 assert len(MIGRATIONS) == VERSION
 
 

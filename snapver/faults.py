@@ -46,6 +46,8 @@ The points, in the order an operation reaches them:
     receive-received             the stream is in and the snapshot whole, its catalog rows not yet written
     receive-end                  the catalog rows are written, the journal entry not yet closed
     daemon-opened                snapverd found a workspace with Git, not yet checked it is its owner's
+    scan-read                    a model scan (not a hook's: they read nothing) has read the files,
+                                 its verdicts not yet stored
 """
 
 import os

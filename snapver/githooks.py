@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import faults, ops
+from . import faults, ops, seams
 from .config import LocalState, ProjectConfig, write_as_owner
 from .errors import SnapverError, one_line
 from .gitrepo import GitRepo
@@ -27,6 +27,12 @@ def main(argv: list[str]) -> int:
     hook, args = argv[0], argv[1:]
     os.umask(os.umask(0o022) | 0o022)  # as linux.restrict_umask, without importing it here
     try:
+        if hook == "scan-pending":  # started by a hook that left a model scan pending (scan.start_detached)
+            scan_pending()
+            return 0
+        seams.on_commit_path = True  # a changed model is scanned after the hook, not in it
+        flagged_since()
+
         def announce(message: str) -> None:
             say(f"warning: {message}")
             log(f"{hook}: warning: {message}")
@@ -100,6 +106,37 @@ def main(argv: list[str]) -> int:
             say(f"{known} (Git carried on)")
             log(f"{hook} {' '.join(args)}: {known}")
     return 0
+
+
+def scan_pending() -> None:
+    """The scans a hook left pending, in a process of its own that nobody watches: what it
+    flags is kept in .git/snapver/scan-flagged for the next hook to say (flagged_since)."""
+    flagged = [f"{d['volume']}/{p} (at {short(d['snapshot'])})"
+               for d in call("scan-pending", None, lambda m: log(f"scan-pending: warning: {m}")) for p in d["flagged"]]
+    if flagged:
+        path = GitRepo.find(".").git_dir / "snapver" / "scan-flagged"
+        with open(path, "a") as f:
+            f.writelines(line + "\n" for line in flagged)
+
+
+def flagged_since() -> None:
+    """Say, once, what the last scans after a commit flagged (one stat when there is nothing)."""
+    git_dir = os.environ.get("GIT_DIR") or ".git"
+    try:
+        if os.path.isfile(git_dir):  # a linked worktree's .git: "gitdir: PATH"
+            with open(git_dir) as f:
+                git_dir = f.read().strip().removeprefix("gitdir: ")
+        path = Path(git_dir) / "snapver" / "scan-flagged"
+        if not path.is_file():
+            return
+        lines = path.read_text().split("\n")
+        path.unlink()
+    except OSError:
+        return
+    lines = [line for line in lines if line]
+    if lines:
+        say(f"warning: {len(lines)} model file(s) flagged since: run code when unpickled: {'; '.join(lines)}; "
+            "`snapver scan REV` lists them, and `snapver release` refuses them")
 
 
 def rebase_edit(done_line: list[str], tell) -> None:

@@ -145,6 +145,9 @@ def _log(ws, a, by):
                                             "author": e.author, "message": e.message, "volumes": {}})
         entry["volumes"][s.volume] = {"path": str(s.path), "created": s.created.isoformat()}
         entry["message"] = entry["message"] or e.message
+    # A model scan the Git hook left to a process of its own that has not stored its verdicts yet.
+    for v, name in ws.catalog.scans_pending(ws.project, entries):
+        entries[name].setdefault("scan_pending", []).append(v)
     keys = a.get("metrics") or []
     if keys:  # in the same call: the values are read from the same catalog as the entries
         known = registry.values(ws, list(entries))
@@ -163,7 +166,8 @@ def _show(ws, a, by):
     name = next(iter(snaps.values())).name
     v = registry.values(ws, [name]).get(name, {})
     return {"commit": commit, "info": info, "volumes": vols, "provenance": registry.provenance(ws, name),
-            "params": v.get("param", {}), "metrics": v.get("metric", {})}
+            "params": v.get("param", {}), "metrics": v.get("metric", {}),
+            "scan_pending": sorted(vol for vol, _ in ws.catalog.scans_pending(ws.project, [name]))}
 
 
 def _diff(ws, a, by):
@@ -440,6 +444,7 @@ OPS: dict[str, Op] = {
     "diff": Op(_diff),
     "compare": Op(lambda ws, a, by: registry.compare(ws, [str(r) for r in a.get("revs") or []])),
     "scan": Op(lambda ws, a, by: registry.scan_report(ws, str(a.get("rev") or "HEAD"))),
+    "scan-pending": Op(lambda ws, a, by: registry.scan_pending(ws)),  # the hook's scan process, `scan --pending`
     "du": Op(lambda ws, a, by: registry.du(ws)),
     "restore": Op(_restore),
     # Not served: they change what only the lake's owner decides (which snapshots gc may never

@@ -88,17 +88,40 @@ def after_snapshot(ws, snaps) -> None:
                     record_values(ws, name, {kind: values}, source=rel)
     if s.scan_on_snapshot:
         wanted = set(scan_volumes(ws, s))
+        owed = []
         for sn in snaps:
             if sn.volume in wanted:
                 try:
-                    _scan_one(ws, sn)
+                    # On a commit's path (the Git hooks) a model that changed is read after it.
+                    if _scan_one(ws, sn, read=not seams.on_commit_path) is None:
+                        owed.append((sn.volume, sn.name))
                 except Exception as e:  # a scanner's failure must not fail a snapshot already taken
                     warn("snapver: warning: model scan of %s@%s failed: %s", sn.volume, short(name), e)
+        if owed:
+            from datetime import datetime, timezone
+
+            ws.catalog.mark_scan_pending(ws.project, owed, datetime.now(timezone.utc).isoformat())
+            scan.start_detached(ws.git.toplevel)
 
 
-def _scan_one(ws, snap):
-    verdicts = scan.scan_snapshot(ws.catalog, snap)
-    for v in verdicts:
+def scan_pending(ws) -> list[dict]:
+    """Scan the snapshots of this project whose scan is owed (the process a Git hook starts, and
+    `snapver scan --pending`): [{volume, snapshot, flagged: [path]}]; a snapshot gone since
+    (gc) is owed no more."""
+    done = []
+    for volume, name in ws.catalog.scans_pending(ws.project):
+        snap = ws.backend.find(ws.project, volume, name)
+        if snap is None:
+            ws.catalog.drop_scan_pending(ws.project, volume, name)
+            continue
+        verdicts = _scan_one(ws, snap) or []
+        done.append({"volume": volume, "snapshot": name, "flagged": [v.path for v in verdicts if v.flagged]})
+    return done
+
+
+def _scan_one(ws, snap, read: bool = True):
+    verdicts = scan.scan_snapshot(ws.catalog, snap, read)
+    for v in verdicts or []:
         if v.flagged:
             warn("snapver: warning: %s/%s runs code when unpickled (%s): "
                         "`snapver scan` lists it, and `snapver release` refuses it",
@@ -407,12 +430,14 @@ def compare(ws, revs: list[str]) -> dict:
 
 def flagged(ws, snaps: dict) -> list[str]:
     """'volume/path (findings)' for every flagged model file in these snapshots; scans those
-    configured for scanning that were never scanned (scan off, or older than the scanner)."""
+    configured for scanning that were never scanned (scan off, older than the scanner, or
+    pending: the hook's scan process has not stored its verdicts, or never will)."""
     wanted = set(scan_volumes(ws, settings(ws)))
+    pending = {v for v, _ in ws.catalog.scans_pending(ws.project, [s.name for s in snaps.values()])}
     bad = []
     for v, snap in snaps.items():
         verdicts = scan.stored(ws.catalog, snap)
-        if verdicts is None and v in wanted:
+        if verdicts is None and (v in wanted or v in pending):  # pending: its process may never run
             verdicts = _scan_one(ws, snap)
         judged = [scan.judge(f, settings(ws).scan_allow)[1] for f in verdicts or []]
         bad += [f"{v}/{f.path} ({', '.join(f.findings)})" for f in judged if f.flagged]
@@ -421,7 +446,7 @@ def flagged(ws, snaps: dict) -> list[str]:
 
 def scan_report(ws, rev: str = "HEAD") -> dict[str, list[dict]]:
     """{volume: [{path, flagged, findings}]} for the scanned volumes' snapshots at rev;
-    a snapshot never scanned (scan off, or taken before) is scanned now."""
+    a snapshot never scanned (scan off, taken before, or its scan pending) is scanned now."""
     snaps, _ = snapshots_at(ws, rev)
     report = {}
     for v in scan_volumes(ws, settings(ws)):
@@ -429,7 +454,7 @@ def scan_report(ws, rev: str = "HEAD") -> dict[str, list[dict]]:
             verdicts = scan.stored(ws.catalog, snaps[v])
             if verdicts is None:
                 verdicts = scan.scan_snapshot(ws.catalog, snaps[v])
-            judged = [scan.judge(f, settings(ws).scan_allow) for f in verdicts]  # [scan] allow
+            judged = [scan.judge(f, settings(ws).scan_allow) for f in verdicts or []]  # [scan] allow
             report[v] = [{"path": f.path, "state": state, "flagged": f.flagged, "findings": f.findings}
                          for state, f in judged]
     return report

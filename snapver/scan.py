@@ -11,6 +11,14 @@ files whose (size, mtime, ctime) were not already scanned in an earlier
 snapshot of the same volume: the cost is that of the models that changed.
 Finding them walks the volume's names (stat only), which is why only the
 configured volumes are scanned (by default `models` and derived volumes).
+
+Reading a changed model does not sit on a commit's path (issue 19: a 5 MB model
+took the hook past 100 ms): the Git hook stores what needs no reading, marks the
+rest pending in the catalog and starts `python -m snapver.githooks scan-pending`
+in a session of its own (start_detached), which scans the snapshot (immutable: the
+same verdicts as during the hook) and stores them. What refuses flagged models
+(`release`) scans a pending snapshot itself first, so a scan that never ran or was
+killed leaves it pending, never released unscanned.
 """
 
 from __future__ import annotations
@@ -18,10 +26,13 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
+from . import faults
 from .errors import SnapverError
 from .safeio import open_regular
 
@@ -92,13 +103,17 @@ def model_files(root: Path):
                     yield os.path.relpath(full, root), st
 
 
-def scan_snapshot(catalog, snap) -> list[FileVerdict]:
-    """Scan a snapshot's model files (reusing verdicts of unchanged files) and store the result."""
+def scan_snapshot(catalog, snap, read: bool = True) -> list[FileVerdict] | None:
+    """Scan a snapshot's model files (reusing verdicts of unchanged files) and store the result.
+    read=False: only if every model file has a verdict already (no file is read, picklescan is
+    not imported); None, nothing stored, if one would have to be read."""
     verdicts, rows = [], []
     for rel, st in model_files(Path(snap.path)):
         prev = catalog.scanned_file(snap.project, snap.volume, rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if prev is not None:
             flagged, findings = bool(prev[0]), json.loads(prev[1])
+        elif not read:
+            return None
         else:
             scanned = scan_file(Path(snap.path) / rel)
             if scanned is None:
@@ -106,6 +121,8 @@ def scan_snapshot(catalog, snap) -> list[FileVerdict]:
             flagged, findings = scanned
         verdicts.append(FileVerdict(rel, flagged, findings))
         rows.append((rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, int(flagged), json.dumps(findings)))
+    if read:
+        faults.point("scan-read")  # the crash tests' scan process killed before it stored anything
     catalog.record_scan(snap.project, snap.volume, snap.name, rows, datetime.now(timezone.utc).isoformat())
     return verdicts
 
@@ -116,3 +133,23 @@ def stored(catalog, snap) -> list[FileVerdict] | None:
     if rows is None:
         return None
     return [FileVerdict(r[0], bool(r[1]), json.loads(r[2])) for r in rows]
+
+
+# Test-only: set, the Git hook marks scans pending but starts no process for them (a scan that
+# never ran, or was killed before it stored anything), so tests can see what is then refused.
+NO_SCAN_PROCESS = "SNAPVER_TEST_NO_SCAN_PROCESS"
+
+
+def start_detached(toplevel: Path) -> None:
+    """Scan this working tree's pending snapshots in a process of its own, in a new session:
+    Git's commit does not wait for it, a Ctrl-C at the terminal does not reach it, and it
+    writes nothing to the terminal (its errors go to .git/snapver/hook.log). Never raises:
+    the snapshot is taken, and a scan that did not start is still pending."""
+    if os.environ.get(NO_SCAN_PROCESS) == "1":
+        return
+    try:
+        subprocess.Popen([sys.executable, "-m", "snapver.githooks", "scan-pending"], cwd=toplevel,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True, close_fds=True)
+    except OSError:
+        pass  # pending: the next `release`, `scan` or hook's scan does it

@@ -24,6 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+# Set by the Git hooks (githooks.main): what a snapshot_taken callback would do that is slow
+# (reading a changed model to scan it) is left to a process of its own, off `git commit`'s path.
+on_commit_path = False
+
 snapshot_taken: list[Callable] = []
 gc_protectors: list[Callable] = []
 rev_prefixes: dict[str, Callable] = {}

@@ -40,8 +40,8 @@ V1_TABLES = {"snapshots", "commits", "volumes", "operations", "clones", "registr
              "lineage", "provenance", "scans", "scan_files", "received_pins"}
 # Version 2 adds the build recipes and the record of builds (cascade), version 3 the
 # history of release moves, version 4 the metric history, version 5 the move each release
-# is at (its head).
-TABLES = V1_TABLES | {"recipes", "builds", "release_moves", "metric_history", "release_heads"}
+# is at (its head), version 6 the model scans owed (a Git hook leaves them to a process of their own).
+TABLES = V1_TABLES | {"recipes", "builds", "release_moves", "metric_history", "release_heads", "scan_pending"}
 
 
 def raw(path: Path, script: str = "") -> None:
@@ -67,7 +67,7 @@ def files(path: Path) -> dict[str, str]:
 def test_a_new_catalog_is_made_at_the_current_version(tmp_path):
     db = tmp_path / "catalog.db"
     Catalog(db).close()
-    assert user_version(db) == VERSION == 5
+    assert user_version(db) == VERSION == 6
     assert tables(db) == TABLES
 
 
@@ -104,7 +104,7 @@ def test_a_catalog_of_version_1_is_upgraded_and_its_releases_get_their_history(t
             "'serving', 0);"
             "INSERT INTO releases VALUES ('p', 'v1.0', 's0', 'c0', 'data', '2025-12-01T00:00:00+00:00', NULL, 0);")
     c = Catalog(db)
-    assert user_version(db) == VERSION == 5
+    assert user_version(db) == VERSION == 6
     moves = c.release_moves("p", "prod")
     assert [(m["moved"], m["who"], m["from_snapshot"], m["to_snapshot"], m["volumes"], m["message"])
             for m in moves] == [("2026-01-01T00:00:00+00:00", None, None, "s1", "data models", "serving")]
@@ -182,6 +182,26 @@ def test_a_catalog_of_version_4_gets_move_ids_parents_and_heads(tmp_path):
     c.close()
     Catalog(db).close()  # again: ids are not made twice
     assert [m["id"] for m in Catalog(db).release_moves("p", "prod")] == [m["id"] for m in moves]
+
+
+def test_a_catalog_of_version_5_gets_the_table_of_scans_owed_and_keeps_its_scans(tmp_path):
+    """A scan stored before version 6 stays a scan; a scan owed is one transaction away from
+    its verdicts: record_scan stores them and drops it together."""
+    db = tmp_path / "catalog.db"
+    raw(db, ";".join([catalog_schema._V1, catalog_schema._V2, catalog_schema._V3, catalog_schema._V4,
+                      catalog_schema._V5]) + ";ALTER TABLE release_moves ADD COLUMN id TEXT;"
+            "ALTER TABLE release_moves ADD COLUMN parents TEXT;PRAGMA user_version = 5;"
+            "INSERT INTO scans VALUES ('p', 'models', 's1', 't', 0, 0);")
+    c = Catalog(db)
+    assert user_version(db) == VERSION and tables(db) == TABLES
+    assert c.scan_rows("p", "models", "s1") == [] and c.scans_pending("p") == []
+    c.mark_scan_pending("p", [("models", "s2"), ("models", "s3")], "t2")
+    c.mark_scan_pending("p", [("models", "s2")], "t3")  # owed twice is owed once
+    assert c.scans_pending("p") == [("models", "s2"), ("models", "s3")]
+    assert c.scans_pending("p", ["s3"]) == [("models", "s3")]
+    c.record_scan("p", "models", "s2", [("m.pkl", 1, 2, 3, 1, "[]")], "t4")
+    assert c.scans_pending("p") == [("models", "s3")] and [tuple(r) for r in c.scan_rows("p", "models", "s2")] == [("m.pkl", 1, "[]")]
+    c.close()
 
 
 def test_migrating_is_idempotent(tmp_path):

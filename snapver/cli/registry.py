@@ -7,6 +7,7 @@ import sys
 import click
 
 from ..errors import NO_MATCH, one_line
+from ..names import short
 from . import complete_release, complete_rev, complete_volume, complete_volume_at_rev
 from . import cli, emit_json, emit_result, json_option, when, cell, label, run
 
@@ -239,8 +240,10 @@ def lineage(volume, dot, upstream, as_json):
 
 @cli.command()
 @click.argument("rev", default="HEAD", shell_complete=complete_rev)
+@click.option("--pending", is_flag=True,
+              help="Scan every snapshot whose scan a Git hook left pending (what its background process does).")
 @click.option("--json", "as_json", is_flag=True)
-def scan(rev, as_json):
+def scan(rev, pending, as_json):
     """The model scan of REV's snapshots (scanning now those never scanned).
 
     Pickle-based model files (.pkl .pickle .pt .pth .bin .joblib .ckpt) are
@@ -248,7 +251,24 @@ def scan(rev, as_json):
     load), suspicious (imports globals picklescan does not know), clean. Globals
     in [scan] allow of snapver.toml (e.g. ["sklearn.*", "numpy.*"]) are accepted.
     Exits 1 if a file is flagged.
+
+    A Git hook does not read a model that changed: it marks the snapshot's scan
+    pending and a process of its own scans it after the commit (`log` and `show`
+    say "scan pending" meanwhile; `release` scans a pending snapshot before it
+    decides). --pending runs those scans now.
     """
+    if pending:
+        done = run("scan-pending")
+        if as_json:
+            emit_json(done)
+        else:
+            click.echo(f"scanned {len(done)} pending snapshot(s)")
+            for d in done:
+                for path in d["flagged"]:
+                    click.echo(f"  FLAGGED    {d['volume']}/{path}  at {short(d['snapshot'])}")
+        if any(d["flagged"] for d in done):
+            sys.exit(1)
+        return
     report = run("scan", {"rev": rev})
     if as_json:
         emit_json(report)

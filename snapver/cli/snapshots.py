@@ -88,6 +88,8 @@ def log(include_wip, as_json, metrics):
         # A commit's subject first (the daemon's note on a commit it snapshotted comes after it).
         notes = [e["subject"], e["message"]] if e["kind"] == "commit" else [e["message"] or e["subject"]]
         note = "  ".join(f"({n})" if i else n for i, n in enumerate(n for n in notes if n))
+        if e.get("scan_pending"):
+            note = f"[scan pending: {', '.join(sorted(e['scan_pending']))}]  {note}"
         cols = "".join(f"{cell(e['metrics'][m]):>{width[m]}}  " for m in metrics)
         click.echo(f"{label(e['name']):<34} {when(e['created'])}  {e['kind']:<6}  {cols}{vols}  {note}".rstrip())
 
@@ -216,6 +218,9 @@ def show(rev, space, as_json):
     for kind in ("params", "metrics"):
         for k, val in view[kind].items():
             click.echo(f"{kind[:-1]:<8} {k} = {cell(val)}")
+    if view.get("scan_pending"):
+        click.echo(f"scan     pending for {', '.join(view['scan_pending'])} (a model changed: it is scanned after "
+                   "the commit; `snapver scan` does it now, `snapver release` before it decides)")
 
 
 @cli.command()
