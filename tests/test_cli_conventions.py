@@ -35,6 +35,10 @@ def test_each_documented_exit_code_is_what_the_command_returns(lake_repo):
     assert missing.returncode == 3 and missing.stderr.count("\n") == 1 and "Traceback" not in missing.stderr
     assert run(lake_repo, "path", "HEAD", "nosuchvolume").returncode == 3
     assert run(lake_repo, "gc", "--forget-unknown", "soon").returncode == 1, "a plain error: 1"
+    assert run(lake_repo, "find", "accuracy>0.5").returncode == 1, "a name no version has: an error, 1"
+    recorded = subprocess.run([sys.executable, "-c", "import snapver; snapver.snapshot(metrics={'accuracy': 0.1}, wip=False)"],
+                              cwd=lake_repo, env=env(), capture_output=True, text=True)
+    assert recorded.returncode == 0, recorded.stderr
     assert run(lake_repo, "find", "accuracy>0.5").returncode == 5, "no match: 5"
     nothing = run(lake_repo, "find", "accuracy>0.5", "--json")
     assert nothing.returncode == 5 and nothing.stdout.strip() == "[]"
@@ -51,8 +55,8 @@ def test_every_environment_variable_read_is_documented():
     """Each SNAPVER_* the code reads (os.environ, the hook shim) is in the README and, if it is a
     user's, in `snapver --help`."""
     read: set[str] = set()
-    for path in (ROOT / "snapver").rglob("*"):
-        if path.suffix in (".py", ".sh"):
+    for path in [*(ROOT / "snapver").rglob("*"), *(ROOT / "hooks").iterdir()]:  # hooks/: the shims
+        if path.suffix in (".py", ".sh") or (path.parent.name == "hooks" and path.is_file()):
             text = path.read_text()
             read |= set(re.findall(r"environ(?:\.get)?\(?\[?\s*\"(SNAPVER_[A-Z_]+)\"", text))
             # The shim's own variables (SNAPVER_PYTHON='...') are set there, not read from the environment.
@@ -131,7 +135,7 @@ def test_every_command_that_changes_something_speaks_one_json_schema(lake_repo):
     derived = envelope(run(lake_repo, "derive", f"models@{v1}", "tuned", "--json"), "derive")
     assert derived["volume"] == "tuned" and derived["source_snapshot"] == v1
     gc = envelope(run(lake_repo, "gc", "--dry-run", "--json"), "gc")
-    assert set(gc) == {"decisions", "doubts"} and all("keep" in d for d in gc["decisions"])
+    assert set(gc) == {"decisions", "doubts", "pruned"} and all("keep" in d for d in gc["decisions"])
     assert envelope(run(lake_repo, "reindex", "--json"), "reindex")["snapshots"] > 0
     # A failure is said in the same schema on stdout (and as one line on stderr), nothing changed.
     before = run(lake_repo, "log", "--all", "--json").stdout
