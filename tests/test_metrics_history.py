@@ -223,8 +223,12 @@ def test_the_readme_table_works_as_written(repo, btrfs_lake, tmp_path):
             try:
                 assert proc.stdout is not None and proc.stdout.readline().startswith("snapver ui:"), proc.stderr
             finally:
-                proc.send_signal(signal.SIGINT)
-                proc.wait(30)
+                proc.send_signal(signal.SIGINT)  # Ctrl-C stops it (given time: CI's machine is loaded)
+                try:
+                    assert proc.wait(300) is not None
+                finally:
+                    proc.kill()
+                    proc.wait()
         else:
             argv = shlex.split(command.replace("/mnt/other-lake", str(far)))
             snapver(repo, *argv[1:])  # exits 0

@@ -8,10 +8,12 @@ every stream really crosses from one filesystem to another.
 from __future__ import annotations
 
 import json
+import pty
 import os
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ import pytest
 
 from snapver.transfer import open_lake
 from tests.fixtures.btrfs import btrfs_image, need_root_and
-from tests.fixtures.git import commit, git, snapver, tree_digest, write
+from tests.fixtures.git import commit, env, git, snapver, tree_digest, write
 from tests.fixtures.zfs import destroy_dataset, zfs_file_pool
 
 
@@ -403,12 +405,31 @@ def test_push_and_pull_over_ssh(lake_repo, far, third, sshd, tmp_path, monkeypat
 
 
 def test_progress_bar_shows_bytes_and_rate(lake_repo, far):
+    """On a terminal, tqdm's bar on stderr; in a log (stderr not a terminal), or with -q, none."""
     a = lake_repo
     write(a / "data" / "d.bin", os.urandom(2 << 20))
     commit(a, "one")
     snapver(a, "remote", "add", "far", far.url)
-    err = snapver(a, "push", "far").err
-    assert "data@" in err and "B/s" in err  # tqdm's bar on stderr
+    master, slave = pty.openpty()
+    with subprocess.Popen([sys.executable, "-m", "snapver", "push", "far"], cwd=a, env=env(),
+                          stdout=subprocess.DEVNULL, stderr=slave) as proc:
+        os.close(slave)
+        err = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the push closed its end
+                break
+            if not chunk:
+                break
+            err += chunk
+        assert proc.wait(timeout=600) == 0, err
+    os.close(master)
+    assert b"data@" in err and b"B/s" in err, err
+    write(a / "data" / "d.bin", os.urandom(1 << 20))
+    commit(a, "two")
+    logged = snapver(a, "push", "far").err
+    assert "data@" not in logged and "\x1b[" not in logged, logged
     assert snapver(a, "push", "far", "-q").err == ""
 
 

@@ -72,8 +72,9 @@ class ZfsBackend(ZfsStreams, Backend):
         try:
             props = self._node.get(self._lake, ["type", "mountpoint", "mounted"])[self._lake]
         except CommandFailed as e:
-            if os.geteuid() != 0 and "Permission denied" in str(e):
-                # /dev/zfs is root's: not a missing dataset (the caller says what to do instead).
+            if os.geteuid() != 0 and ("Permission denied" in str(e) or "failed to initialize ZFS library" in str(e)):
+                # /dev/zfs (zfs-fuse: its socket) is root's: not a missing dataset (the caller
+                # says what to do instead). zfs-fuse's last line is "failed to initialize ZFS library".
                 raise PermissionError(13, "the zfs command needs root", "/dev/zfs") from None
             raise SnapverError(
                 f"the ZFS dataset {self._lake} does not exist (is its pool imported?): "
