@@ -46,6 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, note, settings
 from hypothesis.errors import Flaky, FlakyStrategyDefinition
 from hypothesis import seed as hseed
