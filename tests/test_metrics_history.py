@@ -198,7 +198,6 @@ def readme_table() -> list[str]:
 
 def test_the_readme_table_works_as_written(repo, btrfs_lake, tmp_path):
     import shlex
-    import signal
 
     assert sorted(set(readme_table())) == sorted(set(README_TABLE)), "the test runs what the README says"
     snapver(repo, "init", "--lake", str(btrfs_lake))
@@ -223,9 +222,11 @@ def test_the_readme_table_works_as_written(repo, btrfs_lake, tmp_path):
             try:
                 assert proc.stdout is not None and proc.stdout.readline().startswith("snapver ui:"), proc.stderr
             finally:
-                proc.send_signal(signal.SIGINT)  # Ctrl-C stops it (given time: CI's machine is loaded)
+                # SIGTERM, not Ctrl-C's SIGINT: pytest-xdist's workers ignore SIGINT, and so,
+                # inheriting it, would the server (its earlier run outlived the test that way).
+                proc.terminate()
                 try:
-                    assert proc.wait(300) is not None
+                    proc.wait(60)
                 finally:
                     proc.kill()
                     proc.wait()

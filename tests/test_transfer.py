@@ -7,13 +7,16 @@ every stream really crosses from one filesystem to another.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import pty
 import os
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
+import termios
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -411,6 +414,7 @@ def test_progress_bar_shows_bytes_and_rate(lake_repo, far):
     commit(a, "one")
     snapver(a, "remote", "add", "far", far.url)
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal's width
     with subprocess.Popen([sys.executable, "-m", "snapver", "push", "far"], cwd=a, env=env(),
                           stdout=subprocess.DEVNULL, stderr=slave) as proc:
         os.close(slave)
