@@ -158,8 +158,14 @@ class ZfsBackend(ZfsStreams, Backend):
         if base is None or ds is None:
             return True
         # Pages written through mmap sit in the kernel until flushed to the
-        # daemon; the probe snapshot then commits everything in one txg.
-        linux.syncfs(Path(ds.mountpoint))
+        # daemon; the probe snapshot then commits everything in one txg. A dataset that is
+        # not mounted (mountpoint "none", or a cascade or checkout swapping it meanwhile)
+        # has nothing to flush.
+        if ds.mounted and ds.mountpoint.startswith("/"):
+            try:
+                linux.syncfs(Path(ds.mountpoint))
+            except FileNotFoundError:
+                pass  # unmounted since the view was read: nothing to flush either
         probe = f"{live}@{PROBE}-{os.getpid()}-{os.urandom(3).hex()}"
         try:
             self._snapshot_all([probe], {})
