@@ -12,21 +12,13 @@ import time
 import tomllib
 from pathlib import Path
 
-import pytest
 
 from snapver.catalog import Catalog
-from tests.fixtures.git import committed, git, snapver, write
+from tests.fixtures.git import committed, snapver, write
+from tests.test_registry import btrfs_repo  # noqa: F401  (the fixture: a repository on a Btrfs lake)
 
 # The fixtures' env() keeps the scan process from starting (tests/fixtures/git.py); "0" starts it.
 START_SCAN = {"SNAPVER_TEST_NO_SCAN_PROCESS": "0"}
-
-
-@pytest.fixture
-def btrfs_repo(repo, btrfs_lake) -> Path:
-    snapver(repo, "init", "--lake", str(btrfs_lake))
-    git(repo, "add", "snapver.toml")
-    git(repo, "commit", "-q", "-m", "snapver")
-    return repo
 
 
 class Payload:
