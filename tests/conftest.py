@@ -48,9 +48,11 @@ def pytest_terminal_summary(terminalreporter):
 # goes to whichever worker is free, except the groups below, each run by one worker. A module
 # whose tests share an expensive module fixture is one group per backend (a test sent to another
 # worker would make that worker build the fixture again); test_bad_input's canary is a fixed path.
-# Every ZFS test is one group, run by one worker: zfs-fuse deadlocks (`zfs create` stuck in
-# a FUSE request) when several sessions mount and destroy datasets at once, as seen with six
-# concurrent users here; one at a time is how the serial suite always ran it without a hang.
+# zfs-fuse deadlocks (`zfs create` stuck in a FUSE request) when several sessions mount and
+# destroy datasets at once, as seen with six concurrent users here. scripts/test.sh therefore
+# gives each worker a zfs-fuse of its own (scripts/test-worker, ZFS_PER_WORKER); where workers
+# share one daemon (`pytest -n` by hand), every ZFS test is one group, run by one worker.
+ZFS_PER_WORKER = os.environ.get("SNAPVER_ZFS_PER_WORKER") == "1"  # as tests/fixtures/zfs.py reads it
 # (The groups are made here from node IDs, not with xdist_group marks, which pytest-xdist 3.8
 # no longer applies under pytest 9.2.)
 XDIST_GROUPS = {"test_transfer.py": "per-backend", "test_registry_sync.py": "per-backend", "test_bad_input.py": "module"}
@@ -58,7 +60,7 @@ XDIST_GROUPS = {"test_transfer.py": "per-backend", "test_registry_sync.py": "per
 
 def xdist_group(nodeid: str) -> str:
     path, _, name = nodeid.partition("::")
-    if "zfs" in name.lower():
+    if "zfs" in name.lower() and not ZFS_PER_WORKER:
         return "zfs"
     how = XDIST_GROUPS.get(path.rsplit("/", 1)[-1])
     if how == "module":
