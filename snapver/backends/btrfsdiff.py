@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import struct
 import subprocess
 from pathlib import Path
 
 from ..errors import SnapverError
-from .base import Change, walk_entry
+from .base import Change
+from .candidates import Candidates, judge
 
 # btrfs send stream v1 (btrfs-progs send.h): commands that make, remove or move a name
 _MKFILE, _MKDIR, _MKNOD, _MKFIFO, _MKSOCK, _SYMLINK, _RENAME, _LINK, _UNLINK, _RMDIR = range(3, 13)
@@ -38,21 +38,6 @@ _NAMING = {_MKFILE, _MKDIR, _MKNOD, _MKFIFO, _MKSOCK, _SYMLINK, _RENAME, _LINK, 
 _SNAPSHOT, _SUBVOL = 2, 1
 _A_PATH, _A_PATH_TO, _A_PATH_LINK = 15, 16, 17
 _HEADER = b"btrfs-stream\0"
-
-
-class Candidates:
-    """A tree of the paths a stream named: node -> {name: node}, and which are whole."""
-
-    def __init__(self) -> None:
-        self.children: dict[str, Candidates] = {}
-        self.whole = False
-
-    def add(self, path: str, whole: bool) -> None:
-        node = self
-        for part in path.split("/"):
-            if part:
-                node = node.children.setdefault(part, Candidates())
-        node.whole = node.whole or whole
 
 
 def parse(stream: bytes) -> Candidates:
@@ -108,30 +93,7 @@ def diff(old: Path, new: Path) -> list[Change] | None:
         found = parse(data)
     except ValueError:
         return None
-    changes: list[Change] = []
-    compare(old, new, "", found, changes)
-    return changes
-
-
-def compare(old: Path, new: Path, rel: str, node: Candidates, changes: list[Change]) -> None:
-    """The walk's answer for the folder rel, looking only at node's candidates in it."""
-    for name in sorted(node.children):
-        child = node.children[name]
-        path = f"{rel}/{name}" if rel else name
-        sa, sb = _lstat(old / path), _lstat(new / path)
-        if child.whole or sa is None or sb is None:
-            walk_entry(old, new, path, sa, sb, changes)
-        elif stat.S_ISDIR(sa.st_mode) and stat.S_ISDIR(sb.st_mode):
-            compare(old, new, path, child, changes)
-        else:
-            walk_entry(old, new, path, sa, sb, changes)
-
-
-def _lstat(path: Path) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
+    return judge(old, new, found)
 
 
 def diff_live(old: Path, live: Path, trash: Path, snapshot) -> list[Change] | None:
