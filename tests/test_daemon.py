@@ -84,8 +84,10 @@ def test_commit_made_without_hooks_is_snapshotted(lake_repo, snapverd):
                    env={**env(), "SNAPVER_SKIP": "1"}, check=True)
     sha = git(lake_repo, "rev-parse", "HEAD")
     commits = lambda: [e for e in snapver(lake_repo, "log", "--json").per_volume if e["commit"] == sha]  # noqa: E731
-    found = wait_for(commits, 1 + 3)
-    assert {e["volume"] for e in found} == {"data", "models", "logs"}
+    # Until every volume is in (a read between two of their rows sees only some), within a poll
+    # interval plus what a loaded machine adds to snapverd's start.
+    found = wait_for(lambda: (f := commits()) and len({e["volume"] for e in f}) == 3 and f, 30)
+    assert {e["volume"] for e in found or commits()} == {"data", "models", "logs"}
     models = next(e for e in found if e["volume"] == "models")
     assert (Path(models["path"]) / "m.pt").read_text() == "trained by a tool"
 

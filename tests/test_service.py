@@ -244,7 +244,8 @@ def test_the_installed_units_run_snapverd_by_socket_activation_notify_watchdog_r
         assert gc.returncode == 0 and "snapshots removed" in gc.stdout, gc.stderr
         # ExecReload= sends SIGHUP: the config is read again, the socket still answers.
         proc.send_signal(signal.SIGHUP)
-        assert wait_for(lambda: b"config reloaded" in (daemon_dir / "snapverd.log").read_bytes(), 20)
+        assert wait_for(lambda: b"config reloaded" in (daemon_dir / "snapverd.log").read_bytes(), 20), \
+            (daemon_dir / "snapverd.log").read_text()
         from snapver import client
 
         watched = client.request({"op": "daemon-status"}, path=sock, timeout=10)
