@@ -50,20 +50,17 @@ def pytest_terminal_summary(terminalreporter):
 # worker would make that worker build the fixture again); test_bad_input's canary is a fixed path.
 # zfs-fuse deadlocks (`zfs create` stuck in a FUSE request) when several sessions mount and
 # destroy datasets at once, as seen with six concurrent users here. scripts/test.sh therefore
-# gives each worker a zfs-fuse of its own (scripts/test-worker, ZFS_IN_PARALLEL); where workers
+# gives each worker a zfs-fuse of its own (scripts/test-worker, ZFS_PER_WORKER); where workers
 # share one daemon (`pytest -n` by hand), every ZFS test is one group, run by one worker.
-# Kernel ZFS (the VM) takes concurrent sessions: no group there either.
-ZFS_IN_PARALLEL = os.environ.get("SNAPVER_ZFS_PER_WORKER") == "1" or os.path.exists("/dev/zfs")
+ZFS_PER_WORKER = os.environ.get("SNAPVER_ZFS_PER_WORKER") == "1"  # as tests/fixtures/zfs.py reads it
 # (The groups are made here from node IDs, not with xdist_group marks, which pytest-xdist 3.8
 # no longer applies under pytest 9.2.)
-# The NFS lake tests (VM) share the guest's one NFS server and its exports.
-XDIST_GROUPS = {"test_transfer.py": "per-backend", "test_registry_sync.py": "per-backend", "test_bad_input.py": "module",
-                "test_vm_nfs_lake.py": "module"}
+XDIST_GROUPS = {"test_transfer.py": "per-backend", "test_registry_sync.py": "per-backend", "test_bad_input.py": "module"}
 
 
 def xdist_group(nodeid: str) -> str:
     path, _, name = nodeid.partition("::")
-    if "zfs" in name.lower() and not ZFS_IN_PARALLEL:
+    if "zfs" in name.lower() and not ZFS_PER_WORKER:
         return "zfs"
     how = XDIST_GROUPS.get(path.rsplit("/", 1)[-1])
     if how == "module":
