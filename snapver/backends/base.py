@@ -72,6 +72,15 @@ class Space(NamedTuple):
 class Footprint(NamedTuple):
     full_copies: int  # the sum of every snapshot's and live volume's referenced bytes
     on_disk: int  # the bytes they really take, each shared block counted once
+    # Where on_disk is the filesystem's own account of its data (a Btrfs lake that is its own
+    # filesystem): the bytes of its metadata, which hold small files inline, given apart.
+    # None where on_disk comes from the datasets (ZFS) or a walk.
+    metadata: int | None = None
+
+
+# Btrfs: what btrfsspace keeps while some snapshot of <project>/snapshots/<volume> has known
+# bytes (Backend.space_owed's one stat, on the hook's path, where btrfsspace is not imported).
+KNOWN = "space-cache.d/known-{project}-{volume}"
 
 
 class Change(NamedTuple):
