@@ -307,6 +307,42 @@ def test_footprint_of_a_lake_folder_is_walked_and_equal(backend):
     assert backend.footprint(P) == fp
 
 
+def test_the_first_snapshot_is_measured_after_the_commit(repo, btrfs_lake):
+    """A volume's first snapshot: a process started after the commit walks it once, so that
+    `show --space` and `du` find its bytes kept and measure the next ones from streams; each
+    figure equal to the walk."""
+    import time
+
+    from tests.fixtures.git import committed, git, snapver, write
+
+    start = {"SNAPVER_TEST_NO_SPACE_PROCESS": "0"}
+    snapver(repo, "init", "--lake", str(btrfs_lake), "--volume", "data")
+    for i in range(50):
+        write(repo / "data" / f"f{i}.bin", os.urandom(5000))
+    git(repo, "add", "snapver.toml")
+    first, _ = committed(repo, "v1", **start)
+    project = next(p for p in btrfs_lake.iterdir() if (p / "snapshots").is_dir())
+    marker = btrfs_lake / "space-cache.d" / f"known-{project.name}-data"
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), "the first snapshot was measured after the commit"
+    snap = project / "snapshots" / "data" / first
+    assert btrfsspace.SpaceCache(btrfs_lake).referenced(subvol_info(snap).uuid) == _du_of(snap).referenced
+
+    write(repo / "data" / "f1.bin", os.urandom(7000))
+    second, _ = committed(repo, "v2", **start)  # its volume has known bytes: no process
+    shown = snapver(repo, "show", "HEAD", "--space", "--json").json["volumes"]["data"]
+    snap2 = project / "snapshots" / "data" / second
+    assert (shown["referenced"], shown["exclusive"]) == tuple(_du_of(snap2))
+    entry = json.loads((btrfs_lake / "space-cache.d" / f"{subvol_info(snap2).uuid}.json").read_text())
+    assert entry["base"] == subvol_info(snap).uuid and entry["new"] == ["f1.bin"], "from the stream to v1"
+    report = snapver(repo, "du", "--json").json
+    rows = {r["snapshot"]: r for v in report["volumes"] for r in v["rows"]}
+    assert (rows[first]["referenced"], rows[first]["exclusive"]) == tuple(_du_of(snap))
+    assert (rows[None]["referenced"], rows[None]["exclusive"]) == tuple(_du_of(repo / "data"))
+
+
 def _du_of(path: Path) -> Space:
     from snapver.backends.btrfs import _du
 

@@ -276,6 +276,11 @@ class Backend(ABC):
         gone, or (ZFS, where a snapshot of it is another volume's origin) set aside read-only
         with its snapshots, as a checkout retires a live volume. Nothing if it is not there."""
 
+    def space_owed(self, project: str, volume: str) -> bool:
+        """Whether space() of this volume's next snapshot would walk its files (no snapshot of
+        it has known bytes yet): cheap, asked on the Git hook's path (spacewarm)."""
+        return False
+
     @abstractmethod
     def live_space(self, project: str, workspace: str, volume: str) -> Space:
         """Space of a live volume, as space() measures a snapshot."""

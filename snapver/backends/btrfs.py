@@ -28,7 +28,7 @@ from ..proc import ask, ask_bytes, run
 from . import btrfsretire
 from .btrfsretire import STALE_TRASH, delete_later, listdir as _listdir, tidy_trash
 from .btrfsimage import image_mountpoint, is_mountpoint, mount_image, provision_image
-from .base import Backend, Change, Footprint, Receive, Snapshot, Space, walk_diff
+from .base import KNOWN, Backend, Change, Footprint, Receive, Snapshot, Space, walk_diff
 
 # _IOR(0x94, 60, struct btrfs_ioctl_get_subvol_info_args), 504 bytes
 _SUBVOL_INFO_SIZE = 504
@@ -365,6 +365,10 @@ class BtrfsBackend(Backend):
             return found
         return btrfsspace.snapshot_space(self._root, self._root / snap.project, snap.path,
                                          f"{snap.volume}@{snap.name}", _du, subvol_info)
+
+    def space_owed(self, project: str, volume: str) -> bool:
+        # One stat: btrfsspace keeps this file while some snapshot of the folder has known bytes.
+        return not os.path.exists(self._root / KNOWN.format(project=project, volume=volume))
 
     def _reap_settled(self, project: str) -> None:
         # Retired volumes share blocks with snapshots (their exclusive bytes look smaller) and
