@@ -7,8 +7,10 @@ first: the newest taken of it, else the one it was cloned from, else the newest.
 read-only subvolume, so a read-only snapshot of the live volume is taken for it (one ioctl,
 as diff does for the live volume) and dropped at once:
 
-- it lives in <workspace>/.trash/<random>.later/, where a crash leaves it to gc (and to the
-  next measure, which reaps what is settled there first), never in the snapshots folder;
+- it lives in <workspace>/.trash/<random>.measure/, never in the snapshots folder: not a
+  folder gc reaps (`.later`: that would delete it under a measure that takes long), but one a
+  crash leaves to the checkouts' tidying of the trash (btrfsretire.tidy_trash, after
+  STALE_TRASH);
 - it is deleted in a `finally` with SIGINT held off (a Ctrl-C lands after the deletion),
   and its deletion is waited for (`btrfs subvolume sync` of its ID, the cleaner thread
   dropping its tree) before the live volume's exclusive bytes are read, since until then
@@ -117,10 +119,8 @@ def _through_snapshot(live: Path, base: Path, info, take) -> tuple[int, list[str
     """(live's generation, base's named files, live's named files, their Total) from the
     stream base -> a read-only snapshot of live taken for it and dropped before returning;
     None where that cannot be done or hard-linked files are named (the caller walks)."""
-    from .btrfsretire import LATER
-
     snapshot_subvolume, subvol_id = take
-    folder = live.parent / ".trash" / (os.urandom(6).hex() + LATER)
+    folder = live.parent / ".trash" / (os.urandom(6).hex() + ".measure")
     now = folder / live.name
     with _signals_held():  # from before the snapshot is made until it is gone
         try:
