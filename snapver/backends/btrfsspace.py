@@ -296,8 +296,8 @@ def remember_ref(store: _Store, path: Path, uuid: str, ref: int, info) -> None:
     if len(entry) == 2:
         entry.append(int(ref))
         store.write(_index_key(path.parent), index)
-    with contextlib.suppress(OSError):
-        known(store, path.parent).touch(mode=0o644)
+    with contextlib.suppress(OSError):  # made once (its time: when the first was known)
+        os.close(os.open(known(store, path.parent), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
 
 
 def file_totals(tree: Path, rels: list[str]) -> tuple[int, int]:
