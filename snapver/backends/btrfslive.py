@@ -82,16 +82,13 @@ def _base(index: dict[str, list], me, snapshots: Path, info) -> str | None:
     origin, else the folder's newest (any works; the nearest streams the least)."""
     if not index:
         return None
-    taken_of = []
-    for name, v in index.items():
-        if v[1] >= me.otransid:  # taken since it was made: of it, or of another workspace's
-            try:
-                if info(snapshots / name).parent_uuid == me.uuid:
-                    taken_of.append((v[1], name))
-            except (OSError, SnapverError):
-                continue
-    if taken_of:
-        return max(taken_of)[1]
+    # Taken since it was made, newest first: of it, or of another workspace's live volume.
+    for _, name in sorted(((v[1], n) for n, v in index.items() if v[1] >= me.otransid), reverse=True):
+        try:
+            if info(snapshots / name).parent_uuid == me.uuid:
+                return name
+        except (OSError, SnapverError):
+            continue
     origin = [n for n, v in index.items() if v[0] == me.parent_uuid]
     return origin[0] if origin else max(index.items(), key=lambda x: x[1][1])[0]
 
