@@ -69,6 +69,7 @@ def filesystem_bytes(root: Path, project_dir: Path, subvol_id) -> tuple[int, int
                 return None
     except (OSError, SnapverError):
         return None
+    linux.syncfs(real)  # what was written so far (the caches' files too) in the figures
     data = metadata = 0
     for line in run(["btrfs", "filesystem", "df", "-b", str(real)]).splitlines():
         kind, _, rest = line.partition(",")
