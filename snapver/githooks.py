@@ -30,6 +30,9 @@ def main(argv: list[str]) -> int:
         if hook == "scan-pending":  # started by a hook that left a model scan pending (scan.start_detached)
             scan_pending()
             return 0
+        if hook == "space-pending":  # started after a volume's first snapshot (spacewarm)
+            call("space-pending", None, lambda m: log(f"space-pending: warning: {m}"))
+            return 0
         seams.on_commit_path = True  # a changed model is scanned after the hook, not in it
         flagged_since()
 

@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 
 # The features plug themselves into the core's seams when imported (seams.py): every
 # entry point routes through here, so they are in place before a workspace is opened.
-from . import build, cascade, client, doctor, endpoint, journal, metrics, recipes, registry, releases, remotelake, rewrite  # noqa: F401  (plugged in)
+from . import build, cascade, client, doctor, endpoint, journal, metrics, recipes, registry, releases, remotelake, rewrite, spacewarm  # noqa: F401  (plugged in)
 from .errors import NotFound, SnapverError
 from .gitrepo import GitRepo
 
@@ -446,6 +446,7 @@ OPS: dict[str, Op] = {
     "scan": Op(lambda ws, a, by: registry.scan_report(ws, str(a.get("rev") or "HEAD"))),
     "scan-pending": Op(lambda ws, a, by: registry.scan_pending(ws)),  # the hook's scan process, `scan --pending`
     "du": Op(lambda ws, a, by: registry.du(ws)),
+    "space-pending": Op(lambda ws, a, by: spacewarm.measure_pending(ws)),  # the process a snapshot starts
     "restore": Op(_restore),
     # Not served: they change what only the lake's owner decides (which snapshots gc may never
     # take, a volume added to snapver.toml, the catalog rebuilt, which clones gc waits for);

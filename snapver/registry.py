@@ -554,8 +554,9 @@ def lineage_dot(ws, volume: str | None = None, recipes: dict[str, dict] | None =
 
 def du(ws) -> dict:
     """Per volume and snapshot: bytes referenced, exclusive (only it holds them) and shared
-    (with its ancestors, siblings and clones); and the saving against full copies.
-    Walks the trees on Btrfs: O(files)."""
+    (with its ancestors, siblings and clones); and the saving against full copies. On Btrfs
+    O(changes) per snapshot (send streams), and on disk from the filesystem where the lake is
+    one (metadata: its metadata bytes, apart; None where on disk was walked or is ZFS's)."""
     parents = {e.volume: e for e in edges(ws)}
     rows = []
     for v in ws.volumes:
@@ -577,6 +578,7 @@ def du(ws) -> dict:
         ],
         "full_copies": fp.full_copies,
         "on_disk": fp.on_disk,
+        "metadata": fp.metadata,
         "saving": max(fp.full_copies - fp.on_disk, 0),
     }
 

@@ -8,6 +8,7 @@ import pytest
 # outlived its test could hold the test's lake busy at teardown. Not started anywhere in the suite,
 # also for a Git run without the fixtures' env(); tests/test_scan_pending.py starts it ("0").
 os.environ.setdefault("SNAPVER_TEST_NO_SCAN_PROCESS", "1")
+os.environ.setdefault("SNAPVER_TEST_NO_SPACE_PROCESS", "1")  # spacewarm: no measure left running
 
 pytest_plugins = ["tests.fixtures.btrfs", "tests.fixtures.zfs", "tests.fixtures.git", "tests.fixtures.daemon",
                   "tests.fixtures.backend", "tests.fixtures.netns"]

@@ -124,3 +124,226 @@ def test_space_from_streams_equals_the_walk(backend):
     for snap in (snaps[0], snaps[1], snaps[3]):
         assert backend.space(snap) == walked(backend, snap.path), snap.name
     assert backend.space(snaps[3]).exclusive >= before + 4096  # live's new e.bin no longer shares it
+
+
+# ------------------------------------------------------------------ issues 16, 19: no walk left
+# on the paths a user waits for: the live volume, the lake's footprint, a volume's first snapshot
+
+def subvolume_ids(mnt: Path) -> set[str]:
+    """Every subvolume of the filesystem (a temporary snapshot left anywhere shows here)."""
+    out = subprocess.run(["btrfs", "subvolume", "list", str(mnt)], capture_output=True, text=True, check=True).stdout
+    return {line.split()[1] for line in out.splitlines()}
+
+
+def fs_root(path: Path) -> Path:
+    from snapver import linux
+
+    return linux.mount_of(path).mountpoint
+
+
+def test_a_written_live_volume_from_a_snapshot_of_it_equals_the_walk(backend):
+    """A written live volume: measured from the stream to its newest snapshot through a
+    read-only snapshot of it that is gone before the answer (none is ever left), equal to the
+    walk byte for byte; asked again with nothing written, no snapshot is taken (its generation,
+    which a snapshot bumps, stays). ZFS: its properties."""
+    live = backend.create_volume(P, W, "data")
+    put(live / "a.bin", 1 << 20)
+    put(live / "tiny", 64)
+    put(live / "d" / "one.bin", 16384)
+    os.symlink("a.bin", live / "to-a")
+    backend.snapshot(P, W, ["data"], SHA_A)
+    if backend.name != "btrfs":
+        put(live / "a.bin", 1 << 20)
+        out = subprocess.run(["zfs", "get", "-Hp", "-o", "value", "referenced,usedbydataset",
+                              backend._live(P, W, "data")], capture_output=True, text=True, check=True).stdout.split()
+        assert backend.live_space(P, W, "data") == Space(referenced=int(out[0]), exclusive=int(out[1]))
+        return
+    mnt = fs_root(live)
+    before = subvolume_ids(mnt)
+    for step, change in enumerate([
+        lambda: put(live / "a.bin", 1 << 20),  # rewritten: the live volume alone holds the new MiB
+        lambda: (put(live / "tiny", 100), put(live / "e.bin", 65536)),  # inline, and a new file
+        lambda: os.rename(live / "d", live / "d2"),  # a folder moved (every file below named)
+        lambda: (live / "e.bin").unlink(),
+    ]):
+        change()
+        os.sync()
+        got = backend.live_space(P, W, "data")
+        assert got == walked(backend, live), step
+        assert subvolume_ids(mnt) == before, "no temporary snapshot left"
+        assert list((live.parent / ".trash").glob("*/*")) == []
+    generation = subvol_info(live).generation
+    assert backend.live_space(P, W, "data") == walked(backend, live)
+    assert subvol_info(live).generation == generation, "nothing written: no snapshot taken again"
+    # Its figures are what it holds: the first MiB's rewrite is its own, not the snapshot's.
+    assert backend.live_space(P, W, "data").exclusive >= 1 << 20
+    # A hard link among the named files: walked (its other names are unknown), still no leftover.
+    os.link(live / "to-a", live / "link-to-link", follow_symlinks=False)
+    put(live / "d2" / "one.bin", 4096)
+    os.link(live / "d2" / "one.bin", live / "one-again")
+    os.sync()
+    assert backend.live_space(P, W, "data") == walked(backend, live)
+    assert subvolume_ids(mnt) == before
+
+
+CHILD = """
+import os, sys
+from pathlib import Path
+from snapver.backends import open_backend
+backend = open_backend("btrfs", sys.argv[1])
+live = backend.volume_path("proj", "ws1", "data")
+(live / "new").mkdir(exist_ok=True)
+for i in range(1500):  # named by every stream to the snapshot: the temporary one lives a while
+    (live / "new" / str(i)).write_bytes(os.urandom(3000))
+backend.live_space("proj", "ws1", "data")
+print("ready", flush=True)
+i = 0
+while True:
+    i += 1
+    with open(live / "w.bin", "wb") as f:
+        f.write(os.urandom(4096 * (1 + i % 7)))
+    backend.live_space("proj", "ws1", "data")
+"""
+
+
+def test_a_live_volume_measure_leaves_nothing_when_interrupted(btrfs_lake):
+    """Ctrl-C or a kill at any moment of a live volume's measure: its temporary snapshot is
+    gone all the same, and the signal still ends the process."""
+    import signal
+    import sys
+    import time
+
+    from snapver.backends import open_backend
+
+    backend = open_backend("btrfs", str(btrfs_lake))
+    live = backend.create_volume(P, W, "data")
+    for i in range(300):
+        put(live / "many" / f"{i}.bin", 8192)
+    backend.snapshot(P, W, ["data"], SHA_A)
+    mnt = fs_root(live)
+    before = subvolume_ids(mnt)
+    for sig, delay in [(signal.SIGINT, 0.3), (signal.SIGTERM, 0.5), (signal.SIGINT, 0.9), (signal.SIGTERM, 1.3),
+                       (signal.SIGINT, 1.7), (signal.SIGTERM, 0.2), (signal.SIGINT, 0.6), (signal.SIGTERM, 1.1)]:
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(btrfs_lake)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        assert child.stdout is not None and child.stderr is not None
+        assert child.stdout.readline() == "ready\n", child.stderr.read()
+        time.sleep(delay)
+        child.send_signal(sig)
+        _, err = child.communicate(timeout=60)
+        if sig == signal.SIGINT:
+            assert child.returncode != 0 and "KeyboardInterrupt" in err, err
+        else:
+            assert child.returncode == -signal.SIGTERM, err
+        assert subvolume_ids(mnt) == before, f"{sig!r} after {delay} s left a snapshot"
+        assert list((live.parent / ".trash").glob("*/*")) == []
+
+
+def test_footprint_of_a_lake_that_is_its_own_filesystem(tmp_path):
+    """The embedded default: the lake is the image's whole filesystem, and on disk is the
+    filesystem's data (and its metadata apart), as `btrfs filesystem usage` says; full copies is
+    the walk's Total of the project, now the sum of what each snapshot and live volume shows.
+    A second project in the lake: its footprint is walked again, as before."""
+    from snapver.backends import open_backend
+    from tests.fixtures.btrfs import btrfs_image
+
+    with btrfs_image("1G") as mnt:
+        backend = open_backend("btrfs", str(mnt))
+        live = backend.create_volume(P, W, "data")
+        put(live / "a.bin", 1 << 20)
+        put(live / "small", 100)
+        backend.snapshot(P, W, ["data"], SHA_A)
+        put(live / "a.bin", 1 << 20)
+        put(live / "b.bin", 65536)
+        backend.snapshot(P, W, ["data"], SHA_B)
+        put(live / "b.bin", 8192)  # the live volume written since
+        os.sync()
+
+        def usage() -> tuple[int, int]:
+            out = subprocess.run(["btrfs", "filesystem", "usage", "-b", str(mnt)], capture_output=True,
+                                 text=True, check=True).stdout
+            used = {line.split(",")[0]: int(line.split("Used:")[1].split()[0])
+                    for line in out.splitlines() if "Used:" in line and line[:1].isalpha()}
+            return used["Data"], used["Metadata"]
+
+        walk_total = int(subprocess.run(["btrfs", "filesystem", "du", "-s", "--raw", str(mnt / P)],
+                                        capture_output=True, text=True, check=True).stdout.splitlines()[-1].split()[0])
+        fp = backend.footprint(P)
+        os.sync()
+        assert (fp.on_disk, fp.metadata) == usage()
+        assert fp.full_copies == walk_total
+        # Both a.bin, both b.bin, each once: a shared block is not counted twice.
+        assert (2 << 20) + 65536 + 8192 <= fp.on_disk < fp.full_copies
+
+        other = open_backend("btrfs", str(mnt))
+        other.create_volume("other", W, "data")
+        put(other.volume_path("other", W, "data") / "x.bin", 8192)
+        os.sync()
+        walked_fp = backend.footprint(P)
+        out = subprocess.run(["btrfs", "filesystem", "du", "-s", "--raw", str(mnt / P)], capture_output=True,
+                             text=True, check=True).stdout.splitlines()[-1].split()
+        assert walked_fp.metadata is None
+        assert (walked_fp.full_copies, walked_fp.on_disk) == (int(out[0]), int(out[1]) + int(out[2]))
+
+
+def test_footprint_of_a_lake_folder_is_walked_and_equal(backend):
+    """A lake folder on a larger filesystem (and ZFS): as before, on disk each extent once
+    (the walk's), full copies the sum of the volumes' referenced bytes."""
+    live = backend.create_volume(P, W, "data")
+    put(live / "a.bin", 1 << 20)
+    backend.snapshot(P, W, ["data"], SHA_A)
+    put(live / "a.bin", 1 << 20)
+    backend.snapshot(P, W, ["data"], SHA_B)
+    put(live / "c.bin", 4096)
+    os.sync()
+    fp = backend.footprint(P)
+    assert fp.metadata is None
+    if backend.name != "btrfs":
+        assert fp.on_disk <= fp.full_copies
+        return
+    out = subprocess.run(["btrfs", "filesystem", "du", "-s", "--raw", str(backend.root / P)], capture_output=True,
+                         text=True, check=True).stdout.splitlines()[-1].split()
+    assert (fp.full_copies, fp.on_disk) == (int(out[0]), int(out[1]) + int(out[2]))
+    assert backend.footprint(P) == fp
+
+
+def test_the_first_snapshot_is_measured_after_the_commit(repo, btrfs_lake):
+    """A volume's first snapshot: a process started after the commit walks it once, so that
+    `show --space` and `du` find its bytes kept and measure the next ones from streams; each
+    figure equal to the walk."""
+    import time
+
+    from tests.fixtures.git import committed, git, snapver, write
+
+    start = {"SNAPVER_TEST_NO_SPACE_PROCESS": "0"}
+    snapver(repo, "init", "--lake", str(btrfs_lake), "--volume", "data")
+    for i in range(50):
+        write(repo / "data" / f"f{i}.bin", os.urandom(5000))
+    git(repo, "add", "snapver.toml")
+    first, _ = committed(repo, "v1", **start)
+    project = next(p for p in btrfs_lake.iterdir() if (p / "snapshots").is_dir())
+    marker = btrfs_lake / "space-cache.d" / f"known-{project.name}-data"
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), "the first snapshot was measured after the commit"
+    snap = project / "snapshots" / "data" / first
+    assert btrfsspace.SpaceCache(btrfs_lake).referenced(subvol_info(snap).uuid) == _du_of(snap).referenced
+
+    write(repo / "data" / "f1.bin", os.urandom(7000))
+    second, _ = committed(repo, "v2", **start)  # its volume has known bytes: no process
+    shown = snapver(repo, "show", "HEAD", "--space", "--json").json["volumes"]["data"]
+    snap2 = project / "snapshots" / "data" / second
+    assert (shown["referenced"], shown["exclusive"]) == tuple(_du_of(snap2))
+    entry = json.loads((btrfs_lake / "space-cache.d" / f"{subvol_info(snap2).uuid}.json").read_text())
+    assert entry["base"] == subvol_info(snap).uuid and entry["new"] == ["f1.bin"], "from the stream to v1"
+    report = snapver(repo, "du", "--json").json
+    rows = {r["snapshot"]: r for v in report["volumes"] for r in v["rows"]}
+    assert (rows[first]["referenced"], rows[first]["exclusive"]) == tuple(_du_of(snap))
+    assert (rows[None]["referenced"], rows[None]["exclusive"]) == tuple(_du_of(repo / "data"))
+
+
+def _du_of(path: Path) -> Space:
+    from snapver.backends.btrfs import _du
+
+    return _du(Path(os.path.realpath(path)))

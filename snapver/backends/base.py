@@ -72,6 +72,15 @@ class Space(NamedTuple):
 class Footprint(NamedTuple):
     full_copies: int  # the sum of every snapshot's and live volume's referenced bytes
     on_disk: int  # the bytes they really take, each shared block counted once
+    # Where on_disk is the filesystem's own account of its data (a Btrfs lake that is its own
+    # filesystem): the bytes of its metadata, which hold small files inline, given apart.
+    # None where on_disk comes from the datasets (ZFS) or a walk.
+    metadata: int | None = None
+
+
+# Btrfs: what btrfsspace keeps while some snapshot of <project>/snapshots/<volume> has known
+# bytes (Backend.space_owed's one stat, on the hook's path, where btrfsspace is not imported).
+KNOWN = "space-cache.d/known-{project}-{volume}"
 
 
 class Change(NamedTuple):
@@ -266,6 +275,11 @@ class Backend(ABC):
         """Take away a writable volume that is no workspace's live data (a build's clone):
         gone, or (ZFS, where a snapshot of it is another volume's origin) set aside read-only
         with its snapshots, as a checkout retires a live volume. Nothing if it is not there."""
+
+    def space_owed(self, project: str, volume: str) -> bool:
+        """Whether space() of this volume's next snapshot would walk its files (no snapshot of
+        it has known bytes yet): cheap, asked on the Git hook's path (spacewarm)."""
+        return False
 
     @abstractmethod
     def live_space(self, project: str, workspace: str, volume: str) -> Space:

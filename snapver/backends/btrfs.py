@@ -28,7 +28,7 @@ from ..proc import ask, ask_bytes, run
 from . import btrfsretire
 from .btrfsretire import STALE_TRASH, delete_later, listdir as _listdir, tidy_trash
 from .btrfsimage import image_mountpoint, is_mountpoint, mount_image, provision_image
-from .base import Backend, Change, Footprint, Receive, Snapshot, Space, walk_diff
+from .base import KNOWN, Backend, Change, Footprint, Receive, Snapshot, Space, walk_diff
 
 # _IOR(0x94, 60, struct btrfs_ioctl_get_subvol_info_args), 504 bytes
 _SUBVOL_INFO_SIZE = 504
@@ -84,6 +84,19 @@ def _ctransid(path: Path) -> int:
     finally:
         os.close(fd)
     return struct.unpack_from("<Q", buf, 344)[0]
+
+
+def subvol_id(path: Path) -> int:
+    """The subvolume's tree ID (5: the filesystem's top level)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        buf = bytearray(_SUBVOL_INFO_SIZE)
+        fcntl.ioctl(fd, _IOC_GET_SUBVOL_INFO, buf)
+    except OSError as e:
+        raise SnapverError(f"{path} is not a Btrfs subvolume ({e.strerror})") from None
+    finally:
+        os.close(fd)
+    return struct.unpack_from("<Q", buf, 0)[0]
 
 
 def snapshot_subvolume(source: Path, target: Path, readonly: bool = True) -> None:
@@ -353,6 +366,10 @@ class BtrfsBackend(Backend):
         return btrfsspace.snapshot_space(self._root, self._root / snap.project, snap.path,
                                          f"{snap.volume}@{snap.name}", _du, subvol_info)
 
+    def space_owed(self, project: str, volume: str) -> bool:
+        # One stat: btrfsspace keeps this file while some snapshot of the folder has known bytes.
+        return not os.path.exists(self._root / KNOWN.format(project=project, volume=volume))
+
     def _reap_settled(self, project: str) -> None:
         # Retired volumes share blocks with snapshots (their exclusive bytes look smaller) and
         # count as full copies: space accounting deletes those gc could (a checkout's of the
@@ -410,25 +427,24 @@ class BtrfsBackend(Backend):
             run(["btrfs", "subvolume", "delete", str(path)])
 
     def live_space(self, project: str, workspace: str, volume: str) -> Space:
-        from . import btrfsspace  # here: not on the hook's path
+        from . import btrfslive  # here: not on the hook's path
 
         self._reap_settled(project)
-        return btrfsspace.live_space(self._root, self._root / project, self.volume_path(project, workspace, volume),
-                                     self._snapshot_dir(project, volume), _du, subvol_info)
+        return btrfslive.live_space(self._root, self._root / project, self.volume_path(project, workspace, volume),
+                                    self._snapshot_dir(project, volume), _du, subvol_info,
+                                    (snapshot_subvolume, subvol_id))
 
     def footprint(self, project: str) -> Footprint:
-        # One `du` over the project folder: Total counts every subvolume in full,
-        # Exclusive + Set shared counts each extent of the whole set once.
-        def measure() -> tuple[int, int]:
-            out = run(["btrfs", "filesystem", "du", "-s", "--raw", str(self._root / project)])
-            total, exclusive, shared = out.splitlines()[-1].split()[:3]
-            return int(total), int(exclusive) + int(shared)
-
-        from . import btrfsspace  # here: not on the hook's path
+        # Without walking the project where the lake is its own filesystem (btrfsfootprint).
+        from . import btrfsfootprint  # here: not on the hook's path
 
         self._reap_settled(project)
-        full, on_disk = btrfsspace.footprint(self._root, self._root / check_project(project), measure, subvol_info)
-        return Footprint(full_copies=full, on_disk=on_disk)
+        project_dir = self._root / check_project(project)
+        full = btrfsfootprint.full_copies(self._root, project_dir, _du, subvol_info, (snapshot_subvolume, subvol_id))
+        fs = btrfsfootprint.filesystem_bytes(self._root, project_dir, subvol_id)
+        if fs is not None:
+            return Footprint(full_copies=full, on_disk=fs[0], metadata=fs[1])
+        return Footprint(full_copies=full, on_disk=btrfsfootprint.walked_on_disk(self._root, project_dir, subvol_info))
 
     # push and pull: btrfs send / receive
     def identity(self, snap: Snapshot) -> str:

@@ -1,6 +1,8 @@
 """Space on Btrfs (du, show --space) in O(changes): from send streams between sibling
-snapshots (delta_space, at the end), with the walk kept for a volume's only snapshot, the live
-volume and where send cannot run, each walked once and remembered (issue 19).
+snapshots (delta_space, at the end), with the walk kept for a volume's first snapshot to be
+measured (no sibling's bytes known yet), a snapshot whose named files have hard links and
+where send cannot run, each walked once and remembered (issues 16, 19). The live volume is
+btrfslive's (a snapshot of it, measured as one), the project's footprint btrfsfootprint's.
 
 Why streams and not qgroups (measured, bench notes in the README): qgroups give referenced and
 exclusive bytes per subvolume at once, but they are a switch on the whole filesystem, their
@@ -21,25 +23,33 @@ module remembers its answers in <lake>/space-cache.json:
   the project (UUID and generation), so any such change measures again. Blocks shared by
   reflink with files outside the project are not in the key: there exclusive may be
   overstated until something in the project changes;
-- a live volume not written since it was cloned from, or snapshotted as, a snapshot shows
-  that snapshot's bytes and holds none of its own: no walk; a written one is walked and
-  kept like a snapshot's exclusive bytes (its generation is in the key).
+- a live volume walked (where btrfslive cannot do better) is kept like a snapshot's
+  exclusive bytes (its generation is in the key).
 
-A walk says so on stderr when stderr is a terminal (what it measures: one line, rewritten).
+A walk says so on stderr when stderr is a terminal (what it measures and the seconds so far:
+one line, rewritten each second; btrfs-progs reports no progress of its own, and a walk split
+by folders would count a file hard-linked across them twice). Walks of one volume's snapshots
+are one at a time across processes (walk_lock): a command that finds one under way (the
+measure started after a volume's first commit, spacewarm) waits for it, says so, and then
+measures from the stream to the snapshot it measured instead of walking too.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import stat
 import sys
+import threading
+import time
 from pathlib import Path
 
 from .. import linux
 from ..errors import SnapverError
-from .base import Space
+from .base import KNOWN, Space
 
 CACHE = "space-cache.json"
 
@@ -85,16 +95,70 @@ def key(infos: list[tuple[str, int]]) -> str:
     return hashlib.sha256(repr(sorted(infos)).encode()).hexdigest()[:32]
 
 
-def progress(what: str) -> None:
-    if sys.stderr.isatty():
-        sys.stderr.write(f"\rmeasuring {what} (walks its files once; remembered after)\x1b[K")
-        sys.stderr.flush()
+@contextlib.contextmanager
+def measuring(what: str, waiting: bool = False):
+    """While a walk runs: one line on stderr, rewritten every second with the time so far,
+    when stderr is a terminal (nothing otherwise: a pipe, a log, the UI's server)."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    text = (f"waiting for the measure of {what} already under way (after its commit)" if waiting
+            else f"measuring {what} (walks its files once; remembered after)")
+    stop, start = threading.Event(), time.monotonic()
 
+    def tick() -> None:
+        while True:
+            sys.stderr.write(f"\r{text} {time.monotonic() - start:.0f} s\x1b[K")
+            sys.stderr.flush()
+            if stop.wait(1):
+                break
 
-def done() -> None:
-    if sys.stderr.isatty():
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        ticker.join()
         sys.stderr.write("\r\x1b[K")
         sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def walk_lock(root: Path, name: str, what: str):
+    """One walk at a time per volume folder, across processes (the measure started after a
+    commit, snapverd's, a user's command, the UI): who waited finds the answer kept (yields
+    True), and does not walk the same files again. No lock where the lake is read-only to the
+    caller: it walks (yields False)."""
+    lock = root / DELTA / f"walk-{name}.lock"
+    try:
+        lock.parent.mkdir(mode=0o755, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = False
+        except BlockingIOError:
+            with measuring(what, waiting=True):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            waited = True
+        yield waited
+    finally:
+        os.close(fd)  # and the lock with it
+
+
+def walk(root: Path, path: Path, what: str, du, kept, lock: str | None = None) -> Space:
+    """du(path) under the walk lock of its folder (or the one named); kept() is asked first
+    once another walk was waited for (it may have just measured this)."""
+    with walk_lock(root, lock or f"{path.parent.parent.parent.name}-{path.parent.parent.name}-{path.parent.name}",
+                   what) as waited:
+        if waited and (hit := kept()) is not None:
+            return hit
+        with measuring(what):
+            return du(path)
 
 
 def subvolumes(project_dir: Path, info) -> list[tuple[str, int]]:
@@ -116,58 +180,16 @@ def subvolumes(project_dir: Path, info) -> list[tuple[str, int]]:
 
 def snapshot_space(root: Path, project_dir: Path, path: Path, what: str, du, info) -> Space:
     """A snapshot's (or a live volume's) Space, walked (du) only when the cache cannot answer."""
-    cache = SpaceCache(root)
     mine = info(path).uuid
     subs = subvolumes(project_dir, info)
     k = key(subs)
-    hit = cache.get(mine, k)
+    hit = SpaceCache(root).get(mine, k)
     if hit is None:
-        progress(what)
-        try:
-            hit = du(path)
-        finally:
-            done()
-        cache.put(mine, k, hit, alive={u for u, _ in subs})
+        hit = walk(root, path, what, du, lambda: SpaceCache(root).get(mine, k))
+        SpaceCache(root).put(mine, k, hit, alive={u for u, _ in subs})
+        if info(path).readonly:
+            remember_ref(_Store(root), path, mine, hit.referenced, info)
     return hit
-
-
-def live_space(root: Path, project_dir: Path, live: Path, snapshots: Path, du, info) -> Space:
-    """A live volume's Space: its twin snapshot's bytes, none of its own, where it was not
-    written since it was cloned from one or snapshotted as one; else walked."""
-    me = info(live)
-    # Only the snapshots that can be its twin are asked (the index has every sibling's uuid and
-    # creating transaction): its origin, or one taken since it was last written.
-    index = siblings(_Store(root), snapshots, info)
-    for name in sorted(n for n, v in index.items() if v[0] == me.parent_uuid or v[1] >= me.generation):
-        path = snapshots / name
-        try:
-            s = info(path)
-        except (OSError, SnapverError):
-            continue
-        cloned_unwritten = me.parent_uuid == s.uuid and me.generation <= me.otransid
-        snapshotted_since = s.parent_uuid == me.uuid and s.otransid >= me.generation
-        if cloned_unwritten or snapshotted_since:
-            twin = (delta_space(root, path, du, info)
-                    or snapshot_space(root, project_dir, path, f"snapshot {path.name}", du, info))
-            return Space(referenced=twin.referenced, exclusive=0)
-    # Its own generation is in the key: remembered until it is written again.
-    return snapshot_space(root, project_dir, live, f"live volume {live.name}", du, info)
-
-
-def footprint(root: Path, project_dir: Path, measure, info) -> tuple[int, int]:
-    """(full copies, on disk) of a project, walked (measure) only when any subvolume of it
-    came, went or was written since the last time."""
-    cache = SpaceCache(root)
-    name, k = f"footprint:{project_dir.name}", key(subvolumes(project_dir, info))
-    hit = cache.get(name, k)
-    if hit is None:
-        progress(f"project {project_dir.name}")
-        try:
-            hit = Space(*measure())
-        finally:
-            done()
-        cache.put(name, k, hit)
-    return hit.referenced, hit.exclusive
 
 
 # ------------------------------------------------------------------ O(changes): from send streams
@@ -252,8 +274,30 @@ def siblings(store: _Store, folder: Path, info) -> dict[str, list]:
             changed = True
     if changed:
         store.write(key, doc)
+        if not any(len(v) > 2 for v in doc.values()):
+            known(store, folder).unlink(missing_ok=True)
     _SEEN[folder] = (mtime, doc)
     return doc
+
+
+def known(store: _Store, folder: Path) -> Path:
+    """Exists while some snapshot of the folder has its referenced bytes known, so that the
+    next one's are O(changes): the one stat the Git hook makes (spacewarm) to tell whether a
+    first measure is owed."""
+    return store.dir.parent / KNOWN.format(project=folder.parent.parent.name, volume=folder.name)
+
+
+def remember_ref(store: _Store, path: Path, uuid: str, ref: int, info) -> None:
+    """A snapshot's referenced bytes, known from now on to its siblings' measures."""
+    index = siblings(store, path.parent, info)
+    entry = index.get(path.name)
+    if entry is None or entry[0] != uuid:
+        return
+    if len(entry) == 2:
+        entry.append(int(ref))
+        store.write(_index_key(path.parent), index)
+    with contextlib.suppress(OSError):  # made once (its time: when the first was known)
+        os.close(os.open(known(store, path.parent), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
 
 
 def file_totals(tree: Path, rels: list[str]) -> tuple[int, int]:
@@ -319,9 +363,10 @@ def _files(tree: Path, found) -> list[str]:
     return out
 
 
-def delta_space(root: Path, path: Path, du, info) -> Space | None:
+def delta_space(root: Path, path: Path, du, info, walking: bool = True) -> Space | None:
     """A snapshot's Space from the stream to a sibling (see above); None when it has no
-    sibling or send cannot run (the caller walks)."""
+    sibling or send cannot run (the caller walks), or, with walking=False, where this would
+    walk it."""
     store = _Store(root)
     index = siblings(store, path.parent, info)
     if path.name not in index:
@@ -341,8 +386,9 @@ def delta_space(root: Path, path: Path, du, info) -> Space | None:
         others = [(name, v[0], v[1]) for name, v in index.items() if v[0] != uuid]
         if not others:
             return None
-        known = [x for x in others if len(index[x[0]]) > 2]
-        name, base, _ = min(known or others, key=lambda x: (abs(x[2] - mine), x[2] > mine))
+        cache = SpaceCache(root)
+        with_ref = [x for x in others if len(index[x[0]]) > 2 or cache.referenced(x[1]) is not None]
+        name, base, _ = min(with_ref or others, key=lambda x: (abs(x[2] - mine), x[2] > mine))
         found = changed_files(path.parent / name, path)
         if found is None:
             return None
@@ -356,23 +402,31 @@ def delta_space(root: Path, path: Path, du, info) -> Space | None:
     linux.syncfs(path)  # sharing as of the last writes (their transaction committed)
     if "ref" not in entry:
         base_known = index[by_uuid[entry["base"]]]
-        base_ref = base_known[2] if len(base_known) > 2 else None
+        base_ref = base_known[2] if len(base_known) > 2 else SpaceCache(root).referenced(entry["base"])
         # A hard-linked file counts once in the walk, under whichever name it meets first: its
         # names the stream did not list are unknown here, so such a snapshot is walked once.
         linked = any(r.endswith("\0") for r in entry["old"] + entry["new"])
         if base_ref is None or linked:
-            progress(f"snapshot {path.name}")
-            try:
-                walked = du(path)
-            finally:
-                done()
-            entry["ref"] = walked.referenced
+            if not walking:
+                return None
+            # Another process's walk of this folder (the measure after a commit) may make a
+            # sibling's bytes known meanwhile: then from the stream to that one, not walked.
+            again: list[Space] = []
+
+            def kept_by_other() -> Space | None:
+                got = delta_space(root, path, du, info, walking=False)
+                again.extend([got] if got is not None else [])
+                return got
+
+            measured = walk(root, path, f"snapshot {path.name}", du, kept_by_other)
+            if again:
+                return again[0]
+            entry["ref"] = measured.referenced
         else:
             entry["ref"] = base_ref + file_totals(path, entry["new"])[0] - file_totals(base_path, entry["old"])[0]
     exclusive = file_totals(path, entry["new"])[1] if entry["new"] else 0
     if entry != kept:
         store.write(uuid, entry)
-    if len(index[path.name]) == 2:  # its referenced bytes, known from now on to its siblings
-        index[path.name].append(int(entry["ref"]))
-        store.write(_index_key(path.parent), index)
+    if len(index[path.name]) == 2 or not known(store, path.parent).exists():
+        remember_ref(store, path, uuid, int(entry["ref"]), info)
     return Space(referenced=int(entry["ref"]), exclusive=exclusive)

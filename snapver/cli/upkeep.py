@@ -96,7 +96,8 @@ def clones_forget(path, as_json):
 @click.option("--json", "as_json", is_flag=True)
 def du(as_json):
     """Bytes per volume and snapshot: shared with others, exclusive, and the saving against
-    full copies. Walks the snapshots on Btrfs: O(files)."""
+    full copies. On Btrfs from send streams between snapshots (a volume's first snapshot is
+    walked once, remembered)."""
     report = run("du")
     if as_json:
         emit_json(report)
@@ -111,6 +112,9 @@ def du(as_json):
     pct = 100 * report["saving"] / report["full_copies"] if report["full_copies"] else 0
     click.echo(f"full copies {human(report['full_copies'])}, on disk {human(report['on_disk'])}: "
                f"saved {human(report['saving'])} ({pct:.0f}%)")
+    if report.get("metadata") is not None:
+        click.echo(f"on disk: the filesystem's data bytes; its metadata (small files inline in it "
+                   f"included) takes {human(report['metadata'])} more")
 
 
 @cli.command()

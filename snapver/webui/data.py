@@ -326,7 +326,8 @@ def space(ws, page: int, per: int, total: bool) -> dict:
     """`snapver du`, a page of versions at a time (newest first): referenced, exclusive and
     shared bytes of each of their snapshots, the live volumes on the first page. Only a page's
     are computed (each O(changes) on Btrfs: the send stream to a sibling); the whole lake's
-    footprint (a walk of every snapshot on Btrfs) only when asked (total)."""
+    footprint (on Btrfs the filesystem's figures where the lake is one, else a walk of the
+    project) only when asked (total)."""
     by_name: dict[str, list[str]] = {}
     for entry in catalog_log(ws, include_wip=True):
         by_name.setdefault(entry.name, []).append(entry.volume)
