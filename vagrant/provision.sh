@@ -21,6 +21,8 @@ if [ -f /etc/apt/sources.list ]; then
 fi
 apt-get update -q
 
+# systemd, systemd-sysv and dbus: a box has them; build-image's debootstrap (minbase) does
+# not, and its image boots a second time with systemd as PID 1 for the service's test.
 # Headers before zfs-dkms in the same transaction: dkms builds the module for every
 # kernel whose headers are installed (the kernel's, not the build host's `uname -r`).
 packages=(
@@ -29,6 +31,7 @@ packages=(
   btrfs-progs e2fsprogs util-linux kmod procps git ca-certificates
   python3 python3-venv python3-pip
   openssh-server openssh-client nfs-kernel-server nfs-common iproute2
+  systemd systemd-sysv dbus
 )
 apt-get install -y -q --no-install-recommends "${packages[@]}"
 
@@ -47,7 +50,14 @@ project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 print(*project["dependencies"], *project.get("optional-dependencies", {}).get("test", []), sep="\n")
 EOF
 )
-"$venv/bin/pip" install -q --disable-pip-version-check "${deps[@]}"
-"$venv/bin/python" -c 'import libzfs_core, click, git, sqlite_utils, watchdog, pytest'
+# And the build backend of [build-system]: the systemd test installs snapver into this venv
+# the way a user does (pip, offline in the guest), for the console script its units run.
+mapfile -t build < <(python3 - "$pyproject" <<'EOF'
+import sys, tomllib
+print(*tomllib.load(open(sys.argv[1], "rb"))["build-system"]["requires"], sep="\n")
+EOF
+)
+"$venv/bin/pip" install -q --disable-pip-version-check "${deps[@]}" "${build[@]}"
+"$venv/bin/python" -c 'import libzfs_core, click, git, sqlite_utils, watchdog, pytest, setuptools'
 apt-get clean
 echo "provision: done (venv $venv)"
