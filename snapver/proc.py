@@ -59,3 +59,18 @@ def describe_failure(argv: Sequence[str], stderr: bytes) -> str:
         why = FULL
     what = " ".join(argv[:3]) if argv[0] in ("btrfs", "zfs", "zpool", "git") else argv[0]
     return f"{what} failed: {why}"
+
+
+def start_hook_job(job: str, toplevel) -> None:
+    """Start `python -m snapver.githooks JOB` in the working tree, detached: Git's command does
+    not wait for it, a Ctrl-C at the terminal does not reach it, and it writes nothing there
+    (its errors go to .git/snapver/hook.log). Never raises: a job that did not start is still
+    owed, and whoever needs its result does the work then."""
+    import sys
+
+    try:
+        subprocess.Popen([sys.executable, "-m", "snapver.githooks", job], cwd=toplevel,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True, close_fds=True)
+    except OSError:
+        pass

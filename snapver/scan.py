@@ -26,13 +26,11 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
-from . import faults
+from . import faults, proc
 from .errors import SnapverError
 from .safeio import open_regular
 
@@ -147,9 +145,4 @@ def start_detached(toplevel: Path) -> None:
     the snapshot is taken, and a scan that did not start is still pending."""
     if os.environ.get(NO_SCAN_PROCESS) == "1":
         return
-    try:
-        subprocess.Popen([sys.executable, "-m", "snapver.githooks", "scan-pending"], cwd=toplevel,
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True, close_fds=True)
-    except OSError:
-        pass  # pending: the next `release`, `scan` or hook's scan does it
+    proc.start_hook_job("scan-pending", toplevel)  # if not: the next `release`, `scan` or hook's scan does it

@@ -14,10 +14,8 @@ rather than walking the same files too (btrfsspace.walk_lock), and says so on a 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
-from . import seams
+from . import proc, seams
 
 NO_SPACE_PROCESS = "SNAPVER_TEST_NO_SPACE_PROCESS"  # the test suite's default: no process left running
 
@@ -33,12 +31,7 @@ def after_snapshot(ws, snaps) -> None:
         return
     if toplevel is None:
         return
-    try:
-        subprocess.Popen([sys.executable, "-m", "snapver.githooks", "space-pending"], cwd=toplevel,
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True, close_fds=True)
-    except OSError:
-        pass
+    proc.start_hook_job("space-pending", toplevel)
 
 
 def measure_pending(ws) -> list[dict]:

@@ -51,7 +51,8 @@ class SubvolInfo(NamedTuple):
     created: datetime
 
 
-def subvol_info(path: Path) -> SubvolInfo:
+def _subvol_info_raw(path: Path) -> bytearray:
+    """BTRFS_IOC_GET_SUBVOL_INFO's answer for the subvolume at path, as the kernel wrote it."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         buf = bytearray(_SUBVOL_INFO_SIZE)
@@ -60,6 +61,11 @@ def subvol_info(path: Path) -> SubvolInfo:
         raise SnapverError(f"{path} is not a Btrfs subvolume ({e.strerror})") from None
     finally:
         os.close(fd)
+    return buf
+
+
+def subvol_info(path: Path) -> SubvolInfo:
+    buf = _subvol_info_raw(path)
     generation, flags = struct.unpack_from("<2Q", buf, 280)
     otransid = struct.unpack_from("<Q", buf, 352)[0]
     osec, onsec = struct.unpack_from("<QI", buf, 392)
@@ -77,26 +83,12 @@ def subvol_info(path: Path) -> SubvolInfo:
 def _ctransid(path: Path) -> int:
     """The transaction that last changed the subvolume's files (kept apart from subvol_info,
     whose fields other code reads)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        buf = bytearray(_SUBVOL_INFO_SIZE)
-        fcntl.ioctl(fd, _IOC_GET_SUBVOL_INFO, buf)
-    finally:
-        os.close(fd)
-    return struct.unpack_from("<Q", buf, 344)[0]
+    return struct.unpack_from("<Q", _subvol_info_raw(path), 344)[0]
 
 
 def subvol_id(path: Path) -> int:
     """The subvolume's tree ID (5: the filesystem's top level)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        buf = bytearray(_SUBVOL_INFO_SIZE)
-        fcntl.ioctl(fd, _IOC_GET_SUBVOL_INFO, buf)
-    except OSError as e:
-        raise SnapverError(f"{path} is not a Btrfs subvolume ({e.strerror})") from None
-    finally:
-        os.close(fd)
-    return struct.unpack_from("<Q", buf, 0)[0]
+    return struct.unpack_from("<Q", _subvol_info_raw(path), 0)[0]
 
 
 def snapshot_subvolume(source: Path, target: Path, readonly: bool = True) -> None:
