@@ -123,17 +123,19 @@ def trusted(trees: list[Path]):
         os.environ.update(saved)
 
 
-def writable_paths(config_file: Path) -> tuple[list[Path], list[str]]:
+def writable_paths(config_file: Path) -> tuple[list[Path], list[str], bool]:
     """What the daemon writes for the workspaces config_file names: each working tree (its
     .git/snapver), its Git directory where that is elsewhere (a linked worktree's), and its
     lake (a Btrfs lake's folder; a ZFS lake's mountpoint). Also a line for each workspace
-    that could not be read (gone, not set up yet): it is left out, and said."""
+    that could not be read (gone, not set up yet): it is left out, and said. And whether a
+    lake is ZFS: the daemon then mounts datasets that users must see (dropin)."""
     from .config import LocalState
     from .daemonconfig import DaemonConfig
     from .gitrepo import GitRepo
 
     paths: list[Path] = []
     notes: list[str] = []
+    mounts = False
     workspaces = DaemonConfig.load(config_file).workspaces
     for w in workspaces:
         try:
@@ -145,6 +147,7 @@ def writable_paths(config_file: Path) -> tuple[list[Path], list[str]]:
             continue
         found = [git.toplevel, git.common_dir]
         if state.backend == "zfs":
+            mounts = True
             try:
                 mountpoint = run(["zfs", "get", "-H", "-o", "value", "mountpoint", state.lake]).strip()
             except CommandFailed as e:
@@ -157,10 +160,31 @@ def writable_paths(config_file: Path) -> tuple[list[Path], list[str]]:
         for p in found:
             if not any(p == q or q in p.parents for q in paths):
                 paths = [q for q in paths if p not in q.parents] + [p]
-    return paths, notes
+    return paths, notes, mounts
 
 
-def dropin(paths: list[Path], config_file: str) -> str:
+# Every sandbox setting of the units that gives the daemon a mount namespace of its own.
+# systemd.exec: ReadWritePaths= (and the others' read-only or private mounts) disconnect the
+# propagation of mounts from the service to the host.
+MOUNT_NAMESPACE = ("ProtectSystem=no", "ReadWritePaths=", "PrivateTmp=no", "ProtectKernelModules=no",
+                   "ProtectKernelTunables=no", "ProtectControlGroups=no", "ProtectClock=no")
+
+
+def dropin(paths: list[Path], config_file: str, mounts: bool = False) -> str:
+    if mounts:
+        # A ZFS lake: a checkout has snapverd mount the commit's datasets where the users'
+        # volume links lead. Mounted inside a namespace of the daemon's own they would not
+        # reach the host, and the user would go on seeing the old live volume.
+        return "\n".join([
+            f"# Written by `snapver service install`: a lake {config_file} names is ZFS, and snapverd",
+            "# mounts its datasets (a checkout's new live volumes) for every user to see, which no",
+            "# mount namespace of its own may hide: the sandbox keeps all but its mount settings.",
+            "# `snapver service uninstall` removes this file.",
+            "[Unit]",
+            "Wants=snapver-lakes.service",
+            "After=snapver-lakes.service",
+            "[Service]",
+            *MOUNT_NAMESPACE]) + "\n"
     lines = [f"# Written by `snapver service install`: the working trees and lakes {config_file} names,",
              "# which the sandbox (ProtectSystem=strict) must let snapverd write. Run it again after",
              "# adding a workspace there; `snapver service uninstall` removes this file.",
@@ -249,7 +273,7 @@ def install(root: Path, cwd: Path, enable: bool = False) -> Report:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         _write(root / rel, text)
     # The drop-ins come from the config as it now is (the admin's, or the one just written).
-    paths, notes = writable_paths(config_file)
+    paths, notes, mounts = writable_paths(config_file)
     report.kept += notes
     for unit in SANDBOXED:
         rel = UNIT_DIR / f"{unit}.d" / DROPIN
@@ -258,7 +282,7 @@ def install(root: Path, cwd: Path, enable: bool = False) -> Report:
             raise SnapverError(f"/{rel} exists and was not written by `snapver service install` as it is: "
                                "move it away, then install again")
         target.parent.mkdir(parents=True, exist_ok=True)
-        plan[rel] = dropin(paths, f"/{CONFIG}")
+        plan[rel] = dropin(paths, f"/{CONFIG}", mounts)
         _write(target, plan[rel])
     files = dict(manifest["files"])
     files.update({str(rel): _digest((root / rel).read_bytes()) for rel in plan})

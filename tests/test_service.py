@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from snapver.daemonconfig import DaemonConfig
+from snapver.service import MOUNT_NAMESPACE
 
 from tests.fixtures.daemon import daemon_dir, nobody_repo, user_home  # noqa: F401
 from tests.fixtures.git import disk_state, env, lake_repo, snapver  # noqa: F401
@@ -75,6 +76,12 @@ def test_install_writes_units_config_and_dropins_for_the_lake_and_uninstall_remo
     assert [w.path for w in config.workspaces] == [lake_repo.resolve()]
     for unit in ("snapverd.service", "snapver-gc.service"):
         dropin = (system / f"{unit}.d" / "snapver-paths.conf").read_text()
+        if lake.backend == "zfs":
+            # snapverd mounts datasets users must see: no mount namespace of its own (the
+            # systemd test in the VM checks that a user's checkout is seen).
+            assert set(MOUNT_NAMESPACE) <= set(dropin.splitlines()), dropin
+            assert "ProtectSystem=no" in dropin and "MemoryDenyWriteExecute" not in dropin
+            continue
         paths = [Path(shlex.split(v)[0].lstrip("-")) for v in unit_value(dropin, "ReadWritePaths")]
         for needed in (lake_repo.resolve(), lake.root.resolve()):
             assert any(p == needed or p in needed.parents for p in paths), (needed, paths)
