@@ -175,26 +175,22 @@ def dropin(paths: list[Path], config_file: str, mounts: bool = False) -> str:
         # A ZFS lake: a checkout has snapverd mount the commit's datasets where the users'
         # volume links lead. Mounted inside a namespace of the daemon's own they would not
         # reach the host, and the user would go on seeing the old live volume.
-        return "\n".join([
-            f"# Written by `snapver service install`: a lake {config_file} names is ZFS, and snapverd",
-            "# mounts its datasets (a checkout's new live volumes) for every user to see, which no",
-            "# mount namespace of its own may hide: the sandbox keeps all but its mount settings.",
-            "# `snapver service uninstall` removes this file.",
-            "[Unit]",
-            "Wants=snapver-lakes.service",
-            "After=snapver-lakes.service",
-            "[Service]",
-            *MOUNT_NAMESPACE]) + "\n"
-    lines = [f"# Written by `snapver service install`: the working trees and lakes {config_file} names,",
-             "# which the sandbox (ProtectSystem=strict) must let snapverd write. Run it again after",
-             "# adding a workspace there; `snapver service uninstall` removes this file.",
-             "[Unit]",
-             "# Lakes in image files are mounted first (a unit not enabled is no failure: Wants).",
-             "Wants=snapver-lakes.service",
-             "After=snapver-lakes.service",
-             "[Service]"]
-    # "-": a lake that is not mounted yet must not stop the unit from starting.
-    lines += [f"ReadWritePaths={unit_words(['-' + str(p)])}" for p in paths]
+        lines = [f"# Written by `snapver service install`: a lake {config_file} names is ZFS, and snapverd",
+                 "# mounts its datasets (a checkout's new live volumes) for every user to see, which no",
+                 "# mount namespace of its own may hide: the sandbox keeps all but its mount settings.",
+                 "# `snapver service uninstall` removes this file."]
+        service = list(MOUNT_NAMESPACE)
+    else:
+        lines = [f"# Written by `snapver service install`: the working trees and lakes {config_file} names,",
+                 "# which the sandbox (ProtectSystem=strict) must let snapverd write. Run it again after",
+                 "# adding a workspace there; `snapver service uninstall` removes this file."]
+        # "-": a lake that is not mounted yet must not stop the unit from starting.
+        service = [f"ReadWritePaths={unit_words(['-' + str(p)])}" for p in paths]
+    lines += ["[Unit]",
+              "# Lakes in image files are mounted first (a unit not enabled is no failure: Wants).",
+              "Wants=snapver-lakes.service",
+              "After=snapver-lakes.service",
+              "[Service]", *service]
     return "\n".join(lines) + "\n"
 
 

@@ -30,14 +30,13 @@ class Candidates:
         self.whole = False
         self.listing = False  # a folder whose names may differ beyond its named children
 
-    def add(self, path: str, whole: bool, listing: bool = False) -> Candidates:
+    def add(self, path: str, whole: bool, listing: bool = False) -> None:
         node = self
         for part in path.split("/"):
             if part:
                 node = node.children.setdefault(part, Candidates())
         node.whole = node.whole or whole
         node.listing = node.listing or listing
-        return node
 
 
 def judge(old: Path, new: Path, found: Candidates) -> list[Change] | None:

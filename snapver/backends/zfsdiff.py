@@ -75,16 +75,19 @@ def parse(output: bytes, prefixes: list[str]) -> Candidates:
 
 def _name(path: Path, mounts: dict[str, str], snapshot_only: bool) -> str | None:
     """dataset@snapshot for <mountpoint>/.zfs/snapshot/<name>, or the dataset mounted at path."""
-    if path.parent.name == "snapshot" and path.parent.parent.name == ".zfs":
-        dataset = mounts.get(str(path.parent.parent.parent))
+    dataset = mounts.get(_mountpoint(path))
+    if _is_snapshot_dir(path):
         return f"{dataset}@{path.name}" if dataset else None
-    return None if snapshot_only else mounts.get(str(path))
+    return None if snapshot_only else dataset
+
+
+def _is_snapshot_dir(path: Path) -> bool:
+    return path.parent.name == "snapshot" and path.parent.parent.name == ".zfs"
 
 
 def _mountpoint(path: Path) -> str:
-    if path.parent.name == "snapshot" and path.parent.parent.name == ".zfs":
-        return str(path.parent.parent.parent)
-    return str(path)
+    """The filesystem's mountpoint: <mountpoint>/.zfs/snapshot/<name>'s, or path itself."""
+    return str(path.parent.parent.parent if _is_snapshot_dir(path) else path)
 
 
 def _zfs_mounts() -> dict[str, str]:
