@@ -32,6 +32,17 @@ if os.environ.get("SNAPVER_VM_SYSTEMD") != "1":
 REQUIRE_ALL = os.environ.get("SNAPVER_REQUIRE_ALL") == "1"
 
 
+def pytest_addoption(parser):
+    # The VM's TCG guest runs fewer (each costs ~20 s there); the host runs the default.
+    parser.addoption("--round-trips", type=int, default=20,
+                     help="checkouts back and forth in test_round_trips_keep_every_snapshot (default 20)")
+
+
+@pytest.fixture
+def round_trips(request) -> int:
+    return request.config.getoption("--round-trips")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session, exitstatus):
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
