@@ -96,7 +96,9 @@ def server_snapver(home: Path) -> str:
     if installed.exists():
         return str(installed)
     wrapper = home / "snapver"
-    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(ROOT))} PYTHONDONTWRITEBYTECODE=1 "
+    cache = os.environ.get("PYTHONPYCACHEPREFIX")  # guest-test's compiled modules, outside the share
+    bytecode = f"PYTHONPYCACHEPREFIX={shlex.quote(cache)}" if cache else "PYTHONDONTWRITEBYTECODE=1"
+    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(ROOT))} {bytecode} "
                        f'exec {shlex.quote(sys.executable)} -m snapver "$@"\n')
     wrapper.chmod(0o755)
     return str(wrapper)
