@@ -160,8 +160,7 @@ def _show(ws, a, by):
     commit, snaps, info = ws.show(str(a["rev"]))
     vols = {v: snapshot_dict(s) for v, s in snaps.items()}
     if a.get("space"):
-        for v, s in snaps.items():
-            space = ws.backend.space(s)
+        for (v, s), space in zip(snaps.items(), ws.backend.spaces(list(snaps.values()))):
             vols[v].update(referenced=space.referenced, exclusive=space.exclusive)
     name = next(iter(snaps.values())).name
     v = registry.values(ws, [name]).get(name, {})

@@ -560,8 +560,8 @@ def du(ws) -> dict:
     parents = {e.volume: e for e in edges(ws)}
     rows = []
     for v in ws.volumes:
-        for snap in sorted(ws.backend.snapshots(ws.project, v), key=lambda s: s.age_key):
-            sp = ws.backend.space(snap)
+        snaps = sorted(ws.backend.snapshots(ws.project, v), key=lambda s: s.age_key)
+        for snap, sp in zip(snaps, ws.backend.spaces(snaps)):
             rows.append({"volume": v, "snapshot": snap.name, "referenced": sp.referenced,
                          "exclusive": sp.exclusive, "shared": max(sp.referenced - sp.exclusive, 0)})
         if ws.backend.volume_exists(ws.project, ws.id, v):

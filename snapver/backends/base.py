@@ -243,6 +243,11 @@ class Backend(ABC):
     @abstractmethod
     def space(self, snap: Snapshot) -> Space: ...
 
+    def spaces(self, snaps: list[Snapshot]) -> list[Space]:
+        """space() of each, in order: what a page of `du` or the Space view asks, where a
+        backend can answer many at once cheaper than one by one."""
+        return [self.space(s) for s in snaps]
+
     def reap(self, project: str, workspace: str) -> list[str]:
         """Delete what checkouts of project left for later (Btrfs: retired volumes), off their
         path; gc calls it, with workspace's lock held, before it destroys snapshots. One line

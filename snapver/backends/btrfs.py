@@ -347,16 +347,28 @@ class BtrfsBackend(Backend):
         return None
 
     def space(self, snap: Snapshot) -> Space:
+        return self.spaces([snap])[0]
+
+    def spaces(self, snaps: list[Snapshot]) -> list[Space]:
         from . import btrfsspace  # here: not on the hook's path
 
-        self._reap_settled(snap.project)
-        # From the send stream to a sibling snapshot, O(changes); the walk (once, remembered)
-        # for a volume's only snapshot or where send cannot run.
-        found = btrfsspace.delta_space(self._root, snap.path, _du, subvol_info)
-        if found is not None:
-            return found
-        return btrfsspace.snapshot_space(self._root, self._root / snap.project, snap.path,
-                                         f"{snap.volume}@{snap.name}", _du, subvol_info)
+        for project in dict.fromkeys(s.project for s in snaps):
+            self._reap_settled(project)
+        if snaps:
+            linux.syncfs(snaps[0].path)  # sharing as of the last writes (their transaction committed)
+        # From the send stream to a sibling snapshot, O(changes), the files it names measured
+        # for all of them in one `btrfs filesystem du`; the walk (once, remembered) for a
+        # volume's only snapshot or where send cannot run.
+        plans = [btrfsspace.delta_plan(self._root, s.path, _du, subvol_info, sync=False) for s in snaps]
+        exclusive = btrfsspace.exclusive_many([(s.path, p[1]) for s, p in zip(snaps, plans) if p is not None])
+        found: list[Space] = []
+        for snap, plan in zip(snaps, plans):
+            if plan is not None:
+                found.append(Space(referenced=plan[0], exclusive=exclusive.pop(0)))
+            else:
+                found.append(btrfsspace.snapshot_space(self._root, self._root / snap.project, snap.path,
+                                                       f"{snap.volume}@{snap.name}", _du, subvol_info))
+        return found
 
     def space_owed(self, project: str, volume: str) -> bool:
         # One stat: btrfsspace keeps this file while some snapshot of the folder has known bytes.

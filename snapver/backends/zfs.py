@@ -463,9 +463,16 @@ class ZfsBackend(ZfsStreams, Backend):
         return (name, name) if is_snapshot_name(name) else None
 
     def space(self, snap: Snapshot) -> Space:
-        full = self._zsnap(snap).full
-        props = self._node.get(full, ["used", "referenced"])[full]
-        return Space(referenced=int(props["referenced"]), exclusive=int(props["used"]))
+        return self.spaces([snap])[0]
+
+    def spaces(self, snaps: list[Snapshot]) -> list[Space]:
+        # One listing per project and one `zfs get` per 500 snapshots, not two processes each.
+        views = {p: self._node.view(p) for p in {s.project for s in snaps}}
+        fulls = [self._zsnap(s, views[s.project]).full for s in snaps]
+        props: dict[str, dict[str, str]] = {}
+        for i in range(0, len(fulls), 500):
+            props.update(self._node.get(fulls[i:i + 500], ["used", "referenced"]))
+        return [Space(referenced=int(props[f]["referenced"]), exclusive=int(props[f]["used"])) for f in fulls]
 
     def hold(self, snap: Snapshot, tag: str) -> None:
         # A user hold makes ZFS itself refuse `zfs destroy` (and destroy() above

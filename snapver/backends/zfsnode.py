@@ -151,12 +151,13 @@ class ZfsNode:
         self.can_resume: bool | None = None  # see resumes()
 
     # ------------------------------------------------------------------ reading
-    def get(self, target: str, props: list[str], *, recursive: bool = False,
+    def get(self, target: str | list[str], props: list[str], *, recursive: bool = False,
             missing_ok: bool = False) -> dict[str, dict[str, str]]:
-        """{dataset: {property: value}} from `zfs get -Hp` (zfs-fuse has no `zfs list -p`)."""
+        """{dataset: {property: value}} from `zfs get -Hp` (zfs-fuse has no `zfs list -p`), of one
+        target or of several in one call."""
         argv = ["zfs", "get", "-H", "-p", "-o", "name,property,value", *(["-r"] if recursive else [])]
         try:
-            out = run([*argv, ",".join(props), target])
+            out = run([*argv, ",".join(props), *([target] if isinstance(target, str) else target)])
         except CommandFailed:
             if missing_ok:
                 return {}

@@ -338,11 +338,9 @@ def space(ws, page: int, per: int, total: bool) -> dict:
         for vol in ws.volumes:
             if ws.backend.volume_exists(ws.project, ws.id, vol):
                 rows.append(_space_row(vol, None, ws.backend.live_space(ws.project, ws.id, vol)))
-    for name, vols in shown:
-        for vol in sorted(vols, key=ws.volumes.index):
-            snap = ws.backend.find(ws.project, vol, name)
-            if snap is not None:  # gone since the catalog listed it
-                rows.append(_space_row(vol, name, ws.backend.space(snap)))
+    snaps = [snap for name, vols in shown for vol in sorted(vols, key=ws.volumes.index)
+             if (snap := ws.backend.find(ws.project, vol, name)) is not None]  # else gone since listed
+    rows += [_space_row(s.volume, s.name, sp) for s, sp in zip(snaps, ws.backend.spaces(snaps))]
     bars = [{"volume": r["volume"], "version": label(r["snapshot"]) if r["snapshot"] else "live",
              "part": part, "bytes": r[part]} for r in rows for part in ("exclusive", "shared")]
     footprint = ws.backend.footprint(ws.project) if total else None
