@@ -189,9 +189,10 @@ def test_a_written_live_volume_from_a_snapshot_of_it_equals_the_walk(backend):
 
 
 CHILD = """
-import os, sys
+import faulthandler, os, signal, sys
 from pathlib import Path
 from snapver.backends import open_backend
+faulthandler.register(signal.SIGUSR1)  # the test asks for its stack if it does not end
 backend = open_backend("btrfs", sys.argv[1])
 live = backend.volume_path("proj", "ws1", "data")
 (live / "new").mkdir(exist_ok=True)
@@ -247,8 +248,15 @@ def _interrupt_measures(btrfs_lake: Path) -> None:
         try:
             _, err = child.communicate(timeout=300)
         except subprocess.TimeoutExpired:
+            # What it was waiting on (it and the tools it ran), for the failure to say.
+            tree = subprocess.run(["ps", "-e", "-o", "pid,ppid,stat,wchan:32,etimes,args"], capture_output=True,
+                                  text=True).stdout
+            status = Path(f"/proc/{child.pid}/status").read_text()
+            child.send_signal(signal.SIGUSR1)
+            time.sleep(2)
             child.kill()
-            raise
+            _, err = child.communicate()
+            raise AssertionError(f"{sig!r} after {delay} s: still running after 300 s:\n{status}\n{tree}\n{err}") from None
         if sig == signal.SIGINT:
             assert child.returncode != 0 and "KeyboardInterrupt" in err, err
         else:
