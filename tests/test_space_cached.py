@@ -212,9 +212,9 @@ while True:
 def test_a_live_volume_measure_leaves_nothing_when_interrupted():
     """Ctrl-C or a kill at any moment of a live volume's measure: its temporary snapshot is
     gone all the same, and the signal still ends the process. On a filesystem of its own:
-    the measure waits for the cleaner to drop its temporary snapshot, and on the worker's
-    shared one the cleaner first drops every lake earlier tests deleted (in CI once more
-    than 300 s)."""
+    the measure waits for the cleaner to drop its temporary snapshot, and there no lake
+    earlier tests deleted is queued before it. (That was not why a child outlived its 300 s
+    in CI twice: it did on its own filesystem too; the failure now says what it waited on.)"""
     from tests.fixtures.btrfs import btrfs_image
 
     with btrfs_image("1G") as mnt:

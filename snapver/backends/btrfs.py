@@ -360,11 +360,11 @@ class BtrfsBackend(Backend):
         # for all of them in one `btrfs filesystem du`; the walk (once, remembered) for a
         # volume's only snapshot or where send cannot run.
         plans = [btrfsspace.delta_plan(self._root, s.path, _du, subvol_info, sync=False) for s in snaps]
-        exclusive = btrfsspace.exclusive_many([(s.path, p[1]) for s, p in zip(snaps, plans) if p is not None])
+        measured = iter(btrfsspace.totals_many([(s.path, p[1]) for s, p in zip(snaps, plans) if p is not None]))
         found: list[Space] = []
         for snap, plan in zip(snaps, plans):
             if plan is not None:
-                found.append(Space(referenced=plan[0], exclusive=exclusive.pop(0)))
+                found.append(Space(referenced=plan[0], exclusive=next(measured)[1]))
             else:
                 found.append(btrfsspace.snapshot_space(self._root, self._root / snap.project, snap.path,
                                                        f"{snap.volume}@{snap.name}", _du, subvol_info))

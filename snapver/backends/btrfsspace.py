@@ -303,22 +303,32 @@ def remember_ref(store: _Store, path: Path, uuid: str, ref: int, info) -> None:
 def file_totals(tree: Path, rels: list[str]) -> tuple[int, int]:
     """(Total, Exclusive) of `btrfs filesystem du` over these regular files of tree, as the walk
     counts them."""
+    return totals_many([(tree, rels)])[0]
+
+
+def totals_many(named: list[tuple[Path, list[str]]]) -> list[tuple[int, int]]:
+    """file_totals of each (tree, its files), for all of them in one `btrfs filesystem du` per
+    1000 files rather than one per tree (a page of snapshots). -s prints one line per argument,
+    in order; a name with a newline in it goes alone (its line is split in two)."""
     from .. import proc
 
-    total = exclusive = 0
-    rels = [r.rstrip("\0") for r in rels]
-    plain = [r for r in rels if "\n" not in r]
-    batches = [plain[i:i + _CHUNK] for i in range(0, len(plain), _CHUNK)] + [[r] for r in rels if "\n" in r]
+    paths = [(i, str(tree / r.rstrip("\0"))) for i, (tree, rels) in enumerate(named) for r in rels]
+    totals = [[0, 0] for _ in named]
+    plain = [x for x in paths if "\n" not in x[1]]
+    batches = [plain[i:i + _CHUNK] for i in range(0, len(plain), _CHUNK)] + [[x] for x in paths if "\n" in x[1]]
     for batch in batches:
-        out = proc.run(["btrfs", "filesystem", "du", "-s", "--raw", "--", *batch], cwd=tree)
-        lines = out.splitlines()[1:]  # the header
-        if "\n" in batch[0]:
+        lines = proc.run(["btrfs", "filesystem", "du", "-s", "--raw", "--", *(p for _, p in batch)]).splitlines()[1:]
+        if "\n" in batch[0][1]:
             lines = lines[:1]
-        for line in lines:
+        if len(lines) != len(batch):
+            raise SnapverError(f"btrfs filesystem du printed {len(lines)} lines for {len(batch)} files: "
+                               "a btrfs-progs this version of snapver does not know")
+        for (i, _), line in zip(batch, lines):
             fields = line.split(None, 3)
             if len(fields) >= 3 and fields[0].isdigit() and fields[1].isdigit():
-                total, exclusive = total + int(fields[0]), exclusive + int(fields[1])
-    return total, exclusive
+                totals[i][0] += int(fields[0])
+                totals[i][1] += int(fields[1])
+    return [(total, exclusive) for total, exclusive in totals]
 
 
 def changed_files(old: Path, new: Path) -> tuple[list[str], list[str]] | None:
@@ -370,14 +380,14 @@ def delta_space(root: Path, path: Path, du, info, walking: bool = True) -> Space
     plan = delta_plan(root, path, du, info, walking)
     if plan is None:
         return None
-    return Space(referenced=plan[0], exclusive=exclusive_many([(path, plan[1])])[0])
+    return Space(referenced=plan[0], exclusive=file_totals(path, plan[1])[1])
 
 
 def delta_plan(root: Path, path: Path, du, info, walking: bool = True,
                sync: bool = True) -> tuple[int, list[str]] | None:
     """delta_space's answer but for its exclusive bytes: (referenced bytes, the files the
     stream named in it, whose exclusive bytes are the snapshot's), so that a page of
-    snapshots measures its files in one `btrfs filesystem du` (exclusive_many). sync=False:
+    snapshots measures its files in one `btrfs filesystem du` (totals_many). sync=False:
     the caller has synced the filesystem already."""
     store = _Store(root)
     index = siblings(store, path.parent, info)
@@ -445,26 +455,3 @@ def delta_plan(root: Path, path: Path, du, info, walking: bool = True,
         remember_ref(store, path, uuid, int(entry["ref"]), info)
     return int(entry["ref"]), list(entry["new"])
 
-
-def exclusive_many(named: list[tuple[Path, list[str]]]) -> list[int]:
-    """The walk's Exclusive bytes over each snapshot's named regular files (relative to it),
-    for all of them in one `btrfs filesystem du` per 1000 files rather than one per snapshot.
-    -s prints one line per argument, in order; a name with a newline in it goes alone."""
-    from .. import proc
-
-    paths = [(i, str(tree / r.rstrip("\0"))) for i, (tree, rels) in enumerate(named) for r in rels]
-    totals = [0] * len(named)
-    plain = [x for x in paths if "\n" not in x[1]]
-    batches = [plain[i:i + _CHUNK] for i in range(0, len(plain), _CHUNK)] + [[x] for x in paths if "\n" in x[1]]
-    for batch in batches:
-        lines = proc.run(["btrfs", "filesystem", "du", "-s", "--raw", "--", *(p for _, p in batch)]).splitlines()[1:]
-        if "\n" in batch[0][1]:
-            lines = lines[:1]
-        if len(lines) != len(batch):
-            raise SnapverError(f"btrfs filesystem du printed {len(lines)} lines for {len(batch)} files: "
-                               "a btrfs-progs this version of snapver does not know")
-        for (i, _), line in zip(batch, lines):
-            fields = line.split(None, 3)
-            if len(fields) >= 3 and fields[0].isdigit() and fields[1].isdigit():
-                totals[i] += int(fields[1])
-    return totals
