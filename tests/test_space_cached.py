@@ -189,10 +189,24 @@ def test_a_written_live_volume_from_a_snapshot_of_it_equals_the_walk(backend):
 
 
 CHILD = """
-import faulthandler, os, signal, sys
+import faulthandler, os, signal, sys, time
 from pathlib import Path
 from snapver.backends import open_backend
 faulthandler.register(signal.SIGUSR1)  # the test asks for its stack if it does not end
+# A diary on stderr, which a failure shows: each measure's start and end, and every handler
+# set and run, so that a child that outlives its signal says whether the signal was heard.
+def note(*words):  # CLOCK_MONOTONIC, as the test's own time.monotonic()
+    print(f"{time.monotonic():.2f}", *words, file=sys.stderr, flush=True)
+set_handler = signal.signal
+def noted_signal(sig, handler):
+    if callable(handler) and handler is not signal.default_int_handler:
+        held = handler
+        def handler(signum, frame):
+            note("handler ran for signal", signum)
+            held(signum, frame)
+    note("handler set for signal", int(sig), getattr(handler, "__qualname__", handler))
+    return set_handler(sig, handler)
+signal.signal = noted_signal
 backend = open_backend("btrfs", sys.argv[1])
 live = backend.volume_path("proj", "ws1", "data")
 (live / "new").mkdir(exist_ok=True)
@@ -205,7 +219,9 @@ while True:
     i += 1
     with open(live / "w.bin", "wb") as f:
         f.write(os.urandom(4096 * (1 + i % 7)))
+    note("measure", i)
     backend.live_space("proj", "ws1", "data")
+    note("measured", i)
 """
 
 
@@ -243,6 +259,7 @@ def _interrupt_measures(btrfs_lake: Path) -> None:
         assert child.stdout.readline() == "ready\n", child.stderr.read()
         time.sleep(delay)
         child.send_signal(sig)
+        sent = time.monotonic()
         # A held signal waits for the end of the measure, `btrfs subvolume sync` included, which
         # waits for the cleaner: in CI, under the whole suite's load, once more than 60 s.
         try:
@@ -256,7 +273,10 @@ def _interrupt_measures(btrfs_lake: Path) -> None:
             time.sleep(2)
             child.kill()
             _, err = child.communicate()
-            raise AssertionError(f"{sig!r} after {delay} s: still running after 300 s:\n{status}\n{tree}\n{err}") from None
+            mine = [line for line in tree.splitlines()[1:] if line.split()[1] == str(child.pid)
+                    or line.split()[0] == str(child.pid) or "btrfs-" in line]
+            raise AssertionError(f"{sig!r} sent at {sent:.2f} ({delay} s after ready): still running after 300 s:\n"
+                                 f"{status}\n{tree.splitlines()[0]}\n" + "\n".join(mine) + f"\n{err}") from None
         if sig == signal.SIGINT:
             assert child.returncode != 0 and "KeyboardInterrupt" in err, err
         else:
