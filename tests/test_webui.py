@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 import urllib.error
 import urllib.request
@@ -261,6 +262,38 @@ def test_paths_leaving_a_folder_are_refused(tmp_path):
     with pytest.raises(data.NotFound):
         data.inside(root, "d/nothing")
     assert Path(root).exists()
+
+
+def test_a_big_folder_is_listed_in_pages_and_read_once(tmp_path, monkeypatch):
+    """listing() on its own: folders first, each part by name, every entry on exactly one page;
+    a folder of BIG_FOLDER entries or more is read once and then paged from memory, another
+    (a changed one: its ctime moved) is read again. The HTTP test above runs it on snapshots."""
+    monkeypatch.setattr(data, "BIG_FOLDER", 20)
+    monkeypatch.setattr(data, "FILES_PER_PAGE", 7)
+    monkeypatch.setattr(data, "_kept", type(data._kept)())
+    folder = tmp_path / "snap"
+    folder.mkdir()
+    names = [f"f{i:02d}" for i in range(25)]
+    for name in reversed(names):
+        (folder / name).write_text(name)
+    for name in ("zdir", "adir"):
+        (folder / name).mkdir()
+    (folder / "link").symlink_to("f00")
+    pages = [data.listing(folder, page) for page in range(1, 6)]
+    assert [p[1]["pages"] for p in pages] == [4] * 5 and pages[-1][1]["page"] == 4  # past the end: the last
+    shown = [e["name"] for entries, _ in pages[:4] for e in entries]
+    assert shown == ["adir", "zdir", *names, "link"]
+    assert [e["kind"] for e in pages[0][0][:3]] == ["dir", "dir", "file"]
+    assert [e["kind"] for e in pages[3][0] if e["name"] == "link"] == ["link"]
+    assert len(data._kept) == 1
+    time.sleep(0.05)  # past a coarse clock's tick, so that the change moves the folder's ctime
+    (folder / "f00").unlink()  # only a live folder changes; a snapshot's cannot
+    assert data.listing(folder, 1)[0][2]["name"] == "f01"
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "one").write_text("1")
+    assert [e["name"] for e in data.listing(small, 1)[0]] == ["one"]
+    assert len(data._kept) == 2
 
 
 def test_generations_put_children_after_parents():
