@@ -38,7 +38,7 @@ from pathlib import Path
 from .. import linux
 from ..errors import SnapverError
 from .base import Space
-from .btrfsspace import _Store, changed_files, delta_space, file_totals, siblings, snapshot_space
+from .btrfsspace import _Store, changed_files, delta_space, file_totals, known_referenced, siblings, snapshot_space
 
 
 def live_space(root: Path, project_dir: Path, live: Path, snapshots: Path, du, info, take) -> Space:
@@ -57,8 +57,11 @@ def live_space(root: Path, project_dir: Path, live: Path, snapshots: Path, du, i
         cloned_unwritten = me.parent_uuid == s.uuid and me.generation <= me.otransid
         snapshotted_since = s.parent_uuid == me.uuid and s.otransid >= me.generation
         if cloned_unwritten or snapshotted_since:
-            twin = _snapshot(root, project_dir, path, du, info)
-            return Space(referenced=twin.referenced, exclusive=0)
+            # Only the twin's referenced bytes, which never change: remembered, or measured once.
+            ref = known_referenced(root, path, info)
+            if ref is None:
+                ref = _snapshot(root, project_dir, path, du, info).referenced
+            return Space(referenced=ref, exclusive=0)
     found = None
     base = _base(index, me, snapshots, info)
     if base is not None:
