@@ -196,6 +196,11 @@ import faulthandler, os, signal, sys, time
 from pathlib import Path
 from snapver.backends import open_backend
 faulthandler.register(signal.SIGUSR1)  # the test asks for its stack if it does not end
+# As a terminal's Ctrl-C finds it: a suite started in a script's background (`.ci/run &`)
+# hands its children SIGINT ignored, and snapver rightly keeps it ignored (the diary in CI:
+# the handler heard the signal, then put back SIG_IGN, and measuring went on).
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
 # A diary on stderr, which a failure shows: each measure's start and end, and every handler
 # set and run, so that a child that outlives its signal says whether the signal was heard.
 def note(*words):  # CLOCK_MONOTONIC, as the test's own time.monotonic()
@@ -232,8 +237,10 @@ def test_a_live_volume_measure_leaves_nothing_when_interrupted():
     """Ctrl-C or a kill at any moment of a live volume's measure: its temporary snapshot is
     gone all the same, and the signal still ends the process. On a filesystem of its own:
     the measure waits for the cleaner to drop its temporary snapshot, and there no lake
-    earlier tests deleted is queued before it. (That was not why a child outlived its 300 s
-    in CI twice: it did on its own filesystem too; the failure now says what it waited on.)"""
+    earlier tests deleted is queued before it. (A child that outlived its 300 s in CI had
+    inherited SIGINT ignored, as everything started in a script's background does (the CI runs
+    it failed in were started with `&`), and kept it ignored, as it should: CHILD now starts as
+    under a terminal.)"""
     from tests.fixtures.btrfs import btrfs_image
 
     with btrfs_image("1G") as mnt:
