@@ -51,7 +51,7 @@ def test_space_is_remembered_and_stays_true(backend):
     # The live volume, not written since b was taken of it: b's bytes, none of its own; asked
     # again, b's referenced bytes are the ones remembered (btrfsspace.known_referenced).
     assert backend.live_space(P, W, "data") == walked(backend, live)
-    assert btrfsspace.known_referenced(backend.root, b.path, subvol_info) == walked(backend, b.path).referenced
+    assert btrfsspace.known_referenced(backend.root, b.path, subvol_info(b.path).uuid, subvol_info) == walked(backend, b.path).referenced
     assert backend.live_space(P, W, "data") == walked(backend, live)
     # small.bin's blocks are a's, b's and live's; rewritten in live and b gone, a alone
     # holds them: a's exclusive bytes grow, and the cache must follow.

@@ -58,7 +58,7 @@ def live_space(root: Path, project_dir: Path, live: Path, snapshots: Path, du, i
         snapshotted_since = s.parent_uuid == me.uuid and s.otransid >= me.generation
         if cloned_unwritten or snapshotted_since:
             # Only the twin's referenced bytes, which never change: remembered, or measured once.
-            ref = known_referenced(root, path, info)
+            ref = known_referenced(root, path, s.uuid, info)
             if ref is None:
                 ref = _snapshot(root, project_dir, path, du, info).referenced
             return Space(referenced=ref, exclusive=0)

@@ -287,12 +287,12 @@ def known(store: _Store, folder: Path) -> Path:
     return store.dir.parent / KNOWN.format(project=folder.parent.parent.name, volume=folder.name)
 
 
-def known_referenced(root: Path, path: Path, info) -> int | None:
-    """A read-only snapshot's referenced bytes if a measure found them before (they never
-    change), read without measuring anything: None if none did. O(1): no look at the other
-    subvolumes, which only the exclusive bytes depend on."""
+def known_referenced(root: Path, path: Path, uuid: str, info) -> int | None:
+    """The referenced bytes of the read-only snapshot at path (whose UUID the caller has read)
+    if a measure found them before (they never change), read without measuring anything:
+    None if none did. O(1): no look at the other subvolumes, which only the exclusive bytes
+    depend on."""
     store = _Store(root)
-    uuid = info(path).uuid
     listed = siblings(store, path.parent, info).get(path.name)
     if listed is not None and listed[0] == uuid and len(listed) > 2:
         return int(listed[2])
