@@ -138,21 +138,28 @@ class Daemon:
         log.info("snapverd stopped")
 
     def reload(self) -> None:
+        # systemd's reload protocol (sd_notify(3)): RELOADING=1 with the time, READY=1 when done,
+        # so `systemctl reload` returns once the new config is in force, not when SIGHUP was sent.
+        notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}", "STATUS=reloading the config")
+        log.info("reloading the config (SIGHUP)")
         try:
-            config = DaemonConfig.load(self.config_path)
-            check_projects(config)
-        except SnapverError as e:
-            log.error("config not reloaded, keeping the old one: %s", e)
-            return
-        with self.lock, self.budget_lock:
-            for w in self.watches.values():
-                if w.watch is not None:
-                    self.observer.unschedule(w.watch)
-            self.watches.clear()
-        self.config = config
-        self._trust_workspaces()
-        self._watch_all()
-        log.info("config reloaded: %s", self._watching())
+            try:
+                config = DaemonConfig.load(self.config_path)
+                check_projects(config)
+            except SnapverError as e:
+                log.error("config not reloaded, keeping the old one: %s", e)
+                return
+            with self.lock, self.budget_lock:
+                for w in self.watches.values():
+                    if w.watch is not None:
+                        self.observer.unschedule(w.watch)
+                self.watches.clear()
+            self.config = config
+            self._trust_workspaces()
+            self._watch_all()
+            log.info("config reloaded: %s", self._watching())
+        finally:
+            notify("READY=1", f"STATUS={self._watching()}")
 
     def _watching(self) -> str:
         """What start-up and reload say: only the workspaces loaded count; those that could not be
@@ -175,6 +182,9 @@ class Daemon:
         self.watch_budget = self.config.inotify_budget if self.config.inotify_budget is not None else limit // 4
         self.unwatched: dict[Path, str] = {}
         for w in self.config.workspaces:
+            # Alive, though busy: each workspace costs a few filesystem calls, and a reload of
+            # many on a slow pool must not outlast WatchdogSec and get snapverd killed.
+            notify("WATCHDOG=1")
             try:
                 ws = self._open(w.path)
                 self.heads[w.path] = ws.git.head()
