@@ -276,6 +276,12 @@ class Daemon:
             ws = self._open(tree)
             self._follow_commits(ws, tree)
             self.cascades.poll(ws, tree)  # after the commit's snapshot: on_commit sees it
+            if self.config.reap_after:
+                # Idle time's work (issue 19): what checkouts swapped out, deleted while nobody
+                # switches versions, not in the next `show --space` or `du`. No lock: a
+                # checkout under way in another workspace is left alone (Backend.reap).
+                for line in ws.backend.reap(ws.project, "", quiet_for=self.config.reap_after):
+                    log.info("%s: %s", tree, line)
             for v in ws.volumes:
                 watch = self.watches.get((tree, v))
                 if watch is None:

@@ -31,6 +31,9 @@ class DaemonConfig:
     max_delay: float = 600.0  # a job that never pauses is still captured this often
     poll_interval: float = 5.0  # refs, swapped volumes, and volumes watched by polling
     gc_interval: float = 3600.0  # 0 turns scheduled retention off
+    # A workspace with no checkout this long gets the volumes its checkouts swapped out (Btrfs)
+    # deleted, so that `show --space` and `du` need not; 0 leaves them to gc.
+    reap_after: float = 60.0
     inotify_budget: int | None = None  # directories we may watch; None: a quarter of the limit
     allow_users: frozenset[str] = frozenset()
     allow_groups: frozenset[str] = frozenset()
@@ -57,9 +60,10 @@ class DaemonConfig:
     def _from_doc(cls, doc: dict) -> DaemonConfig:
         known(doc, _TOP_KEYS)
         seconds = {k: _duration(doc, k) for k in ("debounce", "max_delay", "poll_interval") if k in doc}
-        if "gc_interval" in doc:
-            seconds["gc_interval"] = 0.0 if doc["gc_interval"] in ("off", 0) and \
-                not isinstance(doc["gc_interval"], bool) else _duration(doc, "gc_interval")
+        for key in ("gc_interval", "reap_after"):  # each may be "off"
+            if key in doc:
+                seconds[key] = 0.0 if doc[key] in ("off", 0) and not isinstance(doc[key], bool) \
+                    else _duration(doc, key)
         budget = doc.get("inotify_budget")
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
             raise Invalid(f"inotify_budget = {budget!r}: give a whole number of directories, 0 or more "
@@ -111,7 +115,7 @@ def check_projects(config: DaemonConfig) -> None:
             pass
 
 
-_TOP_KEYS = ("socket", "debounce", "max_delay", "poll_interval", "gc_interval", "inotify_budget",
+_TOP_KEYS = ("socket", "debounce", "max_delay", "poll_interval", "gc_interval", "reap_after", "inotify_budget",
              "allow_users", "allow_groups", "retention", "workspace", "serve", "clients")
 _WORKSPACE_KEYS = ("path", "allow_users", "allow_groups")
 

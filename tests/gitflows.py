@@ -194,9 +194,10 @@ class World:
 
     def daemon_config(self, gone: tuple[str, ...] = ()) -> Path:
         config = self.home / "snapverd.toml"
-        # Short times, so that it takes wips and follows HEADs while the sequence runs.
+        # Short times, so that it takes wips, follows HEADs and deletes what checkouts swapped
+        # out (its idle reap, racing the next checkout and gc) while the sequence runs.
         lines = [f'socket = "{self.home / "snapverd.sock"}"', 'gc_interval = "off"', 'debounce = "1s"',
-                 'max_delay = "2s"', 'poll_interval = "1s"']
+                 'max_delay = "2s"', 'poll_interval = "1s"', 'reap_after = "2s"']
         for who in ("A", "B", "W"):
             if who not in gone:
                 lines += ["[[workspace]]", f'path = "{self.paths[who]}"']
@@ -223,7 +224,7 @@ class World:
             self.daemon = subprocess.Popen([sys.executable, "-m", "snapver", "daemon", "--config", str(config)],
                                            cwd=self.home, env={**env(), "SNAPVER_SOCKET": str(self.home / "snapverd.sock")},
                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        self.log(f"set-up: snapverd watching A, B, W (debounce 1s, max_delay 2s, poll 1s), pid {self.daemon.pid}")
+        self.log(f"set-up: snapverd watching A, B, W (debounce 1s, max_delay 2s, poll 1s, reap_after 2s), pid {self.daemon.pid}")
 
     def wait_for_daemon(self, timeout: float = 120) -> None:
         """Until snapverd answers on its socket (or has died: daemon_trouble says so)."""

@@ -284,6 +284,7 @@ def test_bad_daemon_config(tmp_path, config, error):
     ("inotify_budget = -3", "inotify_budget = -3"),
     ("poll_interval = 5", "poll_interval = 5 is not a duration"),
     ('gc_interval = "often"', "gc_interval"),
+    ('reap_after = "soon"', "reap_after"),
     ('debounce = "30s"\ndebounse = "1s"', "unknown setting(s) debounse"),
     ('[retention]\nunreachable = "30d"\nwipp = "1h1d"', "[retention] unknown setting(s) wipp"),
     ('[[workspace]]\npath = "/srv/x"\nallow_user = ["bob"]', "[[workspace]] #1 unknown setting(s) allow_user"),

@@ -248,10 +248,11 @@ class Backend(ABC):
         backend can answer many at once cheaper than one by one."""
         return [self.space(s) for s in snaps]
 
-    def reap(self, project: str, workspace: str) -> list[str]:
+    def reap(self, project: str, workspace: str, quiet_for: float = 0.0) -> list[str]:
         """Delete what checkouts of project left for later (Btrfs: retired volumes), off their
-        path; gc calls it, with workspace's lock held, before it destroys snapshots. One line
-        per thing deleted."""
+        path; gc calls it, with workspace's lock held, before it destroys snapshots, and
+        snapverd with no lock ("") and quiet_for, to touch only workspaces whose last
+        checkout is that many seconds old. One line per thing deleted."""
         return []
 
     # the registry (releases, derived volumes, du)

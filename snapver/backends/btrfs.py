@@ -380,8 +380,8 @@ class BtrfsBackend(Backend):
         # last seconds stay), so that the figures and the cache's key stop moving under it.
         btrfsretire.reap(self._root / check_project(project) / "workspaces", "")
 
-    def reap(self, project: str, workspace: str) -> list[str]:
-        return btrfsretire.reap(self._root / check_project(project) / "workspaces", workspace)
+    def reap(self, project: str, workspace: str, quiet_for: float = 0.0) -> list[str]:
+        return btrfsretire.reap(self._root / check_project(project) / "workspaces", workspace, quiet_for)
 
     def diff(self, old: Path, new: Path) -> list[Change]:
         # Two snapshots of one volume: from their send stream, O(changes); else the walk.

@@ -8,8 +8,9 @@ the next checkout wants to snapshot and rename, so the first return after the fi
 checkout of a big lake waited for it (4.7 s in issue 19).
 
 So a checkout only moves the old volume to <workspace>/.trash/<random>.later/<volume>, a
-rename, and `snapver gc` (which the timer and the daemon run) or `doctor --repair` delete
-it, synchronously, when no checkout waits. Kept, such a volume costs next to nothing: it
+rename, and `snapver gc` (which the timer and the daemon run), `doctor --repair`, or
+snapverd once the workspace has had no checkout for a while (`reap_after`) delete it,
+synchronously, when no checkout waits; space accounting too, as its figures need. Kept, such a volume costs next to nothing: it
 shares every block with the snapshot that kept it. gc reaps before it destroys snapshots,
 so the blocks of a destroyed snapshot are not held by a retired twin. Should gc never run,
 a workspace keeps at most KEEP of them: a checkout hands older ones to a background
@@ -80,12 +81,16 @@ def overflow(trash: Path) -> list[Path]:
 SETTLED = 5
 
 
-def reap(workspaces: Path, own: str) -> list[str]:
+def reap(workspaces: Path, own: str, quiet_for: float = 0.0) -> list[str]:
     """Delete every retired volume of every workspace under workspaces, now; one line each.
 
     The caller holds workspace `own`'s lock, not the others': a checkout there makes its
     folder and then renames the volume into it, so a folder younger than SETTLED may be
-    on its way and is left for the next gc."""
+    on its way and is left for the next gc.
+
+    quiet_for: only in workspaces whose last checkout is at least that many seconds old
+    (snapverd's reap in idle time): a user still switching versions is not made to share
+    the disk with a deletion, which may stall their next command once."""
     done = []
     try:
         spaces = sorted(os.listdir(workspaces))
@@ -93,7 +98,13 @@ def reap(workspaces: Path, own: str) -> list[str]:
         return []
     now = time.time()
     for ws in spaces:
-        for folder in waiting(workspaces / ws / ".trash"):
+        folders = waiting(workspaces / ws / ".trash")
+        try:
+            if quiet_for and folders and now - os.stat(folders[-1]).st_mtime < quiet_for:
+                continue
+        except OSError:
+            continue
+        for folder in folders:
             try:
                 if ws != own and now - os.stat(folder).st_mtime < SETTLED:
                     continue
