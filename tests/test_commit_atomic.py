@@ -313,7 +313,17 @@ def test_full_filesystem_gc_and_doctor_work_and_locking_commands_say_one_line(on
         assert r.code == 0 or "full" in r.err, r.err
     report = run(repo, "doctor")
     print(f"full {lake.backend}: doctor exit {report.code} {report.err.strip()!r}")
-    assert report.code == 0 and "clean" in report.out and one_line(report), report.out + report.err
+    # The catalog may have taken the checkout's journal rows but not their deletion (the last
+    # bytes went between the two: zfs-fuse's free space moves as it frees; seen once in CI).
+    # Then doctor names what is unfinished and the way out; gc still frees space, warning of
+    # it; and once space is freed, the repair loses nothing.
+    unfinished = report.code != 0
+    if unfinished:
+        assert "checkout" in report.out and "interrupted" in report.out and "doctor --repair" in report.out, \
+            report.out + report.err
+        assert "Traceback" not in report.err, report.err
+    else:
+        assert "clean" in report.out and one_line(report), report.out + report.err
     freed = run(repo, "gc")
     print(f"full {lake.backend}: gc exit {freed.code} {freed.err.strip()!r}")
     assert freed.code == 0 and one_line(freed), freed.out + freed.err
@@ -322,6 +332,8 @@ def test_full_filesystem_gc_and_doctor_work_and_locking_commands_say_one_line(on
     assert not doomed & by_filesystem_all(lake)
 
     (repo / "filler.bin").unlink()
+    if unfinished:
+        assert run(repo, "doctor", "--repair").code == 0
     assert run(repo, "doctor").code == 0
     snapver(repo, "snapshot", "--wip")
 
