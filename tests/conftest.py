@@ -89,16 +89,6 @@ def xdist_group(nodeid: str) -> str:
     return nodeid
 
 
-# The longest tests (minutes each, CI's --durations), sent first: started late, any of them
-# would be the suite's tail while the other workers sit idle.
-LONG_FIRST = ("tests/test_git_flows_model.py::", "tests/test_concurrency.py::test_two_clones")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    if config.getoption("dist", "no") == "loadgroup":
-        items.sort(key=lambda item: not item.nodeid.startswith(LONG_FIRST))  # stable: the rest keep their order
-
-
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") != "loadgroup":
