@@ -314,14 +314,18 @@ def test_full_filesystem_gc_and_doctor_work_and_locking_commands_say_one_line(on
     report = run(repo, "doctor")
     print(f"full {lake.backend}: doctor exit {report.code} {report.err.strip()!r}")
     # The catalog may have taken the checkout's journal rows but not their deletion (the last
-    # bytes went between the two: zfs-fuse's free space moves as it frees; seen once in CI).
-    # Then doctor names what is unfinished and the way out; gc still frees space, warning of
-    # it; and once space is freed, the repair loses nothing.
-    unfinished = report.code != 0
-    if unfinished:
+    # bytes went between the two: zfs-fuse's free space moves as it frees; 2 CI runs of 3 on
+    # 2026-12-02). Then doctor names what is unfinished and the way out, gc refuses to act
+    # past it when it can journal its own work (the rows cannot be deleted on the full filesystem either: a gap, noted), and
+    # once space is freed by hand, the repair and gc lose nothing.
+    if report.code != 0:
         assert "checkout" in report.out and "interrupted" in report.out and "doctor --repair" in report.out, \
             report.out + report.err
-        assert "Traceback" not in report.err, report.err
+        first = run(repo, "gc")  # refused, or run with a warning, as its own journal row could be written
+        assert "Traceback" not in first.err and (first.code == 0 or "doctor --repair" in first.err), first.err
+        (repo / "filler.bin").unlink()
+        repaired = run(repo, "doctor", "--repair")
+        assert repaired.code == 0, repaired.out + repaired.err
     else:
         assert "clean" in report.out and one_line(report), report.out + report.err
     freed = run(repo, "gc")
@@ -331,9 +335,7 @@ def test_full_filesystem_gc_and_doctor_work_and_locking_commands_say_one_line(on
     assert not doomed & left, "gc destroyed the old wip on the full filesystem"
     assert not doomed & by_filesystem_all(lake)
 
-    (repo / "filler.bin").unlink()
-    if unfinished:
-        assert run(repo, "doctor", "--repair").code == 0
+    (repo / "filler.bin").unlink(missing_ok=True)
     assert run(repo, "doctor").code == 0
     snapver(repo, "snapshot", "--wip")
 
