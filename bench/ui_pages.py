@@ -1,18 +1,19 @@
 #!/usr/bin/env python3
 """Benchmark: how long each page of `snapver ui` takes to make on a large lake.
 
-The issue's bar: a lake of 10,000 versions and a snapshot of many files, each page in under
-1 s. One sparse Btrfs image; a repository with `snapver init`; a flat folder of --files small
-files in models/; one real commit (hooks); then --versions read-only Btrfs snapshots of models (--changes files
-rewritten before each)
-named as commits, with a catalog row and two metrics and a param each (what the hooks would
-record, without a Git commit per version: they differ only in the subject shown). Each page
-is then asked --repeat times through the WSGI app in-process (Flask's test client: the
-server's own time, no browser) and the first (cold), median and p90 are reported. Compare
-diffs two snapshots from their send stream (O(changes), as `snapver compare`); Space measures
-one page of versions from the send streams between neighbours (O(changes)). The first commit
-started the measure of models' first snapshot in the background (spacewarm; waited for here,
-and said, if the versions were made before it ended), so no request walks.
+The issue's bar: a lake of 10,000 versions and a snapshot of many files, each page in under 1 s.
+One sparse Btrfs image; a repository with `snapver init`; a flat folder of --files small files
+with hashed names in models/; one real commit (hooks); then --versions read-only Btrfs snapshots
+of models (--changes files rewritten before each) named as commits, with a catalog row and two
+metrics and a param each (what the hooks would record, without a Git commit per version: they
+differ only in the subject shown). Each page is then asked --repeat times through the WSGI app
+in-process (Flask's test client: the server's own time, no browser) and the first (nothing kept
+by the view yet), median and p90 are reported. Compare diffs two snapshots from their send
+stream (O(changes), as `snapver compare`); Space measures one page of versions from the send
+streams between neighbours (O(changes)). The cold row drops the page cache (and the view's kept
+folder names) before each request, as a server's first view. The first commit started the
+measure of models' first snapshot in the background (spacewarm; waited for here, and said, if
+the versions were made before it ended), so no request walks.
 
 Needs root (mkfs, loop mount). The image is always unmounted and deleted.
 
@@ -34,7 +35,7 @@ from common import GIT_ENV, btrfs_image, machine, machine_line, require_root, ru
 
 from snapver import registry  # noqa: E402
 from snapver.lake import Workspace  # noqa: E402
-from snapver.webui import create_app  # noqa: E402
+from snapver.webui import create_app, data  # noqa: E402
 
 
 def build(repo: Path, lake: Path, versions: int, files: int, changes: int) -> list[str]:
@@ -48,16 +49,19 @@ def build(repo: Path, lake: Path, versions: int, files: int, changes: int) -> li
         f.write('\n[registry]\nmetrics = ["models/metrics.json"]\n')
     shards = repo / "models" / "shards"
     shards.mkdir()
-    for i in range(files):
-        (shards / f"part-{i:07d}.bin").write_bytes(os.urandom(64))
+    # Hashed names, as sharded datasets have: the folder reads in creation order, which is
+    # not the names' order, so a page of it cannot come from an already sorted read.
+    shard_names = [hashlib.sha1(str(i).encode()).hexdigest()[:20] + ".bin" for i in range(files)]
+    for name in shard_names:
+        (shards / name).write_bytes(os.urandom(64))
     (repo / "models" / "metrics.json").write_text('{"accuracy": 0.5, "loss": 1.0}')
     run(["git", "add", "snapver.toml"], cwd=repo)
     run(["git", "commit", "-q", "-m", "first"], cwd=repo, env=GIT_ENV)
     ws = Workspace.open(repo)
     names = []
     for i in range(versions):
-        for j in range(min(changes, files)):  # what a training step rewrites: the same few files
-            (shards / f"part-{j:07d}.bin").write_bytes(os.urandom(64))
+        for name in shard_names[:changes]:  # what a training step rewrites: the same few files
+            (shards / name).write_bytes(os.urandom(64))
         name = hashlib.sha1(f"version {i}".encode()).hexdigest()
         snaps = ws.backend.snapshot(ws.project, ws.id, ["models"], name)
         ws.catalog.record_snapshots(snaps, ws.id, f"version {i}")
@@ -68,6 +72,19 @@ def build(repo: Path, lake: Path, versions: int, files: int, changes: int) -> li
             print(f"  {i + 1} versions", file=sys.stderr)
     ws.catalog.close()
     return names
+
+
+COLD = "cold (page cache dropped)"
+
+
+def forget_folders() -> None:
+    """As on a server's first view of a folder: nothing of it in the page cache, nor in the
+    view's memory of big folders."""
+    for folder in list(data._kept.values()):
+        folder.done.wait()  # no read of the last request's still going
+    data._kept.clear()
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def main() -> int:
@@ -97,6 +114,8 @@ def main() -> int:
             "space (one page)": "/space",
             f"files: folder of {args.files}, page 1": f"/files/{newest}/models/shards/",
             f"files: folder of {args.files}, last page": f"/files/{newest}/models/shards/?page=100000",
+            f"files: folder of {args.files}, page 1, {COLD}": f"/files/{older}/models/shards/",
+            f"files: folder of {args.files}, page 2, {COLD}": f"/files/{older}/models/shards/?page=2",
             "files: download one": f"/files/{newest}/models/metrics.json",
             "compare two (send-stream diff)": f"/compare?v={older}&v={newest}",
             "run history (per-step chart)": f"/run/{newest}",
@@ -112,6 +131,8 @@ def main() -> int:
         sizes: dict[str, int] = {}
         for label, url in pages.items():
             for _ in range(args.repeat):
+                if COLD in label:
+                    forget_folders()
                 ms, resp = timed(client.get, url)
                 assert resp.status_code == 200, (url, resp.status_code, resp.get_data(as_text=True)[:300])
                 samples.setdefault(label, []).append(ms)

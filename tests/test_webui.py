@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 import urllib.error
@@ -17,8 +19,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from flask import render_template
 
-from snapver.webui import data
+from snapver.webui import create_app, data
 from tests.fixtures.git import snapver
 from tests.webui_lake import ACCURACY, Server, lake_listing, made  # noqa: F401 (a fixture)
 
@@ -266,11 +269,14 @@ def test_paths_leaving_a_folder_are_refused(tmp_path):
 
 def test_a_big_folder_is_listed_in_pages_and_read_once(tmp_path, monkeypatch):
     """listing() on its own: folders first, each part by name, every entry on exactly one page;
-    a folder of BIG_FOLDER entries or more is read once and then paged from memory, another
-    (a changed one: its ctime moved) is read again. The HTTP test above runs it on snapshots."""
+    a folder of BIG_FOLDER entries or more is read once, in a thread, and its first view is the
+    entries read first (the page says so); then it is paged from memory (the first PICKED_PAGES
+    by a partial selection, the others after one sort); another (a changed one: its ctime moved)
+    is read again. The HTTP test above runs it on snapshots."""
     monkeypatch.setattr(data, "BIG_FOLDER", 20)
     monkeypatch.setattr(data, "FILES_PER_PAGE", 7)
     monkeypatch.setattr(data, "_kept", type(data._kept)())
+    monkeypatch.setattr(data, "PICKED_PAGES", 2)
     folder = tmp_path / "snap"
     folder.mkdir()
     names = [f"f{i:02d}" for i in range(25)]
@@ -279,7 +285,28 @@ def test_a_big_folder_is_listed_in_pages_and_read_once(tmp_path, monkeypatch):
     for name in ("zdir", "adir"):
         (folder / name).mkdir()
     (folder / "link").symlink_to("f00")
-    pages = [data.listing(folder, page) for page in range(1, 6)]
+    gate = threading.Event()
+    read_rest = data.FolderNames._read_rest
+
+    def held(self, entries, key):  # the rest of the folder is read once the test says so
+        gate.wait(30)
+        read_rest(self, entries, key)
+
+    monkeypatch.setattr(data.FolderNames, "_read_rest", held)
+    first, pager = data.listing(folder, 1)  # the first view, while the folder is being read
+    assert pager["reading"] and [e["name"] for e in first] == [e.name for e in os.scandir(folder)][:7]
+    assert {e["kind"] for e in first} <= {"dir", "file", "link"}
+    with create_app(tmp_path).test_request_context(f"/files/{'a' * 40}/models/"):
+        page = render_template("files.html", project="p", name="a" * 40, volume="models", rel="", crumbs=[],
+                               entries=first, pager=pager, volumes=["models"])
+    assert 'id="reading"' in page and "?page=2" in page and first[0]["name"] in page
+    gate.set()
+    kept = next(iter(data._kept.values()))
+    assert kept.done.wait(30) and kept.failed is None
+    pages = [data.listing(folder, page) for page in range(1, 3)]
+    assert not kept.ordered  # the first pages by name are picked, not sorted
+    pages += [data.listing(folder, page) for page in range(3, 6)]
+    assert kept.ordered
     assert [p[1]["pages"] for p in pages] == [4] * 5 and pages[-1][1]["page"] == 4  # past the end: the last
     shown = [e["name"] for entries, _ in pages[:4] for e in entries]
     assert shown == ["adir", "zdir", *names, "link"]
