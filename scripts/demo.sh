@@ -3,7 +3,8 @@
 # loop-mounted Btrfs image that snapver makes; train, commit, go back in time, restore.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-source "$here/scripts/setup.sh"
+# SNAPVER_DEMO_SETUP=0: the suite, which has installed everything already, runs the demo.
+[ "${SNAPVER_DEMO_SETUP:-1}" = 0 ] || source "$here/scripts/setup.sh"
 export PATH="$here/.venv/bin:$PATH"
 demo=${SNAPVER_DEMO_DIR:-/var/tmp/snapver-demo}
 
@@ -24,7 +25,7 @@ run git add train.py snapver.toml
 run git commit -q -m "training code"     # the post-commit hook snapshots every volume
 
 step "Version 1: a quick model (5 epochs)"
-python3 -c 'import random; random.seed(1); print("\n".join(f"{x/10},{3*x/10+2+random.gauss(0,.3):.3f}" for x in range(100)))' > data/train.csv
+python3 -c 'import random; random.seed(1); print("\n".join(f"{x/200},{3*x/200+2+random.gauss(0,.3):.3f}" for x in range(2000)))' > data/train.csv
 run python3 train.py 5
 run git commit -q --allow-empty -m "model v1: 5 epochs"
 v1=$(git rev-parse HEAD)
