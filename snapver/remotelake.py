@@ -15,12 +15,10 @@ that reaches the server sends those first, and the server snapshots or reports t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
 import subprocess
-import tempfile
 from pathlib import Path
 
 from .errors import SnapverError
@@ -94,6 +92,8 @@ class RemoteLake:
         # One control master per working tree and server (two working trees on one host may
         # hold different keys), kept for ControlPersist: a command then costs one round trip.
         # Options given in SNAPVER_SSH come first, and ssh keeps the first value it is given.
+        import hashlib  # here, not at the top: every Git hook imports this module (ops), ~3 ms
+
         tag = hashlib.sha1(f"{self.git_dir}\0{dest}\0{url.port}\0{' '.join(ssh)}".encode()).hexdigest()[:16]
         control = Path(os.environ.get("XDG_RUNTIME_DIR") or os.path.expanduser("~/.ssh"))
         if len(str(control)) > 70:  # a Unix socket's path has ~100 bytes, and ssh adds a suffix
@@ -107,6 +107,8 @@ class RemoteLake:
 
     def exchange(self, request: dict, pack: bytes) -> dict:
         """One round trip; Unreachable when ssh cannot connect."""
+        import tempfile  # here, not at the top: every Git hook imports this module (ops), ~3 ms
+
         with tempfile.TemporaryFile() as errors:
             try:
                 done = subprocess.run(self.argv(), input=json.dumps(request).encode() + b"\n" + pack,
@@ -269,6 +271,7 @@ class RemoteLake:
 
 def init(where: Path, a: dict, tell=None) -> dict:
     """`snapver init --lake ssh://HOST/LAKE --mount DIR [--name NAME]` on a compute node."""
+    import hashlib
     import re
     import socket
 

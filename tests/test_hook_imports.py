@@ -21,6 +21,8 @@ NOT_ON_THE_HOOK_PATH = {
     "yaml": "only for YAML metrics files",
     "picklescan": "only when a model file is scanned",
     "tomlkit": "the writer of snapver.toml only (init, derive); every reader uses tomllib",
+    "tempfile": "~3 ms with shutil and random; a remote lake's round trip imports it",
+    "hashlib": "~3 ms loading OpenSSL; a remote lake's control path and init import it",
 }
 
 HOOK_MODULES = ("snapver.githooks", "snapver.ops", "snapver.client", "snapver.lake", "snapver.registry",
