@@ -482,7 +482,7 @@ def markdown(report: dict) -> str:
 
 
 def chart(venv: Path, report_json: Path) -> str | None:
-    png = RESULTS / "compare.png"
+    png = report_json.with_suffix(".png")
     done = subprocess.run([str(venv / "bin" / "python"), str(HERE / "compare_chart.py"), str(report_json), str(png)],
                           capture_output=True, text=True)
     if done.returncode != 0:
@@ -494,7 +494,8 @@ def chart(venv: Path, report_json: Path) -> str | None:
 # ------------------------------------------------------------------ main
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1G,8G", help="lake sizes, comma-separated (default 1G,8G; e.g. 1G,8G,32G)")
+    parser.add_argument("--sizes", default="1G,8G",
+                        help="lake sizes, comma-separated (default 1G,8G; e.g. 1G,8G,32G; '' for none)")
     parser.add_argument("--small-files", default="200000",
                         help="file counts of the small-files shape (4 KiB each), comma-separated; 0 to skip "
                              "(default 200000; e.g. 1000000)")
@@ -503,13 +504,16 @@ def main() -> int:
                         help="seconds a tool may spend on one repeated operation before it stops (default 60)")
     parser.add_argument("--warm", action="store_true", help="keep the page cache (default: drop it before each op)")
     parser.add_argument("--no-du", action="store_true", help="skip the `btrfs filesystem du` cross-check")
+    parser.add_argument("--name", default="compare", help="results/<name>.md and .json (default compare)")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                         help="where the images and the DVC venv go (not tmpfs)")
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     shapes = [("small", int(n)) for n in args.small_files.split(",") if int(n) > 0]
-    shapes += [("lake", parse_size(s)) for s in sorted(args.sizes.split(","), key=parse_size)]
+    shapes += [("lake", parse_size(s)) for s in sorted(filter(None, args.sizes.split(",")), key=parse_size)]
+    if not shapes:
+        parser.error("nothing to measure: give --sizes or --small-files")
     if not require_root("compare.py", "mkfs.btrfs, loop mount, drop_caches"):
         return 2
 
@@ -534,9 +538,9 @@ def main() -> int:
             report["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             report["machine"] = {**machine(), "snapver_source_sha256": digest_}
             report["source_changed"] = source_digest() != digest_
-            write_results("compare", markdown(report), report)
-            report["chart"] = chart(venv, RESULTS / "compare.json")
-            write_results("compare", markdown(report), report)
+            write_results(args.name, markdown(report), report)
+            report["chart"] = chart(venv, RESULTS / f"{args.name}.json")
+            write_results(args.name, markdown(report), report)
     return 0
 
 

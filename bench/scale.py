@@ -5,16 +5,22 @@ A lake of N files of 512 bytes (1,000 per folder) in the data volume, two commit
 apart by 10 files (4 rewritten, 3 added, 3 deleted), and every command a user types
 timed through the CLI and Git (hooks included): commit, checkout back and forth
 (max and median; the first return after the first checkout apart, the issue's 4.7 s),
-status, diff, restore, log, show --space, du, gc --dry-run.
+status, diff, restore, log, show --space, du, gc --dry-run, reindex.
 
 Writing a million files takes minutes, so the files are written once into a template
 subvolume on a Btrfs image that stays (WORKDIR/scale.img, mounted at WORKDIR/scale.mnt);
 each run copies it into a fresh lake with `cp -a --reflink=always` (metadata only) and
 deletes that lake at the end. --drop removes the image as well.
 
+--own-fs: the same commands on a lake that is its own filesystem, as the embedded default
+makes it (an image written afresh, deleted at the end); the run then also starts snapverd
+(a real process, `reap_after = "5s"`) once the checkouts have retired the volume the files
+were written into, times how long it takes to delete what they retired, and times the
+checkouts and a status a user runs right after (while the kernel drops those trees).
+
 Needs root (mkfs, loop mount). Never part of the test suite.
 
-    .venv/bin/python bench/scale.py [--files 1000000] [--rounds 10] [--workdir DIR] [--space]
+    .venv/bin/python bench/scale.py [--files 1000000] [--rounds 10] [--workdir DIR] [--own-fs | --space]
 
 --space: only the space part (results/scale-<files>-space.md), on a lake that is its own
 filesystem. The first commit starts the measure of the volume's first snapshot in the
@@ -132,10 +138,52 @@ def measured_after_commit(lake: Path, since: float, timeout: float = 1800) -> fl
     return None
 
 
+def retired(lake: Path) -> list[Path]:
+    """What checkouts moved aside and nothing has deleted yet (a workspace's trash)."""
+    return [p for p in lake.glob("*/workspaces/*/.trash/*/*") if p.is_dir()]
+
+
+def reap_by_snapverd(run_dir: Path, repo: Path, lake: Path, first: str, t: dict[str, list[float]]) -> None:
+    """snapverd, as the service runs it, deletes what the checkouts retired once the workspace
+    is quiet: how long that takes, and what a user's next commands cost right after, while
+    the kernel's cleaner drops the deleted trees (the issue's first-return stall)."""
+    if not retired(lake):
+        print("  nothing retired: snapverd has nothing to reap", file=sys.stderr)
+        return
+    sock = run_dir / "snapverd.sock"
+    config = run_dir / "snapverd.toml"
+    config.write_text(f'socket = "{sock}"\ndebounce = "2s"\npoll_interval = "1s"\ngc_interval = "off"\n'
+                      f'reap_after = "5s"\n[[workspace]]\npath = "{repo}"\n')
+    log = run_dir / "snapverd.log"
+    started = time.perf_counter()
+    daemon = subprocess.Popen([SNAPVER, "daemon", "--config", str(config)], env={**GIT_ENV, "SNAPVER_SOCKET": str(sock)},
+                              stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    try:
+        while retired(lake) and time.perf_counter() < started + 1800 and daemon.poll() is None:
+            time.sleep(0.2)
+        if retired(lake):
+            raise RuntimeError(f"snapverd left {len(retired(lake))} retired volume(s): {log.read_text()[-2000:]}")
+        t["snapverd: start to retired volumes deleted (reap_after 5 s included)"] = [(time.perf_counter() - started) * 1000]
+        t["right after the reap: snapver status"] = [timed([SNAPVER, "status"], repo)]
+        after = []
+        for _ in range(3):
+            after.append(timed(["git", "checkout", "-q", first], repo))
+            after.append(timed(["git", "checkout", "-q", "main"], repo))
+        t["right after the reap: git checkout, back and forth"] = after
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+
+
 def bench(workdir: Path, files: int, rounds: int, t: dict[str, list[float]], space_only: bool = False,
-          gc_first: bool = False) -> None:
+          gc_first: bool = False, own_fs: bool = False) -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    if space_only:
+    own_fs = own_fs or space_only
+    if own_fs:
         mnt = own_image(workdir, files)
         run_dir = workdir / f"run-{stamp}"
         lake = mnt
@@ -152,7 +200,7 @@ def bench(workdir: Path, files: int, rounds: int, t: dict[str, list[float]], spa
         run(["git", "init", "-q", "-b", "main", str(repo)])
         run([SNAPVER, "init", "--lake", str(lake), "--volume", "data"], cwd=repo)
         start = time.perf_counter()
-        if space_only:
+        if own_fs:
             write_files(repo / "data", files)
         else:
             run(["cp", "-a", "--reflink=always", f"{tpl}/.", str(repo / "data") + "/"])
@@ -174,6 +222,11 @@ def bench(workdir: Path, files: int, rounds: int, t: dict[str, list[float]], spa
             rest.append(timed(["git", "checkout", "-q", "main"], repo))
         if rest:
             t["git checkout (later, back and forth)"] = rest
+        if own_fs and not space_only:
+            reap_by_snapverd(run_dir, repo, lake, first, t)
+            after = measured_after_commit(lake, committed_at)
+            if after is not None:
+                t["(in the background) first snapshot measured, ms after the first commit"] = [after * 1000]
         if space_only:  # what the space commands meet in the full run: the live volume written by a restore
             t["snapver restore (one file) (first)"] = [
                 timed([SNAPVER, "restore", first, "data/part-00000/f-00000000.bin"], repo)]
@@ -195,6 +248,7 @@ def bench(workdir: Path, files: int, rounds: int, t: dict[str, list[float]], spa
             ("snapver show HEAD --space", ["show", "HEAD", "--space"]),
             ("snapver du", ["du"]),
             ("snapver gc --dry-run", ["gc", "--dry-run"]),
+            ("snapver reindex", ["reindex"]),
         ):
             # Twice: the first may fill a cache (du, show --space), the second reads it.
             t[f"{label} (first)"] = [timed([SNAPVER, *argv], repo)]
@@ -210,7 +264,7 @@ def bench(workdir: Path, files: int, rounds: int, t: dict[str, list[float]], spa
                 if sub.is_dir() and not sub.is_symlink() and sub.stat().st_ino == 256:
                     subprocess.run(["btrfs", "subvolume", "delete", str(sub)], capture_output=True)
         subprocess.run(["rm", "-rf", str(run_dir)])
-        if space_only:  # the lake's own image goes whole (once the measure after the commit let go of it)
+        if own_fs:  # the lake's own image goes whole (once the measure after the commit let go of it)
             for _ in range(60):
                 if not mounted(mnt) or subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0:
                     break
@@ -225,6 +279,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=10, help="checkouts back and forth after the first two")
     p.add_argument("--workdir", type=Path, default=Path("/var/tmp/snapver-scale"))
     p.add_argument("--name", help="results/<name>.md (default scale-<files>)")
+    p.add_argument("--own-fs", action="store_true",
+                   help="every command on a lake that is its own filesystem (written afresh), and snapverd's "
+                        "deletion of what the checkouts retired, timed")
     p.add_argument("--space", action="store_true",
                    help="only what space accounting meets: the two commits, a checkout there and back, a "
                         "restore (writes the live volume), then show --space and du")
@@ -244,18 +301,19 @@ def main() -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill: clean up and write, as Ctrl-C
     t: dict[str, list[float]] = {}
     try:
-        bench(args.workdir, args.files, args.rounds, t, args.space, args.gc_first)
+        bench(args.workdir, args.files, args.rounds, t, args.space, args.gc_first, args.own_fs)
     except (RuntimeError, KeyboardInterrupt) as e:  # what was measured so far is still written
         print(f"stopped: {e}", file=sys.stderr)
         t["(stopped here)"] = [0.0]
     m = machine()
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"Lake of {args.files:,} files of {FILE_SIZE} B ({human(args.files * FILE_SIZE)} of data), "
-             f"Btrfs loop image; {when}.", machine_line(m), "",
+             f"Btrfs loop image{', the lake its own filesystem' if args.own_fs or args.space else ''}; {when}.", machine_line(m), "",
              "| command | median ms | max ms | n |", "| --- | ---: | ---: | ---: |"]
     for label, ms in t.items():
         lines.append(f"| {label} | {statistics.median(ms):.0f} | {max(ms):.0f} | {len(ms)} |")
-    write_results(args.name or f"scale-{args.files}{'-space' if args.space else ''}{'-gc' if args.gc_first else ''}", "\n".join(lines) + "\n",
+    suffix = "-space" if args.space else "-ownfs" if args.own_fs else ""
+    write_results(args.name or f"scale-{args.files}{suffix}{'-gc' if args.gc_first else ''}", "\n".join(lines) + "\n",
                   {"files": args.files, "when": when, "machine": m, "ms": t})
     return 0
 
