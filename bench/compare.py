@@ -262,8 +262,8 @@ def bench_shape(workdir: Path, venv: Path, shape: str, size: int, args) -> dict:
     if shape == "small":
         image_size += size * 8 * 1024  # Btrfs metadata for every file, and DVC's per-file cache entries
     load = {"start": loadavg()}
-    print(f"\n[{label}] {len(TOOLS)} images of {human(image_size)} (sparse)", flush=True)
-    with _images(workdir, image_size, label) as mounts:
+    print(f"\n[{label}] {len(args.tools)} images of {human(image_size)} (sparse)", flush=True)
+    with _images(workdir, image_size, label, args.tools) as mounts:
         tools = [Tool(name, mnt, img, venv) for name, (mnt, img) in mounts.items()]
         for t in tools:
             t.setup()
@@ -364,8 +364,9 @@ class _images:
     """One fresh image per tool, all mounted at once (so the rounds can interleave); all
     unmounted and deleted on the way out, whatever happens."""
 
-    def __init__(self, workdir: Path, size: int, label: str):
+    def __init__(self, workdir: Path, size: int, label: str, tools: list[str]):
         self.workdir, self.size, self.slug = workdir, size, re.sub(r"\W+", "-", label).strip("-")
+        self.tools = tools
         self.stack = None
 
     def __enter__(self):
@@ -373,7 +374,7 @@ class _images:
         self.stack = ExitStack().__enter__()
         try:
             return {name: (self.stack.enter_context(btrfs_image(self.workdir, self.size, f"{self.slug}-{name}")),
-                           self.workdir / f"{self.slug}-{name}.img") for name in TOOLS}
+                           self.workdir / f"{self.slug}-{name}.img") for name in self.tools}
         except BaseException:
             self.stack.close()
             raise
@@ -405,26 +406,27 @@ def ratio(a: float, b: float) -> str:
 
 def shape_table(s: dict) -> list[str]:
     t = s["tools"]
+    tools = [n for n in TOOLS if n in t]
+    dvcs = [n for n in tools if n.startswith("dvc")]
     lines = [f"### {s['label']}: {s['files']:,} files, {human(s['data_bytes'])}", "",
              f"Second version: {s['changed_files']:,} files rewritten ({human(s['changed_bytes'])}). "
              f"Load average (1, 5, 15 min) at start {' '.join(s['loadavg']['start'])}, "
              f"at end {' '.join(s['loadavg']['end'])}.", "",
-             "| operation | " + " | ".join(TITLES[n] for n in TOOLS) + " | snapver/DVC copy | snapver/DVC reflink |",
-             "|" + " --- |" * (len(TOOLS) + 3)]
+             "| operation | " + " | ".join(TITLES[n] for n in tools) + "".join(f" | snapver/{TITLES[n]}" for n in dvcs)
+             + " |", "|" + " --- |" * (len(tools) + len(dvcs) + 1)]
     for op in OPS:
         sv = med(t["snapver"]["samples_ms"][op])
-        lines.append(f"| {op} | " + " | ".join(seconds(t[n]["samples_ms"][op]) for n in TOOLS) + " | "
-                     + ratio(sv, med(t["dvc-copy"]["samples_ms"][op])) + " | "
-                     + ratio(sv, med(t["dvc-reflink"]["samples_ms"][op])) + " |")
-    disk = {n: t[n]["disk"]["above_empty"] for n in TOOLS}
-    lines.append("| disk used after both versions | " + " | ".join(human(disk[n]) for n in TOOLS) + " | "
-                 + ratio(disk["snapver"], disk["dvc-copy"]) + " | " + ratio(disk["snapver"], disk["dvc-reflink"]) + " |")
-    if all("du" in t[n] and "total" in (t[n]["du"] or {}) for n in TOOLS):
+        lines.append(f"| {op} | " + " | ".join(seconds(t[n]["samples_ms"][op]) for n in tools)
+                     + "".join(" | " + ratio(sv, med(t[n]["samples_ms"][op])) for n in dvcs) + " |")
+    disk = {n: t[n]["disk"]["above_empty"] for n in tools}
+    lines.append("| disk used after both versions | " + " | ".join(human(disk[n]) for n in tools)
+                 + "".join(" | " + ratio(disk["snapver"], disk[n]) for n in dvcs) + " |")
+    if all("du" in t[n] and "total" in (t[n]["du"] or {}) for n in tools):
         lines.append("| `btrfs filesystem du -s`: total / exclusive / shared | "
                      + " | ".join(f"{human(t[n]['du']['total'])} / {human(t[n]['du']['exclusive'])} / "
-                                  f"{human(t[n]['du']['set_shared'])}" for n in TOOLS) + " | | |")
+                                  f"{human(t[n]['du']['set_shared'])}" for n in tools) + " |" + " |" * len(dvcs))
     split_rows = []
-    for n in TOOLS:
+    for n in tools:
         for op in ("first version", "second version", "checkout first version"):
             parts = t[n]["splits_ms"][op]
             if parts and n.startswith("dvc"):
@@ -467,7 +469,7 @@ def markdown(report: dict) -> str:
         "extents count once. Ratio: snapver / DVC; below 1 snapver is faster (1/N: N times faster).", ""]
     for s in report["shapes"]:
         lines += shape_table(s) + [""]
-    anomalies = [f"{s['label']}, {TITLES[n]}: {a_}" for s in report["shapes"] for n in TOOLS
+    anomalies = [f"{s['label']}, {TITLES[n]}: {a_}" for s in report["shapes"] for n in TOOLS if n in s["tools"]
                  for a_ in s["tools"][n]["anomalies"]]
     lines += ["Data written per image (seeded random bytes, no holes): " + "; ".join(
         f"{s['label']}: " + ", ".join(f"{k} {v['files']:,} files {human(v['bytes'])}" for k, v in s["written"].items())
@@ -504,12 +506,18 @@ def main() -> int:
                         help="seconds a tool may spend on one repeated operation before it stops (default 60)")
     parser.add_argument("--warm", action="store_true", help="keep the page cache (default: drop it before each op)")
     parser.add_argument("--no-du", action="store_true", help="skip the `btrfs filesystem du` cross-check")
+    parser.add_argument("--tools", default=",".join(TOOLS),
+                        help=f"which of {', '.join(TOOLS)} to run, comma-separated (default all; snapver always)")
     parser.add_argument("--name", default="compare", help="results/<name>.md and .json (default compare)")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                         help="where the images and the DVC venv go (not tmpfs)")
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    asked = set(args.tools.split(",")) | {"snapver"}
+    if asked - set(TOOLS):
+        parser.error(f"unknown tool(s): {', '.join(sorted(asked - set(TOOLS)))}; choose from {', '.join(TOOLS)}")
+    args.tools = [n for n in TOOLS if n in asked]
     shapes = [("small", int(n)) for n in args.small_files.split(",") if int(n) > 0]
     shapes += [("lake", parse_size(s)) for s in sorted(filter(None, args.sizes.split(",")), key=parse_size)]
     if not shapes:

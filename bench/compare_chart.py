@@ -27,7 +27,7 @@ def main(src: str, dest: str) -> None:
             for shape, style in (("lake", dict(marker="o", linestyle="-")),
                                  ("small", dict(marker="s", linestyle="none", fillstyle="none", markersize=9))):
                 points = sorted((s["data_bytes"] / 1e9, statistics.median(s["tools"][name]["samples_ms"][op]) / 1000)
-                                for s in report["shapes"] if s["shape"] == shape
+                                for s in report["shapes"] if s["shape"] == shape and name in s["tools"]
                                 and s["tools"][name]["samples_ms"][op])
                 if points:
                     ax.plot(*zip(*points), color=color, label=title if shape == "lake" else None, **style)
