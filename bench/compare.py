@@ -442,8 +442,9 @@ def markdown(report: dict) -> str:
     a = report["args"]
     lines = [
         "# snapver vs DVC vs plain Git on the same lake (Btrfs)", "",
-        f"{report['date']}, `bench/compare.py --sizes {a['sizes']} --small-files {a['small_files']} "
-        f"--repeat {a['repeat']} --budget {a['budget']}{' --warm' if a['warm'] else ''}`", "",
+        f"{report['date']}, `bench/compare.py --sizes '{a['sizes']}' --small-files {a['small_files']} "
+        f"--repeat {a['repeat']} --budget {a['budget']}{' --warm' if a['warm'] else ''}"
+        f"{' --tools ' + ','.join(a['tools']) if a.get('tools') else ''}`", "",
         machine_line(m) + f", DVC {report['dvc_version']}.",
         "The machine's 2 CPUs are shared with other jobs (load averages per shape below).", "",
         "Each tool has its own fresh sparse Btrfs image of the same size, loop-mounted "
@@ -535,7 +536,8 @@ def main() -> int:
     venv = bench_venv(args.workdir)
     dvc_version = run([str(venv / "bin" / "dvc"), "--version"]).strip()
     report = {"args": {"sizes": args.sizes, "small_files": args.small_files, "repeat": args.repeat,
-                       "budget": args.budget, "warm": args.warm},
+                       "budget": args.budget, "warm": args.warm,
+                       "tools": [] if len(args.tools) == len(TOOLS) else args.tools[1:]},
               "dvc_version": dvc_version, "loadavg_at_start": loadavg(), "shapes": []}
     with run_dir(args.workdir) as workdir:
         frozen = freeze_source(workdir / "src")
