@@ -437,6 +437,19 @@ def shape_table(s: dict) -> list[str]:
     return lines
 
 
+# What each column is; a run with --tools describes only the tools it ran.
+COLUMNS = [
+    (("snapver",), "- snapver: `snapver init --lake`, then `git commit` / `git checkout` with its hooks; "
+                   "`snapver restore HEAD <file>`."),
+    (("dvc-copy", "dvc-reflink"), "- DVC copy / DVC reflink: `cache.type` copy or reflink, `core.autostage`; a "
+                                  "version is `dvc add data models logs` + `git add params.yaml` + `git commit -a`; a "
+                                  "checkout is `git checkout` + `dvc checkout`; restore is `dvc checkout <file>`."),
+    (("git",), "- Git floor: the data in the working tree, ignored by Git: what Git's own `git add` / `git commit` / "
+               "`git checkout` of the code cost. It does not version the data (its checkout leaves the data as it is "
+               "and it cannot restore), so it is the lower bound, not a competitor."),
+]
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     a = report["args"]
@@ -451,14 +464,7 @@ def markdown(report: dict) -> str:
         "`-o loop,noatime,user_subvol_rm_allowed`, holding the repo (and snapver's lake, DVC's cache and "
         "site cache); every tool gets the same bytes (seed " f"{SEED}). Columns:",
         "",
-        "- snapver: `snapver init --lake`, then `git commit` / `git checkout` with its hooks; "
-        "`snapver restore HEAD <file>`.",
-        "- DVC copy / DVC reflink: `cache.type` copy or reflink, `core.autostage`; a version is "
-        "`dvc add data models logs` + `git add params.yaml` + `git commit -a`; a checkout is `git checkout` + "
-        "`dvc checkout`; restore is `dvc checkout <file>`.",
-        "- Git floor: the data in the working tree, ignored by Git: what Git's own `git add` / `git commit` / "
-        "`git checkout` of the code cost. It does not version the data (its checkout leaves the data as it is "
-        "and it cannot restore), so it is the lower bound, not a competitor.",
+        *[line for tools, line in COLUMNS if set(tools) & set(a.get("tools") or TOOLS[1:]) or "snapver" in tools],
         "",
         ("Page cache dropped before every timed operation (cold)" if not a["warm"] else
          "Page cache kept (warm)") + "; every time includes a `sync -f` of the tool's filesystem, so data left "
