@@ -69,14 +69,16 @@ def write_small_files(data: Path, count: int) -> dict:
 class Daemon:
     """`snapver daemon --config FILE`, started the way systemd would (minus systemd)."""
 
-    def __init__(self, workdir: Path, repo: Path, mode: str, name: str):
+    def __init__(self, workdir: Path, repo: Path, mode: str, name: str, settings: dict[str, str] | None = None):
+        """settings: durations of snapverd.toml set otherwise than here (scale.py: reap_after)."""
         self.dir = workdir / f"snapverd-{name}"
         self.dir.mkdir()
         self.socket = self.dir / "snapverd.sock"
         self.config = self.dir / "snapverd.toml"
         self.log = self.dir / "snapverd.log"
-        lines = [f'socket = "{self.socket}"', f'debounce = "{int(DEBOUNCE)}s"', 'max_delay = "10m"',
-                 f'poll_interval = "{int(POLL_INTERVAL)}s"', 'gc_interval = "off"']
+        durations = {"debounce": f"{int(DEBOUNCE)}s", "max_delay": "10m", "poll_interval": f"{int(POLL_INTERVAL)}s",
+                     "gc_interval": "off", **(settings or {})}
+        lines = [f'socket = "{self.socket}"', *(f'{key} = "{value}"' for key, value in durations.items())]
         if mode == "polling":
             lines.append("inotify_budget = 0")  # no watches at all: every volume is polled
         lines += ["[[workspace]]", f'path = "{repo}"']
@@ -131,8 +133,8 @@ class Daemon:
 
 
 @contextmanager
-def daemon(workdir: Path, repo: Path, mode: str, name: str):
-    d = Daemon(workdir, repo, mode, name)
+def daemon(workdir: Path, repo: Path, mode: str, name: str, settings: dict[str, str] | None = None):
+    d = Daemon(workdir, repo, mode, name, settings)
     try:
         yield d
     finally:
