@@ -203,15 +203,18 @@ class Daemon:
             self._start_watch_locked(tree, watch)
 
     def _start_watch_locked(self, tree: Path, watch: VolumeWatch) -> None:
-        watch.device = _device(watch.path)
-        dirs = _count_dirs(watch.path, self.watch_budget)
+        # The volume's real folder: on ZFS its path is a link (backends/zfslive.py), and watchdog
+        # does not follow a link it is given (nor should it follow those inside a volume).
+        real = os.path.realpath(watch.path)
+        watch.device = _device(Path(real))
+        dirs = _count_dirs(Path(real), self.watch_budget)
         if dirs > self.watch_budget:
             watch.mode = "polling"
             log.warning("%s: %s has more directories than the inotify budget (%d): polling",
                         tree, watch.volume, self.watch_budget)
             return
         try:
-            watch.watch = self.observer.schedule(_Recorder(self, (tree, watch.volume)), str(watch.path),
+            watch.watch = self.observer.schedule(_Recorder(self, (tree, watch.volume)), real,
                                                  recursive=True)
             watch.mode = "events"
             watch.dirs = dirs

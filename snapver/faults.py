@@ -22,7 +22,10 @@ The points, in the order an operation reaches them:
     checkout-kept                the safety wip snapshot of unsnapshotted changes is taken
     checkout-cloned              a writable clone of the target is beside the live volume
     checkout-swapped             Btrfs: live and clone exchanged, the old one not yet retired;
-                                 ZFS: the old live renamed away, the clone not yet in its place
+                                 ZFS: the old live renamed away (still mounted where the link names),
+                                 the clone not yet in its place
+    checkout-mounted             ZFS: the clone is the live dataset, mounted at its fresh path;
+                                 the volume's link still names the old one (zfslive.py)
     checkout-placed              the clone is the live volume; the workspace state not yet saved
     checkout-switched            one volume is done and recorded (journal and state)
     checkout-end                 every volume is done, the journal entry not yet closed

@@ -378,7 +378,7 @@ def test_zfs_finishes_an_interrupted_checkout(zfs):
     for view in zfsfuse.mounted_clones(zfs._node.view(P), live):  # as clone_into_place does on zfs-fuse
         subprocess.run(["zfs", "unmount", view], check=True)
     _rename(live, f"{zfs.spec()}/{P}/history/{W1}/data.crashed")
-    subprocess.run(["zfs", "clone", "-p", f"{zfs.spec()}/{P}/history/{W1}/data.crashed@{SHA_A}",
+    subprocess.run(["zfs", "clone", "-p", "-o", "mountpoint=none", f"{zfs.spec()}/{P}/history/{W1}/data.crashed@{SHA_A}",
                     f"{zfs.spec()}/{P}/incoming/{W1}/data"], check=True)
     assert not zfs.volume_exists(P, W1, "data")
     zfs.clone_into_place(zfs.find(P, "data", SHA_B), W1)

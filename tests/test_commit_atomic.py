@@ -130,7 +130,7 @@ def cut_between_volumes(repo: Path, lake) -> tuple[str, dict]:
         live = next(r["path"] for r in json.loads(run(repo, "status", "--json").out) if r["volume"] == "data")
         listed = subprocess.run(["zfs", "list", "-H", "-o", "name,mountpoint", "-t", "filesystem"],
                                 capture_output=True, text=True, check=True).stdout.splitlines()
-        dataset = next(n for n, m in (x.split("\t") for x in listed) if m == live)
+        dataset = next(n for n, m in (x.split("\t") for x in listed) if m == os.path.realpath(live))  # live: its link
         subprocess.run(["zfs", "create", f"{dataset.rpartition('/')[0]}/not-a-volume"], check=True)
     write(repo, "A")
     git_commit(repo, "A")

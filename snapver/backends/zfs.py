@@ -2,8 +2,10 @@
 
 Layout under the lake dataset L (the logical layout of base.py, in datasets):
 
-    L/<project>/workspaces/<ws>/<volume>     live volume (mounted where it inherits)
-    L/<project>/history/<ws>/<volume>.<t>    a former live volume kept for its snapshots
+    L/<project>/workspaces/<ws>/<volume>     live volume, mounted at <ws folder>/.mounts/<volume>.<t>
+                                             and named by the link <ws folder>/<volume> (zfslive.py)
+    L/<project>/history/<ws>/<volume>.<t>    a former live volume kept for its snapshots, mounted
+                                             where it was (OpenZFS: never unmounted by a checkout)
     L/<project>/incoming/<ws>/<volume>       transient: the clone a checkout swaps in
     L/<project>/snapshots/<volume>/<name>    read-only clone of a snapshot (zfs-fuse only)
     L/<project>/history/_copies/<volume>.<name>  holds snapshot <name>, a copy of another
@@ -31,13 +33,13 @@ Measured on zfs-fuse 0.7.0 (pool version 23), where tests run:
 
 The objects: zfsnode.py (the node that runs zfs commands, and a project's datasets and
 snapshots read in one `zfs get -r`), zfssend.py (push and pull), zfsfuse.py (zfs-fuse),
-zfspool.py (the lake's name, its file-backed pool, the lake mounted at a path).
+zfspool.py (the lake's name, its file-backed pool, the lake mounted at a path), zfslive.py
+(live volumes: where each is mounted, the link naming it, a checkout's swap).
 """
 
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import faults, linux
@@ -47,6 +49,7 @@ from ..proc import ask, run
 from . import zfsfuse
 from .base import Backend, Change, Footprint, Snapshot, Space, walk_diff
 from .zfspool import _pool_imported, check_lake_name, dataset_mounted_at, pool_name, provision_pool
+from .zfslive import ZfsLive
 from .zfsnode import COPIES, PROBE, RECEIVED, View, ZfsNode, ZSnap
 from .zfssend import ZfsStreams
 
@@ -63,7 +66,7 @@ def _load_libzfs_core():
     return libzfs_core
 
 
-class ZfsBackend(ZfsStreams, Backend):
+class ZfsBackend(ZfsLive, ZfsStreams, Backend):
     name = "zfs"
 
     def __init__(self, spec: str):
@@ -107,23 +110,8 @@ class ZfsBackend(ZfsStreams, Backend):
         return f"{self._lake}/{project}/workspaces/{workspace}/{volume}"
 
     # live volumes
-    def volume_path(self, project: str, workspace: str, volume: str) -> Path:
-        live = self._live(project, workspace, volume)
-        props = self._node.get(live, ["mountpoint"], missing_ok=True).get(live)
-        if props:
-            return Path(props["mountpoint"])
-        # Not there yet: where it will inherit its mountpoint.
-        return self._root / project / "workspaces" / workspace / volume
-
     def volume_exists(self, project: str, workspace: str, volume: str) -> bool:
         return self._node.exists(self._live(project, workspace, volume))
-
-    def create_volume(self, project: str, workspace: str, volume: str) -> Path:
-        live = self._live(project, workspace, volume)
-        # atime off: reading a file would otherwise change the dataset, and
-        # changed_since would call every read a change.
-        self._node.run(["zfs", "create", "-p", "-o", "atime=off", live], project)
-        return self.volume_path(project, workspace, volume)
 
     def mark(self, project: str, workspace: str, volume: str) -> str:
         # The mark is the name of a snapshot the live volume is identical to:
@@ -349,119 +337,6 @@ class ZfsBackend(ZfsStreams, Backend):
         names = [l.partition("@")[2] for l in out.splitlines() if l.startswith(dataset + "@")]
         return [n for n in names if not n.startswith(PROBE)]
 
-    def clone_into_place(self, snap: Snapshot, workspace: str) -> str:
-        """The live volume becomes a clone of snap, by two renames.
-
-        ZFS has no exchange, so: clone to incoming, rename live away, rename
-        incoming into place. A crash between the renames leaves no live and a
-        complete incoming, which the next checkout (or doctor) renames in.
-        The old live is destroyed only when it has no snapshots; otherwise it
-        moves to history, read-only, where its snapshots stay findable.
-        `zfs rollback` is never used: it is only safe when the target is the
-        newest snapshot and nothing changed since, and then it is a no-op.
-        """
-        project, volume = snap.project, snap.volume
-        live = self._live(project, workspace, volume)
-        incoming = f"{self._lake}/{project}/incoming/{workspace}/{volume}"
-        node = self._node
-        view = node.view(project)
-        if self._finish_interrupted(live, incoming, view):
-            view = node.view(project)
-        full = self._zsnap(snap, view).full
-        ds = view.dataset(live)
-        if (
-            full.partition("@")[0] == live
-            and ds is not None and ds.own()[-1:] == [snap.name]
-            and not self.changed_since(project, workspace, volume, snap.name, view)
-        ):
-            return snap.name
-        # Not mounted until it is in place: zfs-fuse will not rename the old live dataset
-        # while a clone of one of its snapshots is mounted (and canmount=noauto still mounts).
-        node.changed(project)
-        if self._lzc:
-            run(["zfs", "create", "-p", incoming.rpartition("/")[0]])
-            # libzfs_core hands properties to the kernel as they are: an on/off property
-            # is a number there (the zfs command converts "off" for us, lzc does not).
-            self._lzc_call(self._lzc.lzc_clone, incoming.encode(), full.encode(),
-                           {b"atime": 0, b"mountpoint": b"none"})
-        else:
-            run(["zfs", "clone", "-p", "-o", "atime=off", "-o", "mountpoint=none", full, incoming])
-        faults.point("checkout-cloned")
-        old = keep = None
-        try:
-            if ds is not None:
-                keep = bool(ds.own())
-                stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-                history = f"{self._lake}/{project}/history/{workspace}/{volume}.{stamp}"
-                old = history if keep else f"{incoming}.old"
-                with zfsfuse.clones_aside([] if self._snapdir else zfsfuse.mounted_clones(view, live)):
-                    zfsfuse.rename(node, live, old)
-                    faults.point("checkout-swapped")  # the worst moment: no live volume
-            zfsfuse.rename(node, incoming, live)
-        except BaseException:
-            if old and not node.exists(live):
-                zfsfuse.rename(node, old, live)
-            if node.exists(incoming):
-                zfsfuse.destroy(node, incoming)
-            raise
-        run(["zfs", "inherit", "mountpoint", live])
-        node.mount(live)
-        if keep and old:
-            run(["zfs", "set", "readonly=on", old])
-        elif old:
-            zfsfuse.destroy(node, old, recursive=True)  # no snapshots but leftover probes
-        faults.point("checkout-placed")
-        return snap.name
-
-    def _finish_interrupted(self, live: str, incoming: str, view: View) -> bool:
-        """Finish or drop what an interrupted checkout left; whether anything was done."""
-        done = False
-        if view.dataset(incoming):
-            done = True
-            if view.dataset(live):
-                zfsfuse.destroy(self._node, incoming)  # the swap never started
-            else:
-                zfsfuse.rename(self._node, incoming, live)  # it stopped halfway: finish
-                run(["zfs", "inherit", "mountpoint", live])
-                self._node.mount(live)
-        old = view.dataset(f"{incoming}.old")
-        if old is not None and not old.own():
-            done = True
-            zfsfuse.destroy(self._node, old.name, recursive=True)
-        return done
-
-    def tidy(self, project: str, workspace: str, volumes: list[str], repair: bool = False) -> list[str]:
-        found = []
-        top = f"{self._lake}/{project}"
-        view = self._node.view(project)
-        for volume in volumes:
-            live = self._live(project, workspace, volume)
-            incoming = f"{top}/incoming/{workspace}/{volume}"
-            here = view.dataset(incoming) is not None
-            old = view.dataset(f"{incoming}.old") is not None
-            if here and view.dataset(live) is None:
-                found.append(f"{volume}: no live volume; the clone of an interrupted checkout waits at {incoming}")
-            elif here:
-                found.append(f"{volume}: the clone of an interrupted checkout is left at {incoming}")
-            if old:
-                found.append(f"{volume}: the volume an interrupted checkout replaced is left at {incoming}.old")
-            if repair and (here or old):
-                self._finish_interrupted(live, incoming, view)
-                view = self._node.view(project)
-        if not self._snapdir:
-            down = zfsfuse.unmounted_clones(view)
-            if down:
-                found.append(f"{len(down)} snapshot view(s) or live volume(s) left unmounted")
-                for v in down if repair else []:
-                    run(["zfs", "mount", v])
-        return found
-
-    def live_origin(self, project: str, workspace: str, volume: str) -> tuple[str, str] | None:
-        live = self._live(project, workspace, volume)
-        props = self._node.get(live, ["origin"], missing_ok=True).get(live)
-        name = props["origin"].partition("@")[2] if props else ""
-        return (name, name) if is_snapshot_name(name) else None
-
     def space(self, snap: Snapshot) -> Space:
         return self.spaces([snap])[0]
 
@@ -489,14 +364,6 @@ class ZfsBackend(ZfsStreams, Backend):
             if "no such tag" not in str(e):
                 raise
 
-    def clone_volume(self, snap: Snapshot, workspace: str, volume: str) -> Path:
-        live = self._live(snap.project, workspace, volume)
-        if self._node.exists(live):
-            raise SnapverError(f"volume {volume} of workspace {workspace} exists already")
-        self._node.run(["zfs", "clone", "-p", "-o", "atime=off", self._zsnap(snap).full, live], snap.project)
-        self._node.mount(live)
-        return self.volume_path(snap.project, workspace, volume)
-
     def same_data(self, old: Snapshot, new: Snapshot) -> bool:
         if (old.project, old.volume) != (new.project, new.volume):
             return False
@@ -507,34 +374,6 @@ class ZfsBackend(ZfsStreams, Backend):
         # An empty incremental stream from the older to the newer (its origin chain must hold
         # the older one, or the send fails: not proven, so not the same).
         return bool(a and b and a.txg <= b.txg and zfsfuse.same_blocks(a.full, b.full))
-
-    def retire_volume(self, project: str, workspace: str, volume: str) -> None:
-        live = self._live(project, workspace, volume)
-        view = self._node.view(project)
-        ds = view.dataset(live)
-        if ds is None:
-            return
-        views_root = f"{self._lake}/{project}/snapshots/"
-        for name in ds.own():
-            clones = [c for c in view.clones_of(f"{live}@{name}") if not c.startswith(views_root)]
-            if len(clones) == 1:
-                # A live volume was made from this snapshot (a build swapped in): it takes the
-                # snapshot over, as if it had been taken of it, and this one no longer holds it.
-                # (zfs-fuse would not rename this dataset while that clone is mounted.)
-                self._node.run(["zfs", "promote", clones[0]], project)
-                view = self._node.view(project)
-        ds = view.dataset(live)
-        if ds is not None and not ds.own():
-            zfsfuse.destroy(self._node, live, recursive=True)  # leftover probes at most
-        elif ds is not None:
-            # Snapshots nothing was made from yet (a build killed before its swap): kept,
-            # read-only and findable, where clone_into_place puts a replaced live volume.
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-            history = f"{self._lake}/{project}/history/{workspace}/{volume}.{stamp}"
-            with zfsfuse.clones_aside([] if self._snapdir else zfsfuse.mounted_clones(view, live)):
-                zfsfuse.rename(self._node, live, history)
-            run(["zfs", "set", "readonly=on", history])
-        self._node.changed(project)
 
     def live_space(self, project: str, workspace: str, volume: str) -> Space:
         live = self._live(project, workspace, volume)
@@ -566,7 +405,8 @@ class ZfsBackend(ZfsStreams, Backend):
         if self._snapdir:
             from . import zfsdiff  # here: not on the hook's path
 
-            found = zfsdiff.diff(old, new)
+            # A live volume's path is its link: zfs diff knows the mountpoint it names.
+            found = zfsdiff.diff(old, Path(os.path.realpath(new)))
             if found is not None:
                 return found
         return walk_diff(old, new)

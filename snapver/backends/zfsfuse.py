@@ -131,7 +131,7 @@ def unmounted_clones(view: View) -> list[str]:
     them again (clones_aside)."""
     places = (f"{view.top}/snapshots/", f"{view.top}/workspaces/")
     return [d.name for d in view.datasets.values()
-            if d.origin and not d.mounted and d.name.startswith(places)]
+            if d.origin and not d.mounted and d.mountpoint != "none" and d.name.startswith(places)]
 
 
 # ------------------------------------------------------------------ no written@snap
