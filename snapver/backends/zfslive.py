@@ -138,7 +138,7 @@ class ZfsLive:
 
     def volume_path(self, project: str, workspace: str, volume: str) -> Path:
         # The link to wherever the live dataset is mounted now (or, in a lake from before
-        # py, its mountpoint): the same path whichever version is checked out.
+        # the link, its mountpoint): the same path whichever version is checked out.
         self._live(project, workspace, volume)  # checks the names
         return self._ws_dir(project, workspace) / volume
 
@@ -157,8 +157,8 @@ class ZfsLive:
 
         ZFS has no exchange, so: clone to incoming, rename live away, rename incoming into
         place and mount it at a fresh path, point the volume's link there (the module's
-        docstring says why). Until that last rename the link names the old dataset, still mounted, so a
-        reader never finds the volume missing. A crash between the dataset renames leaves no
+        docstring says why). Until that last rename the link names the old dataset, still
+        mounted, so a reader never finds the volume missing. A crash between the dataset renames leaves no
         live dataset and a complete incoming, which the next checkout (or doctor) renames in;
         one before the link's rename, a link the next checkout (or doctor) points.
         The old live is renamed into history, never unmounted on OpenZFS (_rename says why):
