@@ -110,3 +110,24 @@ def test_gc_deletes_a_former_live_volume_without_snapshots_that_a_checkout_left(
     assert left not in datasets(lake.spec) and not where.exists(), gc.out
     assert set(datasets(lake.spec)) == kept - {left}, "only that one: history with snapshots stays"
     assert (lake_repo / "data" / "set.csv").read_text() == "a"
+
+
+def test_snapverd_reaps_only_when_a_checkout_left_a_volume_behind(lake_repo, lake):
+    """snapverd asks every few seconds (workspace ""): it reads the project's datasets only
+    when a checkout left the file saying one waits (a busy destroy, on OpenZFS)."""
+    from snapver.backends import open_backend
+
+    commit(lake_repo, "a")
+    ws_link = Path(os.readlink(lake_repo / "data"))
+    project = ws_link.parent.parent.parent.name
+    history = f"{lake.spec}/{project}/history/{ws_link.parent.name}"
+    left = f"{history}/data.20260101T000000000000Z"
+    subprocess.run(["zfs", "create", "-p", "-o", f"mountpoint={ws_link.parent / '.mounts' / left.rpartition('/')[2]}",
+                    left], check=True)
+    backend = open_backend("zfs", lake.spec)
+    assert backend.reap(project, "", quiet_for=60) == [] and left in datasets(lake.spec), "no file: not looked at"
+    due = lake.root / project / "history" / ".reap-due"
+    due.touch()
+    said = backend.reap(project, "", quiet_for=60)
+    assert left not in datasets(lake.spec) and len(said) == 1, said
+    assert not due.exists(), "nothing waits any more"

@@ -23,6 +23,7 @@ link, and until then it works as it did.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from datetime import datetime, timezone
@@ -260,7 +261,10 @@ class ZfsLive:
         self._node.changed()
         if self._snapdir:
             if ask(["zfs", "destroy", "-r", dataset]) is None:
-                return False  # an NFS client or a shell still in it
+                # An NFS client or a shell still in it: snapverd's reap looks again.
+                with contextlib.suppress(OSError):
+                    self._reap_due(dataset).touch()
+                return False
         else:
             zfsfuse.destroy(self._node, dataset, recursive=True)  # its "busy" passes: it retries
         remove_mount_dir(mountpoint)
@@ -270,10 +274,13 @@ class ZfsLive:
         """Destroy former live datasets that hold no snapshot (what a checkout could not
         destroy while it was busy), those of workspace, or of all ("") retired at least
         quiet_for seconds ago; any still busy waits for the next time."""
+        due = self._reap_due(f"{self._lake}/{project}/")
+        if not workspace and not due.exists():
+            return []  # snapverd's poll, every few seconds: no `zfs get -r` unless a checkout left one
         view = self._node.view(project)
         top = f"{self._lake}/{project}/history/"
         now = datetime.now(timezone.utc)
-        said = []
+        said, left = [], False
         for d in list(view.datasets.values()):
             rest = d.name[len(top):].split("/") if d.name.startswith(top) else []
             if len(rest) != 2 or rest[0] in (COPIES, RECV) or (workspace and rest[0] != workspace) or d.own():
@@ -284,7 +291,16 @@ class ZfsLive:
                 continue  # not a name this module gives
             if (now - retired).total_seconds() >= quiet_for and self._destroy_retired(d.name, d.mountpoint):
                 said.append(f"deleted {rest[1]}, a former live volume with no snapshot")
+            else:
+                left = True
+        if not left and not workspace:
+            due.unlink(missing_ok=True)
         return said
+
+    def _reap_due(self, dataset: str) -> Path:
+        """The file that tells snapverd's reap a former live volume of dataset's project waits."""
+        project = dataset[len(self._lake) + 1:].split("/")[0]
+        return self._root / project / "history" / ".reap-due"
 
     def _finish_interrupted(self, live: str, incoming: str, view: View) -> bool:
         """Finish or drop what an interrupted checkout left; whether anything was done."""
@@ -390,8 +406,10 @@ class ZfsLive:
             return
         drop_link(self._ws_dir(project, workspace), volume, ds.mountpoint)
         if not ds.own():
-            zfsfuse.destroy(self._node, live, recursive=True)  # leftover probes at most
-            remove_mount_dir(ds.mountpoint)
+            if not self._destroy_retired(live, ds.mountpoint):  # busy: out of the way, for reap
+                history = self._history_name(project, workspace, volume)
+                self._rename(live, history, ds.mountpoint, view)
+                run(["zfs", "set", "readonly=on", history])
         else:
             # Snapshots nothing was made from yet (a build killed before its swap): kept,
             # read-only and findable, where clone_into_place puts a replaced live volume.
