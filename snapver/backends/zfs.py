@@ -405,8 +405,7 @@ class ZfsBackend(ZfsLive, ZfsStreams, Backend):
         if self._snapdir:
             from . import zfsdiff  # here: not on the hook's path
 
-            # A live volume's path is its link: zfs diff knows the mountpoint it names.
-            found = zfsdiff.diff(old, Path(os.path.realpath(new)))
+            found = zfsdiff.diff(old, new)
             if found is not None:
                 return found
         return walk_diff(old, new)

@@ -16,6 +16,7 @@ To the live volume, `zfs diff` itself takes and drops a just-in-time snapshot.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -31,6 +32,7 @@ def diff(old: Path, new: Path) -> list[Change] | None:
     """Changes from snapshot old to new (a snapshot, or a live filesystem); None to walk."""
     if old == new:
         return []  # `zfs diff` refuses a snapshot against itself
+    new = Path(os.path.realpath(new))  # a live volume's path is a link to its mount (zfslive.py)
     mounts = _zfs_mounts()
     frm, to = _name(old, mounts, snapshot_only=True), _name(new, mounts, snapshot_only=False)
     if frm is None or to is None:
