@@ -205,16 +205,16 @@ class Daemon:
     def _start_watch_locked(self, tree: Path, watch: VolumeWatch) -> None:
         # The volume's real folder: on ZFS its path is a link (backends/zfslive.py), and watchdog
         # does not follow a link it is given (nor should it follow those inside a volume).
-        real = os.path.realpath(watch.path)
-        watch.device = _device(Path(real))
-        dirs = _count_dirs(Path(real), self.watch_budget)
+        real = Path(os.path.realpath(watch.path))
+        watch.device = _device(real)
+        dirs = _count_dirs(real, self.watch_budget)
         if dirs > self.watch_budget:
             watch.mode = "polling"
             log.warning("%s: %s has more directories than the inotify budget (%d): polling",
                         tree, watch.volume, self.watch_budget)
             return
         try:
-            watch.watch = self.observer.schedule(_Recorder(self, (tree, watch.volume)), real,
+            watch.watch = self.observer.schedule(_Recorder(self, (tree, watch.volume)), str(real),
                                                  recursive=True)
             watch.mode = "events"
             watch.dirs = dirs

@@ -39,10 +39,11 @@ from .base import Snapshot
 from .zfsnode import COPIES, RECV, View, ZfsNode
 
 MOUNTS = ".mounts"
+STAMP = "%Y%m%dT%H%M%S%fZ"  # UTC, in the names of mountpoints and of former live datasets; reap reads it back
 
 
 def fresh_mountpoint(ws_dir: Path, volume: str) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = datetime.now(timezone.utc).strftime(STAMP)
     return ws_dir / MOUNTS / f"{volume}.{stamp}"
 
 
@@ -159,9 +160,10 @@ class ZfsLive:
         ZFS has no exchange, so: clone to incoming, rename live away, rename incoming into
         place and mount it at a fresh path, point the volume's link there (the module's
         docstring says why). Until that last rename the link names the old dataset, still
-        mounted, so a reader never finds the volume missing. A crash between the dataset renames leaves no
-        live dataset and a complete incoming, which the next checkout (or doctor) renames in;
-        one before the link's rename, a link the next checkout (or doctor) points.
+        mounted, so a reader never finds the volume missing. A crash between the dataset
+        renames leaves no live dataset and a complete incoming, which the next checkout (or
+        doctor) renames in; one before the link's rename, a link the next checkout (or
+        doctor) points.
         The old live is renamed into history, never unmounted on OpenZFS (_rename says why):
         read-only there, its snapshots stay findable; one with no snapshot is destroyed
         unless something still holds it.
@@ -216,7 +218,7 @@ class ZfsLive:
         return snap.name
 
     def _history_name(self, project: str, workspace: str, volume: str) -> str:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.now(timezone.utc).strftime(STAMP)
         return f"{self._lake}/{project}/history/{workspace}/{volume}.{stamp}"
 
     def _rename(self, dataset: str, new: str, mountpoint: str, view: View) -> None:
@@ -263,7 +265,7 @@ class ZfsLive:
             if ask(["zfs", "destroy", "-r", dataset]) is None:
                 # An NFS client or a shell still in it: snapverd's reap looks again.
                 with contextlib.suppress(OSError):
-                    self._reap_due(dataset).touch()
+                    self._reap_due(dataset[len(self._lake) + 1:].split("/")[0]).touch()
                 return False
         else:
             zfsfuse.destroy(self._node, dataset, recursive=True)  # its "busy" passes: it retries
@@ -274,7 +276,7 @@ class ZfsLive:
         """Destroy former live datasets that hold no snapshot (what a checkout could not
         destroy while it was busy), those of workspace, or of all ("") retired at least
         quiet_for seconds ago; any still busy waits for the next time."""
-        due = self._reap_due(f"{self._lake}/{project}/")
+        due = self._reap_due(project)
         if not workspace and not due.exists():
             return []  # snapverd's poll, every few seconds: no `zfs get -r` unless a checkout left one
         view = self._node.view(project)
@@ -286,7 +288,7 @@ class ZfsLive:
             if len(rest) != 2 or rest[0] in (COPIES, RECV) or (workspace and rest[0] != workspace) or d.own():
                 continue
             try:
-                retired = datetime.strptime(rest[1].rpartition(".")[2], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=timezone.utc)
+                retired = datetime.strptime(rest[1].rpartition(".")[2], STAMP).replace(tzinfo=timezone.utc)
             except ValueError:
                 continue  # not a name this module gives
             if (now - retired).total_seconds() >= quiet_for and self._destroy_retired(d.name, d.mountpoint):
@@ -297,9 +299,8 @@ class ZfsLive:
             due.unlink(missing_ok=True)
         return said
 
-    def _reap_due(self, dataset: str) -> Path:
-        """The file that tells snapverd's reap a former live volume of dataset's project waits."""
-        project = dataset[len(self._lake) + 1:].split("/")[0]
+    def _reap_due(self, project: str) -> Path:
+        """The file that tells snapverd's reap a former live volume of project waits."""
         return self._root / project / "history" / ".reap-due"
 
     def _finish_interrupted(self, live: str, incoming: str, view: View) -> bool:
