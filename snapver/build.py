@@ -131,7 +131,8 @@ def unchanged(ws, volume: str, used: str, now: Snapshot) -> bool:
 
 def resolve_inputs(ws, recipe: recipes.Recipe) -> dict[str, Snapshot]:
     head = ws.git.head() if any(rev == "HEAD" for _, rev in recipe.inputs) else None  # one git call per node
-    return {v: resolve_input(ws, v, rev, head) for v, rev in recipe.inputs}
+    with ws.backend.steady():  # and one read of the lake
+        return {v: resolve_input(ws, v, rev, head) for v, rev in recipe.inputs}
 
 
 # ---------------------------------------------------------------- the steps

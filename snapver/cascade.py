@@ -84,12 +84,13 @@ def staleness(ws, recipe: recipes.Recipe, now: dict | None = None) -> str | None
         return "never built"
     if last["command"] != recipe.run:
         return "its command changed"
-    now = now if now is not None else build.resolve_inputs(ws, recipe)
-    used = last["inputs"]
-    if set(now) != set(used):
-        return "its inputs changed: " + ", ".join(sorted(set(now) ^ set(used)))
-    moved = [f"{v} {used[v][:10]}{used[v][40:]} -> {now[v].name[:10]}{now[v].name[40:]}"
-             for v in now if not build.unchanged(ws, v, used[v], now[v])]
+    with ws.backend.steady():  # it only reads: one look at the lake for every input
+        now = now if now is not None else build.resolve_inputs(ws, recipe)
+        used = last["inputs"]
+        if set(now) != set(used):
+            return "its inputs changed: " + ", ".join(sorted(set(now) ^ set(used)))
+        moved = [f"{v} {used[v][:10]}{used[v][40:]} -> {now[v].name[:10]}{now[v].name[40:]}"
+                 for v in now if not build.unchanged(ws, v, used[v], now[v])]
     return ("input " + "; ".join(moved)) if moved else None
 
 

@@ -134,8 +134,9 @@ def made_here(ws, head: str) -> str | None:
     last move: reset --soft and --mixed keep it). cherry-pick and revert rewrite the working
     tree, then commit on top of HEAD: the reflog names that move ("pick", which post-commit,
     run next, snapshots)."""
-    if all(ws.backend.find(ws.project, v, head) for v in ws.volumes):
-        return None
+    with ws.backend.steady():  # one read of the lake for every volume
+        if all(ws.backend.find(ws.project, v, head) for v in ws.volumes):
+            return None
     parents = ws.git.commit(head).parents
     if not parents:
         return None

@@ -276,7 +276,10 @@ class Workspace:
             raise SnapverError(f"{commit!r} is not a full commit ID")
         info = self.git.commit(commit) if commit else self.git.head_commit()
         head = info.sha if info else None
-        with self.lock():
+        # steady: what this process reads of the lake it reuses until it changes the lake
+        # itself (backends/zfsnode.py): with the lock held only it changes this workspace's
+        # volumes, and the finds below and the backend's own check share one read.
+        with self.lock(), self.backend.steady():
             if wip:
                 return self._take(self.volumes, names.wip_snapshot_name(head or names.NO_COMMIT), message)
             if head is None:
@@ -375,6 +378,10 @@ class Workspace:
 
     def _keep_changes(self, volumes: list[str], why: str) -> list[Snapshot]:
         """The safety net before anything replaces live data: a wip snapshot of what changed."""
+        with self.backend.steady():  # the lock is held: one read of the lake for every volume
+            return self._keep_changed(volumes, why)
+
+    def _keep_changed(self, volumes: list[str], why: str) -> list[Snapshot]:
         if not any(self._changed(v) for v in volumes):
             return []
         # All volumes, not just the changed ones, so the wip is one whole point in time.
@@ -385,7 +392,7 @@ class Workspace:
 
     def capture(self, volumes: list[str] | None = None, message: str | None = None) -> list[Snapshot]:
         """A wip snapshot of those volumes that changed, and of nothing else (the daemon)."""
-        with self.lock():
+        with self.lock(), self.backend.steady():
             changed = [v for v in self._volumes(volumes) if self._changed(v)]
             if not changed:
                 return []
@@ -488,10 +495,11 @@ class Workspace:
 
     def status(self) -> list[VolumeStatus]:
         broken = {p.volume: p.line for p in links.check(self)}
-        return [
-            VolumeStatus(v, self.live_path(v), self.state.volume(v).base, self._changed(v), broken.get(v))
-            for v in self.volumes
-        ]
+        with self.backend.steady():  # it only reads (probes leave the lake as it was)
+            return [
+                VolumeStatus(v, self.live_path(v), self.state.volume(v).base, self._changed(v), broken.get(v))
+                for v in self.volumes
+            ]
 
     def log(self, include_wip: bool = False) -> list[LogEntry]:
         """Snapshots newest first, from the filesystem, with what the catalog knows of them."""
@@ -529,6 +537,12 @@ class Workspace:
         snapshotted first-parent ancestor, or with nearest=True (the hooks)
         that ancestor is used with a warning.
         """
+        # It only reads: one look at the lake answers for every volume (on ZFS one
+        # `zfs get -r` of the project, not one per volume), and all from the same moment.
+        with self.backend.steady():
+            return self._resolve(rev, volumes, nearest)
+
+    def _resolve(self, rev: str, volumes: list[str], nearest: bool):
         for prefix, resolve in seams.rev_prefixes.items():  # release:NAME (the registry)
             if rev.startswith(prefix):
                 found, commit = resolve(self, rev[len(prefix):], volumes)

@@ -259,7 +259,9 @@ def _merge_release(catalog, backend, project: str, name: str, given: dict, said:
         for v in row["volumes"].split():
             names.check_volume(v)
     side = Lakeside(backend, project)
-    with _lock(side, name):  # as `release set`: the stable paths and holds end where the catalog says
+    # as `release set`: the stable paths and holds end where the catalog says; steady: one
+    # read of the lake serves the finds and holds below (the release's lock is held)
+    with _lock(side, name), backend.steady():
         mine = {m["id"]: m for m in catalog.release_moves(project, name)}
         ours = catalog.release_heads(project).get(name)
         parents = {m["id"]: (m["parents"] or "").split() for m in [*mine.values(), *moves]}

@@ -78,6 +78,11 @@ def _unpoint(ws, name: str) -> None:
 # ------------------------------------------------------------------ holds
 
 def _hold(ws, snaps: dict, name: str) -> list:
+    with ws.backend.steady():  # the lock is held: one read of the lake for every volume
+        return _hold_each(ws, snaps, name)
+
+
+def _hold_each(ws, snaps: dict, name: str) -> list:
     held_now = []
     try:
         for snap in snaps.values():
@@ -95,15 +100,17 @@ def _hold(ws, snaps: dict, name: str) -> list:
 
 
 def _unhold(ws, snaps, name: str) -> None:
-    for snap in snaps:
-        ws.backend.unhold(snap, HOLD_TAG + name)
+    with ws.backend.steady():
+        for snap in snaps:
+            ws.backend.unhold(snap, HOLD_TAG + name)
 
 
 def _unhold_old(ws, name: str, old, keep: str | None) -> None:
     """Let go of the snapshots release NAME pinned before (old: its former row)."""
     if old is None or old["snapshot"] == keep:
         return
-    for v in old["volumes"].split():
-        snap = ws.backend.find(ws.project, v, old["snapshot"])
-        if snap is not None:
-            ws.backend.unhold(snap, HOLD_TAG + name)
+    with ws.backend.steady():
+        for v in old["volumes"].split():
+            snap = ws.backend.find(ws.project, v, old["snapshot"])
+            if snap is not None:
+                ws.backend.unhold(snap, HOLD_TAG + name)

@@ -226,7 +226,8 @@ class _Fetching(_Direction):
         return header["base"], header["clone"], got
 
     def arrived(self, key):
-        return self.ws.backend.identity(self.ws.backend.find(self.ws.project, *key))
+        with self.ws.backend.steady():  # one read of the lake for the find and the identity
+            return self.ws.backend.identity(self.ws.backend.find(self.ws.project, *key))
 
     def finish(self, wanted, done, warn):
         pins = [p for p in self.session.holdings.get("pins") or [] if isinstance(p, list) and len(p) == 3

@@ -155,8 +155,10 @@ class Backend(ABC):
 
     def steady(self) -> AbstractContextManager:
         """A context in which the backend may reuse what it read of the lake until it changes
-        the lake itself: for a run that reads and sends (a push, the far end's listing),
-        not for one that waits while others change the lake (nothing, by default)."""
+        the lake itself: for a run that reads and sends (a push, the far end's listing), a
+        read over every volume, or the steps of one operation with the workspace lock held;
+        not for one that waits (for a lock, a build) while others change the lake. Nothing,
+        by default."""
         return nullcontext()
 
     # live volumes

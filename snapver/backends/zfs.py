@@ -155,14 +155,23 @@ class ZfsBackend(ZfsLive, ZfsStreams, Backend):
             except FileNotFoundError:
                 pass  # unmounted since the view was read: nothing to flush either
         probe = f"{live}@{PROBE}-{os.getpid()}-{os.urandom(3).hex()}"
+        # The probe is made and destroyed here, and a View leaves probes out: what the node
+        # read of the project is as true after as before, so it is kept (one read of the
+        # project serves a whole status or checkout, inside steady()).
         try:
-            self._snapshot_all([probe], {})
+            if self._lzc:
+                self._lzc_call(self._lzc.lzc_snapshot, [probe.encode()], {})
+            else:
+                run(["zfs", "snapshot", probe])
         except SnapverError:
             return True  # e.g. a full pool: cannot prove anything
         try:
             return not zfsfuse.same_blocks(base.full, probe)
         finally:
-            self._destroy_snapshots([probe])
+            if self._lzc:
+                self._lzc_call(self._lzc.lzc_destroy_snaps, [probe.encode()], False)
+            else:
+                run(["zfs", "destroy", probe])
 
     # snapshots
     def snapshot(self, project: str, workspace: str, volumes: list[str], name: str) -> list[Snapshot]:
@@ -352,17 +361,24 @@ class ZfsBackend(ZfsLive, ZfsStreams, Backend):
     def hold(self, snap: Snapshot, tag: str) -> None:
         # A user hold makes ZFS itself refuse `zfs destroy` (and destroy() above
         # checks userrefs first, to say why).
-        self._node.run(["zfs", "hold", tag, self._zsnap(snap).full], snap.project)
+        # A hold changes one property of one snapshot: the View read is updated to match
+        # instead of read again (a release pins every volume, one `zfs get -r` for all).
+        zs = self._zsnap(snap)
+        run(["zfs", "hold", tag, zs.full])
+        zs.props["userrefs"] = str(zs.refs + 1)
 
     def unhold(self, snap: Snapshot, tag: str) -> None:
         zs = self._zsnap(snap)
         if not zs.held:
             return  # zfs-fuse's `zfs holds` is broken, so userrefs says whether to try
         try:
-            self._node.run(["zfs", "release", tag, zs.full], snap.project)
+            run(["zfs", "release", tag, zs.full])
         except CommandFailed as e:
+            self._node.changed(snap.project)  # what it holds now is to be read again
             if "no such tag" not in str(e):
                 raise
+            return
+        zs.props["userrefs"] = str(zs.refs - 1)
 
     def same_data(self, old: Snapshot, new: Snapshot) -> bool:
         if (old.project, old.volume) != (new.project, new.volume):
