@@ -65,6 +65,27 @@ def pool(workdir: Path, label: str, prefix: str):
         image.unlink(missing_ok=True)
 
 
+def shimmed(workdir: Path) -> tuple[dict, Path]:
+    """An environment with the logging `zfs` shim first on PATH, and the log it writes."""
+    shim = workdir / "shim"
+    shim.mkdir()
+    (shim / "zfs").write_text(SHIM.format(real=shutil.which("zfs")))
+    (shim / "zfs").chmod(0o755)
+    log = workdir / "calls.log"
+    return {**GIT_ENV, "PATH": f"{shim}:{os.environ['PATH']}", "ZFS_COUNT_LOG": str(log)}, log
+
+
+def zfs_repo(workdir: Path, pool_name: str) -> Path:
+    """A Git repository whose lake is a new dataset of pool_name (snapver.toml added)."""
+    repo = workdir / "repo"
+    repo.mkdir()
+    run(["zfs", "create", "-o", "atime=off", f"{pool_name}/lake"])
+    run(["git", "init", "-q", "-b", "main", str(repo)])
+    run([SNAPVER, "init", "--lake", f"{pool_name}/lake", "--backend", "zfs"], cwd=repo)
+    run(["git", "add", "snapver.toml"], cwd=repo)
+    return repo
+
+
 def counted(argv: list[str], cwd: Path, env: dict, log: Path) -> tuple[str, list[tuple[str, str]]]:
     """Run argv with the shim on PATH; its output and the (side, zfs arguments) it ran."""
     log.write_text("")
@@ -93,7 +114,6 @@ def main() -> int:
         return 1
     from tests.fixtures.zfs import zfs_running  # starts zfs-fuse as the tests do, and stops it after
 
-    real = shutil.which("zfs")
     results = []
     with ExitStack() as stack:
         stack.enter_context(zfs_running())
@@ -101,19 +121,9 @@ def main() -> int:
         stack.callback(shutil.rmtree, workdir, True)
         here = stack.enter_context(pool(workdir, "a", args.pool_prefix))
         there = stack.enter_context(pool(workdir, "b", args.pool_prefix))
-        shim = workdir / "shim"
-        shim.mkdir()
-        (shim / "zfs").write_text(SHIM.format(real=real))
-        (shim / "zfs").chmod(0o755)
-        log = workdir / "calls.log"
-        env = {**GIT_ENV, "PATH": f"{shim}:{os.environ['PATH']}", "ZFS_COUNT_LOG": str(log)}
-        repo = workdir / "repo"
-        repo.mkdir()
-        run(["zfs", "create", "-o", "atime=off", f"{here}/lake"])
+        env, log = shimmed(workdir)
+        repo = zfs_repo(workdir, here)
         run(["zfs", "create", f"{there}/far"])
-        run(["git", "init", "-q", "-b", "main", str(repo)])
-        run([SNAPVER, "init", "--lake", f"{here}/lake", "--backend", "zfs"], cwd=repo)
-        run(["git", "add", "snapver.toml"], cwd=repo)
         run([SNAPVER, "remote", "add", "far", f"file:///{there}/far"], cwd=repo)
 
         def commit(n: int) -> None:

@@ -38,8 +38,8 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from common import GIT_ENV, SNAPVER, require_root, run
-from zfs_processes import SHIM, pool
+from common import SNAPVER, require_root, run
+from zfs_processes import pool, shimmed, zfs_repo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 VOLUMES = ("data", "models", "logs")
@@ -69,25 +69,14 @@ def main() -> int:
         return 1
     from tests.fixtures.zfs import zfs_running  # starts zfs-fuse as the tests do, and stops it after
 
-    real = shutil.which("zfs")
     rows = []
     with ExitStack() as stack:
         stack.enter_context(zfs_running())
         workdir = Path(tempfile.mkdtemp(prefix="snapver-zfsreads-"))
         stack.callback(shutil.rmtree, workdir, True)
         here = stack.enter_context(pool(workdir, "a", args.pool_prefix))
-        shim = workdir / "shim"
-        shim.mkdir()
-        (shim / "zfs").write_text(SHIM.format(real=real))
-        (shim / "zfs").chmod(0o755)
-        log = workdir / "calls.log"
-        env = {**GIT_ENV, "PATH": f"{shim}:{os.environ['PATH']}", "ZFS_COUNT_LOG": str(log)}
-        repo = workdir / "repo"
-        repo.mkdir()
-        run(["zfs", "create", "-o", "atime=off", f"{here}/lake"])
-        run(["git", "init", "-q", "-b", "main", str(repo)])
-        run([SNAPVER, "init", "--lake", f"{here}/lake", "--backend", "zfs"], cwd=repo)
-        run(["git", "add", "snapver.toml"], cwd=repo)
+        env, log = shimmed(workdir)
+        repo = zfs_repo(workdir, here)
         n = 0
 
         def change() -> None:
