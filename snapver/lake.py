@@ -379,16 +379,13 @@ class Workspace:
     def _keep_changes(self, volumes: list[str], why: str) -> list[Snapshot]:
         """The safety net before anything replaces live data: a wip snapshot of what changed."""
         with self.backend.steady():  # the lock is held: one read of the lake for every volume
-            return self._keep_changed(volumes, why)
-
-    def _keep_changed(self, volumes: list[str], why: str) -> list[Snapshot]:
-        if not any(self._changed(v) for v in volumes):
-            return []
-        # All volumes, not just the changed ones, so the wip is one whole point in time.
-        # It belongs to the commit the lake was at: in a hook, HEAD has already moved on.
-        name = names.wip_snapshot_name(self.lake_at() or self.git.head() or names.NO_COMMIT)
-        here = [v for v in self.volumes if self.backend.volume_exists(self.project, self.id, v)]
-        return self._take(here, name, why, kept=True)
+            if not any(self._changed(v) for v in volumes):
+                return []
+            # All volumes, not just the changed ones, so the wip is one whole point in time.
+            # It belongs to the commit the lake was at: in a hook, HEAD has already moved on.
+            name = names.wip_snapshot_name(self.lake_at() or self.git.head() or names.NO_COMMIT)
+            here = [v for v in self.volumes if self.backend.volume_exists(self.project, self.id, v)]
+            return self._take(here, name, why, kept=True)
 
     def capture(self, volumes: list[str] | None = None, message: str | None = None) -> list[Snapshot]:
         """A wip snapshot of those volumes that changed, and of nothing else (the daemon)."""

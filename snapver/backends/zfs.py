@@ -168,10 +168,7 @@ class ZfsBackend(ZfsLive, ZfsStreams, Backend):
         try:
             return not zfsfuse.same_blocks(base.full, probe)
         finally:
-            if self._lzc:
-                self._lzc_call(self._lzc.lzc_destroy_snaps, [probe.encode()], False)
-            else:
-                run(["zfs", "destroy", probe])
+            self._destroy_probe(probe)
 
     # snapshots
     def snapshot(self, project: str, workspace: str, volumes: list[str], name: str) -> list[Snapshot]:
@@ -204,15 +201,13 @@ class ZfsBackend(ZfsLive, ZfsStreams, Backend):
             return
         zfsfuse.snapshot_cli(self._node, full_names, props, faults.point)
 
-    def _destroy_snapshots(self, full_names: list[str]) -> None:
-        if not full_names:
-            return
-        self._node.changed()
+    def _destroy_probe(self, probe: str) -> None:
+        """Destroy changed_since's probe snapshot, keeping what the node read (a View leaves
+        probes out, so it is as true after as before)."""
         if self._lzc:
-            self._lzc_call(self._lzc.lzc_destroy_snaps, [n.encode() for n in full_names], False)
-            return
-        for full in full_names:
-            run(["zfs", "destroy", full])
+            self._lzc_call(self._lzc.lzc_destroy_snaps, [probe.encode()], False)
+        else:
+            run(["zfs", "destroy", probe])
 
     def _lzc_call(self, fn, *args):
         try:
