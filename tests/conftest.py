@@ -63,7 +63,8 @@ def pytest_terminal_summary(terminalreporter):
 # scripts/test.sh runs the whole suite over pytest-xdist workers (--dist loadgroup): each test
 # goes to whichever worker is free, except the groups below, each run by one worker. A module
 # whose tests share an expensive module fixture is one group per backend (a test sent to another
-# worker would make that worker build the fixture again); test_bad_input's canary is a fixed path.
+# worker would make that worker build the fixture again); test_bad_input's canary is a fixed path,
+# and the VM's systemd tests install one set of units into the one systemd.
 # zfs-fuse deadlocks (`zfs create` stuck in a FUSE request) when several sessions mount and
 # destroy datasets at once, as seen with six concurrent users here. scripts/test.sh therefore
 # gives each worker a zfs-fuse of its own (scripts/test-worker, ZFS_PER_WORKER); where workers
@@ -73,7 +74,8 @@ ZFS_PER_WORKER = os.environ.get("SNAPVER_ZFS_PER_WORKER") == "1"  # as tests/fix
 ZFS_SHARED_SAFELY = ZFS_PER_WORKER or os.path.exists("/dev/zfs")
 # (The groups are made here from node IDs, not with xdist_group marks, which pytest-xdist 3.8
 # no longer applies under pytest 9.2.)
-XDIST_GROUPS = {"test_transfer.py": "per-backend", "test_registry_sync.py": "per-backend", "test_bad_input.py": "module"}
+XDIST_GROUPS = {"test_transfer.py": "per-backend", "test_registry_sync.py": "per-backend", "test_bad_input.py": "module",
+                "test_vm_systemd.py": "module"}
 
 
 def xdist_group(nodeid: str) -> str:

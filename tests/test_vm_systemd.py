@@ -1,4 +1,4 @@
-"""snapverd's units under a real systemd (issue 20, item 1): the VM's second boot, where
+"""snapverd's units under a real systemd (issue 20, item 1): the VM's systemd boot, where
 systemd is PID 1 (vagrant/run-vm-tests; collected only there, SNAPVER_VM_SYSTEMD=1).
 
 snapver is pip-installed into the guest's venv as a user installs it, and `snapver service
