@@ -47,9 +47,11 @@ def make_lake(lake: str) -> None:
     run(["zfs", "clone", f"{lake}/project/ws/data@c1", f"{lake}/project/view-c1"])
 
 
-def one_round(probe: str, n: int, destroy_dataset) -> tuple[float, float]:
+def one_round(probe: str, n: int) -> tuple[float, float]:
     """(wall s, zfs-fuse CPU s) of the round of work on the probe lake. The clone is destroyed
     as a test's lake is (its mount detached, then retried while zfs-fuse says busy)."""
+    from tests.fixtures.zfs import destroy_dataset
+
     cpu0, t0 = zfs_fuse_cpu(), time.monotonic()
     for v in VOLUMES:
         run(["zfs", "snapshot", f"{probe}/project/ws/{v}@r{n}"])
@@ -68,8 +70,17 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5, help="rounds of work timed at each point (default 5)")
     ap.add_argument("--pool-prefix", default="benchzg", help="name prefix of the pool made")
     args = ap.parse_args()
-    levels = [int(n) for n in args.lakes.split(",")]
-    if not require_root("zfs_pool_growth.py", "zpool create") or levels != sorted(levels):
+    try:
+        levels = [int(n) for n in args.lakes.split(",")]
+    except ValueError:
+        levels = []
+    if not levels or levels != sorted(levels) or levels[0] < 1:
+        print(
+            f"zfs_pool_growth.py: --lakes {args.lakes}: give whole numbers in increasing order, e.g. 25,50,100",
+            file=sys.stderr,
+        )
+        return 2
+    if not require_root("zfs_pool_growth.py", "zpool create"):
         return 1
     from tests.fixtures.zfs import destroy_dataset, detach_mounts, zfs_running
 
@@ -88,7 +99,7 @@ def main() -> int:
             walls, cpus = [], []
             for _ in range(args.rounds):
                 n += 1
-                wall, cpu = one_round(probe, n, destroy_dataset)
+                wall, cpu = one_round(probe, n)
                 walls.append(wall)
                 cpus.append(cpu)
             rows.append((label, sum(walls) / len(walls) * 1000, sum(cpus) / len(cpus) * 1000))
